@@ -1,0 +1,484 @@
+//! The command line: `serve`, `migrate`, `user …`, `admin create`, `cert show`, `events`.
+//!
+//! Commands other than `serve` open the database directly (SQLite in WAL mode lets them run
+//! beside a live server), so admins can script without an API key.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+
+use crate::config::Config;
+use crate::directory::{Directory, User, UserChanges, UserState};
+use crate::events::Actor;
+use crate::store::{EventFilter, Store, UserListQuery};
+
+/// idbridge: directory integration and SAML identity provider for Microsoft 365.
+#[derive(Parser, Debug)]
+#[command(name = "idbridge", version, about)]
+pub struct Cli {
+    /// Configuration file (default: idbridge.toml when present).
+    #[arg(long, global = true, env = "IDBRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the server (migrates the database and creates the signing certificate if needed).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage directory users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage admin accounts.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Inspect the SAML signing certificate.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// List Directory Insights events, newest first.
+    Events {
+        /// Only this event type (e.g. user_create).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only events about this target (e.g. a username).
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user. The password is read from a prompt (or stdin) with --password.
+    Add {
+        username: String,
+        #[command(flatten)]
+        attrs: AttributeArgs,
+        /// Set a password now (prompted twice, or read from the first line of stdin).
+        #[arg(long)]
+        password: bool,
+    },
+    /// List users.
+    List {
+        /// Filter by username, email or name.
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one user (by username, email or id).
+    Show {
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change attributes; an empty value clears an optional attribute.
+    Set {
+        user: String,
+        /// New username.
+        #[arg(long)]
+        username: Option<String>,
+        #[command(flatten)]
+        attrs: AttributeArgs,
+    },
+    /// Set a user's password (prompted twice, or read from the first line of stdin).
+    Passwd { user: String },
+    /// Suspend a user: sign-in is refused and sessions end.
+    Suspend { user: String },
+    /// Re-activate a suspended user.
+    Activate { user: String },
+    /// Delete a user (not allowed while bound to Microsoft 365).
+    Delete { user: String },
+}
+
+/// User attributes settable from the command line (seed 004 names in --help).
+#[derive(Args, Debug, Default)]
+pub struct AttributeArgs {
+    /// Company email (becomes the Microsoft 365 userPrincipalName).
+    #[arg(long)]
+    email: Option<String>,
+    #[arg(long)]
+    firstname: Option<String>,
+    #[arg(long)]
+    lastname: Option<String>,
+    #[arg(long)]
+    alternate_email: Option<String>,
+    #[arg(long)]
+    job_title: Option<String>,
+    #[arg(long)]
+    department: Option<String>,
+    #[arg(long)]
+    location: Option<String>,
+    /// Manager's username.
+    #[arg(long)]
+    manager: Option<String>,
+    /// addresses.work.streetAddress
+    #[arg(long)]
+    work_street_address: Option<String>,
+    /// addresses.work.locality (city)
+    #[arg(long)]
+    work_locality: Option<String>,
+    /// addresses.work.region (state)
+    #[arg(long)]
+    work_region: Option<String>,
+    /// addresses.work.postalCode
+    #[arg(long)]
+    work_postal_code: Option<String>,
+    /// addresses.work.country
+    #[arg(long)]
+    work_country: Option<String>,
+    /// phoneNumbers.work
+    #[arg(long)]
+    phone_work: Option<String>,
+    /// phoneNumbers.mobile
+    #[arg(long)]
+    phone_mobile: Option<String>,
+}
+
+impl AttributeArgs {
+    fn into_changes(self, username: Option<String>) -> UserChanges {
+        UserChanges {
+            username,
+            email: self.email,
+            firstname: self.firstname,
+            lastname: self.lastname,
+            alternate_email: self.alternate_email,
+            job_title: self.job_title,
+            department: self.department,
+            location: self.location,
+            manager: self.manager,
+            work_street_address: self.work_street_address,
+            work_locality: self.work_locality,
+            work_region: self.work_region,
+            work_postal_code: self.work_postal_code,
+            work_country: self.work_country,
+            phone_work: self.phone_work,
+            phone_mobile: self.phone_mobile,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Create an admin account and print its one-time password once.
+    Create { username: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Print the signing certificate's subject, fingerprint and validity.
+    Show,
+}
+
+/// A CLI failure: printed as one line to stderr, exit status 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError(e.to_string())
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let config = Config::load(cli.config.as_deref()).map_err(fail)?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            println!("database is up to date");
+            store.close().await;
+            Ok(())
+        }
+        Command::Cert(CertCommand::Show) => {
+            let cred = crate::certs::load(&config).map_err(fail)?;
+            println!("subject:            {}", cred.subject());
+            println!("sha256 fingerprint: {}", cred.fingerprint_sha256());
+            println!("not before:         {}", cred.not_before().to_rfc3339());
+            println!("not after:          {}", cred.not_after().to_rfc3339());
+            println!("key:                RSA {} bits", cred.key_bits());
+            println!("file:               {}", config.certs.cert_file.display());
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Create { username }) => {
+            let directory = open_directory(&config).await?;
+            let password = directory
+                .create_admin(&Actor::cli(), &username, Utc::now())
+                .await
+                .map_err(fail)?;
+            print_one_time_password(&username, &password);
+            Ok(())
+        }
+        Command::Events {
+            event_type,
+            target,
+            limit,
+        } => {
+            let store = open_store(&config).await?;
+            let rows = store
+                .list_events(&EventFilter {
+                    event_type,
+                    target,
+                    actor: None,
+                    limit,
+                })
+                .await
+                .map_err(fail)?;
+            for e in rows {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    crate::directory::millis_to_rfc3339(e.at),
+                    e.event_type,
+                    e.actor,
+                    e.target.unwrap_or_default(),
+                    e.details
+                );
+            }
+            Ok(())
+        }
+        Command::User(cmd) => user_command(&config, cmd).await,
+    }
+}
+
+async fn serve(config: Config) -> Result<(), CliError> {
+    let app = crate::server::App::build(config).await.map_err(fail)?;
+    let state = app.state.clone();
+    if app.generated_certificate {
+        tracing::info!(
+            fingerprint = %state.idp.signing().fingerprint_sha256(),
+            file = %state.config.certs.cert_file.display(),
+            "generated a new SAML signing key and self-signed certificate"
+        );
+    }
+    if state.store.count_admins().await.map_err(fail)? == 0 {
+        let password = state
+            .directory
+            .create_admin(&Actor::System, "admin", Utc::now())
+            .await
+            .map_err(fail)?;
+        print_one_time_password("admin", &password);
+    }
+    let listener = crate::server::bind(&state.config).await.map_err(fail)?;
+    tracing::info!(
+        listen = %state.config.listen,
+        base_url = %state.config.base_url,
+        metadata = %format!("{}/saml/metadata", state.config.base_url),
+        "idbridge is serving"
+    );
+    crate::server::run(app, listener, crate::server::shutdown_signal())
+        .await
+        .map_err(fail)
+}
+
+/// Prints a one-time password to stdout (never to the log), once.
+fn print_one_time_password(username: &str, password: &SecretString) {
+    use secrecy::ExposeSecret;
+    println!();
+    println!("  Admin account created: {username}");
+    println!("  One-time password:     {}", password.expose_secret());
+    println!("  It is shown only now; you must change it at first sign-in.");
+    println!();
+    let _ = std::io::stdout().flush();
+}
+
+async fn open_store(config: &Config) -> Result<Store, CliError> {
+    let store = Store::connect(&config.database_url()).await.map_err(fail)?;
+    store.migrate().await.map_err(fail)?;
+    Ok(store)
+}
+
+async fn open_directory(config: &Config) -> Result<Directory, CliError> {
+    Ok(Directory::new(
+        open_store(config).await?,
+        config.password_policy.clone(),
+    ))
+}
+
+async fn user_command(config: &Config, cmd: UserCommand) -> Result<(), CliError> {
+    let directory = open_directory(config).await?;
+    let actor = Actor::cli();
+    let now = Utc::now();
+    match cmd {
+        UserCommand::Add {
+            username,
+            attrs,
+            password,
+        } => {
+            let password = if password {
+                Some(read_password()?)
+            } else {
+                None
+            };
+            let changes = attrs.into_changes(Some(username));
+            let user = directory
+                .create_user(&actor, &changes, password.as_ref(), now)
+                .await
+                .map_err(fail)?;
+            println!("created user {} ({})", user.username, user.id);
+        }
+        UserCommand::List {
+            search,
+            limit,
+            offset,
+            json,
+        } => {
+            let users = directory
+                .list_users(&UserListQuery {
+                    search,
+                    limit,
+                    offset,
+                })
+                .await
+                .map_err(fail)?;
+            for u in users {
+                if json {
+                    println!("{}", u.to_json());
+                } else {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        u.username,
+                        u.email,
+                        u.display_name(),
+                        u.state.as_str(),
+                        if u.m365.is_some() { "bound" } else { "unbound" }
+                    );
+                }
+            }
+        }
+        UserCommand::Show { user, json } => {
+            let u = directory.get_user(&user).await.map_err(fail)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&u.to_json()).map_err(fail)?
+                );
+            } else {
+                print_user(&u);
+            }
+        }
+        UserCommand::Set {
+            user,
+            username,
+            attrs,
+        } => {
+            let changes = attrs.into_changes(username);
+            let u = directory
+                .update_user(&actor, &user, &changes, now)
+                .await
+                .map_err(fail)?;
+            println!("updated user {}", u.username);
+        }
+        UserCommand::Passwd { user } => {
+            // Look the user up first, so a typo fails before the password prompt.
+            let u = directory.get_user(&user).await.map_err(fail)?;
+            let password = read_password()?;
+            directory
+                .set_password(&actor, &u.id, &password, now)
+                .await
+                .map_err(fail)?;
+            println!("password set for {}", u.username);
+        }
+        UserCommand::Suspend { user } => {
+            let u = directory
+                .set_state(&actor, &user, UserState::Suspended, now)
+                .await
+                .map_err(fail)?;
+            println!("suspended {}", u.username);
+        }
+        UserCommand::Activate { user } => {
+            let u = directory
+                .set_state(&actor, &user, UserState::Active, now)
+                .await
+                .map_err(fail)?;
+            println!("activated {}", u.username);
+        }
+        UserCommand::Delete { user } => {
+            directory
+                .delete_user(&actor, &user, now)
+                .await
+                .map_err(fail)?;
+            println!("deleted {user}");
+        }
+    }
+    directory.store().close().await;
+    Ok(())
+}
+
+fn print_user(u: &User) {
+    let rows: Vec<(&str, Option<String>)> = vec![
+        ("id", Some(u.id.clone())),
+        ("username", Some(u.username.clone())),
+        ("email", Some(u.email.clone())),
+        ("firstname", Some(u.firstname.clone())),
+        ("lastname", Some(u.lastname.clone())),
+        ("alternateEmail", u.alternate_email.clone()),
+        ("jobTitle", u.job_title.clone()),
+        ("department", u.department.clone()),
+        ("location", u.location.clone()),
+        ("manager", u.manager.clone()),
+        ("addresses.work.streetAddress", u.work_street_address.clone()),
+        ("addresses.work.locality", u.work_locality.clone()),
+        ("addresses.work.region", u.work_region.clone()),
+        ("addresses.work.postalCode", u.work_postal_code.clone()),
+        ("addresses.work.country", u.work_country.clone()),
+        ("phoneNumbers.work", u.phone_work.clone()),
+        ("phoneNumbers.mobile", u.phone_mobile.clone()),
+        ("state", Some(u.state.as_str().into())),
+        (
+            "password",
+            Some(match u.password_changed_at {
+                Some(t) if u.has_password() => {
+                    format!("set {}", crate::directory::millis_to_rfc3339(t))
+                }
+                _ => "not set".into(),
+            }),
+        ),
+        (
+            "m365",
+            Some(match &u.m365 {
+                Some(b) => format!(
+                    "{} (immutable ID {}, UPN {})",
+                    b.state, b.immutable_id, b.user_principal_name
+                ),
+                None => "unbound".into(),
+            }),
+        ),
+    ];
+    for (name, value) in rows {
+        println!("{name:<30}{}", value.unwrap_or_default());
+    }
+}
+
+/// Reads a new password: prompted twice on a terminal, else the first line of stdin.
+fn read_password() -> Result<SecretString, CliError> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("New password: ").map_err(fail)?;
+        let second = rpassword::prompt_password("Repeat password: ").map_err(fail)?;
+        if first != second {
+            return Err(CliError("the two passwords differ; nothing was changed".into()));
+        }
+        Ok(SecretString::from(first))
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(fail)?;
+        let password = line.trim_end_matches(['\r', '\n']).to_string();
+        if password.is_empty() {
+            return Err(CliError(
+                "no password on stdin; pipe it in (echo \"$PW\" | idbridge user passwd NAME) or run in a terminal to be prompted".into(),
+            ));
+        }
+        Ok(SecretString::from(password))
+    }
+}

@@ -1,0 +1,525 @@
+//! Typed configuration: a TOML file plus `IDBRIDGE_*` environment overrides.
+//!
+//! Every setting has a default so that `idbridge serve` works with no file at all. A bad or
+//! missing setting stops start-up with one line naming the setting and the fix.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::directory::PasswordPolicy;
+
+/// The default config file, read when it exists and no other file is named.
+pub const DEFAULT_CONFIG_FILE: &str = "idbridge.toml";
+
+/// Why the configuration cannot be used; the message names the setting and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration error: {setting}: {problem}. Fix: {fix}")]
+    Invalid {
+        setting: String,
+        problem: String,
+        fix: String,
+    },
+    #[error("configuration error: cannot read {path}: {source}. Fix: check the path given with --config or IDBRIDGE_CONFIG")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(setting: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.to_string(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The whole configuration of one idbridge node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Public base URL, used in metadata, redirects and as the default SAML issuer
+    /// (default: `http://<listen>`; set it to the https address users reach in production).
+    pub base_url: String,
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Directory for the embedded database and other state.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` (default: `<data_dir>/idbridge.db`) or `postgres://…`.
+    pub database_url: Option<String>,
+    pub certs: CertsConfig,
+    pub password_policy: PasswordPolicy,
+    pub saml: SamlConfig,
+    pub m365: M365Config,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            certs: CertsConfig::default(),
+            password_policy: PasswordPolicy::default(),
+            saml: SamlConfig::default(),
+            m365: M365Config::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Where the SAML signing key and certificate live, and how to generate them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertsConfig {
+    pub key_file: PathBuf,
+    pub cert_file: PathBuf,
+    /// RSA key size used when generating a key (2048, 3072 or 4096).
+    pub key_bits: u32,
+    /// Validity of a generated self-signed certificate.
+    pub validity_days: u32,
+    /// Subject CN of a generated certificate; defaults to the base URL's host.
+    pub common_name: Option<String>,
+}
+
+impl Default for CertsConfig {
+    fn default() -> Self {
+        Self {
+            key_file: PathBuf::from("certs/signing.key"),
+            cert_file: PathBuf::from("certs/signing.crt"),
+            key_bits: 2048,
+            validity_days: 3650,
+            common_name: None,
+        }
+    }
+}
+
+/// SAML identity provider settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamlConfig {
+    /// Issuer URI, emitted byte for byte; defaults to the base URL.
+    pub issuer: Option<String>,
+    /// Per-domain issuer URIs for tenants with several federated domains (UPN domain → issuer).
+    pub domain_issuers: BTreeMap<String, String>,
+    /// `rsa-sha256` (default) or `rsa-sha1` (fallback only).
+    pub signature_algorithm: String,
+    /// How long an idbridge sign-in session lasts.
+    pub session_minutes: u32,
+    /// SubjectConfirmationData NotOnOrAfter, counted from issue.
+    pub assertion_lifetime_seconds: u32,
+    /// Conditions NotOnOrAfter, counted from issue.
+    pub conditions_lifetime_seconds: u32,
+    /// How far Conditions NotBefore is back-dated to absorb clock skew.
+    pub clock_skew_seconds: u32,
+    /// How old an AuthnRequest may be (by its IssueInstant) and still be answered.
+    pub request_max_age_seconds: u32,
+    /// Longest RelayState accepted.
+    pub relay_state_max_bytes: usize,
+    /// Whom users are told to ask when sign-in is refused.
+    pub support_contact: String,
+    /// Service providers besides the built-in Microsoft 365.
+    pub service_providers: Vec<ServiceProviderConfig>,
+}
+
+impl Default for SamlConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            domain_issuers: BTreeMap::new(),
+            signature_algorithm: "rsa-sha256".into(),
+            session_minutes: 480,
+            assertion_lifetime_seconds: 300,
+            conditions_lifetime_seconds: 3600,
+            clock_skew_seconds: 120,
+            request_max_age_seconds: 600,
+            relay_state_max_bytes: 1024,
+            support_contact: "your IT administrator".into(),
+            service_providers: Vec::new(),
+        }
+    }
+}
+
+/// A SAML service provider added from config, with the user attributes it receives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceProviderConfig {
+    pub entity_id: String,
+    pub name: Option<String>,
+    /// Registered assertion consumer service URLs; the first is the default.
+    pub acs_urls: Vec<String>,
+    /// Where LogoutResponses are posted, if the SP does single logout.
+    pub slo_url: Option<String>,
+    /// Which user attribute is the NameID: `username`, `email` or `immutable_id`.
+    #[serde(default = "default_name_id")]
+    pub name_id: String,
+    /// SAML attribute name → user attribute name (e.g. `mail = "email"`).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Refuse users who are not bound to the Microsoft 365 integration.
+    #[serde(default)]
+    pub require_m365_binding: bool,
+}
+
+fn default_name_id() -> String {
+    "username".into()
+}
+
+/// Microsoft 365 settings; base URLs are configurable for national clouds and test fakes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct M365Config {
+    /// Microsoft identity platform base URL (also the host of the SAML ACS `login.srf`).
+    pub login_base_url: String,
+    /// Microsoft Graph base URL including the version.
+    pub graph_base_url: String,
+}
+
+impl Default for M365Config {
+    fn default() -> Self {
+        Self {
+            login_base_url: "https://login.microsoftonline.com".into(),
+            graph_base_url: "https://graph.microsoft.com/v1.0".into(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `idbridge=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file (if any), then `IDBRIDGE_*` variables, and validates.
+    ///
+    /// `file` is an explicitly named file (which must exist); without it `idbridge.toml` in the
+    /// working directory is read when present.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if let Err(source) = std::fs::metadata(path) {
+                    return Err(ConfigError::Unreadable {
+                        path: path.to_path_buf(),
+                        source,
+                    });
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        }
+        figment = figment.merge(Env::prefixed("IDBRIDGE_").split("__").ignore(&["config"]));
+        Self::from_figment(figment)
+    }
+
+    /// Builds a config from TOML text (with defaults for the rest); used by tests and tools.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let mut config: Config = figment.extract().map_err(figment_error)?;
+        config.normalise_and_validate()?;
+        Ok(config)
+    }
+
+    fn normalise_and_validate(&mut self) -> Result<(), ConfigError> {
+        if self.base_url.is_empty() {
+            self.base_url = format!("http://{}", self.listen);
+        }
+        let base = url::Url::parse(&self.base_url).map_err(|e| {
+            invalid(
+                "base_url",
+                format!("{:?} is not a URL ({e})", self.base_url),
+                "set it to the address users reach idbridge at, e.g. https://idp.example.com",
+            )
+        })?;
+        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+            return Err(invalid(
+                "base_url",
+                format!("{:?} must be an http or https URL with a host", self.base_url),
+                "set it to e.g. https://idp.example.com",
+            ));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(invalid(
+                "base_url",
+                "must not contain a query or fragment",
+                "remove everything after ? or #",
+            ));
+        }
+        // One canonical form, so every URL we derive from it is stable.
+        self.base_url = self.base_url.trim_end_matches('/').to_string();
+
+        match &self.database_url {
+            None => {}
+            Some(url) if url.starts_with("sqlite:") => {}
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {}
+            Some(url) => {
+                return Err(invalid(
+                    "database_url",
+                    format!("{:?} is neither sqlite: nor postgres:", redact_url(url)),
+                    "use sqlite://path/to/file.db or postgres://user@host/db",
+                ))
+            }
+        }
+        if ![2048, 3072, 4096].contains(&self.certs.key_bits) {
+            return Err(invalid(
+                "certs.key_bits",
+                format!("{} is not a supported RSA key size", self.certs.key_bits),
+                "use 2048, 3072 or 4096",
+            ));
+        }
+        if self.certs.validity_days == 0 {
+            return Err(invalid(
+                "certs.validity_days",
+                "must be at least 1",
+                "set a number of days, e.g. 3650",
+            ));
+        }
+        if let Some(issuer) = &self.saml.issuer {
+            if issuer.trim().is_empty() || issuer.trim() != issuer {
+                return Err(invalid(
+                    "saml.issuer",
+                    "is empty or has surrounding spaces",
+                    "set it to the exact issuer URI configured in Microsoft Entra ID",
+                ));
+            }
+        }
+        self.saml_signature_algorithm()?;
+        if self.saml.session_minutes == 0 || self.saml.assertion_lifetime_seconds == 0 {
+            return Err(invalid(
+                "saml.session_minutes / saml.assertion_lifetime_seconds",
+                "must be greater than 0",
+                "use the defaults (480 and 300) unless you have a reason",
+            ));
+        }
+        for (i, sp) in self.saml.service_providers.iter().enumerate() {
+            let setting = format!("saml.service_providers[{i}]");
+            if sp.entity_id == crate::sso::M365_ENTITY_ID {
+                return Err(invalid(
+                    &setting,
+                    "Microsoft 365 is built in and cannot be redefined",
+                    "remove this entry",
+                ));
+            }
+            if sp.acs_urls.is_empty() {
+                return Err(invalid(
+                    &format!("{setting}.acs_urls"),
+                    "is empty",
+                    "list at least one assertion consumer service URL",
+                ));
+            }
+            for url in sp.acs_urls.iter().chain(sp.slo_url.iter()) {
+                match url::Url::parse(url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    _ => {
+                        return Err(invalid(
+                            &format!("{setting}.acs_urls"),
+                            format!("{url:?} is not an http(s) URL"),
+                            "use the full URL the SP gives in its metadata",
+                        ))
+                    }
+                }
+            }
+            if !["username", "email", "immutable_id"].contains(&sp.name_id.as_str()) {
+                return Err(invalid(
+                    &format!("{setting}.name_id"),
+                    format!("{:?} is not a NameID source", sp.name_id),
+                    "use username, email or immutable_id",
+                ));
+            }
+            for (name, attr) in &sp.attributes {
+                if crate::directory::User::attribute_names()
+                    .iter()
+                    .all(|known| known != attr)
+                {
+                    return Err(invalid(
+                        &format!("{setting}.attributes.{name}"),
+                        format!("{attr:?} is not a user attribute"),
+                        format!(
+                            "use one of: {}",
+                            crate::directory::User::attribute_names().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        self.password_policy
+            .validate()
+            .map_err(|(setting, problem)| {
+                invalid(
+                    &format!("password_policy.{setting}"),
+                    problem,
+                    "Microsoft Entra ID rejects passwords outside 8–256 characters with fewer than three character classes; keep the policy at least that strict",
+                )
+            })?;
+        for (setting, url) in [
+            ("m365.login_base_url", &mut self.m365.login_base_url),
+            ("m365.graph_base_url", &mut self.m365.graph_base_url),
+        ] {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                    *url = url.trim_end_matches('/').to_string()
+                }
+                _ => {
+                    return Err(invalid(
+                        setting,
+                        format!("{url:?} is not an http(s) URL"),
+                        "leave it unset for the global cloud, or use your national cloud's URL",
+                    ))
+                }
+            }
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(invalid(
+                "log.format",
+                format!("{:?} is not a log format", self.log.format),
+                "use text or json",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("idbridge.db").display()
+            )
+        })
+    }
+
+    /// The default SAML issuer URI: configured value byte for byte, else the base URL.
+    pub fn saml_issuer(&self) -> &str {
+        self.saml.issuer.as_deref().unwrap_or(&self.base_url)
+    }
+
+    /// The signature algorithm named in config.
+    pub fn saml_signature_algorithm(&self) -> Result<crate::saml::SignatureAlgorithm, ConfigError> {
+        self.saml.signature_algorithm.parse().map_err(|_| {
+            invalid(
+                "saml.signature_algorithm",
+                format!("{:?} is not supported", self.saml.signature_algorithm),
+                "use rsa-sha256 (recommended) or rsa-sha1",
+            )
+        })
+    }
+
+    /// The common name for a generated signing certificate.
+    pub fn certificate_common_name(&self) -> String {
+        self.certs.common_name.clone().unwrap_or_else(|| {
+            url::Url::parse(&self.base_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_else(|| "idbridge".into())
+        })
+    }
+
+    /// Whether cookies must carry `Secure` (the base URL is https).
+    pub fn is_https(&self) -> bool {
+        self.base_url.starts_with("https://")
+    }
+}
+
+/// Hides the password part of a database URL.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn figment_error(err: figment::Error) -> ConfigError {
+    let setting = if err.path.is_empty() {
+        "(top level)".to_string()
+    } else {
+        err.path.join(".")
+    };
+    let source = err
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "the configuration".into());
+    let fix = match &err.kind {
+        figment::error::Kind::UnknownField(_, expected) => {
+            format!("remove or rename it in {source}; known settings here: {}", expected.join(", "))
+        }
+        _ => format!("correct it in {source} (see README.md, Configuration)"),
+    };
+    ConfigError::Invalid {
+        setting,
+        problem: err.kind.to_string(),
+        fix,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_issuer_defaults_to_base_url() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.saml_issuer(), "http://127.0.0.1:8080");
+        assert!(c.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn issuer_is_kept_byte_for_byte() {
+        let c = Config::from_toml("[saml]\nissuer = \"https://idp.example.com/\"\n").unwrap();
+        assert_eq!(c.saml_issuer(), "https://idp.example.com/");
+    }
+
+    #[test]
+    fn unknown_setting_is_named() {
+        let e = Config::from_toml("base_urll = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("base_urll"), "{e}");
+        assert!(e.contains("Fix:"), "{e}");
+    }
+
+    #[test]
+    fn weak_policy_is_refused_with_setting_name() {
+        let e = Config::from_toml("[password_policy]\nmin_length = 6")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_policy.min_length"), "{e}");
+    }
+
+    #[test]
+    fn bad_key_size_is_refused() {
+        let e = Config::from_toml("[certs]\nkey_bits = 1024")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("certs.key_bits"), "{e}");
+    }
+}

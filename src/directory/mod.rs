@@ -1,0 +1,363 @@
+//! The user directory: users, passwords and the password policy. No HTTP here.
+
+mod password;
+mod policy;
+mod user;
+
+pub use password::{generate_password, hash_password, verify_password};
+pub use policy::{PasswordPolicy, PolicyViolation};
+pub use user::{
+    millis_to_rfc3339, validate_email, validate_username, M365Binding, User, UserChanges,
+    UserState,
+};
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::events::{kind, Actor, NewEvent};
+use crate::store::{AdminRow, Store, StoreError, UserListQuery, UserWrite};
+
+/// Why a directory operation was refused; each message tells the admin what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("{field}: another user already has this {field}")]
+    Duplicate { field: &'static str },
+    #[error("manager: {0:?} is not a user in the directory")]
+    UnknownManager(String),
+    #[error("manager: a user cannot be their own manager")]
+    SelfManager,
+    #[error("no user {0:?} in the directory")]
+    NotFound(String),
+    #[error("password rejected: {0}")]
+    Policy(#[from] PolicyViolation),
+    #[error("user {0:?} is bound to Microsoft 365; unbind it before deleting it")]
+    Bound(String),
+    #[error("nothing to change: name at least one attribute")]
+    NoChanges,
+    #[error("admin {0:?} already exists")]
+    AdminExists(String),
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for DirectoryError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(field) => DirectoryError::Duplicate { field },
+            other => DirectoryError::Store(other),
+        }
+    }
+}
+
+/// Admin roles.
+pub const ROLE_FULL_ADMIN: &str = "admin";
+
+/// The directory service used by the CLI, the SSO login and (later) the console and API.
+#[derive(Clone, Debug)]
+pub struct Directory {
+    store: Store,
+    policy: PasswordPolicy,
+}
+
+/// A random identifier for new records: 32 hex characters.
+pub fn new_record_id() -> String {
+    let mut bytes = [0u8; 16];
+    // The OS RNG failing is not recoverable in any useful way; ids stay unique via the DB key.
+    let _ = openssl::rand::rand_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Directory {
+    pub fn new(store: Store, policy: PasswordPolicy) -> Self {
+        Self { store, policy }
+    }
+
+    /// The password policy in force.
+    pub fn policy(&self) -> &PasswordPolicy {
+        &self.policy
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Finds a user by id, username or email.
+    pub async fn get_user(&self, key: &str) -> Result<User, DirectoryError> {
+        match self.store.find_user(key).await? {
+            Some(row) => User::from_row(row),
+            None => Err(DirectoryError::NotFound(key.to_string())),
+        }
+    }
+
+    /// Lists users, optionally filtered by a search text.
+    pub async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, DirectoryError> {
+        self.store
+            .list_users(query)
+            .await?
+            .into_iter()
+            .map(User::from_row)
+            .collect()
+    }
+
+    /// Creates a user; `username` and `email` are required. The password, if given, must pass
+    /// the policy. Nothing is written when any check fails.
+    pub async fn create_user(
+        &self,
+        actor: &Actor,
+        changes: &UserChanges,
+        password: Option<&SecretString>,
+        now: DateTime<Utc>,
+    ) -> Result<User, DirectoryError> {
+        let username = changes.username.as_deref().unwrap_or_default();
+        if username.trim().is_empty() {
+            return Err(DirectoryError::Invalid {
+                field: "username",
+                reason: "is required".into(),
+            });
+        }
+        if changes.email.as_deref().unwrap_or_default().trim().is_empty() {
+            return Err(DirectoryError::Invalid {
+                field: "email",
+                reason: "is required (the company email becomes the Microsoft 365 userPrincipalName)".into(),
+            });
+        }
+        let mut write = UserWrite {
+            id: new_record_id(),
+            state: UserState::Active.as_str().into(),
+            ..UserWrite::default()
+        };
+        changes.apply(&mut write)?;
+        write.manager_id = self.resolve_manager(changes, &write.id).await?;
+        let hash = match password {
+            Some(pw) => {
+                self.policy.check(pw.expose_secret(), &write.username)?;
+                Some(self.hash(pw).await?)
+            }
+            None => None,
+        };
+        let event = NewEvent::new(now, actor, kind::USER_CREATE, Some(&write.username))
+            .details(json!({"email": write.email, "passwordSet": hash.is_some()}));
+        self.store
+            .insert_user(&write, hash.as_deref(), now.timestamp_millis(), &event)
+            .await?;
+        self.get_user(&write.id).await
+    }
+
+    /// Changes attributes of a user.
+    pub async fn update_user(
+        &self,
+        actor: &Actor,
+        key: &str,
+        changes: &UserChanges,
+        now: DateTime<Utc>,
+    ) -> Result<User, DirectoryError> {
+        if changes.is_empty() {
+            return Err(DirectoryError::NoChanges);
+        }
+        let user = self.get_user(key).await?;
+        let mut write = user.to_write();
+        changes.apply(&mut write)?;
+        if changes.manager.is_some() {
+            write.manager_id = self.resolve_manager(changes, &write.id).await?;
+        }
+        let event = NewEvent::new(now, actor, kind::USER_UPDATE, Some(&user.username))
+            .details(json!({"changed": changes.changed_fields()}));
+        self.store
+            .update_user(&write, now.timestamp_millis(), &event)
+            .await?;
+        self.get_user(&user.id).await
+    }
+
+    /// Suspends or re-activates a user; suspension also ends their sign-in sessions.
+    pub async fn set_state(
+        &self,
+        actor: &Actor,
+        key: &str,
+        state: UserState,
+        now: DateTime<Utc>,
+    ) -> Result<User, DirectoryError> {
+        let user = self.get_user(key).await?;
+        let mut write = user.to_write();
+        write.state = state.as_str().into();
+        let event_type = match state {
+            UserState::Active => kind::USER_ACTIVATE,
+            UserState::Suspended => kind::USER_SUSPEND,
+        };
+        let event = NewEvent::new(now, actor, event_type, Some(&user.username));
+        self.store
+            .update_user(&write, now.timestamp_millis(), &event)
+            .await?;
+        self.get_user(&user.id).await
+    }
+
+    /// Sets a user's password after checking the policy and the history.
+    ///
+    /// A refusal is recorded as an event (with the rule, never the password).
+    pub async fn set_password(
+        &self,
+        actor: &Actor,
+        key: &str,
+        password: &SecretString,
+        now: DateTime<Utc>,
+    ) -> Result<(), DirectoryError> {
+        let user = self.get_user(key).await?;
+        if let Err(violation) = self.check_new_password(&user, password).await {
+            let event = NewEvent::new(now, actor, kind::USER_PASSWORD_REJECTED, Some(&user.username))
+                .details(json!({"reason": violation.to_string()}));
+            self.store.record_event(&event).await?;
+            return Err(violation);
+        }
+        let hash = self.hash(password).await?;
+        let event = NewEvent::new(now, actor, kind::USER_PASSWORD_SET, Some(&user.username));
+        self.store
+            .set_password(
+                &user.id,
+                &hash,
+                i64::from(self.policy.history.max(1)),
+                now.timestamp_millis(),
+                &event,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn check_new_password(
+        &self,
+        user: &User,
+        password: &SecretString,
+    ) -> Result<(), DirectoryError> {
+        self.policy.check(password.expose_secret(), &user.username)?;
+        if self.policy.history > 0 {
+            let history = self
+                .store
+                .password_history(&user.id, i64::from(self.policy.history))
+                .await?;
+            let candidate = password.clone();
+            let reused = tokio::task::spawn_blocking(move || {
+                history.iter().any(|h| verify_password(&candidate, h))
+            })
+            .await
+            .map_err(|e| DirectoryError::Hashing(e.to_string()))?;
+            if reused {
+                return Err(PolicyViolation::Reused(self.policy.history).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a user who is not bound to Microsoft 365.
+    pub async fn delete_user(
+        &self,
+        actor: &Actor,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), DirectoryError> {
+        let user = self.get_user(key).await?;
+        if user.m365.is_some() {
+            return Err(DirectoryError::Bound(user.username));
+        }
+        let event = NewEvent::new(now, actor, kind::USER_DELETE, Some(&user.username))
+            .details(json!({"email": user.email}));
+        self.store.delete_user(&user.id, &event).await?;
+        Ok(())
+    }
+
+    /// Checks a username-or-email and password; `None` when they do not match an account with
+    /// a password (the caller must not reveal which part was wrong).
+    pub async fn authenticate(
+        &self,
+        login: &str,
+        password: &SecretString,
+    ) -> Result<Option<User>, DirectoryError> {
+        let user = match self.store.find_user(login.trim()).await? {
+            Some(row) => Some(User::from_row(row)?),
+            None => None,
+        };
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+        let candidate = password.clone();
+        // Verify against a dummy hash when there is no user, so timing does not reveal usernames.
+        let matched = tokio::task::spawn_blocking(move || match hash {
+            Some(h) => verify_password(&candidate, &h),
+            None => {
+                let _ = verify_password(&candidate, dummy_hash());
+                false
+            }
+        })
+        .await
+        .map_err(|e| DirectoryError::Hashing(e.to_string()))?;
+        Ok(if matched { user } else { None })
+    }
+
+    /// Whether the user's password has expired under the policy at `now`.
+    pub fn password_expired(&self, user: &User, now: DateTime<Utc>) -> bool {
+        self.policy
+            .is_expired(user.password_changed_at, now.timestamp_millis())
+    }
+
+    /// Creates an admin account with a one-time password, returned once to be shown once.
+    pub async fn create_admin(
+        &self,
+        actor: &Actor,
+        username: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SecretString, DirectoryError> {
+        let username = validate_username(username)?;
+        if self.store.find_admin(&username).await?.is_some() {
+            return Err(DirectoryError::AdminExists(username));
+        }
+        let password = generate_password();
+        let row = AdminRow {
+            id: new_record_id(),
+            username: username.clone(),
+            password_hash: self.hash(&password).await?,
+            role: ROLE_FULL_ADMIN.into(),
+            must_change_password: 1,
+            created_at: now.timestamp_millis(),
+        };
+        let event = NewEvent::new(now, actor, kind::ADMIN_CREATE, Some(&username))
+            .details(json!({"role": ROLE_FULL_ADMIN}));
+        self.store.insert_admin(&row, &event).await.map_err(|e| match e {
+            StoreError::Conflict(_) => DirectoryError::AdminExists(username.clone()),
+            other => other.into(),
+        })?;
+        Ok(password)
+    }
+
+    async fn resolve_manager(
+        &self,
+        changes: &UserChanges,
+        own_id: &str,
+    ) -> Result<Option<String>, DirectoryError> {
+        let Some(name) = changes.manager.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if name.is_empty() {
+            return Ok(None);
+        }
+        match self.store.find_user(name).await? {
+            Some(m) if m.id == own_id => Err(DirectoryError::SelfManager),
+            Some(m) => Ok(Some(m.id)),
+            None => Err(DirectoryError::UnknownManager(name.to_string())),
+        }
+    }
+
+    async fn hash(&self, password: &SecretString) -> Result<String, DirectoryError> {
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| DirectoryError::Hashing(e.to_string()))?
+            .map_err(DirectoryError::Hashing)
+    }
+}
+
+/// A valid argon2id hash of a random string, computed once, for constant-time misses.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password(&generate_password()).unwrap_or_default())
+}

@@ -1,0 +1,16 @@
+//! idbridge: keep users in one directory and sign them in to Microsoft 365 / Entra ID.
+//!
+//! Rooms: `saml` (protocol, no HTTP), `sso` (login and SAML endpoints), `directory` (users,
+//! passwords, policy), `store` (SQL), `web` (shared HTTP plumbing), `server` (assembly), `cli`.
+
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod events;
+pub mod saml;
+pub mod server;
+pub mod sso;
+pub mod store;
+pub mod telemetry;
+pub mod web;

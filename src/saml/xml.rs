@@ -1,0 +1,207 @@
+//! A tiny XML writer whose output is already in exclusive canonical form.
+//!
+//! The IdP only ever signs XML it generated itself from fixed templates, so instead of
+//! canonicalising arbitrary documents we make every byte we emit canonical
+//! (exc-c14n without comments, <https://www.w3.org/TR/xml-exc-c14n/>):
+//! no XML declaration, no whitespace between elements, start/end tag pairs instead of
+//! self-closing tags, namespace declarations first (sorted by prefix, default first),
+//! then attributes sorted by name, and the c14n escaping rules for text and attributes.
+//! Callers must declare a namespace only on the outermost element that uses it, which
+//! is what exc-c14n would render; the tests check the result against libxml2.
+
+use chrono::{DateTime, Utc};
+
+use super::SamlError;
+
+/// Builder for canonical XML; element nesting is balanced by construction (closures).
+#[derive(Debug, Default)]
+pub struct XmlWriter {
+    out: String,
+}
+
+impl XmlWriter {
+    /// Creates an empty writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `<name attrs>`, the children written by `body`, then `</name>`.
+    ///
+    /// `attrs` may mix namespace declarations (`xmlns`, `xmlns:p`) and unqualified
+    /// attributes in any order; they are sorted here as exc-c14n requires.
+    pub fn element<F>(
+        &mut self,
+        name: &'static str,
+        attrs: &[(&str, &str)],
+        body: F,
+    ) -> Result<(), SamlError>
+    where
+        F: FnOnce(&mut Self) -> Result<(), SamlError>,
+    {
+        let mut sorted = attrs.to_vec();
+        // Namespace nodes sort before attributes; among themselves by prefix ("" first).
+        sorted.sort_by_key(|(key, _)| match key.strip_prefix("xmlns") {
+            Some(prefix) => (0, prefix.trim_start_matches(':')),
+            None => (1, *key),
+        });
+        self.out.push('<');
+        self.out.push_str(name);
+        for (key, value) in sorted {
+            // Sorting by plain name is only canonical for unqualified attributes.
+            debug_assert!(
+                key.starts_with("xmlns") || !key.contains(':'),
+                "qualified attribute {key}"
+            );
+            check_chars(value, name)?;
+            self.out.push(' ');
+            self.out.push_str(key);
+            self.out.push_str("=\"");
+            escape_attr(value, &mut self.out);
+            self.out.push('"');
+        }
+        self.out.push('>');
+        body(self)?;
+        self.out.push_str("</");
+        self.out.push_str(name);
+        self.out.push('>');
+        Ok(())
+    }
+
+    /// Writes an element whose only content is `text` (which may be empty).
+    pub fn leaf(
+        &mut self,
+        name: &'static str,
+        attrs: &[(&str, &str)],
+        text: &str,
+    ) -> Result<(), SamlError> {
+        self.element(name, attrs, |w| w.text(name, text))
+    }
+
+    /// Writes escaped character data; `context` names the element for error messages.
+    fn text(&mut self, context: &str, text: &str) -> Result<(), SamlError> {
+        check_chars(text, context)?;
+        for c in text.chars() {
+            match c {
+                '&' => self.out.push_str("&amp;"),
+                '<' => self.out.push_str("&lt;"),
+                '>' => self.out.push_str("&gt;"),
+                '\r' => self.out.push_str("&#xD;"),
+                c => self.out.push(c),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a fragment that is already canonical XML (e.g. a signed assertion).
+    pub(crate) fn raw(&mut self, canonical: &str) {
+        self.out.push_str(canonical);
+    }
+
+    /// Current byte length of the output, used to mark where a signature goes.
+    pub fn offset(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Returns the XML written so far.
+    pub fn into_string(self) -> String {
+        self.out
+    }
+}
+
+fn escape_attr(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '"' => out.push_str("&quot;"),
+            '\t' => out.push_str("&#x9;"),
+            '\n' => out.push_str("&#xA;"),
+            '\r' => out.push_str("&#xD;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Refuses characters XML 1.0 cannot represent, so no input can make us sign broken XML.
+fn check_chars(value: &str, context: &str) -> Result<(), SamlError> {
+    let bad = value.chars().find(|&c| {
+        matches!(c, '\u{0}'..='\u{8}' | '\u{B}' | '\u{C}' | '\u{E}'..='\u{1F}' | '\u{FFFE}' | '\u{FFFF}')
+    });
+    match bad {
+        None => Ok(()),
+        Some(c) => Err(SamlError::Invalid {
+            field: "XML value",
+            reason: format!(
+                "a value in <{context}> contains U+{:04X}, which XML 1.0 does not allow",
+                u32::from(c)
+            ),
+        }),
+    }
+}
+
+/// Formats an instant as xs:dateTime in UTC with milliseconds, e.g. `2024-03-12T14:00:18.450Z`.
+pub fn xs_datetime(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(f: impl FnOnce(&mut XmlWriter) -> Result<(), SamlError>) -> Result<String, SamlError> {
+        let mut w = XmlWriter::new();
+        f(&mut w)?;
+        Ok(w.into_string())
+    }
+
+    #[test]
+    fn sorts_namespaces_then_attributes_and_never_self_closes() {
+        let xml = write(|w| {
+            w.element(
+                "p:a",
+                &[
+                    ("z", "1"),
+                    ("xmlns:p", "urn:p"),
+                    ("b", "2"),
+                    ("xmlns", "urn:d"),
+                ],
+                |w| w.leaf("p:e", &[], ""),
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            xml,
+            r#"<p:a xmlns="urn:d" xmlns:p="urn:p" b="2" z="1"><p:e></p:e></p:a>"#
+        );
+    }
+
+    #[test]
+    fn escapes_text_and_attributes_per_c14n() {
+        let xml = write(|w| w.leaf("a", &[("v", "&<>\"'\t\n\r")], "&<>\"'\t\n\r]]>")).unwrap();
+        assert_eq!(
+            xml,
+            "<a v=\"&amp;&lt;>&quot;'&#x9;&#xA;&#xD;\">&amp;&lt;&gt;\"'\t\n&#xD;]]&gt;</a>"
+        );
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        assert_eq!(doc.root_element().attribute("v"), Some("&<>\"'\t\n\r"));
+        assert_eq!(doc.root_element().text(), Some("&<>\"'\t\n\r]]>"));
+    }
+
+    #[test]
+    fn rejects_control_characters_in_text_and_attributes() {
+        for bad in ["a\u{1}b", "\u{0}", "x\u{1B}", "\u{FFFF}"] {
+            let err = write(|w| w.leaf("t", &[], bad)).unwrap_err();
+            assert!(err.to_string().contains("<t>"), "{err}");
+            assert!(write(|w| w.leaf("t", &[("a", bad)], "")).is_err());
+        }
+        assert!(write(|w| w.leaf("t", &[("a", "tab\tok")], "é\u{10000}")).is_ok());
+    }
+
+    #[test]
+    fn formats_milliseconds_utc() {
+        let t = DateTime::parse_from_rfc3339("2024-03-12T15:00:18.45+01:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(xs_datetime(t), "2024-03-12T14:00:18.450Z");
+    }
+}

@@ -1,0 +1,218 @@
+//! Assembling the application: state, router, background tasks and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::certs::{self, CertError};
+use crate::config::{Config, ConfigError};
+use crate::directory::Directory;
+use crate::events::{kind, Actor, NewEvent};
+use crate::sso::IdentityProvider;
+use crate::store::{Store, StoreError};
+
+/// Why the server cannot start; each message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    #[error("cannot listen on {addr}: {source}. Fix: choose a free address with `listen` (IDBRIDGE_LISTEN)")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Everything handlers share.
+pub struct AppInner {
+    pub config: Config,
+    pub store: Store,
+    pub directory: Directory,
+    pub idp: IdentityProvider,
+}
+
+/// Shared application state, cheap to clone.
+pub type AppState = Arc<AppInner>;
+
+/// A built application, ready to serve.
+pub struct App {
+    pub state: AppState,
+    /// True when this start generated the signing certificate.
+    pub generated_certificate: bool,
+}
+
+impl App {
+    /// Opens and migrates the store and loads (or generates) the signing credential.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let store = Store::connect(&config.database_url()).await?;
+        store.migrate().await?;
+        let (signing, generated) = certs::load_or_generate(&config)?;
+        if generated {
+            let event = NewEvent::new(
+                chrono::Utc::now(),
+                &Actor::System,
+                kind::SIGNING_CERT_CREATE,
+                Some(&signing.subject()),
+            )
+            .details(serde_json::json!({
+                "fingerprintSha256": signing.fingerprint_sha256(),
+                "notAfter": signing.not_after().to_rfc3339(),
+                "keyBits": signing.key_bits(),
+            }));
+            store.record_event(&event).await?;
+        }
+        let directory = Directory::new(store.clone(), config.password_policy.clone());
+        let idp = IdentityProvider::new(&config, store.clone(), directory.clone(), signing)?;
+        Ok(Self {
+            state: Arc::new(AppInner {
+                config,
+                store,
+                directory,
+                idp,
+            }),
+            generated_certificate: generated,
+        })
+    }
+
+    /// The full router with shared layers.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(home))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .merge(crate::sso::router())
+            .fallback(|| async { crate::web::AppError::NotFound })
+            .layer(RequestBodyLimitLayer::new(256 * 1024))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_FRAME_OPTIONS,
+                HeaderValue::from_static("DENY"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ))
+            .layer(TraceLayer::new_for_http())
+            .with_state(self.state.clone())
+    }
+}
+
+/// Binds the configured listen address.
+pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then finishes in-flight requests and
+/// stops the background tasks. Tests call this exactly as `main` does.
+pub async fn run(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = CancellationToken::new();
+    let janitor = tokio::spawn(purge_expired(app.state.clone(), token.clone()));
+    let router = app.router();
+    let serve_token = token.clone();
+    let result = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        tokio::select! {
+            _ = shutdown => {},
+            _ = serve_token.cancelled() => {},
+        }
+    })
+    .await;
+    token.cancel();
+    let _ = janitor.await;
+    app.state.store.close().await;
+    result
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+async fn purge_expired(state: AppState, token: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {
+                let now = chrono::Utc::now().timestamp_millis();
+                if let Err(err) = state.store.purge_expired_saml_state(now).await {
+                    tracing::warn!(%err, "could not purge expired SAML state");
+                }
+            }
+        }
+    }
+}
+
+async fn home(State(state): State<AppState>) -> impl IntoResponse {
+    let base = &state.config.base_url;
+    let body = crate::web::MessagePage {
+        title: "idbridge is running",
+        message: &format!(
+            "SAML metadata: {base}/saml/metadata · sign-in URL: {base}/saml/sso · sign-out URL: {base}/saml/slo"
+        ),
+        hint: Some("Users reach the sign-in page from Microsoft 365; there is nothing to do here."),
+        reference: None,
+    };
+    crate::web::render(StatusCode::OK, &body)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.store.ping().await {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+    }
+}

@@ -1,0 +1,356 @@
+//! HTTP endpoints of the identity provider. Paths are fixed: admins paste them into Microsoft's
+//! federation settings.
+
+use std::net::SocketAddr;
+
+use askama::Template;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use axum_extra::extract::cookie::{Cookie, CookieJar};
+use chrono::Utc;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::idp::{Answer, IncomingRequest, LoginOutcome, SsoError};
+use crate::server::AppState;
+use crate::web::{new_cookie, new_token, render, AppError};
+
+/// The idbridge sign-in session; it must survive Microsoft's cross-site POST.
+const SESSION_COOKIE: &str = "idbridge_session";
+/// Ties a login form to the browser that received the AuthnRequest.
+const BROWSER_COOKIE: &str = "idbridge_browser";
+
+/// Routes of the SAML identity provider.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/saml/metadata", get(metadata))
+        .route("/saml/sso", get(sso_redirect).post(sso_post))
+        .route("/saml/login", post(login))
+        .route("/saml/slo", get(slo_redirect).post(slo_post))
+}
+
+/// SAML protocol parameters as the bindings name them.
+#[derive(Debug, Default, Deserialize)]
+pub struct SamlParams {
+    #[serde(rename = "SAMLRequest")]
+    saml_request: Option<String>,
+    #[serde(rename = "RelayState")]
+    relay_state: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "sso/login.html")]
+struct LoginPage<'a> {
+    sp_name: &'a str,
+    pending: &'a str,
+    username: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "sso/post.html")]
+struct PostPage<'a> {
+    sp_name: &'a str,
+    url: &'a str,
+    field: &'a str,
+    value: &'a str,
+    relay_state: Option<&'a str>,
+}
+
+async fn metadata(State(state): State<AppState>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/samlmetadata+xml"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        state.idp.metadata().to_string(),
+    )
+        .into_response()
+}
+
+async fn sso_redirect(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Query(params): Query<SamlParams>,
+) -> Result<Response, AppError> {
+    sso(state, addr, jar, params, true).await
+}
+
+async fn sso_post(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Form(params): Form<SamlParams>,
+) -> Result<Response, AppError> {
+    sso(state, addr, jar, params, false).await
+}
+
+async fn sso(
+    state: AppState,
+    addr: SocketAddr,
+    jar: CookieJar,
+    params: SamlParams,
+    redirect_binding: bool,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let ip = Some(addr.ip().to_string());
+    let request = match state
+        .idp
+        .receive_authn_request(
+            params.saml_request.as_deref(),
+            redirect_binding,
+            params.relay_state,
+            now,
+        )
+        .await
+    {
+        Ok(request) => request,
+        Err(err) => return Err(rejected(&state, err, "/saml/sso", ip).await),
+    };
+    if !request.force_authn {
+        if let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) {
+            if let Some((session, user)) = state.idp.session_user(&token, now).await.map_err(internal)? {
+                let answer = state
+                    .idp
+                    .answer(&request, &session, &user, ip, now)
+                    .await
+                    .map_err(internal)?;
+                return Ok(answer_page(&state, answer).into_response());
+            }
+        }
+    }
+    if request.is_passive {
+        let answer = state.idp.passive_failure(&request, now).map_err(internal)?;
+        return Ok(answer_page(&state, answer).into_response());
+    }
+    show_login(&state, jar, &request, None).await
+}
+
+async fn show_login(
+    state: &AppState,
+    jar: CookieJar,
+    request: &IncomingRequest,
+    error: Option<&str>,
+) -> Result<Response, AppError> {
+    let browser = jar
+        .get(BROWSER_COOKIE)
+        .map(|c| c.value().to_string())
+        .unwrap_or_else(new_token);
+    let pending = state
+        .idp
+        .park(request, &browser, Utc::now())
+        .await
+        .map_err(internal)?;
+    let jar = jar.add(new_cookie(
+        BROWSER_COOKIE,
+        browser,
+        state.config.is_https(),
+        false,
+    ));
+    let page = LoginPage {
+        sp_name: &request.sp.name,
+        pending: &pending,
+        username: request.login_hint.as_deref().unwrap_or_default(),
+        error,
+    };
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    Ok((jar, render(status, &page)).into_response())
+}
+
+/// The login form's fields.
+#[derive(Deserialize)]
+pub struct LoginForm {
+    pending: String,
+    username: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let ip = Some(addr.ip().to_string());
+    let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
+    let request = match state
+        .idp
+        .resume(&form.pending, browser.as_deref(), now)
+        .await
+    {
+        Ok(request) => request,
+        Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
+    };
+    let password = SecretString::from(form.password);
+    match state
+        .idp
+        .login(&form.username, &password, ip.clone(), now)
+        .await
+        .map_err(internal)?
+    {
+        LoginOutcome::Failed => {
+            // A fresh pending token for the retry; the old one stays valid until it expires.
+            let request = IncomingRequest {
+                login_hint: Some(form.username.clone()),
+                ..request
+            };
+            show_login(
+                &state,
+                jar,
+                &request,
+                Some("The username or password is incorrect."),
+            )
+            .await
+        }
+        LoginOutcome::Refused(refusal) => {
+            let _ = state.idp.take_pending(&form.pending).await;
+            Err(AppError::Refused {
+                title: refusal.title().into(),
+                message: refusal.message(&request.sp.name),
+                hint: refusal.hint(state.idp.support_contact()),
+            })
+        }
+        LoginOutcome::SignedIn {
+            user,
+            session,
+            token,
+        } => {
+            let jar = jar.add(new_cookie(
+                SESSION_COOKIE,
+                token,
+                state.config.is_https(),
+                true,
+            ));
+            if !state.idp.take_pending(&form.pending).await.map_err(internal)? {
+                let err = SsoError::PendingExpired;
+                return Ok((jar, rejected(&state, err, "/saml/login", ip).await).into_response());
+            }
+            let answer = state
+                .idp
+                .answer(&request, &session, &user, ip, now)
+                .await
+                .map_err(internal)?;
+            Ok((jar, answer_page(&state, answer)).into_response())
+        }
+    }
+}
+
+async fn slo_redirect(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Query(params): Query<SamlParams>,
+) -> Result<Response, AppError> {
+    slo(state, addr, jar, params, true).await
+}
+
+async fn slo_post(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Form(params): Form<SamlParams>,
+) -> Result<Response, AppError> {
+    slo(state, addr, jar, params, false).await
+}
+
+async fn slo(
+    state: AppState,
+    addr: SocketAddr,
+    jar: CookieJar,
+    params: SamlParams,
+    redirect_binding: bool,
+) -> Result<Response, AppError> {
+    let ip = Some(addr.ip().to_string());
+    let token = jar.get(SESSION_COOKIE).map(|c| c.value().to_string());
+    let outcome = state
+        .idp
+        .logout(
+            params.saml_request.as_deref(),
+            redirect_binding,
+            params.relay_state,
+            token.as_deref(),
+            ip.clone(),
+            Utc::now(),
+        )
+        .await;
+    let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
+    match outcome {
+        Ok(Some(answer)) => Ok((jar, answer_page(&state, answer)).into_response()),
+        Ok(None) => Ok((
+            jar,
+            render(
+                StatusCode::OK,
+                &crate::web::MessagePage {
+                    title: "You are signed out",
+                    message: "Your idbridge session has ended.",
+                    hint: Some("You can close this window."),
+                    reference: None,
+                },
+            ),
+        )
+            .into_response()),
+        Err(err) => Err(rejected(&state, err, "/saml/slo", ip).await),
+    }
+}
+
+/// Renders an answer: the auto-posting form, or the refusal page.
+fn answer_page(state: &AppState, answer: Answer) -> Response {
+    match answer {
+        Answer::Post {
+            url,
+            saml_response,
+            relay_state,
+            sp_name,
+        } => render(
+            StatusCode::OK,
+            &PostPage {
+                sp_name: &sp_name,
+                url: &url,
+                field: "SAMLResponse",
+                value: &saml_response,
+                relay_state: relay_state.as_deref(),
+            },
+        ),
+        Answer::Refused { refusal, sp_name } => AppError::Refused {
+            title: refusal.title().into(),
+            message: refusal.message(&sp_name),
+            hint: refusal.hint(state.idp.support_contact()),
+        }
+        .into_response(),
+    }
+}
+
+/// Records a refused SAML message and turns it into its page.
+async fn rejected(
+    state: &AppState,
+    err: SsoError,
+    endpoint: &str,
+    ip: Option<String>,
+) -> AppError {
+    if !err.is_bad_request() {
+        return internal(err);
+    }
+    state.idp.record_rejection(&err, endpoint, ip, Utc::now()).await;
+    AppError::bad_request("This sign-in request cannot be used", capitalise(&err.to_string()))
+}
+
+fn internal(err: SsoError) -> AppError {
+    AppError::Internal(err.to_string())
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect::<String>() + ".",
+        None => String::new(),
+    }
+}

@@ -1,0 +1,737 @@
+//! The identity-provider flow: accept an AuthnRequest, sign the user in, check access, answer.
+//!
+//! Nothing here knows about HTTP; the handlers pass in decoded form values and cookies' tokens
+//! and turn the outcomes into pages. Time is a parameter.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::registry::{NameIdSource, ServiceProvider, ServiceProviders};
+use crate::config::Config;
+use crate::directory::{Directory, User, UserState};
+use crate::events::{kind, Actor, NewEvent};
+use crate::saml::{
+    self, AssertionParams, AuthnRequest, LogoutRequest, LogoutResponseParams, SamlError,
+    SignatureAlgorithm, SigningCredential,
+};
+use crate::store::{PendingRequestRow, SessionRow, Store, StoreError};
+use crate::web::token_hash;
+
+/// How long a parked AuthnRequest waits for the user to sign in.
+const LOGIN_WINDOW_MINUTES: i64 = 15;
+
+/// Why a SAML message is refused before any sign-in; shown to the user as a 400 page.
+#[derive(Debug, thiserror::Error)]
+pub enum SsoError {
+    #[error("the SAML request could not be read: {0}")]
+    Malformed(#[from] SamlError),
+    #[error("the SAML request has no SAMLRequest value")]
+    MissingRequest,
+    #[error("the application {0:?} is not registered with idbridge")]
+    UnknownServiceProvider(String),
+    #[error("the SAML request asks for the response at {0:?}, which is not registered for this application")]
+    AcsMismatch(String),
+    #[error("the SAML request asks for assertion consumer service index {0}, which is not registered")]
+    AcsIndexUnknown(u32),
+    #[error("the SAML request asks for the response binding {0:?}; only HTTP-POST is supported")]
+    UnsupportedBinding(String),
+    #[error("the RelayState is longer than {0} bytes")]
+    RelayStateTooLong(usize),
+    #[error("the SAML request was issued at {0}, too long ago (or the clocks differ)")]
+    Stale(String),
+    #[error("the SAML request claims to be issued at {0}, in the future (check the clocks)")]
+    FromFuture(String),
+    #[error("the SAML request {0:?} was already used; start the sign-in again from the application")]
+    Replayed(String),
+    #[error("this sign-in page has expired or was opened in another browser; start the sign-in again from the application")]
+    PendingExpired,
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("could not build the SAML response: {0}")]
+    Build(SamlError),
+}
+
+impl From<StoreError> for SsoError {
+    fn from(err: StoreError) -> Self {
+        SsoError::Store(err)
+    }
+}
+
+impl SsoError {
+    /// Whether the error is the requester's fault (a 400 page and a security event).
+    pub fn is_bad_request(&self) -> bool {
+        !matches!(self, SsoError::Store(_) | SsoError::Build(_))
+    }
+}
+
+/// Why an authenticated user may not sign in to a service provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotBound,
+    Suspended,
+    PasswordExpired,
+}
+
+impl Refusal {
+    /// Stable code recorded in events.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::NotBound => "not_bound_to_m365",
+            Refusal::Suspended => "suspended",
+            Refusal::PasswordExpired => "password_expired",
+        }
+    }
+
+    /// A title for the refusal page.
+    pub fn title(self) -> &'static str {
+        match self {
+            Refusal::NotBound => "Your account is not set up for this application",
+            Refusal::Suspended => "Your account is suspended",
+            Refusal::PasswordExpired => "Your password has expired",
+        }
+    }
+
+    /// What happened, in the user's terms.
+    pub fn message(self, sp_name: &str) -> String {
+        match self {
+            Refusal::NotBound => format!(
+                "You signed in correctly, but your account is not connected to {sp_name}, so idbridge cannot sign you in there."
+            ),
+            Refusal::Suspended => "Sign-in is blocked while your account is suspended.".into(),
+            Refusal::PasswordExpired => {
+                "Your password has expired under your organisation's password policy.".into()
+            }
+        }
+    }
+
+    /// Whom to ask and what for.
+    pub fn hint(self, contact: &str) -> String {
+        match self {
+            Refusal::NotBound => {
+                format!("Ask {contact} to bind your account to Microsoft 365 in idbridge.")
+            }
+            Refusal::Suspended => format!("Ask {contact} to re-activate your account."),
+            Refusal::PasswordExpired => format!("Ask {contact} to reset your password."),
+        }
+    }
+}
+
+/// A validated AuthnRequest, ready to be answered once the user is signed in.
+#[derive(Debug, Clone)]
+pub struct IncomingRequest {
+    pub sp: Arc<ServiceProvider>,
+    pub request_id: Option<String>,
+    pub acs_url: String,
+    pub relay_state: Option<String>,
+    pub force_authn: bool,
+    pub is_passive: bool,
+    pub login_hint: Option<String>,
+}
+
+/// What to send the browser after a sign-in or a session hit.
+#[derive(Debug)]
+pub enum Answer {
+    /// Auto-post `saml_response` (base64) and the RelayState to `url`.
+    Post {
+        url: String,
+        saml_response: String,
+        relay_state: Option<String>,
+        sp_name: String,
+    },
+    /// Show the user why sign-in was refused; nothing goes to the service provider.
+    Refused { refusal: Refusal, sp_name: String },
+}
+
+/// The outcome of a login form submission.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    /// Wrong username or password (the page must not say which).
+    Failed,
+    /// Correct password, but the account may not sign in at all.
+    Refused(Refusal),
+    /// Signed in: a new session with its cookie token.
+    SignedIn {
+        user: Box<User>,
+        session: SessionRow,
+        token: String,
+    },
+}
+
+/// Settings of the flow taken from config once.
+#[derive(Debug, Clone)]
+struct Settings {
+    issuer: String,
+    domain_issuers: Vec<(String, String)>,
+    session: Duration,
+    assertion_lifetime: Duration,
+    conditions_lifetime: Duration,
+    skew: Duration,
+    request_max_age: Duration,
+    relay_state_max: usize,
+    support_contact: String,
+}
+
+/// The SAML identity provider.
+#[derive(Debug)]
+pub struct IdentityProvider {
+    store: Store,
+    directory: Directory,
+    signing: SigningCredential,
+    algorithm: SignatureAlgorithm,
+    service_providers: ServiceProviders,
+    settings: Settings,
+    metadata: String,
+}
+
+impl IdentityProvider {
+    /// Builds the IdP; the metadata document is rendered once here.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        directory: Directory,
+        signing: SigningCredential,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let algorithm = config.saml_signature_algorithm()?;
+        let metadata = saml::idp_metadata(
+            config.saml_issuer(),
+            &format!("{}/saml/sso", config.base_url),
+            &format!("{}/saml/slo", config.base_url),
+            &[&signing],
+        )
+        .map_err(|e| crate::config::ConfigError::Invalid {
+            setting: "saml.issuer".into(),
+            problem: e.to_string(),
+            fix: "use a plain URI without control characters".into(),
+        })?;
+        let s = &config.saml;
+        Ok(Self {
+            store,
+            directory,
+            signing,
+            algorithm,
+            service_providers: ServiceProviders::from_config(config),
+            settings: Settings {
+                issuer: config.saml_issuer().to_string(),
+                domain_issuers: s
+                    .domain_issuers
+                    .iter()
+                    .map(|(d, i)| (d.to_lowercase(), i.clone()))
+                    .collect(),
+                session: Duration::minutes(i64::from(s.session_minutes)),
+                assertion_lifetime: Duration::seconds(i64::from(s.assertion_lifetime_seconds)),
+                conditions_lifetime: Duration::seconds(i64::from(s.conditions_lifetime_seconds)),
+                skew: Duration::seconds(i64::from(s.clock_skew_seconds)),
+                request_max_age: Duration::seconds(i64::from(s.request_max_age_seconds)),
+                relay_state_max: s.relay_state_max_bytes,
+                support_contact: s.support_contact.clone(),
+            },
+            metadata,
+        })
+    }
+
+    /// The IdP metadata document.
+    pub fn metadata(&self) -> &str {
+        &self.metadata
+    }
+
+    /// The signing credential (for the admin pages and `cert show`).
+    pub fn signing(&self) -> &SigningCredential {
+        &self.signing
+    }
+
+    /// The registered service providers.
+    pub fn service_providers(&self) -> &ServiceProviders {
+        &self.service_providers
+    }
+
+    /// Whom refused users are told to ask.
+    pub fn support_contact(&self) -> &str {
+        &self.settings.support_contact
+    }
+
+    /// Decodes and checks an AuthnRequest; a request ID is accepted once only.
+    pub async fn receive_authn_request(
+        &self,
+        saml_request: Option<&str>,
+        redirect_binding: bool,
+        relay_state: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<IncomingRequest, SsoError> {
+        let encoded = saml_request
+            .filter(|s| !s.trim().is_empty())
+            .ok_or(SsoError::MissingRequest)?;
+        if let Some(rs) = &relay_state {
+            if rs.len() > self.settings.relay_state_max {
+                return Err(SsoError::RelayStateTooLong(self.settings.relay_state_max));
+            }
+        }
+        let xml = if redirect_binding {
+            saml::decode_redirect(encoded)?
+        } else {
+            saml::decode_post(encoded)?
+        };
+        let request = AuthnRequest::parse(&xml)?;
+        let sp = self
+            .service_providers
+            .get(&request.issuer)
+            .ok_or_else(|| SsoError::UnknownServiceProvider(request.issuer.clone()))?;
+        if request.issue_instant > now + self.settings.skew {
+            return Err(SsoError::FromFuture(request.issue_instant.to_rfc3339()));
+        }
+        if request.issue_instant < now - self.settings.request_max_age - self.settings.skew {
+            return Err(SsoError::Stale(request.issue_instant.to_rfc3339()));
+        }
+        if let Some(binding) = &request.protocol_binding {
+            if binding != saml::BINDING_HTTP_POST {
+                return Err(SsoError::UnsupportedBinding(binding.clone()));
+            }
+        }
+        // The ACS comes from the registry; a requested one is only used when registered.
+        let acs_url = match (&request.acs_url, request.acs_index) {
+            (Some(url), _) => sp
+                .acs_urls
+                .iter()
+                .find(|u| *u == url)
+                .cloned()
+                .ok_or_else(|| SsoError::AcsMismatch(url.clone()))?,
+            (None, Some(index)) => sp
+                .acs_urls
+                .get(index as usize)
+                .cloned()
+                .ok_or(SsoError::AcsIndexUnknown(index))?,
+            (None, None) => sp
+                .acs_urls
+                .first()
+                .cloned()
+                .ok_or_else(|| SsoError::UnknownServiceProvider(sp.entity_id.clone()))?,
+        };
+        // Remember the ID until the request would be stale anyway.
+        let expires = request.issue_instant
+            + self.settings.request_max_age
+            + self.settings.skew
+            + self.settings.skew;
+        match self
+            .store
+            .remember_request_id(&sp.entity_id, &request.id, expires.timestamp_millis())
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => return Err(SsoError::Replayed(request.id)),
+            Err(other) => return Err(other.into()),
+        }
+        Ok(IncomingRequest {
+            sp,
+            request_id: Some(request.id),
+            acs_url,
+            relay_state,
+            force_authn: request.force_authn,
+            is_passive: request.is_passive,
+            login_hint: request.subject_name_id,
+        })
+    }
+
+    /// Records a refused SAML message (a security event).
+    pub async fn record_rejection(
+        &self,
+        error: &SsoError,
+        endpoint: &str,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) {
+        let event = NewEvent::new(now, &Actor::Anonymous, kind::SAML_REQUEST_REJECTED, None)
+            .details(json!({"endpoint": endpoint, "reason": error.to_string()}))
+            .client_ip(client_ip);
+        if let Err(err) = self.store.record_event(&event).await {
+            tracing::warn!(%err, "could not record a rejected SAML request");
+        }
+    }
+
+    /// Parks a request while the user signs in; returns the token for the login form.
+    ///
+    /// `browser_token` is the login cookie: the form is only accepted from the same browser,
+    /// so a third party cannot sign a victim in to the attacker's account (login CSRF).
+    pub async fn park(
+        &self,
+        request: &IncomingRequest,
+        browser_token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, SsoError> {
+        let token = crate::web::new_token();
+        let row = PendingRequestRow {
+            id_hash: token_hash(&token),
+            sp_entity_id: request.sp.entity_id.clone(),
+            request_id: request.request_id.clone(),
+            acs_url: request.acs_url.clone(),
+            relay_state: request.relay_state.clone(),
+            force_authn: i64::from(request.force_authn),
+            login_hint: request.login_hint.clone(),
+            browser_hash: token_hash(browser_token),
+            created_at: now.timestamp_millis(),
+            expires_at: (now + Duration::minutes(LOGIN_WINDOW_MINUTES)).timestamp_millis(),
+        };
+        self.store.insert_pending_request(&row).await?;
+        Ok(token)
+    }
+
+    /// Finds a parked request for a login form post from the same browser.
+    pub async fn resume(
+        &self,
+        pending_token: &str,
+        browser_token: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<IncomingRequest, SsoError> {
+        let row = self
+            .store
+            .find_pending_request(&token_hash(pending_token), now.timestamp_millis())
+            .await?
+            .ok_or(SsoError::PendingExpired)?;
+        let same_browser = browser_token.is_some_and(|b| {
+            openssl::memcmp::eq(token_hash(b).as_bytes(), row.browser_hash.as_bytes())
+        });
+        if !same_browser {
+            return Err(SsoError::PendingExpired);
+        }
+        let sp = self
+            .service_providers
+            .get(&row.sp_entity_id)
+            .ok_or_else(|| SsoError::UnknownServiceProvider(row.sp_entity_id.clone()))?;
+        Ok(IncomingRequest {
+            sp,
+            request_id: row.request_id,
+            acs_url: row.acs_url,
+            relay_state: row.relay_state,
+            force_authn: row.force_authn != 0,
+            is_passive: false,
+            login_hint: row.login_hint,
+        })
+    }
+
+    /// Consumes a parked request so it is answered once; false when it was already used.
+    pub async fn take_pending(&self, pending_token: &str) -> Result<bool, SsoError> {
+        Ok(self
+            .store
+            .take_pending_request(&token_hash(pending_token))
+            .await?)
+    }
+
+    /// Checks a username (or email) and password and opens a session.
+    pub async fn login(
+        &self,
+        login: &str,
+        password: &SecretString,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<LoginOutcome, SsoError> {
+        let user = match self.directory.authenticate(login, password).await {
+            Ok(user) => user,
+            Err(crate::directory::DirectoryError::Store(e)) => return Err(e.into()),
+            Err(other) => return Err(SsoError::Store(StoreError::Corrupt(other.to_string()))),
+        };
+        let Some(user) = user else {
+            let event = NewEvent::new(now, &Actor::Anonymous, kind::SSO_LOGIN_FAILED, Some(login))
+                .details(json!({"reason": "wrong username or password"}))
+                .client_ip(client_ip);
+            self.store.record_event(&event).await?;
+            return Ok(LoginOutcome::Failed);
+        };
+        if let Some(refusal) = self.account_refusal(&user, now) {
+            self.record_refusal(&user, None, refusal, client_ip, now)
+                .await?;
+            return Ok(LoginOutcome::Refused(refusal));
+        }
+        let token = crate::web::new_token();
+        let session = SessionRow {
+            id_hash: token_hash(&token),
+            user_id: user.id.clone(),
+            session_index: saml::new_id(),
+            authn_instant: now.timestamp_millis(),
+            created_at: now.timestamp_millis(),
+            expires_at: (now + self.settings.session).timestamp_millis(),
+        };
+        let event = NewEvent::new(
+            now,
+            &Actor::User(user.username.clone()),
+            kind::SSO_LOGIN_SUCCESS,
+            Some(&user.username),
+        )
+        .client_ip(client_ip);
+        self.store.insert_session(&session, &event).await?;
+        Ok(LoginOutcome::SignedIn {
+            user: Box::new(user),
+            session,
+            token,
+        })
+    }
+
+    /// The live session and its user for a session cookie token.
+    pub async fn session_user(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(SessionRow, User)>, SsoError> {
+        let Some(session) = self
+            .store
+            .find_session(&token_hash(token), now.timestamp_millis())
+            .await?
+        else {
+            return Ok(None);
+        };
+        match self.directory.get_user(&session.user_id).await {
+            Ok(user) => Ok(Some((session, user))),
+            Err(crate::directory::DirectoryError::NotFound(_)) => Ok(None),
+            Err(crate::directory::DirectoryError::Store(e)) => Err(e.into()),
+            Err(other) => Err(SsoError::Store(StoreError::Corrupt(other.to_string()))),
+        }
+    }
+
+    fn account_refusal(&self, user: &User, now: DateTime<Utc>) -> Option<Refusal> {
+        if user.state != UserState::Active {
+            Some(Refusal::Suspended)
+        } else if self.directory.password_expired(user, now) {
+            Some(Refusal::PasswordExpired)
+        } else {
+            None
+        }
+    }
+
+    async fn record_refusal(
+        &self,
+        user: &User,
+        sp: Option<&ServiceProvider>,
+        refusal: Refusal,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), SsoError> {
+        let event = NewEvent::new(
+            now,
+            &Actor::User(user.username.clone()),
+            kind::SSO_ACCESS_REFUSED,
+            Some(&user.username),
+        )
+        .details(json!({
+            "reason": refusal.code(),
+            "serviceProvider": sp.map(|s| s.entity_id.clone()),
+        }))
+        .client_ip(client_ip);
+        self.store.record_event(&event).await?;
+        Ok(())
+    }
+
+    /// Answers a request for a signed-in user: a signed Response, or a refusal page.
+    ///
+    /// The user is re-read for every answer, so a suspension or unbinding takes effect at once
+    /// even for an existing session.
+    pub async fn answer(
+        &self,
+        request: &IncomingRequest,
+        session: &SessionRow,
+        user: &User,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, SsoError> {
+        let sp = &request.sp;
+        let refusal = self.account_refusal(user, now).or_else(|| {
+            let bound = user.m365.as_ref().is_some_and(|b| b.state == "bound");
+            (sp.requires_m365_binding && !bound).then_some(Refusal::NotBound)
+        });
+        if let Some(refusal) = refusal {
+            self.record_refusal(user, Some(sp), refusal, client_ip, now)
+                .await?;
+            return Ok(Answer::Refused {
+                refusal,
+                sp_name: sp.name.clone(),
+            });
+        }
+        let (name_id, issuer, attributes) = self.subject_of(sp, user);
+        let authn_instant = Utc
+            .timestamp_millis_opt(session.authn_instant)
+            .single()
+            .unwrap_or(now);
+        let params = AssertionParams {
+            issuer: &issuer,
+            destination: &request.acs_url,
+            audience: &sp.entity_id,
+            in_response_to: request.request_id.as_deref(),
+            name_id: &name_id,
+            name_id_format: sp.name_id.format(),
+            attributes: &attributes,
+            authn_instant,
+            session_index: &session.session_index,
+            authn_context_class_ref: saml::AC_PASSWORD_PROTECTED_TRANSPORT,
+            now,
+            not_before_skew: self.settings.skew,
+            subject_lifetime: self.settings.assertion_lifetime,
+            conditions_lifetime: self.settings.conditions_lifetime,
+        };
+        let xml = saml::build_signed_response(&params, &self.signing, self.algorithm)
+            .map_err(SsoError::Build)?;
+        let event = NewEvent::new(
+            now,
+            &Actor::User(user.username.clone()),
+            kind::SSO_ASSERTION_ISSUED,
+            Some(&user.username),
+        )
+        .details(json!({
+            "serviceProvider": sp.entity_id,
+            "inResponseTo": request.request_id,
+            "nameIdFormat": sp.name_id.format(),
+        }))
+        .client_ip(client_ip);
+        self.store.record_event(&event).await?;
+        Ok(Answer::Post {
+            url: request.acs_url.clone(),
+            saml_response: saml::encode_post(&xml),
+            relay_state: request.relay_state.clone(),
+            sp_name: sp.name.clone(),
+        })
+    }
+
+    /// NameID, Issuer and attributes for a user at a service provider.
+    fn subject_of(
+        &self,
+        sp: &ServiceProvider,
+        user: &User,
+    ) -> (String, String, Vec<(String, Vec<String>)>) {
+        let binding = user.m365.as_ref();
+        let name_id = match sp.name_id {
+            NameIdSource::ImmutableId => binding.map(|b| b.immutable_id.clone()),
+            NameIdSource::Username => Some(user.username.clone()),
+            NameIdSource::Email => Some(user.email.clone()),
+        }
+        .unwrap_or_default();
+        if sp.is_m365 {
+            let upn = binding
+                .map(|b| b.user_principal_name.clone())
+                .unwrap_or_else(|| user.email.clone());
+            // Entra matches the Issuer against the federated domain of the user's UPN.
+            let domain = upn.rsplit('@').next().unwrap_or_default().to_lowercase();
+            let issuer = self
+                .settings
+                .domain_issuers
+                .iter()
+                .find(|(d, _)| *d == domain)
+                .map(|(_, i)| i.clone())
+                .unwrap_or_else(|| self.settings.issuer.clone());
+            (name_id, issuer, vec![("IDPEmail".to_string(), vec![upn])])
+        } else {
+            let attributes = sp
+                .attributes
+                .iter()
+                .filter_map(|(saml_name, attr)| {
+                    user.attribute(attr).map(|v| (saml_name.clone(), vec![v]))
+                })
+                .collect();
+            (name_id, self.settings.issuer.clone(), attributes)
+        }
+    }
+
+    /// Answers IsPassive when the user would have to sign in: a NoPassive status to the ACS.
+    pub fn passive_failure(
+        &self,
+        request: &IncomingRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, SsoError> {
+        let xml = saml::build_status_response(
+            &self.settings.issuer,
+            &request.acs_url,
+            request.request_id.as_deref(),
+            saml::STATUS_RESPONDER,
+            Some(saml::STATUS_NO_PASSIVE),
+            Some("The user is not signed in to idbridge"),
+            now,
+        )
+        .map_err(SsoError::Build)?;
+        Ok(Answer::Post {
+            url: request.acs_url.clone(),
+            saml_response: saml::encode_post(&xml),
+            relay_state: request.relay_state.clone(),
+            sp_name: request.sp.name.clone(),
+        })
+    }
+
+    /// Handles single logout: ends the browser's session and, for a LogoutRequest from a
+    /// service provider with a logout URL, returns a signed LogoutResponse to post there.
+    pub async fn logout(
+        &self,
+        saml_request: Option<&str>,
+        redirect_binding: bool,
+        relay_state: Option<String>,
+        session_token: Option<&str>,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Answer>, SsoError> {
+        let request = match saml_request.filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(encoded) => {
+                if relay_state
+                    .as_ref()
+                    .is_some_and(|r| r.len() > self.settings.relay_state_max)
+                {
+                    return Err(SsoError::RelayStateTooLong(self.settings.relay_state_max));
+                }
+                let xml = if redirect_binding {
+                    saml::decode_redirect(encoded)?
+                } else {
+                    saml::decode_post(encoded)?
+                };
+                let request = LogoutRequest::parse(&xml)?;
+                let sp = self
+                    .service_providers
+                    .get(&request.issuer)
+                    .ok_or_else(|| SsoError::UnknownServiceProvider(request.issuer.clone()))?;
+                Some((request, sp))
+            }
+        };
+        let mut username = None;
+        if let Some(token) = session_token {
+            if let Some((session, user)) = self.session_user(token, now).await? {
+                username = Some(user.username.clone());
+                let event = NewEvent::new(
+                    now,
+                    &Actor::User(user.username.clone()),
+                    kind::SSO_LOGOUT,
+                    Some(&user.username),
+                )
+                .details(json!({
+                    "serviceProvider": request.as_ref().map(|(_, sp)| sp.entity_id.clone()),
+                }))
+                .client_ip(client_ip);
+                self.store.delete_session(&session.id_hash, &event).await?;
+                if let Some((req, _)) = &request {
+                    for index in &req.session_indexes {
+                        self.store
+                            .delete_sessions_by_index(&user.id, index)
+                            .await?;
+                    }
+                }
+            }
+        }
+        let Some((request, sp)) = request else {
+            return Ok(None);
+        };
+        let Some(slo_url) = sp.slo_url.clone() else {
+            return Ok(None);
+        };
+        let xml = saml::build_logout_response(
+            &LogoutResponseParams {
+                issuer: &self.settings.issuer,
+                destination: &slo_url,
+                in_response_to: &request.id,
+                now,
+            },
+            &self.signing,
+            self.algorithm,
+        )
+        .map_err(SsoError::Build)?;
+        tracing::debug!(user = ?username, sp = %sp.entity_id, "single logout answered");
+        Ok(Some(Answer::Post {
+            url: slo_url,
+            saml_response: saml::encode_post(&xml),
+            relay_state,
+            sp_name: sp.name.clone(),
+        }))
+    }
+}

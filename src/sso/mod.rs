@@ -1,0 +1,11 @@
+//! Sign-in and the SAML endpoints: login page, SSO, single logout and metadata.
+//!
+//! `idp` holds the flow (no HTTP types); `handlers` extract, call it and render.
+
+mod handlers;
+mod idp;
+mod registry;
+
+pub use handlers::router;
+pub use idp::{Answer, IdentityProvider, IncomingRequest, LoginOutcome, Refusal, SsoError};
+pub use registry::{NameIdSource, ServiceProvider, ServiceProviders, M365_ENTITY_ID};

@@ -1,0 +1,109 @@
+//! The registry of SAML service providers: Microsoft 365 built in, others from config.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::saml::{NAMEID_EMAIL, NAMEID_PERSISTENT, NAMEID_UNSPECIFIED};
+
+/// Entity ID Microsoft Entra ID uses in its AuthnRequests and as the assertion audience.
+pub const M365_ENTITY_ID: &str = "urn:federation:MicrosoftOnline";
+
+/// Which user value becomes the NameID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameIdSource {
+    /// The immutable ID of the Microsoft 365 binding (format persistent).
+    ImmutableId,
+    Username,
+    Email,
+}
+
+impl NameIdSource {
+    /// The NameID Format URI that goes with the source.
+    pub fn format(self) -> &'static str {
+        match self {
+            NameIdSource::ImmutableId => NAMEID_PERSISTENT,
+            NameIdSource::Username => NAMEID_UNSPECIFIED,
+            NameIdSource::Email => NAMEID_EMAIL,
+        }
+    }
+}
+
+/// What idbridge knows about one service provider.
+#[derive(Debug, Clone)]
+pub struct ServiceProvider {
+    pub entity_id: String,
+    pub name: String,
+    /// Registered ACS URLs: responses are posted only to one of these; the first is the default.
+    pub acs_urls: Vec<String>,
+    pub slo_url: Option<String>,
+    pub name_id: NameIdSource,
+    /// SAML attribute name → user attribute name.
+    pub attributes: Vec<(String, String)>,
+    /// Users without a Microsoft 365 binding are refused.
+    pub requires_m365_binding: bool,
+    /// Microsoft 365 itself: the attribute IDPEmail carries the UPN and the issuer may depend
+    /// on the user's domain.
+    pub is_m365: bool,
+}
+
+/// All registered service providers, by entity ID.
+#[derive(Debug, Clone)]
+pub struct ServiceProviders {
+    by_entity_id: HashMap<String, Arc<ServiceProvider>>,
+}
+
+impl ServiceProviders {
+    /// Builds the registry: Microsoft 365 (ACS on the configured login host) plus config entries.
+    pub fn from_config(config: &Config) -> Self {
+        let login_srf = format!("{}/login.srf", config.m365.login_base_url);
+        let m365 = ServiceProvider {
+            entity_id: M365_ENTITY_ID.into(),
+            name: "Microsoft 365".into(),
+            acs_urls: vec![login_srf.clone()],
+            slo_url: Some(login_srf),
+            name_id: NameIdSource::ImmutableId,
+            attributes: Vec::new(),
+            requires_m365_binding: true,
+            is_m365: true,
+        };
+        let mut by_entity_id = HashMap::new();
+        by_entity_id.insert(m365.entity_id.clone(), Arc::new(m365));
+        for sp in &config.saml.service_providers {
+            let name_id = match sp.name_id.as_str() {
+                "immutable_id" => NameIdSource::ImmutableId,
+                "email" => NameIdSource::Email,
+                _ => NameIdSource::Username,
+            };
+            let entry = ServiceProvider {
+                entity_id: sp.entity_id.clone(),
+                name: sp.name.clone().unwrap_or_else(|| sp.entity_id.clone()),
+                acs_urls: sp.acs_urls.clone(),
+                slo_url: sp.slo_url.clone(),
+                name_id,
+                attributes: sp
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                requires_m365_binding: sp.require_m365_binding
+                    || name_id == NameIdSource::ImmutableId,
+                is_m365: false,
+            };
+            by_entity_id.insert(entry.entity_id.clone(), Arc::new(entry));
+        }
+        Self { by_entity_id }
+    }
+
+    /// Looks up a service provider by the Issuer of its request.
+    pub fn get(&self, entity_id: &str) -> Option<Arc<ServiceProvider>> {
+        self.by_entity_id.get(entity_id).cloned()
+    }
+
+    /// All registered service providers, Microsoft 365 first.
+    pub fn all(&self) -> Vec<Arc<ServiceProvider>> {
+        let mut all: Vec<_> = self.by_entity_id.values().cloned().collect();
+        all.sort_by_key(|sp| (!sp.is_m365, sp.entity_id.clone()));
+        all
+    }
+}

@@ -1,0 +1,182 @@
+//! The SQL store: the only place in idbridge that writes SQL.
+//!
+//! One implementation runs on SQLite (embedded default) and PostgreSQL through sqlx's `Any`
+//! driver: queries use `$n` placeholders, which both accept, and portable types only (TEXT,
+//! 64-bit integers; times are Unix milliseconds). Each backend has its own `migrations/`
+//! folder because their DDL differs (auto-increment keys).
+
+mod admins;
+mod events;
+mod saml;
+mod users;
+
+pub use admins::AdminRow;
+pub use events::{EventFilter, EventRow};
+pub use saml::{PendingRequestRow, SessionRow};
+pub use users::{UserListQuery, UserRow, UserWrite};
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+/// Failures of the store, with unique-key conflicts told apart so callers can explain them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("another record already has this {0}")]
+    Conflict(&'static str),
+    #[error("cannot open the database at {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err {
+            if db.is_unique_violation() {
+                return StoreError::Conflict(unique_field(db.message(), db.constraint()));
+            }
+        }
+        StoreError::Database(err)
+    }
+}
+
+/// Names the field behind a unique violation from the SQLite message or PostgreSQL constraint.
+fn unique_field(message: &str, constraint: Option<&str>) -> &'static str {
+    let text = format!("{message} {}", constraint.unwrap_or_default());
+    if text.contains("email_key") {
+        "email"
+    } else if text.contains("username") {
+        "username"
+    } else if text.contains("immutable_id") {
+        "immutable ID"
+    } else if text.contains("saml_seen_requests") || text.contains("request_id") {
+        "request ID"
+    } else {
+        "key"
+    }
+}
+
+/// Which SQL backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens (and for SQLite creates) the database; does not migrate.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        if backend == Backend::Sqlite {
+            create_sqlite_parent_dir(url);
+        }
+        let connect_err = |source| StoreError::Connect {
+            url: crate::config::redact_url(url),
+            source,
+        };
+        let options = AnyConnectOptions::from_str(url).map_err(connect_err)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets the CLI and the server share the file; NORMAL sync is
+                        // durable across process crashes, which is what WAL needs.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(connect_err)?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Applies pending migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes all connections (on shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn create_sqlite_parent_dir(url: &str) {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return;
+    }
+    if let Some(parent) = std::path::Path::new(path).parent() {
+        if !parent.as_os_str().is_empty() && !parent.exists() {
+            // The database holds password hashes and session hashes: keep it private.
+            use std::os::unix::fs::DirBuilderExt;
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent);
+        }
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}

@@ -1,0 +1,178 @@
+//! Sign-in sessions, AuthnRequests waiting for a login, and the replay cache of request IDs.
+
+use sqlx::Executor;
+
+use super::{events, Store, StoreError};
+use crate::events::NewEvent;
+
+/// An idbridge sign-in session (the cookie holds the token; only its hash is stored).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionRow {
+    pub id_hash: String,
+    pub user_id: String,
+    pub session_index: String,
+    pub authn_instant: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// An AuthnRequest parked while the user signs in.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingRequestRow {
+    pub id_hash: String,
+    pub sp_entity_id: String,
+    pub request_id: Option<String>,
+    pub acs_url: String,
+    pub relay_state: Option<String>,
+    pub force_authn: i64,
+    pub login_hint: Option<String>,
+    pub browser_hash: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl Store {
+    /// Remembers a request ID until it expires; `Conflict` means it was seen before (a replay).
+    pub async fn remember_request_id(
+        &self,
+        sp_entity_id: &str,
+        request_id: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO saml_seen_requests (sp_entity_id, request_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(sp_entity_id)
+        .bind(request_id)
+        .bind(expires_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Parks an AuthnRequest for the login form.
+    pub async fn insert_pending_request(&self, row: &PendingRequestRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO saml_pending_requests (id_hash, sp_entity_id, request_id, acs_url, \
+             relay_state, force_authn, login_hint, browser_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&row.id_hash)
+        .bind(&row.sp_entity_id)
+        .bind(&row.request_id)
+        .bind(&row.acs_url)
+        .bind(&row.relay_state)
+        .bind(row.force_authn)
+        .bind(&row.login_hint)
+        .bind(&row.browser_hash)
+        .bind(row.created_at)
+        .bind(row.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Reads a parked request that has not expired.
+    pub async fn find_pending_request(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<PendingRequestRow>, StoreError> {
+        Ok(sqlx::query_as::<_, PendingRequestRow>(
+            "SELECT id_hash, sp_entity_id, request_id, acs_url, relay_state, force_authn, \
+             login_hint, browser_hash, created_at, expires_at FROM saml_pending_requests \
+             WHERE id_hash = $1 AND expires_at > $2",
+        )
+        .bind(id_hash)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Deletes a parked request; false if it was already used (so it is answered only once).
+    pub async fn take_pending_request(&self, id_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM saml_pending_requests WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Creates a sign-in session and records the sign-in event in one transaction.
+    pub async fn insert_session(&self, row: &SessionRow, event: &NewEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sso_sessions (id_hash, user_id, session_index, authn_instant, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&row.id_hash)
+        .bind(&row.user_id)
+        .bind(&row.session_index)
+        .bind(row.authn_instant)
+        .bind(row.created_at)
+        .bind(row.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Reads a live session.
+    pub async fn find_session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, SessionRow>(
+            "SELECT id_hash, user_id, session_index, authn_instant, created_at, expires_at \
+             FROM sso_sessions WHERE id_hash = $1 AND expires_at > $2",
+        )
+        .bind(id_hash)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Ends a session (if any) and records the event.
+    pub async fn delete_session(&self, id_hash: &str, event: &NewEvent) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM sso_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&mut *tx)
+            .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends every session of a user with one of the given SessionIndex values.
+    pub async fn delete_sessions_by_index(
+        &self,
+        user_id: &str,
+        session_index: &str,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM sso_sessions WHERE user_id = $1 AND session_index = $2")
+            .bind(user_id)
+            .bind(session_index)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes expired sessions, parked requests and replay-cache entries.
+    pub async fn purge_expired_saml_state(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for table in ["sso_sessions", "saml_pending_requests", "saml_seen_requests"] {
+            let done = self
+                .pool
+                .execute(
+                    sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= $1"))
+                        .bind(now_ms),
+                )
+                .await?;
+            removed += done.rows_affected();
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,332 @@
+use super::{events, like_pattern, Store, StoreError};
+use crate::events::NewEvent;
+
+/// A user as stored, joined with its manager's username and its Microsoft 365 binding.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    pub firstname: String,
+    pub lastname: String,
+    pub alternate_email: Option<String>,
+    pub job_title: Option<String>,
+    pub department: Option<String>,
+    pub location: Option<String>,
+    pub manager_id: Option<String>,
+    pub manager_username: Option<String>,
+    pub work_street_address: Option<String>,
+    pub work_locality: Option<String>,
+    pub work_region: Option<String>,
+    pub work_postal_code: Option<String>,
+    pub work_country: Option<String>,
+    pub phone_work: Option<String>,
+    pub phone_mobile: Option<String>,
+    pub state: String,
+    pub password_hash: Option<String>,
+    pub password_changed_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub immutable_id: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub binding_state: Option<String>,
+}
+
+/// Every stored attribute of a user, written whole on create and update.
+#[derive(Debug, Clone, Default)]
+pub struct UserWrite {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    pub firstname: String,
+    pub lastname: String,
+    pub alternate_email: Option<String>,
+    pub job_title: Option<String>,
+    pub department: Option<String>,
+    pub location: Option<String>,
+    pub manager_id: Option<String>,
+    pub work_street_address: Option<String>,
+    pub work_locality: Option<String>,
+    pub work_region: Option<String>,
+    pub work_postal_code: Option<String>,
+    pub work_country: Option<String>,
+    pub phone_work: Option<String>,
+    pub phone_mobile: Option<String>,
+    pub state: String,
+}
+
+/// A page of the user list.
+#[derive(Debug, Clone, Default)]
+pub struct UserListQuery {
+    pub search: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+const SELECT_USER: &str = "SELECT u.id, u.username, u.email, u.firstname, u.lastname, \
+    u.alternate_email, u.job_title, u.department, u.location, u.manager_id, \
+    m.username AS manager_username, u.work_street_address, u.work_locality, u.work_region, \
+    u.work_postal_code, u.work_country, u.phone_work, u.phone_mobile, u.state, u.password_hash, \
+    u.password_changed_at, u.created_at, u.updated_at, b.immutable_id, b.user_principal_name, \
+    b.state AS binding_state \
+    FROM users u LEFT JOIN users m ON m.id = u.manager_id \
+    LEFT JOIN m365_bindings b ON b.user_id = u.id";
+
+impl Store {
+    /// Finds a user by id, username or email (case-insensitive for the last two).
+    pub async fn find_user(&self, key: &str) -> Result<Option<UserRow>, StoreError> {
+        let lowered = key.to_lowercase();
+        let row = sqlx::query_as::<_, UserRow>(&format!(
+            "{SELECT_USER} WHERE u.id = $1 OR u.username_key = $2 OR u.email_key = $2"
+        ))
+        .bind(key)
+        .bind(&lowered)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    /// Lists users ordered by username, optionally filtered by a search text.
+    pub async fn list_users(&self, query: &UserListQuery) -> Result<Vec<UserRow>, StoreError> {
+        let pattern = query.search.as_deref().map(like_pattern);
+        let rows = sqlx::query_as::<_, UserRow>(&format!(
+            "{SELECT_USER} WHERE ($1 IS NULL OR u.username_key LIKE $1 ESCAPE '\\' \
+               OR u.email_key LIKE $1 ESCAPE '\\' \
+               OR LOWER(u.firstname || ' ' || u.lastname) LIKE $1 ESCAPE '\\') \
+             ORDER BY u.username_key LIMIT $2 OFFSET $3"
+        ))
+        .bind(pattern)
+        .bind(if query.limit > 0 { query.limit } else { 100 })
+        .bind(query.offset.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Counts all users.
+    pub async fn count_users(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    /// Inserts a user (with an optional first password) and its event in one transaction.
+    pub async fn insert_user(
+        &self,
+        user: &UserWrite,
+        password_hash: Option<&str>,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, username_key, email, email_key, firstname, lastname, \
+             alternate_email, job_title, department, location, manager_id, work_street_address, \
+             work_locality, work_region, work_postal_code, work_country, phone_work, phone_mobile, \
+             state, password_hash, password_changed_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, $21, $22, $23, $23)",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(user.username.to_lowercase())
+        .bind(&user.email)
+        .bind(user.email.to_lowercase())
+        .bind(&user.firstname)
+        .bind(&user.lastname)
+        .bind(&user.alternate_email)
+        .bind(&user.job_title)
+        .bind(&user.department)
+        .bind(&user.location)
+        .bind(&user.manager_id)
+        .bind(&user.work_street_address)
+        .bind(&user.work_locality)
+        .bind(&user.work_region)
+        .bind(&user.work_postal_code)
+        .bind(&user.work_country)
+        .bind(&user.phone_work)
+        .bind(&user.phone_mobile)
+        .bind(&user.state)
+        .bind(password_hash)
+        .bind(password_hash.map(|_| now_ms))
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(hash) = password_hash {
+            sqlx::query(
+                "INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(&user.id)
+            .bind(hash)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rewrites a user's attributes and records the event in one transaction.
+    pub async fn update_user(
+        &self,
+        user: &UserWrite,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE users SET username = $2, username_key = $3, email = $4, email_key = $5, \
+             firstname = $6, lastname = $7, alternate_email = $8, job_title = $9, department = $10, \
+             location = $11, manager_id = $12, work_street_address = $13, work_locality = $14, \
+             work_region = $15, work_postal_code = $16, work_country = $17, phone_work = $18, \
+             phone_mobile = $19, state = $20, updated_at = $21 WHERE id = $1",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(user.username.to_lowercase())
+        .bind(&user.email)
+        .bind(user.email.to_lowercase())
+        .bind(&user.firstname)
+        .bind(&user.lastname)
+        .bind(&user.alternate_email)
+        .bind(&user.job_title)
+        .bind(&user.department)
+        .bind(&user.location)
+        .bind(&user.manager_id)
+        .bind(&user.work_street_address)
+        .bind(&user.work_locality)
+        .bind(&user.work_region)
+        .bind(&user.work_postal_code)
+        .bind(&user.work_country)
+        .bind(&user.phone_work)
+        .bind(&user.phone_mobile)
+        .bind(&user.state)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if user.state != "active" {
+            // A suspended user must not keep signing in through an existing session.
+            sqlx::query("DELETE FROM sso_sessions WHERE user_id = $1")
+                .bind(&user.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest `limit` password hashes of a user (for the history rule).
+    pub async fn password_history(
+        &self,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT password_hash FROM password_history WHERE user_id = $1 \
+             ORDER BY created_at DESC LIMIT $2",
+        )
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(h,)| h).collect())
+    }
+
+    /// Sets a new password hash, appends it to the history (pruned to `keep`), records the event.
+    pub async fn set_password(
+        &self,
+        user_id: &str,
+        hash: &str,
+        keep: i64,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3 WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(hash)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(user_id)
+        .bind(hash)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM password_history WHERE user_id = $1 AND created_at NOT IN \
+             (SELECT created_at FROM password_history WHERE user_id = $1 \
+              ORDER BY created_at DESC LIMIT $2)",
+        )
+        .bind(user_id)
+        .bind(keep.max(1))
+        .execute(&mut *tx)
+        .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves a user's password-change time (used by tests and by imports keeping history).
+    pub async fn set_password_changed_at(
+        &self,
+        user_id: &str,
+        changed_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password_changed_at = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(changed_at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a user and records the event in one transaction.
+    pub async fn delete_user(&self, user_id: &str, event: &NewEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Binds a user to Microsoft 365 with its immutable ID and UPN.
+    ///
+    /// The binding issue drives this through Graph; until then tests and the CLI stamp it
+    /// directly.
+    pub async fn upsert_binding(
+        &self,
+        user_id: &str,
+        immutable_id: &str,
+        user_principal_name: &str,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO m365_bindings (user_id, immutable_id, user_principal_name, state, bound_at) \
+             VALUES ($1, $2, $3, 'bound', $4) \
+             ON CONFLICT (user_id) DO UPDATE SET user_principal_name = $3, state = 'bound'",
+        )
+        .bind(user_id)
+        .bind(immutable_id)
+        .bind(user_principal_name)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

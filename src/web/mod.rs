@@ -1,0 +1,159 @@
+//! Shared HTTP plumbing: the one error type that becomes a response, page rendering, cookies.
+
+use askama::Template;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum_extra::extract::cookie::{Cookie, SameSite};
+
+use crate::directory::DirectoryError;
+use crate::store::StoreError;
+
+/// A page with a title, a message and an optional hint (errors, refusals, notices).
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessagePage<'a> {
+    pub title: &'a str,
+    pub message: &'a str,
+    pub hint: Option<&'a str>,
+    pub reference: Option<&'a str>,
+}
+
+/// Renders a template as an HTML response with the given status.
+pub fn render(status: StatusCode, template: &impl Template) -> Response {
+    match template.render() {
+        Ok(body) => (
+            status,
+            [(header::CACHE_CONTROL, "no-store")],
+            Html(body),
+        )
+            .into_response(),
+        Err(err) => AppError::Internal(format!("template: {err}")).into_response(),
+    }
+}
+
+/// The only error type handlers return; it shows users a clear page and never internals.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad input from a browser or SP: HTTP 400 with a message saying what was wrong.
+    #[error("{title}: {message}")]
+    BadRequest { title: String, message: String },
+    /// Access refused (sign-in refused for a reason the user can act on): HTTP 403.
+    #[error("{title}: {message}")]
+    Refused {
+        title: String,
+        message: String,
+        hint: String,
+    },
+    #[error("not found")]
+    NotFound,
+    /// Anything unexpected: logged with a reference the user can quote.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    /// A 400 page.
+    pub fn bad_request(title: impl Into<String>, message: impl Into<String>) -> Self {
+        AppError::BadRequest {
+            title: title.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
+        AppError::Internal(err.to_string())
+    }
+}
+
+impl From<DirectoryError> for AppError {
+    fn from(err: DirectoryError) -> Self {
+        AppError::Internal(err.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            AppError::BadRequest { title, message } => render(
+                StatusCode::BAD_REQUEST,
+                &MessagePage {
+                    title: &title,
+                    message: &message,
+                    hint: Some("Go back to the application you were signing in to and try again. If this keeps happening, tell your IT administrator."),
+                    reference: None,
+                },
+            ),
+            AppError::Refused {
+                title,
+                message,
+                hint,
+            } => render(
+                StatusCode::FORBIDDEN,
+                &MessagePage {
+                    title: &title,
+                    message: &message,
+                    hint: Some(&hint),
+                    reference: None,
+                },
+            ),
+            AppError::NotFound => render(
+                StatusCode::NOT_FOUND,
+                &MessagePage {
+                    title: "Not found",
+                    message: "There is no page at this address.",
+                    hint: None,
+                    reference: None,
+                },
+            ),
+            AppError::Internal(detail) => {
+                let reference = crate::directory::new_record_id();
+                tracing::error!(%reference, %detail, "internal error");
+                let body = MessagePage {
+                    title: "Something went wrong",
+                    message: "idbridge could not complete this request.",
+                    hint: Some("Try again in a moment. If it keeps failing, give your IT administrator this reference."),
+                    reference: Some(&reference),
+                }
+                .render()
+                .unwrap_or_else(|_| "internal error".into());
+                (StatusCode::INTERNAL_SERVER_ERROR, Html(body)).into_response()
+            }
+        }
+    }
+}
+
+/// Builds a cookie with the attributes every idbridge cookie needs: HttpOnly, path `/`, and
+/// `Secure` whenever the base URL is https.
+///
+/// `cross_site` cookies must travel on the cross-site POST from Microsoft's sign-in page, which
+/// needs `SameSite=None` (and so `Secure`); over plain http they fall back to `Lax`.
+pub fn new_cookie(name: &'static str, value: String, https: bool, cross_site: bool) -> Cookie<'static> {
+    let mut cookie = Cookie::new(name, value);
+    cookie.set_http_only(true);
+    cookie.set_path("/");
+    cookie.set_secure(https);
+    cookie.set_same_site(if cross_site && https {
+        SameSite::None
+    } else {
+        SameSite::Lax
+    });
+    cookie
+}
+
+/// Hex SHA-256 of a token: sessions and pending requests are stored by hash, so a copy of the
+/// database does not yield live cookies.
+pub fn token_hash(token: &str) -> String {
+    openssl::sha::sha256(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fresh random token for cookies and forms (256 bits, hex).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    let _ = openssl::rand::rand_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
