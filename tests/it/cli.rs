@@ -1,0 +1,310 @@
+//! The built `idbridge` binary, run as an admin would run it.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::binary;
+
+/// Runs the binary in `dir` (so the default `data/` and `certs/` land there) with stdin text.
+fn idbridge(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("output")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "failed: {}\n{}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn user_lifecycle_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(idbridge(
+        d,
+        &[
+            "user", "add", "alice", "--email", "alice@contoso.com", "--firstname", "Alice",
+            "--lastname", "Smith", "--department", "Sales", "--password",
+        ],
+        "Str0ng pass!\n",
+        &[],
+    ));
+    let list = ok(idbridge(d, &["user", "list"], "", &[]));
+    assert!(list.contains("alice\talice@contoso.com\tAlice Smith\tactive\tunbound"), "{list}");
+
+    ok(idbridge(d, &["user", "set", "alice", "--job-title", "Lead", "--department", ""], "", &[]));
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(idbridge(d, &["user", "show", "alice", "--json"], "", &[])))
+            .unwrap();
+    assert_eq!(json["jobTitle"], "Lead");
+    assert_eq!(json["department"], serde_json::Value::Null);
+    assert_eq!(json["hasPassword"], true);
+
+    // A weak password is refused with the rule, and the old one stays.
+    let weak = idbridge(d, &["user", "passwd", "alice"], "weakpass\n", &[]);
+    assert_eq!(weak.status.code(), Some(1));
+    assert!(stderr(&weak).contains("password rejected"), "{}", stderr(&weak));
+    assert!(stderr(&weak).contains("at least 3 of"), "{}", stderr(&weak));
+    ok(idbridge(d, &["user", "passwd", "alice"], "Better pass 2!\n", &[]));
+
+    ok(idbridge(d, &["user", "suspend", "alice"], "", &[]));
+    assert!(ok(idbridge(d, &["user", "show", "alice"], "", &[])).contains("suspended"));
+    ok(idbridge(d, &["user", "activate", "alice"], "", &[]));
+    assert!(ok(idbridge(d, &["user", "show", "alice"], "", &[])).contains("active"));
+
+    let events = ok(idbridge(d, &["events", "--target", "alice"], "", &[]));
+    for kind in [
+        "user_create",
+        "user_update",
+        "user_password_rejected",
+        "user_password_set",
+        "user_suspend",
+        "user_activate",
+    ] {
+        assert!(events.contains(kind), "missing {kind} in\n{events}");
+    }
+    assert!(events.contains("cli:"), "events name the CLI actor");
+    assert!(!events.contains("Better pass 2!"), "no password in events");
+
+    ok(idbridge(d, &["user", "delete", "alice"], "", &[]));
+    let gone = idbridge(d, &["user", "show", "alice"], "", &[]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(stderr(&gone).contains("no user \"alice\""));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(idbridge(d, &["user", "add", "bob", "--email", "bob@contoso.com"], "", &[]));
+    let cases: [(&[&str], &str); 4] = [
+        (&["user", "add", "bob2", "--email", "BOB@contoso.com"], "another user already has this email"),
+        (&["user", "add", "bob3", "--email", "not-an-email"], "is not a valid email address"),
+        (&["user", "add", "bob4", "--email", "b4@contoso.com", "--manager", "ghost"], "\"ghost\" is not a user"),
+        (&["user", "set", "bob", "--department", &"x".repeat(65)], "department: must be at most 64"),
+    ];
+    for (args, expected) in cases {
+        let out = idbridge(d, args, "", &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).starts_with("error: "));
+    }
+    let list = ok(idbridge(d, &["user", "list"], "", &[]));
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(ok(idbridge(d, &["user", "show", "bob", "--json"], "", &[])).contains("\"department\": null"));
+}
+
+#[test]
+fn passwords_are_never_taken_from_argv() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = idbridge(
+        dir.path(),
+        &["user", "add", "eve", "--email", "eve@contoso.com", "--password", "S3cret pass!"],
+        "",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "clap refuses the extra argument");
+    let out = idbridge(dir.path(), &["user", "passwd", "eve", "S3cret pass!"], "", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    // With no password on stdin the message says how to give one.
+    ok(idbridge(dir.path(), &["user", "add", "eve", "--email", "eve@contoso.com"], "", &[]));
+    let out = idbridge(dir.path(), &["user", "passwd", "eve"], "", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no password on stdin"), "{}", stderr(&out));
+}
+
+#[test]
+fn every_command_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["user", "--help"],
+        vec!["user", "add", "--help"],
+        vec!["user", "list", "--help"],
+        vec!["user", "show", "--help"],
+        vec!["user", "set", "--help"],
+        vec!["user", "passwd", "--help"],
+        vec!["user", "suspend", "--help"],
+        vec!["user", "activate", "--help"],
+        vec!["user", "delete", "--help"],
+        vec!["cert", "show", "--help"],
+        vec!["admin", "create", "--help"],
+        vec!["events", "--help"],
+    ] {
+        let out = ok(idbridge(dir.path(), &args, "", &[]));
+        assert!(out.contains("Usage:"), "{args:?}");
+    }
+    let add = ok(idbridge(dir.path(), &["user", "add", "--help"], "", &[]));
+    assert!(add.contains("--work-postal-code") && add.contains("--phone-mobile"));
+}
+
+#[test]
+fn config_errors_name_the_setting_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = idbridge(d, &["migrate"], "", &[("IDBRIDGE_PASSWORD_POLICY__MIN_LENGTH", "6")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("password_policy.min_length") && err.contains("Fix:"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    std::fs::write(d.join("idbridge.toml"), "base_urll = \"https://idp.example.com\"\n").unwrap();
+    let out = idbridge(d, &["migrate"], "", &[]);
+    assert!(stderr(&out).contains("base_urll"), "{}", stderr(&out));
+
+    let out = idbridge(d, &["--config", "missing.toml", "migrate"], "", &[]);
+    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+
+    std::fs::write(d.join("idbridge.toml"), "[certs]\nkey_bits = 1000\n").unwrap();
+    let out = idbridge(d, &["migrate"], "", &[]);
+    assert!(stderr(&out).contains("certs.key_bits"), "{}", stderr(&out));
+
+    std::fs::write(d.join("idbridge.toml"), "listen = \"nowhere\"\n").unwrap();
+    let out = idbridge(d, &["migrate"], "", &[]);
+    assert!(stderr(&out).contains("listen"), "{}", stderr(&out));
+    std::fs::remove_file(d.join("idbridge.toml")).unwrap();
+
+    // A value from the environment overrides the default and is used.
+    let out = idbridge(d, &["cert", "show"], "", &[]);
+    assert!(stderr(&out).contains("idbridge serve"), "{}", stderr(&out));
+}
+
+fn wait_healthy(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Read;
+            let _ = s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if body.contains("ok") {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `serve`, waits for health, sends SIGTERM and returns (exit code, stdout).
+fn serve_once(dir: &Path) -> (Option<i32>, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(binary())
+        .arg("serve")
+        .current_dir(dir)
+        .env("IDBRIDGE_LISTEN", &listen)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    assert!(wait_healthy(port), "server became healthy");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), stdout(&out))
+}
+
+#[test]
+fn first_start_generates_the_certificate_and_prints_the_admin_password_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, first) = serve_once(d);
+    assert_eq!(code, Some(0), "graceful shutdown on SIGTERM exits 0");
+    assert!(first.contains("Admin account created: admin"), "{first}");
+    let password_line = first
+        .lines()
+        .find(|l| l.contains("One-time password:"))
+        .expect("password printed");
+    let password = password_line.split(':').nth(1).unwrap().trim().to_string();
+    assert!(password.len() >= 16);
+
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(d.join("certs/signing.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600, "private key is owner-only");
+    assert!(d.join("certs/signing.crt").exists());
+    assert!(d.join("data/idbridge.db").exists());
+
+    let (code, second) = serve_once(d);
+    assert_eq!(code, Some(0));
+    assert!(!second.contains("One-time password"), "never printed again: {second}");
+    assert!(!second.contains(&password));
+
+    let show = ok(idbridge(d, &["cert", "show"], "", &[]));
+    assert!(show.contains("subject:") && show.contains("sha256 fingerprint:"));
+    assert!(show.contains("not after:") && show.contains("RSA 2048 bits"), "{show}");
+
+    let events = ok(idbridge(d, &["events"], "", &[]));
+    assert!(events.contains("signing_certificate_create"));
+    assert_eq!(events.matches("admin_create").count(), 1, "{events}");
+
+    // The key file made readable by others is refused at start, with the fix.
+    std::fs::set_permissions(d.join("certs/signing.key"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let out = idbridge(d, &["cert", "show"], "", &[]);
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
+
+#[test]
+fn admin_create_prints_a_one_time_password_and_refuses_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(idbridge(dir.path(), &["admin", "create", "ops"], "", &[]));
+    assert!(out.contains("One-time password:"));
+    let again = idbridge(dir.path(), &["admin", "create", "ops"], "", &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("already exists"));
+}
+
+#[test]
+fn key_size_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("idbridge.toml"), "[certs]\nkey_bits = 3072\n").unwrap();
+    let (code, _) = serve_once(d);
+    assert_eq!(code, Some(0));
+    let show = ok(idbridge(d, &["cert", "show"], "", &[]));
+    assert!(show.contains("RSA 3072 bits"), "{show}");
+}

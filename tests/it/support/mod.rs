@@ -1,0 +1,203 @@
+//! Test support: the real server on a random port against a temporary database.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use idbridge::config::Config;
+use idbridge::directory::{User, UserChanges};
+use idbridge::events::{Actor, NewEvent};
+use idbridge::server::App;
+use idbridge::store::{EventFilter, EventRow, Store};
+use secrecy::SecretString;
+use tokio::sync::oneshot;
+
+/// A running idbridge with its own temporary data directory.
+pub struct TestApp {
+    pub base_url: String,
+    pub config: Config,
+    pub store: Store,
+    pub dir: tempfile::TempDir,
+    state: idbridge::server::AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Config for a test in `dir`; `extra` is TOML merged over it.
+pub fn test_config(dir: &std::path::Path, extra: &str) -> Config {
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\n\
+         data_dir = \"{data}\"\n\
+         [certs]\nkey_file = \"{dir}/certs/signing.key\"\ncert_file = \"{dir}/certs/signing.crt\"\n\
+         {extra}\n",
+        data = dir.join("data").display(),
+        dir = dir.display(),
+    );
+    Config::from_toml(&toml).expect("test config is valid")
+}
+
+impl TestApp {
+    /// Starts a server with default settings.
+    pub async fn spawn() -> Self {
+        Self::spawn_with("").await
+    }
+
+    /// Starts a server with extra TOML config.
+    pub async fn spawn_with(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn_in(dir, extra).await
+    }
+
+    /// Starts a server in an existing directory (to test restarts).
+    pub async fn spawn_in(dir: tempfile::TempDir, extra: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let base_url = format!("http://127.0.0.1:{port}");
+        let mut config = test_config(dir.path(), extra);
+        if !extra.contains("base_url") {
+            config.base_url = base_url.clone();
+        }
+        let app = App::build(config.clone()).await.expect("app builds");
+        let state = app.state.clone();
+        let store = state.store.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(idbridge::server::run(app, listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base_url,
+            config: state.config.clone(),
+            store,
+            dir,
+            state,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the server gracefully and returns its directory (for a restart).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// A URL on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// The app's shared state (directory, IdP).
+    pub fn state(&self) -> &idbridge::server::AppState {
+        &self.state
+    }
+
+    /// Path of the signing certificate PEM.
+    pub fn cert_path(&self) -> PathBuf {
+        self.config.certs.cert_file.clone()
+    }
+
+    /// Creates an active user with a password.
+    pub async fn create_user(&self, username: &str, email: &str, password: &str) -> User {
+        let changes = UserChanges {
+            username: Some(username.into()),
+            email: Some(email.into()),
+            firstname: Some("Test".into()),
+            lastname: Some(username.into()),
+            ..UserChanges::default()
+        };
+        self.state
+            .directory
+            .create_user(
+                &Actor::System,
+                &changes,
+                Some(&SecretString::from(password.to_string())),
+                Utc::now(),
+            )
+            .await
+            .expect("user created")
+    }
+
+    /// Binds a user to Microsoft 365 directly through the store (the binding issue will do
+    /// this through Graph).
+    pub async fn bind(&self, user: &User, immutable_id: &str, upn: &str) {
+        let event = NewEvent::new(Utc::now(), &Actor::System, "test_bind", Some(&user.username));
+        self.store
+            .upsert_binding(&user.id, immutable_id, upn, Utc::now().timestamp_millis(), &event)
+            .await
+            .expect("bound");
+    }
+
+    /// Events of a type, newest first.
+    pub async fn events(&self, event_type: &str) -> Vec<EventRow> {
+        self.store
+            .list_events(&EventFilter {
+                event_type: Some(event_type.into()),
+                limit: 1000,
+                ..EventFilter::default()
+            })
+            .await
+            .expect("events")
+    }
+
+    /// A browser-like client: cookie store, no redirects followed.
+    pub fn browser(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Path of the built `idbridge` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_idbridge"))
+}
+
+/// Extracts the value of a hidden input `name` from an HTML page.
+pub fn hidden_input(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')? + start;
+    Some(html_unescape(&html[start..end]))
+}
+
+/// Extracts a form's action attribute.
+pub fn form_action(html: &str) -> Option<String> {
+    let marker = "action=\"";
+    let start = html.find(marker)? + marker.len();
+    let end = html[start..].find('"')? + start;
+    Some(html_unescape(&html[start..end]))
+}
+
+/// Reverses the HTML escaping askama applies to attribute values.
+pub fn html_unescape(s: &str) -> String {
+    s.replace("&#43;", "+")
+        .replace("&#x2b;", "+")
+        .replace("&#61;", "=")
+        .replace("&#x3d;", "=")
+        .replace("&#47;", "/")
+        .replace("&#x2f;", "/")
+        .replace("&#x27;", "'")
+        .replace("&#39;", "'")
+        .replace("&quot;", "\"")
+        .replace("&#34;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
