@@ -179,7 +179,12 @@ pub enum AdminCommand {
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
     /// Print the signing certificate's subject, fingerprint and validity.
-    Show,
+    Show {
+        /// Print only the base64 DER of the certificate: the `signingCertificate` value that
+        /// Microsoft Entra ID's federation settings take.
+        #[arg(long)]
+        der_base64: bool,
+    },
 }
 
 /// A CLI failure: printed as one line to stderr, exit status 1.
@@ -202,8 +207,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             store.close().await;
             Ok(())
         }
-        Command::Cert(CertCommand::Show) => {
+        Command::Cert(CertCommand::Show { der_base64 }) => {
             let cred = crate::certs::load(&config).map_err(fail)?;
+            if der_base64 {
+                println!("{}", cred.certificate_der_base64());
+                return Ok(());
+            }
             println!("subject:            {}", cred.subject());
             println!("sha256 fingerprint: {}", cred.fingerprint_sha256());
             println!("not before:         {}", cred.not_before().to_rfc3339());
@@ -428,7 +437,10 @@ fn print_user(u: &User) {
         ("department", u.department.clone()),
         ("location", u.location.clone()),
         ("manager", u.manager.clone()),
-        ("addresses.work.streetAddress", u.work_street_address.clone()),
+        (
+            "addresses.work.streetAddress",
+            u.work_street_address.clone(),
+        ),
         ("addresses.work.locality", u.work_locality.clone()),
         ("addresses.work.region", u.work_region.clone()),
         ("addresses.work.postalCode", u.work_postal_code.clone()),
@@ -467,7 +479,9 @@ fn read_password() -> Result<SecretString, CliError> {
         let first = rpassword::prompt_password("New password: ").map_err(fail)?;
         let second = rpassword::prompt_password("Repeat password: ").map_err(fail)?;
         if first != second {
-            return Err(CliError("the two passwords differ; nothing was changed".into()));
+            return Err(CliError(
+                "the two passwords differ; nothing was changed".into(),
+            ));
         }
         Ok(SecretString::from(first))
     } else {

@@ -261,7 +261,10 @@ impl Config {
         if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
             return Err(invalid(
                 "base_url",
-                format!("{:?} must be an http or https URL with a host", self.base_url),
+                format!(
+                    "{:?} must be an http or https URL with a host",
+                    self.base_url
+                ),
                 "set it to e.g. https://idp.example.com",
             ));
         }
@@ -472,7 +475,10 @@ fn figment_error(err: figment::Error) -> ConfigError {
         .unwrap_or_else(|| "the configuration".into());
     let fix = match &err.kind {
         figment::error::Kind::UnknownField(_, expected) => {
-            format!("remove or rename it in {source}; known settings here: {}", expected.join(", "))
+            format!(
+                "remove or rename it in {source}; known settings here: {}",
+                expected.join(", ")
+            )
         }
         _ => format!("correct it in {source} (see README.md, Configuration)"),
     };
@@ -502,7 +508,9 @@ mod tests {
 
     #[test]
     fn unknown_setting_is_named() {
-        let e = Config::from_toml("base_urll = \"x\"").unwrap_err().to_string();
+        let e = Config::from_toml("base_urll = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("base_urll"), "{e}");
         assert!(e.contains("Fix:"), "{e}");
     }

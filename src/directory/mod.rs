@@ -7,8 +7,7 @@ mod user;
 pub use password::{generate_password, hash_password, verify_password};
 pub use policy::{PasswordPolicy, PolicyViolation};
 pub use user::{
-    millis_to_rfc3339, validate_email, validate_username, M365Binding, User, UserChanges,
-    UserState,
+    millis_to_rfc3339, validate_email, validate_username, M365Binding, User, UserChanges, UserState,
 };
 
 use chrono::{DateTime, Utc};
@@ -121,10 +120,18 @@ impl Directory {
                 reason: "is required".into(),
             });
         }
-        if changes.email.as_deref().unwrap_or_default().trim().is_empty() {
+        if changes
+            .email
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        {
             return Err(DirectoryError::Invalid {
                 field: "email",
-                reason: "is required (the company email becomes the Microsoft 365 userPrincipalName)".into(),
+                reason:
+                    "is required (the company email becomes the Microsoft 365 userPrincipalName)"
+                        .into(),
             });
         }
         let mut write = UserWrite {
@@ -208,8 +215,13 @@ impl Directory {
     ) -> Result<(), DirectoryError> {
         let user = self.get_user(key).await?;
         if let Err(violation) = self.check_new_password(&user, password).await {
-            let event = NewEvent::new(now, actor, kind::USER_PASSWORD_REJECTED, Some(&user.username))
-                .details(json!({"reason": violation.to_string()}));
+            let event = NewEvent::new(
+                now,
+                actor,
+                kind::USER_PASSWORD_REJECTED,
+                Some(&user.username),
+            )
+            .details(json!({"reason": violation.to_string()}));
             self.store.record_event(&event).await?;
             return Err(violation);
         }
@@ -232,7 +244,8 @@ impl Directory {
         user: &User,
         password: &SecretString,
     ) -> Result<(), DirectoryError> {
-        self.policy.check(password.expose_secret(), &user.username)?;
+        self.policy
+            .check(password.expose_secret(), &user.username)?;
         if self.policy.history > 0 {
             let history = self
                 .store
@@ -322,10 +335,13 @@ impl Directory {
         };
         let event = NewEvent::new(now, actor, kind::ADMIN_CREATE, Some(&username))
             .details(json!({"role": ROLE_FULL_ADMIN}));
-        self.store.insert_admin(&row, &event).await.map_err(|e| match e {
-            StoreError::Conflict(_) => DirectoryError::AdminExists(username.clone()),
-            other => other.into(),
-        })?;
+        self.store
+            .insert_admin(&row, &event)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => DirectoryError::AdminExists(username.clone()),
+                other => other.into(),
+            })?;
         Ok(password)
     }
 

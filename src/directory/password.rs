@@ -43,7 +43,11 @@ pub fn generate_password() -> SecretString {
         .enumerate()
         .map(|(i, b)| {
             // The first four characters cover every class; the rest draw from all sets.
-            let set = if i < 4 { sets[i] } else { sets[usize::from(*b) % 4] };
+            let set = if i < 4 {
+                sets[i]
+            } else {
+                sets[usize::from(*b) % 4]
+            };
             char::from(set[usize::from(*b) % set.len()])
         })
         .collect();
@@ -61,7 +65,10 @@ mod tests {
         let hash = hash_password(&pw).unwrap();
         assert!(hash.starts_with("$argon2id$"));
         assert!(verify_password(&pw, &hash));
-        assert!(!verify_password(&SecretString::from("wrong".to_string()), &hash));
+        assert!(!verify_password(
+            &SecretString::from("wrong".to_string()),
+            &hash
+        ));
         assert!(!verify_password(&pw, "not a hash"));
     }
 

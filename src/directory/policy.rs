@@ -133,14 +133,20 @@ mod tests {
 
     #[test]
     fn entra_rule_is_the_floor() {
-        assert_eq!(policy().check("Ab1!", "u"), Err(PolicyViolation::TooShort(8)));
+        assert_eq!(
+            policy().check("Ab1!", "u"),
+            Err(PolicyViolation::TooShort(8))
+        );
         assert_eq!(
             policy().check(&"Ab1!".repeat(65), "u"),
             Err(PolicyViolation::TooLong(256))
         );
         assert!(matches!(
             policy().check("abcdefgh1", "u"),
-            Err(PolicyViolation::TooFewClasses { required: 3, found: 2 })
+            Err(PolicyViolation::TooFewClasses {
+                required: 3,
+                found: 2
+            })
         ));
         assert_eq!(policy().check("abcdefG1", "u"), Ok(()));
         assert_eq!(policy().check("abcd efG!", "u"), Ok(()));

@@ -288,7 +288,10 @@ impl UserChanges {
             ("department", self.department.is_some()),
             ("location", self.location.is_some()),
             ("manager", self.manager.is_some()),
-            ("addresses.work.streetAddress", self.work_street_address.is_some()),
+            (
+                "addresses.work.streetAddress",
+                self.work_street_address.is_some(),
+            ),
             ("addresses.work.locality", self.work_locality.is_some()),
             ("addresses.work.region", self.work_region.is_some()),
             ("addresses.work.postalCode", self.work_postal_code.is_some()),
@@ -296,7 +299,11 @@ impl UserChanges {
             ("phoneNumbers.work", self.phone_work.is_some()),
             ("phoneNumbers.mobile", self.phone_mobile.is_some()),
         ];
-        fields.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect()
+        fields
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| *n)
+            .collect()
     }
 
     /// Validates the changes and applies them to `base` (the manager is resolved by the caller).
@@ -326,17 +333,42 @@ impl UserChanges {
                 &mut base.work_street_address,
                 1024,
             ),
-            ("addresses.work.locality", &self.work_locality, &mut base.work_locality, 128),
-            ("addresses.work.region", &self.work_region, &mut base.work_region, 128),
+            (
+                "addresses.work.locality",
+                &self.work_locality,
+                &mut base.work_locality,
+                128,
+            ),
+            (
+                "addresses.work.region",
+                &self.work_region,
+                &mut base.work_region,
+                128,
+            ),
             (
                 "addresses.work.postalCode",
                 &self.work_postal_code,
                 &mut base.work_postal_code,
                 40,
             ),
-            ("addresses.work.country", &self.work_country, &mut base.work_country, 128),
-            ("phoneNumbers.work", &self.phone_work, &mut base.phone_work, 64),
-            ("phoneNumbers.mobile", &self.phone_mobile, &mut base.phone_mobile, 64),
+            (
+                "addresses.work.country",
+                &self.work_country,
+                &mut base.work_country,
+                128,
+            ),
+            (
+                "phoneNumbers.work",
+                &self.phone_work,
+                &mut base.phone_work,
+                64,
+            ),
+            (
+                "phoneNumbers.mobile",
+                &self.phone_mobile,
+                &mut base.phone_mobile,
+                64,
+            ),
         ];
         for (field, change, target, max) in texts {
             if let Some(v) = change {
@@ -421,7 +453,11 @@ pub fn validate_email(field: &'static str, value: &str) -> Result<String, Direct
 }
 
 /// Free text: trimmed, at most `max` characters, no control characters.
-pub fn validate_text(field: &'static str, value: &str, max: usize) -> Result<String, DirectoryError> {
+pub fn validate_text(
+    field: &'static str,
+    value: &str,
+    max: usize,
+) -> Result<String, DirectoryError> {
     let v = value.trim();
     if v.chars().count() > max {
         return Err(invalid(field, format!("must be at most {max} characters")));
@@ -448,7 +484,15 @@ mod tests {
     #[test]
     fn emails() {
         assert!(validate_email("email", "o'brien@contoso.com").is_ok());
-        for bad in ["a", "a@b", "a@@b.com", ".a@b.com", "a@-b.com", "a b@c.com", "a@b..com"] {
+        for bad in [
+            "a",
+            "a@b",
+            "a@@b.com",
+            ".a@b.com",
+            "a@-b.com",
+            "a b@c.com",
+            "a@b..com",
+        ] {
             assert!(validate_email("email", bad).is_err(), "{bad}");
         }
     }

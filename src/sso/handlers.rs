@@ -113,21 +113,33 @@ async fn sso(
     };
     if !request.force_authn {
         if let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) {
-            if let Some((session, user)) = state.idp.session_user(&token, now).await.map_err(internal)? {
-                let answer = state
+            if let Some((session, user)) = state
+                .idp
+                .session_user(&token, now)
+                .await
+                .map_err(internal)?
+            {
+                return match state
                     .idp
-                    .answer(&request, &session, &user, ip, now)
+                    .answer(&request, &session, &user, ip.clone(), now)
                     .await
-                    .map_err(internal)?;
-                return Ok(answer_page(&state, answer).into_response());
+                {
+                    Ok(answer) => Ok(answer_page(&state, answer)),
+                    Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
+                };
             }
         }
     }
     if request.is_passive {
-        let answer = state.idp.passive_failure(&request, now).map_err(internal)?;
-        return Ok(answer_page(&state, answer).into_response());
+        return match state.idp.passive_failure(&request, now).await {
+            Ok(answer) => Ok(answer_page(&state, answer)),
+            Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
+        };
     }
-    show_login(&state, jar, &request, None).await
+    match show_login(&state, jar, &request, None).await {
+        Ok(page) => Ok(page),
+        Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
+    }
 }
 
 async fn show_login(
@@ -135,16 +147,12 @@ async fn show_login(
     jar: CookieJar,
     request: &IncomingRequest,
     error: Option<&str>,
-) -> Result<Response, AppError> {
+) -> Result<Response, SsoError> {
     let browser = jar
         .get(BROWSER_COOKIE)
         .map(|c| c.value().to_string())
         .unwrap_or_else(new_token);
-    let pending = state
-        .idp
-        .park(request, &browser, Utc::now())
-        .await
-        .map_err(internal)?;
+    let pending = state.idp.park(request, &browser, Utc::now()).await?;
     let jar = jar.add(new_cookie(
         BROWSER_COOKIE,
         browser,
@@ -193,7 +201,7 @@ async fn login(
     let password = SecretString::from(form.password);
     match state
         .idp
-        .login(&form.username, &password, ip.clone(), now)
+        .login(&form.username, &password, &request.sp, ip.clone(), now)
         .await
         .map_err(internal)?
     {
@@ -210,6 +218,7 @@ async fn login(
                 Some("The username or password is incorrect."),
             )
             .await
+            .map_err(internal)
         }
         LoginOutcome::Refused(refusal) => {
             let _ = state.idp.take_pending(&form.pending).await;
@@ -230,16 +239,25 @@ async fn login(
                 state.config.is_https(),
                 true,
             ));
-            if !state.idp.take_pending(&form.pending).await.map_err(internal)? {
+            if !state
+                .idp
+                .take_pending(&form.pending)
+                .await
+                .map_err(internal)?
+            {
                 let err = SsoError::PendingExpired;
                 return Ok((jar, rejected(&state, err, "/saml/login", ip).await).into_response());
             }
-            let answer = state
+            match state
                 .idp
-                .answer(&request, &session, &user, ip, now)
+                .answer(&request, &session, &user, ip.clone(), now)
                 .await
-                .map_err(internal)?;
-            Ok((jar, answer_page(&state, answer)).into_response())
+            {
+                Ok(answer) => Ok((jar, answer_page(&state, answer)).into_response()),
+                Err(err) => {
+                    Ok((jar, rejected(&state, err, "/saml/login", ip).await).into_response())
+                }
+            }
         }
     }
 }
@@ -330,17 +348,18 @@ fn answer_page(state: &AppState, answer: Answer) -> Response {
 }
 
 /// Records a refused SAML message and turns it into its page.
-async fn rejected(
-    state: &AppState,
-    err: SsoError,
-    endpoint: &str,
-    ip: Option<String>,
-) -> AppError {
+async fn rejected(state: &AppState, err: SsoError, endpoint: &str, ip: Option<String>) -> AppError {
     if !err.is_bad_request() {
         return internal(err);
     }
-    state.idp.record_rejection(&err, endpoint, ip, Utc::now()).await;
-    AppError::bad_request("This sign-in request cannot be used", capitalise(&err.to_string()))
+    state
+        .idp
+        .record_rejection(&err, endpoint, ip, Utc::now())
+        .await;
+    AppError::bad_request(
+        "This sign-in request cannot be used",
+        capitalise(&err.to_string()),
+    )
 }
 
 fn internal(err: SsoError) -> AppError {

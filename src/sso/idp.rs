@@ -17,7 +17,7 @@ use crate::saml::{
     self, AssertionParams, AuthnRequest, LogoutRequest, LogoutResponseParams, SamlError,
     SignatureAlgorithm, SigningCredential,
 };
-use crate::store::{PendingRequestRow, SessionRow, Store, StoreError};
+use crate::store::{PendingRequestRow, ReplayGuard, SessionRow, Store, StoreError};
 use crate::web::token_hash;
 
 /// How long a parked AuthnRequest waits for the user to sign in.
@@ -34,7 +34,9 @@ pub enum SsoError {
     UnknownServiceProvider(String),
     #[error("the SAML request asks for the response at {0:?}, which is not registered for this application")]
     AcsMismatch(String),
-    #[error("the SAML request asks for assertion consumer service index {0}, which is not registered")]
+    #[error(
+        "the SAML request asks for assertion consumer service index {0}, which is not registered"
+    )]
     AcsIndexUnknown(u32),
     #[error("the SAML request asks for the response binding {0:?}; only HTTP-POST is supported")]
     UnsupportedBinding(String),
@@ -44,7 +46,9 @@ pub enum SsoError {
     Stale(String),
     #[error("the SAML request claims to be issued at {0}, in the future (check the clocks)")]
     FromFuture(String),
-    #[error("the SAML request {0:?} was already used; start the sign-in again from the application")]
+    #[error(
+        "the SAML request {0:?} was already used; start the sign-in again from the application"
+    )]
     Replayed(String),
     #[error("this sign-in page has expired or was opened in another browser; start the sign-in again from the application")]
     PendingExpired,
@@ -129,6 +133,18 @@ pub struct IncomingRequest {
     pub force_authn: bool,
     pub is_passive: bool,
     pub login_hint: Option<String>,
+    /// The request ID to remember when the request is first parked or answered; `None` once
+    /// remembered. Written in the same transaction as that park or answer, so the hot path has
+    /// one write.
+    pub replay_guard: Option<ReplayGuard>,
+}
+
+/// Maps a unique-key conflict on the replay cache to `Replayed`.
+fn replay_conflict(err: StoreError, guard: Option<&ReplayGuard>) -> SsoError {
+    match (err, guard) {
+        (StoreError::Conflict(_), Some(g)) => SsoError::Replayed(g.request_id.clone()),
+        (other, _) => other.into(),
+    }
 }
 
 /// What to send the browser after a sign-in or a session hit.
@@ -252,7 +268,8 @@ impl IdentityProvider {
         &self.settings.support_contact
     }
 
-    /// Decodes and checks an AuthnRequest; a request ID is accepted once only.
+    /// Decodes and checks an AuthnRequest. Nothing is written yet: the request ID goes into the
+    /// replay cache when the request is parked or answered, and is accepted once only.
     pub async fn receive_authn_request(
         &self,
         saml_request: Option<&str>,
@@ -313,15 +330,11 @@ impl IdentityProvider {
             + self.settings.request_max_age
             + self.settings.skew
             + self.settings.skew;
-        match self
-            .store
-            .remember_request_id(&sp.entity_id, &request.id, expires.timestamp_millis())
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => return Err(SsoError::Replayed(request.id)),
-            Err(other) => return Err(other.into()),
-        }
+        let replay_guard = Some(ReplayGuard {
+            sp_entity_id: sp.entity_id.clone(),
+            request_id: request.id.clone(),
+            expires_at: expires.timestamp_millis(),
+        });
         Ok(IncomingRequest {
             sp,
             request_id: Some(request.id),
@@ -330,6 +343,7 @@ impl IdentityProvider {
             force_authn: request.force_authn,
             is_passive: request.is_passive,
             login_hint: request.subject_name_id,
+            replay_guard,
         })
     }
 
@@ -372,7 +386,10 @@ impl IdentityProvider {
             created_at: now.timestamp_millis(),
             expires_at: (now + Duration::minutes(LOGIN_WINDOW_MINUTES)).timestamp_millis(),
         };
-        self.store.insert_pending_request(&row).await?;
+        self.store
+            .insert_pending_request(&row, request.replay_guard.as_ref())
+            .await
+            .map_err(|e| replay_conflict(e, request.replay_guard.as_ref()))?;
         Ok(token)
     }
 
@@ -406,6 +423,7 @@ impl IdentityProvider {
             force_authn: row.force_authn != 0,
             is_passive: false,
             login_hint: row.login_hint,
+            replay_guard: None,
         })
     }
 
@@ -422,6 +440,7 @@ impl IdentityProvider {
         &self,
         login: &str,
         password: &SecretString,
+        sp: &ServiceProvider,
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<LoginOutcome, SsoError> {
@@ -431,14 +450,25 @@ impl IdentityProvider {
             Err(other) => return Err(SsoError::Store(StoreError::Corrupt(other.to_string()))),
         };
         let Some(user) = user else {
-            let event = NewEvent::new(now, &Actor::Anonymous, kind::SSO_LOGIN_FAILED, Some(login))
-                .details(json!({"reason": "wrong username or password"}))
-                .client_ip(client_ip);
+            // The typed name shows which account was targeted; it is capped so a password
+            // typed into the wrong field is not kept whole.
+            let target: String = login.trim().chars().take(128).collect();
+            let event = NewEvent::new(
+                now,
+                &Actor::Anonymous,
+                kind::SSO_LOGIN_FAILED,
+                Some(&target),
+            )
+            .details(json!({
+                "reason": "wrong username or password",
+                "serviceProvider": sp.entity_id,
+            }))
+            .client_ip(client_ip);
             self.store.record_event(&event).await?;
             return Ok(LoginOutcome::Failed);
         };
         if let Some(refusal) = self.account_refusal(&user, now) {
-            self.record_refusal(&user, None, refusal, client_ip, now)
+            self.record_refusal(&user, Some(sp), refusal, client_ip, now)
                 .await?;
             return Ok(LoginOutcome::Refused(refusal));
         }
@@ -466,25 +496,31 @@ impl IdentityProvider {
         })
     }
 
-    /// The live session and its user for a session cookie token.
+    /// The live session and its user for a session cookie token (one query).
     pub async fn session_user(
         &self,
         token: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(SessionRow, User)>, SsoError> {
-        let Some(session) = self
+        let id_hash = token_hash(token);
+        let Some(row) = self
             .store
-            .find_session(&token_hash(token), now.timestamp_millis())
+            .find_session_user(&id_hash, now.timestamp_millis())
             .await?
         else {
             return Ok(None);
         };
-        match self.directory.get_user(&session.user_id).await {
-            Ok(user) => Ok(Some((session, user))),
-            Err(crate::directory::DirectoryError::NotFound(_)) => Ok(None),
-            Err(crate::directory::DirectoryError::Store(e)) => Err(e.into()),
-            Err(other) => Err(SsoError::Store(StoreError::Corrupt(other.to_string()))),
-        }
+        let session = SessionRow {
+            id_hash,
+            user_id: row.user.id.clone(),
+            session_index: row.session_index,
+            authn_instant: row.authn_instant,
+            created_at: row.authn_instant,
+            expires_at: row.session_expires_at,
+        };
+        let user = User::from_row(row.user)
+            .map_err(|e| SsoError::Store(StoreError::Corrupt(e.to_string())))?;
+        Ok(Some((session, user)))
     }
 
     fn account_refusal(&self, user: &User, now: DateTime<Utc>) -> Option<Refusal> {
@@ -580,7 +616,12 @@ impl IdentityProvider {
             "nameIdFormat": sp.name_id.format(),
         }))
         .client_ip(client_ip);
-        self.store.record_event(&event).await?;
+        // Committed before the response leaves: a replayed request gets nothing.
+        let guard = request.replay_guard.as_ref();
+        self.store
+            .record_answer(guard, &event)
+            .await
+            .map_err(|e| replay_conflict(e, guard))?;
         Ok(Answer::Post {
             url: request.acs_url.clone(),
             saml_response: saml::encode_post(&xml),
@@ -606,15 +647,7 @@ impl IdentityProvider {
             let upn = binding
                 .map(|b| b.user_principal_name.clone())
                 .unwrap_or_else(|| user.email.clone());
-            // Entra matches the Issuer against the federated domain of the user's UPN.
-            let domain = upn.rsplit('@').next().unwrap_or_default().to_lowercase();
-            let issuer = self
-                .settings
-                .domain_issuers
-                .iter()
-                .find(|(d, _)| *d == domain)
-                .map(|(_, i)| i.clone())
-                .unwrap_or_else(|| self.settings.issuer.clone());
+            let issuer = self.issuer_for_upn(&upn);
             (name_id, issuer, vec![("IDPEmail".to_string(), vec![upn])])
         } else {
             let attributes = sp
@@ -628,12 +661,30 @@ impl IdentityProvider {
         }
     }
 
+    /// The Issuer for a user: Entra matches it against the federated domain of the user's UPN,
+    /// so a domain with its own issuer URI gets that one.
+    fn issuer_for_upn(&self, upn: &str) -> String {
+        let domain = upn.rsplit('@').next().unwrap_or_default().to_lowercase();
+        self.settings
+            .domain_issuers
+            .iter()
+            .find(|(d, _)| *d == domain)
+            .map(|(_, i)| i.clone())
+            .unwrap_or_else(|| self.settings.issuer.clone())
+    }
+
     /// Answers IsPassive when the user would have to sign in: a NoPassive status to the ACS.
-    pub fn passive_failure(
+    pub async fn passive_failure(
         &self,
         request: &IncomingRequest,
         now: DateTime<Utc>,
     ) -> Result<Answer, SsoError> {
+        if let Some(g) = &request.replay_guard {
+            self.store
+                .remember_request_id(&g.sp_entity_id, &g.request_id, g.expires_at)
+                .await
+                .map_err(|e| replay_conflict(e, Some(g)))?;
+        }
         let xml = saml::build_status_response(
             &self.settings.issuer,
             &request.acs_url,
@@ -686,9 +737,13 @@ impl IdentityProvider {
             }
         };
         let mut username = None;
+        let mut issuer = self.settings.issuer.clone();
         if let Some(token) = session_token {
             if let Some((session, user)) = self.session_user(token, now).await? {
                 username = Some(user.username.clone());
+                if let Some(binding) = &user.m365 {
+                    issuer = self.issuer_for_upn(&binding.user_principal_name);
+                }
                 let event = NewEvent::new(
                     now,
                     &Actor::User(user.username.clone()),
@@ -702,9 +757,7 @@ impl IdentityProvider {
                 self.store.delete_session(&session.id_hash, &event).await?;
                 if let Some((req, _)) = &request {
                     for index in &req.session_indexes {
-                        self.store
-                            .delete_sessions_by_index(&user.id, index)
-                            .await?;
+                        self.store.delete_sessions_by_index(&user.id, index).await?;
                     }
                 }
             }
@@ -717,7 +770,7 @@ impl IdentityProvider {
         };
         let xml = saml::build_logout_response(
             &LogoutResponseParams {
-                issuer: &self.settings.issuer,
+                issuer: &issuer,
                 destination: &slo_url,
                 in_response_to: &request.id,
                 now,

@@ -12,7 +12,7 @@ mod users;
 
 pub use admins::AdminRow;
 pub use events::{EventFilter, EventRow};
-pub use saml::{PendingRequestRow, SessionRow};
+pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
 pub use users::{UserListQuery, UserRow, UserWrite};
 
 use std::str::FromStr;

@@ -2,6 +2,7 @@
 
 use sqlx::Executor;
 
+use super::users::{UserRow, USER_COLUMNS, USER_JOINS};
 use super::{events, Store, StoreError};
 use crate::events::NewEvent;
 
@@ -31,27 +32,98 @@ pub struct PendingRequestRow {
     pub expires_at: i64,
 }
 
+/// A live session together with its user (one query on the sign-in hot path).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionUserRow {
+    pub session_index: String,
+    pub authn_instant: i64,
+    pub session_expires_at: i64,
+    #[sqlx(flatten)]
+    pub user: UserRow,
+}
+
+/// A request ID to remember so the request is answered once (the replay cache).
+#[derive(Debug, Clone)]
+pub struct ReplayGuard {
+    pub sp_entity_id: String,
+    pub request_id: String,
+    pub expires_at: i64,
+}
+
+async fn insert_replay_guard<'e, E: Executor<'e, Database = sqlx::Any>>(
+    executor: E,
+    guard: &ReplayGuard,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO saml_seen_requests (sp_entity_id, request_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(&guard.sp_entity_id)
+    .bind(&guard.request_id)
+    .bind(guard.expires_at)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 impl Store {
-    /// Remembers a request ID until it expires; `Conflict` means it was seen before (a replay).
+    /// Reads a live session and its user.
+    pub async fn find_session_user(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<SessionUserRow>, StoreError> {
+        Ok(sqlx::query_as::<_, SessionUserRow>(&format!(
+            "SELECT s.session_index, s.authn_instant, s.expires_at AS session_expires_at, \
+             {USER_COLUMNS} FROM sso_sessions s JOIN users u ON u.id = s.user_id {USER_JOINS} \
+             WHERE s.id_hash = $1 AND s.expires_at > $2"
+        ))
+        .bind(id_hash)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records an issued assertion: its request ID in the replay cache and its event, in one
+    /// transaction. `Conflict` means the request ID was answered before (a replay).
+    pub async fn record_answer(
+        &self,
+        guard: Option<&ReplayGuard>,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(guard) = guard {
+            insert_replay_guard(&mut *tx, guard).await?;
+        }
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Remembers a request ID until it expires; `Conflict` means it was seen before (a replay). until it expires; `Conflict` means it was seen before (a replay).
     pub async fn remember_request_id(
         &self,
         sp_entity_id: &str,
         request_id: &str,
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO saml_seen_requests (sp_entity_id, request_id, expires_at) VALUES ($1, $2, $3)",
-        )
-        .bind(sp_entity_id)
-        .bind(request_id)
-        .bind(expires_at_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let guard = ReplayGuard {
+            sp_entity_id: sp_entity_id.into(),
+            request_id: request_id.into(),
+            expires_at: expires_at_ms,
+        };
+        insert_replay_guard(&self.pool, &guard).await
     }
 
-    /// Parks an AuthnRequest for the login form.
-    pub async fn insert_pending_request(&self, row: &PendingRequestRow) -> Result<(), StoreError> {
+    /// Parks an AuthnRequest for the login form, remembering its ID in the same transaction.
+    pub async fn insert_pending_request(
+        &self,
+        row: &PendingRequestRow,
+        guard: Option<&ReplayGuard>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(guard) = guard {
+            insert_replay_guard(&mut *tx, guard).await?;
+        }
         sqlx::query(
             "INSERT INTO saml_pending_requests (id_hash, sp_entity_id, request_id, acs_url, \
              relay_state, force_authn, login_hint, browser_hash, created_at, expires_at) \
@@ -67,8 +139,9 @@ impl Store {
         .bind(&row.browser_hash)
         .bind(row.created_at)
         .bind(row.expires_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -99,7 +172,11 @@ impl Store {
     }
 
     /// Creates a sign-in session and records the sign-in event in one transaction.
-    pub async fn insert_session(&self, row: &SessionRow, event: &NewEvent) -> Result<(), StoreError> {
+    pub async fn insert_session(
+        &self,
+        row: &SessionRow,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sso_sessions (id_hash, user_id, session_index, authn_instant, created_at, expires_at) \
@@ -135,7 +212,11 @@ impl Store {
     }
 
     /// Ends a session (if any) and records the event.
-    pub async fn delete_session(&self, id_hash: &str, event: &NewEvent) -> Result<bool, StoreError> {
+    pub async fn delete_session(
+        &self,
+        id_hash: &str,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM sso_sessions WHERE id_hash = $1")
             .bind(id_hash)
@@ -152,18 +233,23 @@ impl Store {
         user_id: &str,
         session_index: &str,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM sso_sessions WHERE user_id = $1 AND session_index = $2")
-            .bind(user_id)
-            .bind(session_index)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM sso_sessions WHERE user_id = $1 AND session_index = $2")
+                .bind(user_id)
+                .bind(session_index)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected())
     }
 
     /// Deletes expired sessions, parked requests and replay-cache entries.
     pub async fn purge_expired_saml_state(&self, now_ms: i64) -> Result<u64, StoreError> {
         let mut removed = 0;
-        for table in ["sso_sessions", "saml_pending_requests", "saml_seen_requests"] {
+        for table in [
+            "sso_sessions",
+            "saml_pending_requests",
+            "saml_seen_requests",
+        ] {
             let done = self
                 .pool
                 .execute(

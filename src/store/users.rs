@@ -63,21 +63,28 @@ pub struct UserListQuery {
     pub offset: i64,
 }
 
-const SELECT_USER: &str = "SELECT u.id, u.username, u.email, u.firstname, u.lastname, \
+/// Columns of [`UserRow`], to be used with [`USER_JOINS`].
+pub(super) const USER_COLUMNS: &str = "u.id, u.username, u.email, u.firstname, u.lastname, \
     u.alternate_email, u.job_title, u.department, u.location, u.manager_id, \
     m.username AS manager_username, u.work_street_address, u.work_locality, u.work_region, \
     u.work_postal_code, u.work_country, u.phone_work, u.phone_mobile, u.state, u.password_hash, \
     u.password_changed_at, u.created_at, u.updated_at, b.immutable_id, b.user_principal_name, \
-    b.state AS binding_state \
-    FROM users u LEFT JOIN users m ON m.id = u.manager_id \
+    b.state AS binding_state";
+/// Joins that [`USER_COLUMNS`] needs, after `FROM users u`.
+pub(super) const USER_JOINS: &str = "LEFT JOIN users m ON m.id = u.manager_id \
     LEFT JOIN m365_bindings b ON b.user_id = u.id";
+
+fn select_user() -> String {
+    format!("SELECT {USER_COLUMNS} FROM users u {USER_JOINS}")
+}
 
 impl Store {
     /// Finds a user by id, username or email (case-insensitive for the last two).
     pub async fn find_user(&self, key: &str) -> Result<Option<UserRow>, StoreError> {
         let lowered = key.to_lowercase();
         let row = sqlx::query_as::<_, UserRow>(&format!(
-            "{SELECT_USER} WHERE u.id = $1 OR u.username_key = $2 OR u.email_key = $2"
+            "{} WHERE u.id = $1 OR u.username_key = $2 OR u.email_key = $2",
+            select_user()
         ))
         .bind(key)
         .bind(&lowered)
@@ -90,10 +97,11 @@ impl Store {
     pub async fn list_users(&self, query: &UserListQuery) -> Result<Vec<UserRow>, StoreError> {
         let pattern = query.search.as_deref().map(like_pattern);
         let rows = sqlx::query_as::<_, UserRow>(&format!(
-            "{SELECT_USER} WHERE ($1 IS NULL OR u.username_key LIKE $1 ESCAPE '\\' \
+            "{} WHERE ($1 IS NULL OR u.username_key LIKE $1 ESCAPE '\\' \
                OR u.email_key LIKE $1 ESCAPE '\\' \
                OR LOWER(u.firstname || ' ' || u.lastname) LIKE $1 ESCAPE '\\') \
-             ORDER BY u.username_key LIMIT $2 OFFSET $3"
+             ORDER BY u.username_key LIMIT $2 OFFSET $3",
+            select_user()
         ))
         .bind(pattern)
         .bind(if query.limit > 0 { query.limit } else { 100 })

@@ -21,12 +21,7 @@ pub struct MessagePage<'a> {
 /// Renders a template as an HTML response with the given status.
 pub fn render(status: StatusCode, template: &impl Template) -> Response {
     match template.render() {
-        Ok(body) => (
-            status,
-            [(header::CACHE_CONTROL, "no-store")],
-            Html(body),
-        )
-            .into_response(),
+        Ok(body) => (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response(),
         Err(err) => AppError::Internal(format!("template: {err}")).into_response(),
     }
 }
@@ -129,7 +124,12 @@ impl IntoResponse for AppError {
 ///
 /// `cross_site` cookies must travel on the cross-site POST from Microsoft's sign-in page, which
 /// needs `SameSite=None` (and so `Secure`); over plain http they fall back to `Lax`.
-pub fn new_cookie(name: &'static str, value: String, https: bool, cross_site: bool) -> Cookie<'static> {
+pub fn new_cookie(
+    name: &'static str,
+    value: String,
+    https: bool,
+    cross_site: bool,
+) -> Cookie<'static> {
     let mut cookie = Cookie::new(name, value);
     cookie.set_http_only(true);
     cookie.set_path("/");

@@ -49,19 +49,49 @@ fn user_lifecycle_from_the_command_line() {
     ok(idbridge(
         d,
         &[
-            "user", "add", "alice", "--email", "alice@contoso.com", "--firstname", "Alice",
-            "--lastname", "Smith", "--department", "Sales", "--password",
+            "user",
+            "add",
+            "alice",
+            "--email",
+            "alice@contoso.com",
+            "--firstname",
+            "Alice",
+            "--lastname",
+            "Smith",
+            "--department",
+            "Sales",
+            "--password",
         ],
         "Str0ng pass!\n",
         &[],
     ));
     let list = ok(idbridge(d, &["user", "list"], "", &[]));
-    assert!(list.contains("alice\talice@contoso.com\tAlice Smith\tactive\tunbound"), "{list}");
+    assert!(
+        list.contains("alice\talice@contoso.com\tAlice Smith\tactive\tunbound"),
+        "{list}"
+    );
 
-    ok(idbridge(d, &["user", "set", "alice", "--job-title", "Lead", "--department", ""], "", &[]));
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(idbridge(d, &["user", "show", "alice", "--json"], "", &[])))
-            .unwrap();
+    ok(idbridge(
+        d,
+        &[
+            "user",
+            "set",
+            "alice",
+            "--job-title",
+            "Lead",
+            "--department",
+            "",
+        ],
+        "",
+        &[],
+    ));
+    let json: serde_json::Value = serde_json::from_str(&ok(idbridge(
+        d,
+        &["user", "show", "alice", "--json"],
+        "",
+        &[],
+    )))
+    .unwrap();
     assert_eq!(json["jobTitle"], "Lead");
     assert_eq!(json["department"], serde_json::Value::Null);
     assert_eq!(json["hasPassword"], true);
@@ -69,9 +99,18 @@ fn user_lifecycle_from_the_command_line() {
     // A weak password is refused with the rule, and the old one stays.
     let weak = idbridge(d, &["user", "passwd", "alice"], "weakpass\n", &[]);
     assert_eq!(weak.status.code(), Some(1));
-    assert!(stderr(&weak).contains("password rejected"), "{}", stderr(&weak));
+    assert!(
+        stderr(&weak).contains("password rejected"),
+        "{}",
+        stderr(&weak)
+    );
     assert!(stderr(&weak).contains("at least 3 of"), "{}", stderr(&weak));
-    ok(idbridge(d, &["user", "passwd", "alice"], "Better pass 2!\n", &[]));
+    ok(idbridge(
+        d,
+        &["user", "passwd", "alice"],
+        "Better pass 2!\n",
+        &[],
+    ));
 
     ok(idbridge(d, &["user", "suspend", "alice"], "", &[]));
     assert!(ok(idbridge(d, &["user", "show", "alice"], "", &[])).contains("suspended"));
@@ -102,22 +141,52 @@ fn user_lifecycle_from_the_command_line() {
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(idbridge(d, &["user", "add", "bob", "--email", "bob@contoso.com"], "", &[]));
+    ok(idbridge(
+        d,
+        &["user", "add", "bob", "--email", "bob@contoso.com"],
+        "",
+        &[],
+    ));
     let cases: [(&[&str], &str); 4] = [
-        (&["user", "add", "bob2", "--email", "BOB@contoso.com"], "another user already has this email"),
-        (&["user", "add", "bob3", "--email", "not-an-email"], "is not a valid email address"),
-        (&["user", "add", "bob4", "--email", "b4@contoso.com", "--manager", "ghost"], "\"ghost\" is not a user"),
-        (&["user", "set", "bob", "--department", &"x".repeat(65)], "department: must be at most 64"),
+        (
+            &["user", "add", "bob2", "--email", "BOB@contoso.com"],
+            "another user already has this email",
+        ),
+        (
+            &["user", "add", "bob3", "--email", "not-an-email"],
+            "is not a valid email address",
+        ),
+        (
+            &[
+                "user",
+                "add",
+                "bob4",
+                "--email",
+                "b4@contoso.com",
+                "--manager",
+                "ghost",
+            ],
+            "\"ghost\" is not a user",
+        ),
+        (
+            &["user", "set", "bob", "--department", &"x".repeat(65)],
+            "department: must be at most 64",
+        ),
     ];
     for (args, expected) in cases {
         let out = idbridge(d, args, "", &[]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
         assert!(stderr(&out).starts_with("error: "));
     }
     let list = ok(idbridge(d, &["user", "list"], "", &[]));
     assert_eq!(list.lines().count(), 1, "{list}");
-    assert!(ok(idbridge(d, &["user", "show", "bob", "--json"], "", &[])).contains("\"department\": null"));
+    assert!(ok(idbridge(d, &["user", "show", "bob", "--json"], "", &[]))
+        .contains("\"department\": null"));
 }
 
 #[test]
@@ -125,18 +194,44 @@ fn passwords_are_never_taken_from_argv() {
     let dir = tempfile::tempdir().unwrap();
     let out = idbridge(
         dir.path(),
-        &["user", "add", "eve", "--email", "eve@contoso.com", "--password", "S3cret pass!"],
+        &[
+            "user",
+            "add",
+            "eve",
+            "--email",
+            "eve@contoso.com",
+            "--password",
+            "S3cret pass!",
+        ],
         "",
         &[],
     );
-    assert_eq!(out.status.code(), Some(2), "clap refuses the extra argument");
-    let out = idbridge(dir.path(), &["user", "passwd", "eve", "S3cret pass!"], "", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap refuses the extra argument"
+    );
+    let out = idbridge(
+        dir.path(),
+        &["user", "passwd", "eve", "S3cret pass!"],
+        "",
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
     // With no password on stdin the message says how to give one.
-    ok(idbridge(dir.path(), &["user", "add", "eve", "--email", "eve@contoso.com"], "", &[]));
+    ok(idbridge(
+        dir.path(),
+        &["user", "add", "eve", "--email", "eve@contoso.com"],
+        "",
+        &[],
+    ));
     let out = idbridge(dir.path(), &["user", "passwd", "eve"], "", &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no password on stdin"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no password on stdin"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -170,13 +265,25 @@ fn every_command_has_help() {
 fn config_errors_name_the_setting_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = idbridge(d, &["migrate"], "", &[("IDBRIDGE_PASSWORD_POLICY__MIN_LENGTH", "6")]);
+    let out = idbridge(
+        d,
+        &["migrate"],
+        "",
+        &[("IDBRIDGE_PASSWORD_POLICY__MIN_LENGTH", "6")],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("password_policy.min_length") && err.contains("Fix:"), "{err}");
+    assert!(
+        err.contains("password_policy.min_length") && err.contains("Fix:"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
-    std::fs::write(d.join("idbridge.toml"), "base_urll = \"https://idp.example.com\"\n").unwrap();
+    std::fs::write(
+        d.join("idbridge.toml"),
+        "base_urll = \"https://idp.example.com\"\n",
+    )
+    .unwrap();
     let out = idbridge(d, &["migrate"], "", &[]);
     assert!(stderr(&out).contains("base_urll"), "{}", stderr(&out));
 
@@ -270,20 +377,33 @@ fn first_start_generates_the_certificate_and_prints_the_admin_password_once() {
 
     let (code, second) = serve_once(d);
     assert_eq!(code, Some(0));
-    assert!(!second.contains("One-time password"), "never printed again: {second}");
+    assert!(
+        !second.contains("One-time password"),
+        "never printed again: {second}"
+    );
     assert!(!second.contains(&password));
 
     let show = ok(idbridge(d, &["cert", "show"], "", &[]));
     assert!(show.contains("subject:") && show.contains("sha256 fingerprint:"));
-    assert!(show.contains("not after:") && show.contains("RSA 2048 bits"), "{show}");
+    assert!(
+        show.contains("not after:") && show.contains("RSA 2048 bits"),
+        "{show}"
+    );
+    let der = ok(idbridge(d, &["cert", "show", "--der-base64"], "", &[]));
+    let pem = std::fs::read_to_string(d.join("certs/signing.crt")).unwrap();
+    let pem_body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert_eq!(der.trim(), pem_body, "base64 DER is the PEM body");
 
     let events = ok(idbridge(d, &["events"], "", &[]));
     assert!(events.contains("signing_certificate_create"));
     assert_eq!(events.matches("admin_create").count(), 1, "{events}");
 
     // The key file made readable by others is refused at start, with the fix.
-    std::fs::set_permissions(d.join("certs/signing.key"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        d.join("certs/signing.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let out = idbridge(d, &["cert", "show"], "", &[]);
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
 }

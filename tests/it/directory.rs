@@ -29,7 +29,9 @@ async fn count(app: &TestApp) -> i64 {
 async fn every_seed_004_attribute_is_stored_and_shown() {
     let app = TestApp::spawn().await;
     let dir = &app.state().directory;
-    let boss = app.create_user("boss", "boss@contoso.com", "Chief pw 1!x").await;
+    let boss = app
+        .create_user("boss", "boss@contoso.com", "Chief pw 1!x")
+        .await;
     let changes = UserChanges {
         alternate_email: Some("ada@home.example".into()),
         job_title: Some("Engineer".into()),
@@ -46,7 +48,12 @@ async fn every_seed_004_attribute_is_stored_and_shown() {
         ..new_user("ada", "Ada@Contoso.com")
     };
     let user = dir
-        .create_user(&Actor::System, &changes, Some(&pw("Analytical 1!")), Utc::now())
+        .create_user(
+            &Actor::System,
+            &changes,
+            Some(&pw("Analytical 1!")),
+            Utc::now(),
+        )
         .await
         .unwrap();
     let json = user.to_json();
@@ -92,24 +99,42 @@ async fn every_seed_004_attribute_is_stored_and_shown() {
 async fn duplicates_are_refused_and_change_nothing() {
     let app = TestApp::spawn().await;
     let dir = &app.state().directory;
-    app.create_user("ann", "ann@contoso.com", "Secret pw 1!").await;
+    app.create_user("ann", "ann@contoso.com", "Secret pw 1!")
+        .await;
     let before = count(&app).await;
 
     let err = dir
-        .create_user(&Actor::System, &new_user("ANN", "other@contoso.com"), None, Utc::now())
+        .create_user(
+            &Actor::System,
+            &new_user("ANN", "other@contoso.com"),
+            None,
+            Utc::now(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, DirectoryError::Duplicate { field: "username" }), "{err}");
+    assert!(
+        matches!(err, DirectoryError::Duplicate { field: "username" }),
+        "{err}"
+    );
     let err = dir
-        .create_user(&Actor::System, &new_user("ann2", "ANN@contoso.com"), None, Utc::now())
+        .create_user(
+            &Actor::System,
+            &new_user("ann2", "ANN@contoso.com"),
+            None,
+            Utc::now(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, DirectoryError::Duplicate { field: "email" }), "{err}");
+    assert!(
+        matches!(err, DirectoryError::Duplicate { field: "email" }),
+        "{err}"
+    );
     assert!(err.to_string().contains("email"));
     assert_eq!(count(&app).await, before);
 
     // Renaming onto an existing email is refused too and leaves the user unchanged.
-    app.create_user("bob", "bob@contoso.com", "Secret pw 2!").await;
+    app.create_user("bob", "bob@contoso.com", "Secret pw 2!")
+        .await;
     let err = dir
         .update_user(
             &Actor::System,
@@ -200,10 +225,17 @@ async fn invalid_input_names_the_field_and_changes_nothing() {
 async fn password_policy_rules_each_say_which_rule_failed() {
     let app = TestApp::spawn().await;
     let dir = &app.state().directory;
-    app.create_user("carol", "carol@contoso.com", "First pass 1!").await;
+    app.create_user("carol", "carol@contoso.com", "First pass 1!")
+        .await;
     let cases = [
         ("Ab1!", PolicyViolation::TooShort(8)),
-        ("alllowercase", PolicyViolation::TooFewClasses { required: 3, found: 1 }),
+        (
+            "alllowercase",
+            PolicyViolation::TooFewClasses {
+                required: 3,
+                found: 1,
+            },
+        ),
         ("Pässword12!", PolicyViolation::DisallowedCharacter),
         ("xxCarol123!", PolicyViolation::ContainsUsername),
         ("First pass 1!", PolicyViolation::Reused(5)),
@@ -232,22 +264,36 @@ async fn password_policy_rules_each_say_which_rule_failed() {
     dir.set_password(&Actor::System, "carol", &pw("Second pass 2?"), Utc::now())
         .await
         .unwrap();
-    assert!(dir.authenticate("carol", &pw("First pass 1!")).await.unwrap().is_none());
-    assert!(dir.authenticate("carol@contoso.com", &pw("Second pass 2?")).await.unwrap().is_some());
+    assert!(dir
+        .authenticate("carol", &pw("First pass 1!"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(dir
+        .authenticate("carol@contoso.com", &pw("Second pass 2?"))
+        .await
+        .unwrap()
+        .is_some());
 }
 
 #[tokio::test]
 async fn history_length_and_expiry_follow_the_configured_policy() {
-    let app = TestApp::spawn_with("[password_policy]\nhistory = 2\nexpiry_days = 30\nmin_length = 10").await;
+    let app =
+        TestApp::spawn_with("[password_policy]\nhistory = 2\nexpiry_days = 30\nmin_length = 10")
+            .await;
     let dir = &app.state().directory;
-    let user = app.create_user("dave", "dave@contoso.com", "Hidden pw 01!").await;
+    let user = app
+        .create_user("dave", "dave@contoso.com", "Hidden pw 01!")
+        .await;
     let err = dir
         .set_password(&Actor::System, "dave", &pw("Short 1!"), Utc::now())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("at least 10"), "{err}");
     for p in ["Hidden pw 02!", "Hidden pw 03!"] {
-        dir.set_password(&Actor::System, "dave", &pw(p), Utc::now()).await.unwrap();
+        dir.set_password(&Actor::System, "dave", &pw(p), Utc::now())
+            .await
+            .unwrap();
     }
     // Only the last two are remembered: the first may be used again.
     dir.set_password(&Actor::System, "dave", &pw("Hidden pw 01!"), Utc::now())
@@ -264,9 +310,14 @@ async fn admin_changes_are_recorded_with_actor_and_target() {
     let app = TestApp::spawn().await;
     let dir = &app.state().directory;
     let actor = Actor::Admin("root".into());
-    dir.create_user(&actor, &new_user("erin", "erin@contoso.com"), None, Utc::now())
-        .await
-        .unwrap();
+    dir.create_user(
+        &actor,
+        &new_user("erin", "erin@contoso.com"),
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
     dir.update_user(
         &actor,
         "erin",
@@ -278,9 +329,14 @@ async fn admin_changes_are_recorded_with_actor_and_target() {
     )
     .await
     .unwrap();
-    dir.set_state(&actor, "erin", idbridge::directory::UserState::Suspended, Utc::now())
-        .await
-        .unwrap();
+    dir.set_state(
+        &actor,
+        "erin",
+        idbridge::directory::UserState::Suspended,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
     dir.delete_user(&actor, "erin", Utc::now()).await.unwrap();
     for kind in ["user_create", "user_update", "user_suspend", "user_delete"] {
         let events = app.events(kind).await;
@@ -288,14 +344,19 @@ async fn admin_changes_are_recorded_with_actor_and_target() {
         assert_eq!(events[0].actor, "admin:root");
         assert_eq!(events[0].target.as_deref(), Some("erin"));
     }
-    assert!(app.events("user_update").await[0].details.contains("jobTitle"));
+    assert!(app.events("user_update").await[0]
+        .details
+        .contains("jobTitle"));
 }
 
 #[tokio::test]
 async fn a_bound_user_cannot_be_deleted() {
     let app = TestApp::spawn().await;
-    let user = app.create_user("fay", "fay@contoso.com", "Secret pw 3!").await;
-    app.bind(&user, "ZmF5MDAwMDAwMDAwMDAwMA==", "fay@contoso.com").await;
+    let user = app
+        .create_user("fay", "fay@contoso.com", "Secret pw 3!")
+        .await;
+    app.bind(&user, "ZmF5MDAwMDAwMDAwMDAwMA==", "fay@contoso.com")
+        .await;
     let err = app
         .state()
         .directory

@@ -58,12 +58,18 @@ async fn restart_keeps_users_bindings_events_and_the_signing_certificate() {
     let ok = again
         .state()
         .directory
-        .authenticate("keeper", &secrecy::SecretString::from("Keep me 1!".to_string()))
+        .authenticate(
+            "keeper",
+            &secrecy::SecretString::from("Keep me 1!".to_string()),
+        )
         .await
         .unwrap()
         .is_some();
     assert!(ok, "password survives a restart");
-    assert_eq!(again.state().idp.signing().fingerprint_sha256(), fingerprint);
+    assert_eq!(
+        again.state().idp.signing().fingerprint_sha256(),
+        fingerprint
+    );
     let metadata_again = reqwest::get(again.url("/saml/metadata"))
         .await
         .unwrap()

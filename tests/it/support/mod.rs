@@ -51,7 +51,9 @@ impl TestApp {
 
     /// Starts a server in an existing directory (to test restarts).
     pub async fn spawn_in(dir: tempfile::TempDir, extra: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let base_url = format!("http://127.0.0.1:{port}");
         let mut config = test_config(dir.path(), extra);
@@ -127,9 +129,20 @@ impl TestApp {
     /// Binds a user to Microsoft 365 directly through the store (the binding issue will do
     /// this through Graph).
     pub async fn bind(&self, user: &User, immutable_id: &str, upn: &str) {
-        let event = NewEvent::new(Utc::now(), &Actor::System, "test_bind", Some(&user.username));
+        let event = NewEvent::new(
+            Utc::now(),
+            &Actor::System,
+            "test_bind",
+            Some(&user.username),
+        );
         self.store
-            .upsert_binding(&user.id, immutable_id, upn, Utc::now().timestamp_millis(), &event)
+            .upsert_binding(
+                &user.id,
+                immutable_id,
+                upn,
+                Utc::now().timestamp_millis(),
+                &event,
+            )
             .await
             .expect("bound");
     }

@@ -1,0 +1,1910 @@
+//! The SAML 2.0 identity provider end to end: the real server, a browser-like client, and
+//! independent verifiers (pysaml2 configured as Microsoft 365, xmlsec1, our own XML checks).
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration as StdDuration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
+use idbridge::directory::{User, UserState};
+use idbridge::events::Actor;
+use reqwest::StatusCode;
+use roxmltree::{Document, Node};
+
+use crate::support::TestApp;
+
+// ---------------------------------------------------------------------------------------------
+// Constants of the Microsoft 365 federation
+// ---------------------------------------------------------------------------------------------
+
+const M365: &str = "urn:federation:MicrosoftOnline";
+const ACS: &str = "https://login.microsoftonline.com/login.srf";
+/// Issuer as an admin sets it for a federated domain (compared byte for byte by Entra).
+const ISSUER: &str = "https://idp.example.com/saml/contoso.com";
+/// Standard base64 with `+` and `=`, as directory sync tools produce immutable IDs.
+const IMMUTABLE_ID: &str = "yU+2g8ZoAE2X4a4AAfw+KQ==";
+/// Deliberately different from the user's email, so IDPEmail is proven to be the UPN.
+const UPN: &str = "alice.smith@contoso.com";
+const USERNAME: &str = "alice";
+const EMAIL: &str = "alice@contoso.com";
+const PASSWORD: &str = "Correct horse 1!";
+
+const NS_ASSERTION: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
+const NS_PROTOCOL: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
+const NS_METADATA: &str = "urn:oasis:names:tc:SAML:2.0:metadata";
+const NS_DSIG: &str = "http://www.w3.org/2000/09/xmldsig#";
+const NAMEID_PERSISTENT: &str = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent";
+const NAMEID_EMAIL: &str = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress";
+const STATUS_SUCCESS: &str = "urn:oasis:names:tc:SAML:2.0:status:Success";
+const STATUS_RESPONDER: &str = "urn:oasis:names:tc:SAML:2.0:status:Responder";
+const STATUS_NO_PASSIVE: &str = "urn:oasis:names:tc:SAML:2.0:status:NoPassive";
+const BINDING_POST: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
+const BINDING_REDIRECT: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
+const ASSERTION_ID_ATTR: &str = "urn:oasis:names:tc:SAML:2.0:assertion:Assertion";
+const LOGOUT_RESPONSE_ID_ATTR: &str = "urn:oasis:names:tc:SAML:2.0:protocol:LogoutResponse";
+
+const INSTALL_HINT: &str =
+    "install the SAML test tools: `apt-get install -y xmlsec1 python3 python3-pip` \
+     then `pip install pysaml2 lxml` (pysaml2 pulls in requests)";
+
+// ---------------------------------------------------------------------------------------------
+// Setup helpers
+// ---------------------------------------------------------------------------------------------
+
+fn issuer_config() -> String {
+    format!("[saml]\nissuer = \"{ISSUER}\"\n")
+}
+
+/// A server with the configured issuer and one user bound to Microsoft 365.
+async fn app_with_bound_user() -> (TestApp, User) {
+    let app = TestApp::spawn_with(&issuer_config()).await;
+    let user = app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    app.bind(&user, IMMUTABLE_ID, UPN).await;
+    (app, user)
+}
+
+/// A fresh request ID shaped like Microsoft's (`_` + UUID).
+fn request_id() -> String {
+    let hex = idbridge::saml::new_id();
+    let h = &hex[1..];
+    format!(
+        "_{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn xs_datetime(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// An AuthnRequest exactly like Microsoft's sample, issued now; `extra` adds root attributes.
+fn authn_request(id: &str, extra: &str) -> String {
+    authn_request_full(id, M365, extra, Utc::now())
+}
+
+fn authn_request_full(id: &str, issuer: &str, extra: &str, instant: DateTime<Utc>) -> String {
+    format!(
+        r#"<samlp:AuthnRequest ID="{id}" Version="2.0" IssueInstant="{instant}"{extra} xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol"><Issuer xmlns="urn:oasis:names:tc:SAML:2.0:assertion">{issuer}</Issuer><samlp:NameIDPolicy Format="urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"/></samlp:AuthnRequest>"#,
+        instant = xs_datetime(instant),
+        extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" {extra}")
+        },
+    )
+}
+
+/// A LogoutRequest as Entra sends it over HTTP-Redirect.
+fn logout_request(id: &str, name_id: &str) -> String {
+    format!(
+        r#"<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" ID="{id}" IssueInstant="{now}" Version="2.0"><Issuer xmlns="urn:oasis:names:tc:SAML:2.0:assertion">{M365}</Issuer><NameID xmlns="urn:oasis:names:tc:SAML:2.0:assertion" Format="{NAMEID_PERSISTENT}">{name_id}</NameID></samlp:LogoutRequest>"#,
+        now = xs_datetime(Utc::now()),
+    )
+}
+
+/// HTTP-Redirect encoding done here with flate2 (not the crate's encoder): raw DEFLATE + base64.
+fn deflate_base64(data: &[u8]) -> String {
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(data).expect("deflate");
+    BASE64.encode(encoder.finish().expect("deflate"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP helpers
+// ---------------------------------------------------------------------------------------------
+
+/// One answer of the server, read completely.
+#[derive(Debug)]
+struct Page {
+    status: StatusCode,
+    body: String,
+    set_cookies: Vec<String>,
+    content_type: String,
+}
+
+impl Page {
+    async fn read(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let set_cookies = response
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+            .collect();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response.text().await.expect("body");
+        Self {
+            status,
+            body,
+            set_cookies,
+            content_type,
+        }
+    }
+
+    /// The value a Set-Cookie of this answer gives to `name` (None if not set).
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.set_cookies.iter().find_map(|c| {
+            let (pair, _) = c.split_once(';').unwrap_or((c, ""));
+            let (n, v) = pair.split_once('=')?;
+            (n.trim() == name).then(|| v.trim().to_string())
+        })
+    }
+
+    fn forms(&self) -> Vec<Form> {
+        forms(&self.body)
+    }
+
+    /// The login form of the page; panics with the page when there is none.
+    fn login_form(&self) -> Form {
+        self.forms()
+            .into_iter()
+            .find(|f| f.input("password").is_some())
+            .unwrap_or_else(|| panic!("no login form ({}): {}", self.status, self.body))
+    }
+
+    fn has_login_form(&self) -> bool {
+        self.forms().iter().any(|f| f.input("password").is_some())
+    }
+
+    fn has_saml_response(&self) -> bool {
+        self.body.contains("SAMLResponse")
+            || self
+                .forms()
+                .iter()
+                .any(|f| f.input("SAMLResponse").is_some())
+    }
+}
+
+/// A form of a page: action, method and its inputs (names and HTML-decoded values).
+#[derive(Debug, Clone)]
+struct Form {
+    action: String,
+    method: String,
+    inputs: Vec<(String, String)>,
+}
+
+impl Form {
+    fn input(&self, name: &str) -> Option<&str> {
+        self.inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Minimal HTML form scanner for the server's own templates (attributes in double quotes).
+fn forms(html: &str) -> Vec<Form> {
+    let mut found = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("<form") {
+        let after = &rest[start..];
+        let end = after.find("</form>").unwrap_or(after.len());
+        let form_html = &after[..end];
+        let open_tag = &form_html[..form_html.find('>').unwrap_or(form_html.len())];
+        let mut inputs = Vec::new();
+        let mut inner = form_html;
+        while let Some(i) = inner.find("<input") {
+            let tag_end = inner[i..].find('>').map_or(inner.len(), |e| i + e);
+            let tag = &inner[i..tag_end];
+            if let Some(name) = attr(tag, "name") {
+                inputs.push((name, attr(tag, "value").unwrap_or_default()));
+            }
+            inner = &inner[tag_end..];
+        }
+        found.push(Form {
+            action: attr(open_tag, "action").unwrap_or_default(),
+            method: attr(open_tag, "method").unwrap_or_else(|| "get".into()),
+            inputs,
+        });
+        rest = &after[end..];
+    }
+    found
+}
+
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let marker = format!(" {name}=\"");
+    let start = tag.find(&marker)? + marker.len();
+    let end = tag[start..].find('"')? + start;
+    Some(html_decode(&tag[start..end]))
+}
+
+/// Decodes HTML character references (named ones the templates use, and all numeric ones).
+fn html_decode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let tail = &rest[amp..];
+        let Some(semi) = tail.find(';').filter(|&i| i <= 10) else {
+            out.push('&');
+            rest = &tail[1..];
+            continue;
+        };
+        let entity = &tail[1..semi];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .or_else(|| entity.strip_prefix("#X"))
+                .map(|h| u32::from_str_radix(h, 16))
+                .or_else(|| entity.strip_prefix('#').map(|d| d.parse::<u32>()))
+                .and_then(|n| n.ok())
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Sends an AuthnRequest with the HTTP-POST binding (base64, no deflate), as Microsoft does.
+async fn sso_post(client: &reqwest::Client, app: &TestApp, xml: &str, relay: Option<&str>) -> Page {
+    let encoded = BASE64.encode(xml);
+    let mut fields = vec![("SAMLRequest", encoded.as_str())];
+    fields.extend(relay.map(|r| ("RelayState", r)));
+    post_form(client, app, "/saml/sso", &fields).await
+}
+
+/// Sends an AuthnRequest with the HTTP-Redirect binding (deflate + base64 in the query).
+async fn sso_redirect(
+    client: &reqwest::Client,
+    app: &TestApp,
+    xml: &str,
+    relay: Option<&str>,
+) -> Page {
+    let encoded = deflate_base64(xml.as_bytes());
+    let mut query = vec![("SAMLRequest", encoded.as_str())];
+    query.extend(relay.map(|r| ("RelayState", r)));
+    let response = client
+        .get(app.url("/saml/sso"))
+        .query(&query)
+        .send()
+        .await
+        .expect("GET /saml/sso");
+    Page::read(response).await
+}
+
+async fn post_form(
+    client: &reqwest::Client,
+    app: &TestApp,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> Page {
+    let response = client
+        .post(app.url(path))
+        .form(fields)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    Page::read(response).await
+}
+
+/// Fills the login form of `page` and submits it (to the form's own action).
+async fn submit_login(
+    client: &reqwest::Client,
+    app: &TestApp,
+    page: &Page,
+    username: &str,
+    password: &str,
+) -> Page {
+    let form = page.login_form();
+    assert_eq!(form.method, "post", "login form method");
+    assert_eq!(form.action, "/saml/login", "login form action");
+    let pending = form.input("pending").expect("pending field").to_string();
+    assert!(!pending.is_empty(), "pending token is empty");
+    post_form(
+        client,
+        app,
+        &form.action,
+        &[
+            ("pending", &pending),
+            ("username", username),
+            ("password", password),
+        ],
+    )
+    .await
+}
+
+/// The whole browser flow with the POST binding: AuthnRequest, login form, sign-in.
+async fn sign_in(
+    client: &reqwest::Client,
+    app: &TestApp,
+    xml: &str,
+    relay: Option<&str>,
+    username: &str,
+) -> Page {
+    let page = sso_post(client, app, xml, relay).await;
+    assert_eq!(page.status, 200, "AuthnRequest answer: {}", page.body);
+    assert!(
+        page.has_login_form(),
+        "expected the login form: {}",
+        page.body
+    );
+    submit_login(client, app, &page, username, PASSWORD).await
+}
+
+/// What the auto-post page sends to the service provider.
+#[derive(Debug)]
+struct AutoPost {
+    action: String,
+    /// The decoded SAMLResponse XML.
+    xml: String,
+    relay_state: Option<String>,
+}
+
+fn auto_post(page: &Page) -> AutoPost {
+    assert_eq!(
+        page.status, 200,
+        "expected the auto-post page: {}",
+        page.body
+    );
+    let posts: Vec<Form> = page
+        .forms()
+        .into_iter()
+        .filter(|f| f.input("SAMLResponse").is_some())
+        .collect();
+    assert_eq!(
+        posts.len(),
+        1,
+        "expected one form with a SAMLResponse: {}",
+        page.body
+    );
+    let form = &posts[0];
+    assert_eq!(form.method, "post");
+    assert!(
+        !page.has_login_form(),
+        "an auto-post page must not show a login form"
+    );
+    let encoded = form.input("SAMLResponse").unwrap();
+    let bytes = BASE64
+        .decode(encoded)
+        .unwrap_or_else(|e| panic!("SAMLResponse is not base64 ({e}): {encoded}"));
+    AutoPost {
+        action: form.action.clone(),
+        xml: String::from_utf8(bytes).expect("SAMLResponse is UTF-8"),
+        relay_state: form.input("RelayState").map(str::to_string),
+    }
+}
+
+/// A client that sends only the given session cookie (to prove what the server remembers).
+async fn with_session_cookie(app: &TestApp, token: &str, xml: &str) -> Page {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client
+        .post(app.url("/saml/sso"))
+        .header(reqwest::header::COOKIE, format!("idbridge_session={token}"))
+        .form(&[("SAMLRequest", BASE64.encode(xml))])
+        .send()
+        .await
+        .unwrap();
+    Page::read(response).await
+}
+
+async fn metadata(app: &TestApp) -> Page {
+    Page::read(reqwest::get(app.url("/saml/metadata")).await.unwrap()).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// XML helpers
+// ---------------------------------------------------------------------------------------------
+
+fn child<'a, 'i>(node: Node<'a, 'i>, ns: &str, name: &str) -> Node<'a, 'i> {
+    node.children()
+        .find(|c| c.has_tag_name((ns, name)))
+        .unwrap_or_else(|| panic!("<{}> has no {name} child", node.tag_name().name()))
+}
+
+fn find<'a, 'i>(node: Node<'a, 'i>, ns: &str, name: &str) -> Node<'a, 'i> {
+    node.descendants()
+        .find(|c| c.has_tag_name((ns, name)))
+        .unwrap_or_else(|| panic!("no {name} in the document"))
+}
+
+fn attr_of<'a>(node: Node<'a, '_>, name: &str) -> &'a str {
+    node.attribute(name)
+        .unwrap_or_else(|| panic!("<{}> has no {name} attribute", node.tag_name().name()))
+}
+
+fn instant(node: Node<'_, '_>, name: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(attr_of(node, name))
+        .unwrap_or_else(|e| panic!("{name} is not an xs:dateTime: {e}"))
+        .with_timezone(&Utc)
+}
+
+fn assert_near(actual: DateTime<Utc>, expected: DateTime<Utc>, what: &str) {
+    let diff = (actual - expected).num_seconds().abs();
+    assert!(
+        diff <= 15,
+        "{what}: {actual} is {diff} s away from {expected}"
+    );
+}
+
+/// The X509Certificate of the metadata.
+fn metadata_certificate(xml: &str) -> String {
+    let doc = Document::parse(xml).expect("metadata is XML");
+    find(doc.root_element(), NS_DSIG, "X509Certificate")
+        .text()
+        .expect("certificate text")
+        .trim()
+        .to_string()
+}
+
+/// Base64 of the DER of the PEM certificate file, computed independently of the server.
+fn pem_certificate_base64(path: &Path) -> String {
+    let pem = std::fs::read_to_string(path).expect("read certificate PEM");
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .map(str::trim)
+        .collect();
+    let der = BASE64.decode(&body).expect("PEM body is base64");
+    assert!(der.len() > 500 && der[0] == 0x30, "not a DER certificate");
+    BASE64.encode(der)
+}
+
+/// Runs `xmlsec1 --verify`; Ok(()) when the signature is valid, Err(stderr) otherwise.
+fn xmlsec_verify(xml: &str, cert: &Path, id_attr: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let doc = dir.path().join("message.xml");
+    std::fs::write(&doc, xml).expect("write xml");
+    let out = Command::new("xmlsec1")
+        .arg("--verify")
+        .arg("--pubkey-cert-pem")
+        .arg(cert)
+        .arg("--id-attr:ID")
+        .arg(id_attr)
+        .arg(&doc)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run xmlsec1 ({e}); {INSTALL_HINT}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // "OK"/"FAIL" means xmlsec1 got as far as checking; anything else is a setup problem.
+    assert!(
+        stderr.lines().any(|l| l == "OK" || l == "FAIL"),
+        "xmlsec1 did not reach a verdict (status {}): {stderr}",
+        out.status
+    );
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(stderr)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event helpers
+// ---------------------------------------------------------------------------------------------
+
+fn details(event: &idbridge::store::EventRow) -> serde_json::Value {
+    serde_json::from_str(&event.details).expect("event details are JSON")
+}
+
+/// Reasons of the `sso_access_refused` events, newest first.
+async fn refusal_reasons(app: &TestApp) -> Vec<String> {
+    app.events("sso_access_refused")
+        .await
+        .iter()
+        .map(|e| {
+            details(e)["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+async fn rejected_count(app: &TestApp) -> usize {
+    app.events("saml_request_rejected").await.len()
+}
+
+/// Asserts a 400 page with a `saml_request_rejected` event whose reason mentions `reason`.
+async fn assert_rejected(app: &TestApp, page: &Page, before: usize, reason: &str) {
+    assert_eq!(
+        page.status, 400,
+        "expected 400 for {reason:?}: {}",
+        page.body
+    );
+    assert!(
+        page.body.contains("This sign-in request cannot be used"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.has_saml_response(),
+        "a rejected request got a SAMLResponse: {}",
+        page.body
+    );
+    assert!(
+        !page.has_login_form(),
+        "a rejected request got a login form"
+    );
+    let events = app.events("saml_request_rejected").await;
+    assert_eq!(
+        events.len(),
+        before + 1,
+        "one saml_request_rejected event for {reason:?}"
+    );
+    let got = details(&events[0])["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        got.contains(reason),
+        "event reason {got:?} should mention {reason:?}"
+    );
+}
+
+/// Asserts the refusal page: 403, why, whom to ask, and nothing for Microsoft.
+fn assert_refusal_page(page: &Page, why: &str) {
+    assert_eq!(page.status, 403, "expected a refusal page: {}", page.body);
+    assert!(
+        page.body.contains(why),
+        "the page should say {why:?}: {}",
+        page.body
+    );
+    assert!(
+        page.body.contains("your IT administrator"),
+        "the page should say whom to ask: {}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("login.microsoftonline.com"),
+        "a refusal must not post to Microsoft"
+    );
+    assert!(
+        !page.has_saml_response(),
+        "a refusal must carry no SAMLResponse"
+    );
+    assert!(
+        page.forms().is_empty(),
+        "a refusal page has no form: {}",
+        page.body
+    );
+}
+
+// =============================================================================================
+// 1. The Microsoft 365 flow, validated by pysaml2 configured as Microsoft's SP
+// =============================================================================================
+
+fn run_m365_sp(args: Vec<String>) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sp/m365_sp.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(&args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}); {INSTALL_HINT}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => panic!("the SP test tools are missing: {stderr}\n{INSTALL_HINT}"),
+        _ => panic!(
+            "the pysaml2 SP rejected the flow (status {}):\n{stderr}\n{stdout}",
+            out.status
+        ),
+    }
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("SP output is not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test]
+async fn m365_flow_is_accepted_by_pysaml2_configured_as_microsoft() {
+    let (app, _) = app_with_bound_user().await;
+    let relay = "https://portal.office.com/landing?a=1&b=<two>&c=\"3\"";
+    let args = vec![
+        app.base_url.clone(),
+        USERNAME.to_string(),
+        PASSWORD.to_string(),
+        "--relay-state".to_string(),
+        relay.to_string(),
+    ];
+    let result = tokio::task::spawn_blocking(move || run_m365_sp(args))
+        .await
+        .expect("SP script thread");
+
+    assert_eq!(
+        result["name_id"], IMMUTABLE_ID,
+        "NameID must be the immutable ID exactly"
+    );
+    assert_eq!(result["name_id_format"], NAMEID_PERSISTENT);
+    assert_eq!(
+        result["idp_email"],
+        serde_json::json!([UPN]),
+        "IDPEmail must be the UPN"
+    );
+    assert_eq!(result["issuer"], ISSUER, "assertion Issuer byte for byte");
+    assert_eq!(
+        result["response_issuer"], ISSUER,
+        "response Issuer byte for byte"
+    );
+    assert_eq!(result["in_response_to"], result["request_id"]);
+    assert_eq!(
+        result["relay_state"], relay,
+        "RelayState returned unchanged"
+    );
+    assert_eq!(result["acs"], ACS);
+    assert_eq!(result["audience"], serde_json::json!([M365]));
+    assert_eq!(app.events("sso_assertion_issued").await.len(), 1);
+}
+
+#[tokio::test]
+async fn m365_refusal_is_a_page_not_a_response_for_pysaml2_flow() {
+    // The same script, for an unbound user: the login answer is a 403 without SAMLResponse.
+    let app = TestApp::spawn_with(&issuer_config()).await;
+    app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    let args = vec![
+        app.base_url.clone(),
+        USERNAME.to_string(),
+        PASSWORD.to_string(),
+        "--expect-status".to_string(),
+        "403".to_string(),
+    ];
+    let result = tokio::task::spawn_blocking(move || run_m365_sp(args))
+        .await
+        .expect("SP script thread");
+    assert_eq!(result["status"], 403);
+    assert_eq!(refusal_reasons(&app).await, ["not_bound_to_m365"]);
+}
+
+// =============================================================================================
+// 2. xmlsec1 and every field Microsoft checks
+// =============================================================================================
+
+#[tokio::test]
+async fn response_fields_signature_and_auto_post_page() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let id = request_id();
+    let relay = r#"https://outlook.office.com/?x=1&y=<b>"q"'s"#;
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&id, ""),
+        Some(relay),
+        USERNAME,
+    )
+    .await;
+    let now = Utc::now();
+
+    // The auto-post page: to the ACS, RelayState echoed but HTML-escaped.
+    let post = auto_post(&page);
+    assert_eq!(post.action, ACS);
+    assert_eq!(post.relay_state.as_deref(), Some(relay));
+    assert!(
+        !page.body.contains(relay),
+        "RelayState must be HTML-escaped"
+    );
+    assert!(
+        !page.body.contains("<b>") && !page.body.contains(r#""q""#),
+        "raw <>\" of the RelayState in the page"
+    );
+    let session_cookie = page
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("idbridge_session="))
+        .expect("sign-in sets the session cookie");
+    assert!(
+        session_cookie.contains("HttpOnly"),
+        "session cookie must be HttpOnly: {session_cookie}"
+    );
+
+    // xmlsec1 accepts the signature with the server's certificate...
+    let xml = &post.xml;
+    let cert = app.cert_path();
+    if let Err(e) = xmlsec_verify(xml, &cert, ASSERTION_ID_ATTR) {
+        panic!("xmlsec1 rejected the signed assertion: {e}\n{xml}");
+    }
+    // ...and rejects any change to what it signs.
+    let name_id_el = format!(">{IMMUTABLE_ID}</saml:NameID>");
+    assert!(
+        xml.contains(&name_id_el),
+        "NameID not found as expected: {xml}"
+    );
+    let tampered = xml.replace(&name_id_el, &name_id_el.replace("KQ==", "KR=="));
+    assert_ne!(&tampered, xml);
+    assert!(
+        xmlsec_verify(&tampered, &cert, ASSERTION_ID_ATTR).is_err(),
+        "tampered NameID verified"
+    );
+    let email_el = format!(">{UPN}</saml:AttributeValue>");
+    assert!(
+        xml.contains(&email_el),
+        "IDPEmail not found as expected: {xml}"
+    );
+    let tampered = xml.replace(&email_el, &email_el.replacen("alice", "alicf", 1));
+    assert_ne!(&tampered, xml);
+    assert!(
+        xmlsec_verify(&tampered, &cert, ASSERTION_ID_ATTR).is_err(),
+        "tampered IDPEmail verified"
+    );
+
+    // Field by field.
+    let doc = idbridge::saml::parse_document(xml).expect("response parses");
+    let response = doc.root_element();
+    assert!(response.has_tag_name((NS_PROTOCOL, "Response")));
+    assert_eq!(attr_of(response, "Destination"), ACS);
+    assert_eq!(attr_of(response, "InResponseTo"), id);
+    assert_eq!(attr_of(response, "Version"), "2.0");
+    assert_near(
+        instant(response, "IssueInstant"),
+        now,
+        "Response IssueInstant",
+    );
+    assert_eq!(child(response, NS_ASSERTION, "Issuer").text(), Some(ISSUER));
+    let status = child(
+        child(response, NS_PROTOCOL, "Status"),
+        NS_PROTOCOL,
+        "StatusCode",
+    );
+    assert_eq!(attr_of(status, "Value"), STATUS_SUCCESS);
+    assert!(
+        !response
+            .children()
+            .any(|c| c.has_tag_name((NS_DSIG, "Signature"))),
+        "only the Assertion is signed, not the Response"
+    );
+    let assertions: Vec<_> = response
+        .children()
+        .filter(|c| c.has_tag_name((NS_ASSERTION, "Assertion")))
+        .collect();
+    assert_eq!(assertions.len(), 1, "exactly one assertion");
+    let assertion = assertions[0];
+    assert_eq!(
+        response
+            .descendants()
+            .filter(|n| n.has_tag_name((NS_DSIG, "Signature")))
+            .count(),
+        1,
+        "exactly one signature in the document"
+    );
+
+    let kids: Vec<_> = assertion.children().filter(Node::is_element).collect();
+    assert!(
+        kids[0].has_tag_name((NS_ASSERTION, "Issuer")),
+        "Issuer first"
+    );
+    assert_eq!(kids[0].text(), Some(ISSUER));
+    assert!(
+        kids[1].has_tag_name((NS_DSIG, "Signature")),
+        "Signature right after the Issuer"
+    );
+    let signature = kids[1];
+
+    let subject = child(assertion, NS_ASSERTION, "Subject");
+    let name_id = child(subject, NS_ASSERTION, "NameID");
+    assert_eq!(name_id.text(), Some(IMMUTABLE_ID));
+    assert_eq!(attr_of(name_id, "Format"), NAMEID_PERSISTENT);
+    let confirmation = child(subject, NS_ASSERTION, "SubjectConfirmation");
+    assert_eq!(
+        attr_of(confirmation, "Method"),
+        "urn:oasis:names:tc:SAML:2.0:cm:bearer"
+    );
+    let data = child(confirmation, NS_ASSERTION, "SubjectConfirmationData");
+    assert_eq!(attr_of(data, "Recipient"), ACS);
+    assert_eq!(attr_of(data, "InResponseTo"), id);
+    assert_near(
+        instant(data, "NotOnOrAfter"),
+        now + Duration::seconds(300),
+        "SubjectConfirmationData NotOnOrAfter",
+    );
+
+    let conditions = child(assertion, NS_ASSERTION, "Conditions");
+    let not_before = instant(conditions, "NotBefore");
+    assert!(
+        not_before < now,
+        "Conditions NotBefore {not_before} is not in the past"
+    );
+    assert_near(
+        not_before,
+        now - Duration::seconds(120),
+        "Conditions NotBefore (skew 120 s)",
+    );
+    assert_near(
+        instant(conditions, "NotOnOrAfter"),
+        now + Duration::seconds(3600),
+        "Conditions NotOnOrAfter",
+    );
+    let audience = child(
+        child(conditions, NS_ASSERTION, "AudienceRestriction"),
+        NS_ASSERTION,
+        "Audience",
+    );
+    assert_eq!(audience.text(), Some(M365));
+
+    let authn = child(assertion, NS_ASSERTION, "AuthnStatement");
+    assert!(
+        !attr_of(authn, "SessionIndex").is_empty(),
+        "SessionIndex present"
+    );
+    assert_near(instant(authn, "AuthnInstant"), now, "AuthnInstant");
+    let class_ref = child(
+        child(authn, NS_ASSERTION, "AuthnContext"),
+        NS_ASSERTION,
+        "AuthnContextClassRef",
+    );
+    assert_eq!(
+        class_ref.text(),
+        Some("urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport")
+    );
+
+    let attribute = child(
+        child(assertion, NS_ASSERTION, "AttributeStatement"),
+        NS_ASSERTION,
+        "Attribute",
+    );
+    assert_eq!(attr_of(attribute, "Name"), "IDPEmail");
+    let values: Vec<_> = attribute
+        .children()
+        .filter(|c| c.has_tag_name((NS_ASSERTION, "AttributeValue")))
+        .map(|c| c.text().unwrap_or_default())
+        .collect();
+    assert_eq!(values, [UPN]);
+
+    let signed_info = child(signature, NS_DSIG, "SignedInfo");
+    assert_eq!(
+        attr_of(
+            child(signed_info, NS_DSIG, "CanonicalizationMethod"),
+            "Algorithm"
+        ),
+        "http://www.w3.org/2001/10/xml-exc-c14n#"
+    );
+    assert_eq!(
+        attr_of(child(signed_info, NS_DSIG, "SignatureMethod"), "Algorithm"),
+        "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+    );
+    let references: Vec<_> = signed_info
+        .children()
+        .filter(|c| c.has_tag_name((NS_DSIG, "Reference")))
+        .collect();
+    assert_eq!(references.len(), 1, "one Reference");
+    let assertion_id = attr_of(assertion, "ID");
+    assert_eq!(attr_of(references[0], "URI"), format!("#{assertion_id}"));
+    assert_eq!(
+        attr_of(child(references[0], NS_DSIG, "DigestMethod"), "Algorithm"),
+        "http://www.w3.org/2001/04/xmlenc#sha256"
+    );
+    let key_cert = find(
+        child(signature, NS_DSIG, "KeyInfo"),
+        NS_DSIG,
+        "X509Certificate",
+    );
+    let md = metadata(&app).await;
+    assert_eq!(
+        key_cert.text().map(str::trim),
+        Some(metadata_certificate(&md.body).as_str())
+    );
+
+    let response_id = attr_of(response, "ID");
+    assert_ne!(response_id, assertion_id);
+    for rid in [response_id, assertion_id] {
+        assert!(
+            rid.starts_with('_') && rid.len() == 33,
+            "ID {rid:?} is not _ + 32 chars"
+        );
+    }
+}
+
+// =============================================================================================
+// 3. Session reuse, ForceAuthn, IsPassive
+// =============================================================================================
+
+#[tokio::test]
+async fn an_existing_session_answers_at_once() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let first = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    let first_post = auto_post(&first);
+    let token = first.cookie("idbridge_session").expect("session cookie");
+
+    let id = request_id();
+    let page = sso_post(&browser, &app, &authn_request(&id, ""), Some("again")).await;
+    let post = auto_post(&page);
+    assert_eq!(post.action, ACS);
+    assert_eq!(post.relay_state.as_deref(), Some("again"));
+    let doc = Document::parse(&post.xml).unwrap();
+    assert_eq!(attr_of(doc.root_element(), "InResponseTo"), id);
+    assert_eq!(
+        find(doc.root_element(), NS_ASSERTION, "NameID").text(),
+        Some(IMMUTABLE_ID)
+    );
+    // Same session: same SessionIndex as the first assertion.
+    let first_doc = Document::parse(&first_post.xml).unwrap();
+    assert_eq!(
+        attr_of(
+            find(doc.root_element(), NS_ASSERTION, "AuthnStatement"),
+            "SessionIndex"
+        ),
+        attr_of(
+            find(first_doc.root_element(), NS_ASSERTION, "AuthnStatement"),
+            "SessionIndex"
+        ),
+    );
+    if let Err(e) = xmlsec_verify(&post.xml, &app.cert_path(), ASSERTION_ID_ATTR) {
+        panic!("session answer does not verify: {e}");
+    }
+    // The server-side session is what counts, not the client: the bare cookie works too.
+    let page = with_session_cookie(&app, &token, &authn_request(&request_id(), "")).await;
+    auto_post(&page);
+    // And a wrong cookie does not.
+    let page =
+        with_session_cookie(&app, "0123456789abcdef", &authn_request(&request_id(), "")).await;
+    assert!(
+        page.has_login_form(),
+        "an unknown session token must show the login form"
+    );
+}
+
+#[tokio::test]
+async fn force_authn_shows_the_login_form_despite_a_session() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let first = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    auto_post(&first);
+
+    let id = request_id();
+    let page = sso_post(
+        &browser,
+        &app,
+        &authn_request(&id, r#"ForceAuthn="true""#),
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.has_login_form(),
+        "ForceAuthn must ask for the password again: {}",
+        page.body
+    );
+    assert!(!page.has_saml_response());
+    let answer = submit_login(&browser, &app, &page, USERNAME, PASSWORD).await;
+    let post = auto_post(&answer);
+    let doc = Document::parse(&post.xml).unwrap();
+    assert_eq!(attr_of(doc.root_element(), "InResponseTo"), id);
+    let authn_instant = instant(
+        find(doc.root_element(), NS_ASSERTION, "AuthnStatement"),
+        "AuthnInstant",
+    );
+    assert_near(
+        authn_instant,
+        Utc::now(),
+        "a fresh AuthnInstant after ForceAuthn",
+    );
+}
+
+#[tokio::test]
+async fn is_passive_without_session_answers_no_passive() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let id = request_id();
+    let page = sso_post(
+        &browser,
+        &app,
+        &authn_request(&id, r#"IsPassive="true""#),
+        Some("rs"),
+    )
+    .await;
+    let post = auto_post(&page);
+    assert_eq!(post.action, ACS);
+    assert_eq!(post.relay_state.as_deref(), Some("rs"));
+    let doc = Document::parse(&post.xml).unwrap();
+    let response = doc.root_element();
+    assert!(response.has_tag_name((NS_PROTOCOL, "Response")));
+    assert_eq!(attr_of(response, "InResponseTo"), id);
+    assert_eq!(attr_of(response, "Destination"), ACS);
+    let top = child(
+        child(response, NS_PROTOCOL, "Status"),
+        NS_PROTOCOL,
+        "StatusCode",
+    );
+    assert_eq!(attr_of(top, "Value"), STATUS_RESPONDER);
+    assert_eq!(
+        attr_of(child(top, NS_PROTOCOL, "StatusCode"), "Value"),
+        STATUS_NO_PASSIVE
+    );
+    assert!(
+        !response
+            .descendants()
+            .any(|n| n.has_tag_name((NS_ASSERTION, "Assertion"))),
+        "NoPassive carries no assertion"
+    );
+    assert!(!post.xml.contains(IMMUTABLE_ID));
+    assert!(app.events("sso_assertion_issued").await.is_empty());
+
+    // With a session, IsPassive is answered with an assertion.
+    let signed_in = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    auto_post(&signed_in);
+    let page = sso_post(
+        &browser,
+        &app,
+        &authn_request(&request_id(), r#"IsPassive="true""#),
+        None,
+    )
+    .await;
+    let post = auto_post(&page);
+    assert!(
+        post.xml.contains(IMMUTABLE_ID),
+        "IsPassive with a session gets an assertion"
+    );
+}
+
+// =============================================================================================
+// 4. HTTP-Redirect binding
+// =============================================================================================
+
+#[tokio::test]
+async fn redirect_binding_shows_the_login_form_and_completes() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let id = request_id();
+    let relay = "a b&c=d/é";
+    let page = sso_redirect(&browser, &app, &authn_request(&id, ""), Some(relay)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("Sign in to continue to Microsoft 365"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.cookie("idbridge_browser").is_some(),
+        "the login form binds the browser"
+    );
+    let answer = submit_login(&browser, &app, &page, USERNAME, PASSWORD).await;
+    let post = auto_post(&answer);
+    assert_eq!(post.action, ACS);
+    assert_eq!(post.relay_state.as_deref(), Some(relay));
+    let doc = Document::parse(&post.xml).unwrap();
+    assert_eq!(attr_of(doc.root_element(), "InResponseTo"), id);
+}
+
+// =============================================================================================
+// 5. Access refusals
+// =============================================================================================
+
+#[tokio::test]
+async fn unbound_user_is_refused_for_microsoft_365() {
+    let app = TestApp::spawn_with(&issuer_config()).await;
+    app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        Some("rs"),
+        USERNAME,
+    )
+    .await;
+    assert_refusal_page(&page, "not connected to Microsoft 365");
+    assert!(
+        page.body.contains("bind your account to Microsoft 365"),
+        "{}",
+        page.body
+    );
+    assert_eq!(refusal_reasons(&app).await, ["not_bound_to_m365"]);
+    let event = &app.events("sso_access_refused").await[0];
+    assert_eq!(event.target.as_deref(), Some(USERNAME));
+    assert_eq!(details(event)["serviceProvider"], M365);
+    assert!(app.events("sso_assertion_issued").await.is_empty());
+}
+
+#[tokio::test]
+async fn suspended_user_is_refused() {
+    let (app, _) = app_with_bound_user().await;
+    app.state()
+        .directory
+        .set_state(&Actor::System, USERNAME, UserState::Suspended, Utc::now())
+        .await
+        .expect("suspend");
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    assert_refusal_page(&page, "suspended");
+    assert!(
+        page.cookie("idbridge_session").is_none(),
+        "a suspended user gets no session"
+    );
+    assert_eq!(refusal_reasons(&app).await, ["suspended"]);
+    assert!(app.events("sso_assertion_issued").await.is_empty());
+}
+
+#[tokio::test]
+async fn expired_password_is_refused() {
+    let extra = format!("{}\n[password_policy]\nexpiry_days = 30\n", issuer_config());
+    let app = TestApp::spawn_with(&extra).await;
+    let user = app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    app.bind(&user, IMMUTABLE_ID, UPN).await;
+    let long_ago = (Utc::now() - Duration::days(31)).timestamp_millis();
+    app.store
+        .set_password_changed_at(&user.id, long_ago)
+        .await
+        .expect("backdate password");
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    assert_refusal_page(&page, "Your password has expired");
+    assert!(page.body.contains("reset your password"), "{}", page.body);
+    assert_eq!(refusal_reasons(&app).await, ["password_expired"]);
+    assert!(app.events("sso_assertion_issued").await.is_empty());
+}
+
+#[tokio::test]
+async fn suspension_ends_access_for_an_existing_session() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    auto_post(&page);
+    let token = page.cookie("idbridge_session").expect("session cookie");
+    app.state()
+        .directory
+        .set_state(&Actor::System, USERNAME, UserState::Suspended, Utc::now())
+        .await
+        .expect("suspend");
+
+    // Suspension ends the sessions: the next request asks for the password (no assertion)...
+    let page = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    assert!(
+        !page.has_saml_response(),
+        "a suspended user's session still answered: {}",
+        page.body
+    );
+    assert!(
+        page.has_login_form(),
+        "expected the login form: {}",
+        page.body
+    );
+    let replayed = with_session_cookie(&app, &token, &authn_request(&request_id(), "")).await;
+    assert!(
+        !replayed.has_saml_response() && replayed.has_login_form(),
+        "old session cookie still works"
+    );
+    // ...and the correct password is then refused.
+    let refused = submit_login(&browser, &app, &page, USERNAME, PASSWORD).await;
+    assert_refusal_page(&refused, "suspended");
+    assert_eq!(refusal_reasons(&app).await, ["suspended"]);
+    assert_eq!(
+        app.events("sso_assertion_issued").await.len(),
+        1,
+        "only the first assertion"
+    );
+}
+
+#[tokio::test]
+async fn a_live_session_is_refused_once_the_password_expires() {
+    // The account is re-checked on every answer, not only at the password prompt.
+    let extra = format!("{}\n[password_policy]\nexpiry_days = 30\n", issuer_config());
+    let app = TestApp::spawn_with(&extra).await;
+    let user = app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    app.bind(&user, IMMUTABLE_ID, UPN).await;
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    auto_post(&page);
+    let long_ago = (Utc::now() - Duration::days(31)).timestamp_millis();
+    app.store
+        .set_password_changed_at(&user.id, long_ago)
+        .await
+        .expect("backdate password");
+    let page = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    assert_refusal_page(&page, "Your password has expired");
+    assert_eq!(refusal_reasons(&app).await, ["password_expired"]);
+    assert_eq!(
+        details(&app.events("sso_access_refused").await[0])["serviceProvider"],
+        M365
+    );
+    assert_eq!(
+        app.events("sso_assertion_issued").await.len(),
+        1,
+        "only the first assertion"
+    );
+}
+
+// =============================================================================================
+// 6. Wrong password
+// =============================================================================================
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_the_same_answer() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let page = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    let wrong = submit_login(&browser, &app, &page, USERNAME, "Wrong horse 1!").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert!(
+        wrong
+            .body
+            .contains("The username or password is incorrect."),
+        "{}",
+        wrong.body
+    );
+    assert!(wrong.has_login_form(), "the login form is shown again");
+    assert!(!wrong.has_saml_response());
+    assert!(
+        wrong.cookie("idbridge_session").is_none(),
+        "no session after a wrong password"
+    );
+    assert_eq!(
+        wrong.login_form().input("username"),
+        Some(USERNAME),
+        "username kept"
+    );
+    assert_eq!(app.events("sso_login_failed").await.len(), 1);
+
+    let unknown = submit_login(&browser, &app, &wrong, "nobody", "Wrong horse 1!").await;
+    assert_eq!(unknown.status, 401);
+    assert!(unknown
+        .body
+        .contains("The username or password is incorrect."));
+    assert!(unknown.has_login_form());
+    assert!(unknown.cookie("idbridge_session").is_none());
+    assert_eq!(app.events("sso_login_failed").await.len(), 2);
+    assert!(app.events("sso_login_success").await.is_empty());
+
+    // The retry form works with the right password.
+    let ok = submit_login(&browser, &app, &unknown, USERNAME, PASSWORD).await;
+    let post = auto_post(&ok);
+    assert!(post.xml.contains(IMMUTABLE_ID));
+}
+
+// =============================================================================================
+// 7. Bad input: a 400 page, a security event, never a SAMLResponse
+// =============================================================================================
+
+#[tokio::test]
+async fn undecodable_requests_are_rejected() {
+    let app = TestApp::spawn_with(&issuer_config()).await;
+    let browser = app.browser();
+
+    let before = rejected_count(&app).await;
+    let page = post_form(
+        &browser,
+        &app,
+        "/saml/sso",
+        &[("SAMLRequest", "not*base64!")],
+    )
+    .await;
+    assert_rejected(&app, &page, before, "base64").await;
+
+    let before = rejected_count(&app).await;
+    let page = post_form(&browser, &app, "/saml/sso", &[("RelayState", "x")]).await;
+    assert_rejected(&app, &page, before, "no SAMLRequest").await;
+
+    let before = rejected_count(&app).await;
+    let response = browser.get(app.url("/saml/sso")).send().await.unwrap();
+    let page = Page::read(response).await;
+    assert_rejected(&app, &page, before, "no SAMLRequest").await;
+
+    // HTTP-Redirect DEFLATE bomb: 10 MB of zeros in a few KB.
+    let bomb = deflate_base64(&vec![0u8; 10 * 1024 * 1024]);
+    assert!(bomb.len() < 40_000, "bomb is {} bytes", bomb.len());
+    let before = rejected_count(&app).await;
+    let started = Instant::now();
+    let response = browser
+        .get(app.url("/saml/sso"))
+        .query(&[("SAMLRequest", bomb.as_str())])
+        .timeout(StdDuration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let page = Page::read(response).await;
+    let took = started.elapsed();
+    assert_rejected(&app, &page, before, "larger than").await;
+    assert!(took < StdDuration::from_secs(3), "the bomb took {took:?}");
+}
+
+#[tokio::test]
+async fn dtds_and_entities_are_rejected() {
+    let app = TestApp::spawn_with(&issuer_config()).await;
+    let browser = app.browser();
+    let sample = authn_request(&request_id(), "");
+    let laughs = format!(
+        r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;"><!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>{}"#,
+        sample.replace(M365, "&lol3;")
+    );
+    let xxe = format!(
+        r#"<!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>{}"#,
+        sample.replace(M365, "&xxe;")
+    );
+    let lower_case = format!(
+        r#"<!doctype r [<!entity x "urn:federation:MicrosoftOnline">]>{}"#,
+        sample.replace(M365, "&x;")
+    );
+    for xml in [laughs, xxe, lower_case] {
+        let before = rejected_count(&app).await;
+        let page = sso_post(&browser, &app, &xml, None).await;
+        assert_rejected(&app, &page, before, "DTD").await;
+        assert!(!page.body.contains("root:"), "file contents leaked");
+        // The same over the Redirect binding.
+        let before = rejected_count(&app).await;
+        let page = sso_redirect(&browser, &app, &xml, None).await;
+        assert_rejected(&app, &page, before, "DTD").await;
+    }
+}
+
+#[tokio::test]
+async fn requests_from_strangers_or_to_foreign_acs_are_rejected() {
+    let app = TestApp::spawn_with(&issuer_config()).await;
+    let browser = app.browser();
+
+    let before = rejected_count(&app).await;
+    let xml = authn_request_full(&request_id(), "https://evil.example/sp", "", Utc::now());
+    let page = sso_post(&browser, &app, &xml, None).await;
+    assert_rejected(&app, &page, before, "not registered").await;
+
+    // What the request says is echoed in the page only HTML-escaped.
+    let before = rejected_count(&app).await;
+    let xml = authn_request_full(
+        &request_id(),
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "",
+        Utc::now(),
+    );
+    let page = sso_post(&browser, &app, &xml, None).await;
+    assert_rejected(&app, &page, before, "<script>alert(1)</script>").await;
+    assert!(
+        !page.body.contains("<script>alert(1)"),
+        "reflected XSS: {}",
+        page.body
+    );
+
+    let before = rejected_count(&app).await;
+    let xml = authn_request(
+        &request_id(),
+        r#"AssertionConsumerServiceURL="https://attacker.example/acs""#,
+    );
+    let page = sso_post(&browser, &app, &xml, None).await;
+    assert_rejected(&app, &page, before, "https://attacker.example/acs").await;
+    assert!(!page.forms().iter().any(|f| f.action.contains("attacker")));
+
+    // The registered ACS, requested explicitly, is fine.
+    let xml = authn_request(
+        &request_id(),
+        &format!(r#"AssertionConsumerServiceURL="{ACS}""#),
+    );
+    let page = sso_post(&browser, &app, &xml, None).await;
+    assert!(
+        page.has_login_form(),
+        "the registered ACS URL is accepted: {}",
+        page.body
+    );
+
+    let before = rejected_count(&app).await;
+    let xml = authn_request(&request_id(), r#"AssertionConsumerServiceIndex="7""#);
+    let page = sso_post(&browser, &app, &xml, None).await;
+    assert_rejected(&app, &page, before, "index 7").await;
+
+    let before = rejected_count(&app).await;
+    let long_relay = "r".repeat(1025);
+    let page = sso_post(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        Some(&long_relay),
+    )
+    .await;
+    assert_rejected(&app, &page, before, "RelayState").await;
+    // Exactly at the limit is accepted.
+    let page = sso_post(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        Some(&"r".repeat(1024)),
+    )
+    .await;
+    assert!(page.has_login_form(), "a 1024-byte RelayState is accepted");
+}
+
+#[tokio::test]
+async fn replayed_stale_and_future_requests_are_rejected() {
+    let app = TestApp::spawn_with(&issuer_config()).await;
+    let browser = app.browser();
+
+    let xml = authn_request(&request_id(), "");
+    let first = sso_post(&browser, &app, &xml, None).await;
+    assert!(first.has_login_form(), "{}", first.body);
+    let before = rejected_count(&app).await;
+    let replay = sso_post(&browser, &app, &xml, None).await;
+    assert_rejected(&app, &replay, before, "already used").await;
+    // A replay through the other binding is caught too.
+    let before = rejected_count(&app).await;
+    let replay = sso_redirect(&app.browser(), &app, &xml, None).await;
+    assert_rejected(&app, &replay, before, "already used").await;
+
+    let before = rejected_count(&app).await;
+    let old = authn_request_full(&request_id(), M365, "", Utc::now() - Duration::hours(1));
+    let page = sso_post(&browser, &app, &old, None).await;
+    assert_rejected(&app, &page, before, "too long ago").await;
+
+    let before = rejected_count(&app).await;
+    let future = authn_request_full(&request_id(), M365, "", Utc::now() + Duration::hours(1));
+    let page = sso_post(&browser, &app, &future, None).await;
+    assert_rejected(&app, &page, before, "in the future").await;
+}
+
+#[tokio::test]
+async fn login_form_only_works_in_the_browser_that_got_it() {
+    let (app, _) = app_with_bound_user().await;
+    let victim = app.browser();
+    let page = sso_post(&victim, &app, &authn_request(&request_id(), ""), None).await;
+    let pending = page.login_form().input("pending").unwrap().to_string();
+
+    // Another browser (no idbridge_browser cookie) posts the same form: login CSRF.
+    let attacker = app.browser();
+    let before = rejected_count(&app).await;
+    let fields = [
+        ("pending", pending.as_str()),
+        ("username", USERNAME),
+        ("password", PASSWORD),
+    ];
+    let page = post_form(&attacker, &app, "/saml/login", &fields).await;
+    assert_rejected(&app, &page, before, "another browser").await;
+    assert!(
+        page.cookie("idbridge_session").is_none(),
+        "no session for the other browser"
+    );
+    assert!(
+        app.events("sso_login_success").await.is_empty(),
+        "the password was not even checked"
+    );
+
+    // A made-up pending token is rejected too.
+    let before = rejected_count(&app).await;
+    let fields = [
+        ("pending", "deadbeef"),
+        ("username", USERNAME),
+        ("password", PASSWORD),
+    ];
+    let page = post_form(&victim, &app, "/saml/login", &fields).await;
+    assert_rejected(&app, &page, before, "expired").await;
+
+    // The real browser still can, once.
+    let fields = [
+        ("pending", pending.as_str()),
+        ("username", USERNAME),
+        ("password", PASSWORD),
+    ];
+    let ok = post_form(&victim, &app, "/saml/login", &fields).await;
+    auto_post(&ok);
+    let before = rejected_count(&app).await;
+    let again = post_form(&victim, &app, "/saml/login", &fields).await;
+    assert_eq!(
+        again.status, 400,
+        "a login form is answered once: {}",
+        again.body
+    );
+    assert!(!again.has_saml_response());
+    assert_eq!(rejected_count(&app).await, before + 1);
+}
+
+// =============================================================================================
+// 8. Single logout
+// =============================================================================================
+
+#[tokio::test]
+async fn single_logout_ends_the_session_with_a_signed_response() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    auto_post(&page);
+    let token = page.cookie("idbridge_session").expect("session cookie");
+
+    let logout_id = request_id();
+    let encoded = deflate_base64(logout_request(&logout_id, IMMUTABLE_ID).as_bytes());
+    let response = browser
+        .get(app.url("/saml/slo"))
+        .query(&[("SAMLRequest", encoded.as_str()), ("RelayState", "bye&<x>")])
+        .send()
+        .await
+        .unwrap();
+    let page = Page::read(response).await;
+    let post = auto_post(&page);
+    assert_eq!(post.action, ACS);
+    assert_eq!(post.relay_state.as_deref(), Some("bye&<x>"));
+    if let Err(e) = xmlsec_verify(&post.xml, &app.cert_path(), LOGOUT_RESPONSE_ID_ATTR) {
+        panic!("xmlsec1 rejected the LogoutResponse: {e}\n{}", post.xml);
+    }
+    let tampered = post.xml.replace(&logout_id, &request_id());
+    assert!(xmlsec_verify(&tampered, &app.cert_path(), LOGOUT_RESPONSE_ID_ATTR).is_err());
+    let doc = Document::parse(&post.xml).unwrap();
+    let root = doc.root_element();
+    assert!(root.has_tag_name((NS_PROTOCOL, "LogoutResponse")));
+    assert_eq!(attr_of(root, "InResponseTo"), logout_id);
+    assert_eq!(attr_of(root, "Destination"), ACS);
+    assert_eq!(child(root, NS_ASSERTION, "Issuer").text(), Some(ISSUER));
+    let status = child(
+        child(root, NS_PROTOCOL, "Status"),
+        NS_PROTOCOL,
+        "StatusCode",
+    );
+    assert_eq!(attr_of(status, "Value"), STATUS_SUCCESS);
+    let reference = find(root, NS_DSIG, "Reference");
+    assert_eq!(
+        attr_of(reference, "URI"),
+        format!("#{}", attr_of(root, "ID"))
+    );
+    assert_eq!(app.events("sso_logout").await.len(), 1);
+
+    // The session is over: in this browser, and on the server for the old cookie value.
+    let again = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    assert!(
+        again.has_login_form(),
+        "after logout the login form appears: {}",
+        again.body
+    );
+    let replayed = with_session_cookie(&app, &token, &authn_request(&request_id(), "")).await;
+    assert!(
+        replayed.has_login_form(),
+        "the old session cookie must be dead on the server"
+    );
+}
+
+#[tokio::test]
+async fn slo_without_request_says_signed_out() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    auto_post(&page);
+
+    let response = browser.get(app.url("/saml/slo")).send().await.unwrap();
+    let page = Page::read(response).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("You are signed out"), "{}", page.body);
+    assert!(!page.has_saml_response());
+    let again = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    assert!(again.has_login_form(), "the session ended");
+
+    // A LogoutRequest from an unknown issuer is a bad request.
+    let before = rejected_count(&app).await;
+    let xml = logout_request(&request_id(), IMMUTABLE_ID).replace(M365, "https://evil.example/sp");
+    let encoded = deflate_base64(xml.as_bytes());
+    let response = browser
+        .get(app.url("/saml/slo"))
+        .query(&[("SAMLRequest", encoded.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let page = Page::read(response).await;
+    assert_rejected(&app, &page, before, "not registered").await;
+}
+
+// =============================================================================================
+// 9. Metadata
+// =============================================================================================
+
+#[tokio::test]
+async fn metadata_describes_the_idp() {
+    let app = TestApp::spawn_with(&issuer_config()).await;
+    let page = metadata(&app).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.content_type, "application/samlmetadata+xml");
+    let doc = Document::parse(&page.body).expect("metadata is XML");
+    let root = doc.root_element();
+    assert!(root.has_tag_name((NS_METADATA, "EntityDescriptor")));
+    assert_eq!(attr_of(root, "entityID"), ISSUER);
+    let idp = child(root, NS_METADATA, "IDPSSODescriptor");
+    let formats: Vec<_> = idp
+        .children()
+        .filter(|c| c.has_tag_name((NS_METADATA, "NameIDFormat")))
+        .map(|c| c.text().unwrap_or_default().trim())
+        .collect();
+    assert!(formats.contains(&NAMEID_PERSISTENT), "{formats:?}");
+    let sso_url = app.url("/saml/sso");
+    let mut sso: Vec<_> = idp
+        .children()
+        .filter(|c| c.has_tag_name((NS_METADATA, "SingleSignOnService")))
+        .map(|c| (attr_of(c, "Binding"), attr_of(c, "Location")))
+        .collect();
+    sso.sort();
+    assert_eq!(
+        sso,
+        [
+            (BINDING_POST, sso_url.as_str()),
+            (BINDING_REDIRECT, sso_url.as_str())
+        ]
+    );
+    let slo = idp
+        .children()
+        .find(|c| c.has_tag_name((NS_METADATA, "SingleLogoutService")))
+        .expect("SingleLogoutService");
+    assert_eq!(attr_of(slo, "Location"), app.url("/saml/slo"));
+    let key = child(idp, NS_METADATA, "KeyDescriptor");
+    assert_eq!(attr_of(key, "use"), "signing");
+    assert_eq!(
+        metadata_certificate(&page.body),
+        pem_certificate_base64(&app.cert_path())
+    );
+}
+
+// =============================================================================================
+// 10. Another service provider from config
+// =============================================================================================
+
+const WIKI: &str = "https://wiki.example.com/saml";
+const WIKI_ACS: &str = "https://wiki.example.com/saml/acs";
+const WIKI_ACS2: &str = "https://wiki.example.com/saml/acs2";
+
+fn wiki_config() -> String {
+    format!(
+        "{}\n[[saml.service_providers]]\nentity_id = \"{WIKI}\"\nname = \"Team wiki\"\n\
+         acs_urls = [\"{WIKI_ACS}\", \"{WIKI_ACS2}\"]\nname_id = \"email\"\n\
+         attributes = {{ mail = \"email\", givenName = \"firstname\" }}\n",
+        issuer_config()
+    )
+}
+
+#[tokio::test]
+async fn configured_sp_gets_email_name_id_and_attributes_without_binding() {
+    let app = TestApp::spawn_with(&wiki_config()).await;
+    app.create_user(USERNAME, EMAIL, PASSWORD).await; // not bound to Microsoft 365
+    let browser = app.browser();
+    let id = request_id();
+    let xml = authn_request_full(&id, WIKI, "", Utc::now());
+    let page = sso_post(&browser, &app, &xml, Some("wiki-rs")).await;
+    assert!(page.body.contains("Team wiki"), "{}", page.body);
+    let answer = submit_login(&browser, &app, &page, USERNAME, PASSWORD).await;
+    let post = auto_post(&answer);
+    assert_eq!(
+        post.action, WIKI_ACS,
+        "the first registered ACS is the default"
+    );
+    assert_eq!(post.relay_state.as_deref(), Some("wiki-rs"));
+    if let Err(e) = xmlsec_verify(&post.xml, &app.cert_path(), ASSERTION_ID_ATTR) {
+        panic!("xmlsec1 rejected the wiki assertion: {e}");
+    }
+    let doc = Document::parse(&post.xml).unwrap();
+    let response = doc.root_element();
+    assert_eq!(attr_of(response, "Destination"), WIKI_ACS);
+    assert_eq!(attr_of(response, "InResponseTo"), id);
+    let name_id = find(response, NS_ASSERTION, "NameID");
+    assert_eq!(name_id.text(), Some(EMAIL));
+    assert_eq!(attr_of(name_id, "Format"), NAMEID_EMAIL);
+    assert_eq!(find(response, NS_ASSERTION, "Audience").text(), Some(WIKI));
+    assert_eq!(
+        attr_of(
+            find(response, NS_ASSERTION, "SubjectConfirmationData"),
+            "Recipient"
+        ),
+        WIKI_ACS
+    );
+    let mut attributes: Vec<(String, Vec<String>)> = response
+        .descendants()
+        .filter(|n| n.has_tag_name((NS_ASSERTION, "Attribute")))
+        .map(|a| {
+            let values = a
+                .children()
+                .filter(|c| c.has_tag_name((NS_ASSERTION, "AttributeValue")))
+                .map(|c| c.text().unwrap_or_default().to_string())
+                .collect();
+            (attr_of(a, "Name").to_string(), values)
+        })
+        .collect();
+    attributes.sort();
+    assert_eq!(
+        attributes,
+        [
+            ("givenName".to_string(), vec!["Test".to_string()]),
+            ("mail".to_string(), vec![EMAIL.to_string()]),
+        ]
+    );
+    assert!(!post.xml.contains("IDPEmail"));
+    assert!(refusal_reasons(&app).await.is_empty());
+
+    // The same unbound user is still refused by Microsoft 365 (session reused, then refused).
+    let page = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    assert_refusal_page(&page, "not connected to Microsoft 365");
+}
+
+#[tokio::test]
+async fn configured_sp_acs_from_the_request_is_used_only_when_registered() {
+    let app = TestApp::spawn_with(&wiki_config()).await;
+    app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    let browser = app.browser();
+
+    let id = request_id();
+    let extra =
+        format!(r#"AssertionConsumerServiceURL="{WIKI_ACS2}" ProtocolBinding="{BINDING_POST}""#);
+    let xml = authn_request_full(&id, WIKI, &extra, Utc::now());
+    let page = sso_post(&browser, &app, &xml, None).await;
+    let answer = submit_login(&browser, &app, &page, USERNAME, PASSWORD).await;
+    let post = auto_post(&answer);
+    assert_eq!(
+        post.action, WIKI_ACS2,
+        "a registered ACS from the request is honoured"
+    );
+    let doc = Document::parse(&post.xml).unwrap();
+    assert_eq!(attr_of(doc.root_element(), "Destination"), WIKI_ACS2);
+    assert_eq!(
+        attr_of(
+            find(doc.root_element(), NS_ASSERTION, "SubjectConfirmationData"),
+            "Recipient"
+        ),
+        WIKI_ACS2
+    );
+
+    // By index too (session reused).
+    let xml = authn_request_full(
+        &request_id(),
+        WIKI,
+        r#"AssertionConsumerServiceIndex="1""#,
+        Utc::now(),
+    );
+    let post = auto_post(&sso_post(&browser, &app, &xml, None).await);
+    assert_eq!(post.action, WIKI_ACS2);
+
+    // An unregistered one is refused even with a session.
+    let before = rejected_count(&app).await;
+    let extra = r#"AssertionConsumerServiceURL="https://attacker.example/acs""#;
+    let xml = authn_request_full(&request_id(), WIKI, extra, Utc::now());
+    let page = sso_post(&browser, &app, &xml, None).await;
+    assert_rejected(&app, &page, before, "https://attacker.example/acs").await;
+    // Microsoft 365's ACS is not the wiki's either.
+    let before = rejected_count(&app).await;
+    let xml = authn_request_full(
+        &request_id(),
+        WIKI,
+        &format!(r#"AssertionConsumerServiceURL="{ACS}""#),
+        Utc::now(),
+    );
+    let page = sso_post(&browser, &app, &xml, None).await;
+    assert_rejected(&app, &page, before, "login.srf").await;
+    // Only HTTP-POST responses are supported.
+    let before = rejected_count(&app).await;
+    let extra = format!(r#"ProtocolBinding="{BINDING_REDIRECT}""#);
+    let xml = authn_request_full(&request_id(), WIKI, &extra, Utc::now());
+    let page = sso_post(&browser, &app, &xml, None).await;
+    assert_rejected(&app, &page, before, "HTTP-POST").await;
+}
+
+// =============================================================================================
+// Per-domain issuers (tenants with several federated domains)
+// =============================================================================================
+
+#[tokio::test]
+async fn users_of_a_domain_with_its_own_issuer_get_that_issuer() {
+    let fabrikam_issuer = "https://idp.example.com/saml/fabrikam.com";
+    let extra = format!(
+        "{}[saml.domain_issuers]\n\"Fabrikam.com\" = \"{fabrikam_issuer}\"\n",
+        issuer_config()
+    );
+    let app = TestApp::spawn_with(&extra).await;
+    let bob = app.create_user("bob", "bob@fabrikam.com", PASSWORD).await;
+    app.bind(&bob, "Ym9iMDAwMDAwMDAwMDAwMA==", "bob@FABRIKAM.com")
+        .await;
+    let alice = app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    app.bind(&alice, IMMUTABLE_ID, UPN).await;
+
+    for (username, issuer) in [("bob", fabrikam_issuer), (USERNAME, ISSUER)] {
+        let browser = app.browser();
+        let page = sign_in(
+            &browser,
+            &app,
+            &authn_request(&request_id(), ""),
+            None,
+            username,
+        )
+        .await;
+        let post = auto_post(&page);
+        if let Err(e) = xmlsec_verify(&post.xml, &app.cert_path(), ASSERTION_ID_ATTR) {
+            panic!("xmlsec1 rejected {username}'s assertion: {e}");
+        }
+        let doc = Document::parse(&post.xml).unwrap();
+        let response = doc.root_element();
+        assert_eq!(
+            child(response, NS_ASSERTION, "Issuer").text(),
+            Some(issuer),
+            "{username}"
+        );
+        let assertion = child(response, NS_ASSERTION, "Assertion");
+        assert_eq!(
+            child(assertion, NS_ASSERTION, "Issuer").text(),
+            Some(issuer),
+            "{username}"
+        );
+    }
+}
