@@ -45,6 +45,42 @@ fn raw_sign_rate(bits: u32, seconds: f64) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// In-process rate of building and signing one M365 Response (no HTTP, no database).
+fn build_response_rate(key_bits: u32, seconds: f64) -> f64 {
+    use idbridge::saml::{self, AssertionParams, SignatureAlgorithm, SigningCredential};
+    let (cred, _, _) = SigningCredential::generate(key_bits, "bench", 30).expect("credential");
+    let attributes = vec![(
+        "IDPEmail".to_string(),
+        vec!["bench@contoso.com".to_string()],
+    )];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        let now = Utc::now();
+        let params = AssertionParams {
+            issuer: "https://idp.contoso.com",
+            destination: "https://login.microsoftonline.com/login.srf",
+            audience: "urn:federation:MicrosoftOnline",
+            in_response_to: Some("_0123456789abcdef"),
+            name_id: "YmVuY2gxMjM0NTY3ODkwMQ==",
+            name_id_format: saml::NAMEID_PERSISTENT,
+            attributes: &attributes,
+            authn_instant: now,
+            session_index: "_session",
+            authn_context_class_ref: saml::AC_PASSWORD_PROTECTED_TRANSPORT,
+            now,
+            not_before_skew: chrono::Duration::seconds(120),
+            subject_lifetime: chrono::Duration::seconds(300),
+            conditions_lifetime: chrono::Duration::seconds(3600),
+        };
+        let xml = saml::build_signed_response(&params, &cred, SignatureAlgorithm::RsaSha256)
+            .expect("signed");
+        std::hint::black_box(saml::encode_post(&xml));
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
 /// `openssl speed`'s RSA sign rate for one core, if the command is available.
 fn openssl_speed(bits: u32) -> Option<f64> {
     let out = std::process::Command::new("openssl")
@@ -312,6 +348,7 @@ fn report(
     latencies.sort();
     let rps = latencies.len() as f64 / elapsed;
     let raw = raw_sign_rate(key_bits, 2.0);
+    let built = build_response_rate(key_bits, 2.0);
     let speed = openssl_speed(key_bits);
     let per_cpu_second = latencies.len() as f64 / server_cpu.max(0.001);
     println!("idbridge SSO benchmark (RSA-{key_bits}, {cores} cores, {concurrency} concurrent clients in a separate process, {seconds} s)");
@@ -336,6 +373,10 @@ fn report(
     println!(
         "  baseline, raw RSA sign:  {:>9.1} /s per core (OpenSSL in-process, same run)",
         raw
+    );
+    println!(
+        "  build+sign one Response: {:>9.1} /s per core (no HTTP, no database)",
+        built
     );
     match speed {
         Some(s) => println!("  baseline, openssl speed: {:>9.1} /s per core", s),

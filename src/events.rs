@@ -96,3 +96,80 @@ impl NewEvent {
         self
     }
 }
+
+/// Records high-volume events (one per issued assertion) off the request path: they are sent
+/// to a task that commits them in batches, so signing, not SQLite commits, bounds SSO throughput.
+/// Refusals and admin changes are never batched; they are written before the request answers.
+#[derive(Debug, Clone)]
+pub struct BatchedEvents {
+    tx: tokio::sync::mpsc::Sender<Queued>,
+}
+
+#[derive(Debug)]
+enum Queued {
+    Event(Box<NewEvent>),
+    /// Answered once everything queued before it is committed.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Largest number of events committed in one transaction.
+const BATCH_MAX: usize = 256;
+
+impl BatchedEvents {
+    /// Starts the writer task; once `shutdown` fires it commits what is queued and stops.
+    pub fn start(
+        store: crate::store::Store,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Queued>(16 * 1024);
+        let handle = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH_MAX);
+            let mut waiting = Vec::new();
+            loop {
+                let first = tokio::select! {
+                    item = rx.recv() => item,
+                    _ = shutdown.cancelled() => {
+                        rx.close();
+                        rx.recv().await
+                    }
+                };
+                let Some(first) = first else { break };
+                let mut next = Some(first);
+                while let Some(item) = next.take() {
+                    match item {
+                        Queued::Event(event) => batch.push(*event),
+                        Queued::Flush(done) => waiting.push(done),
+                    }
+                    if batch.len() < BATCH_MAX {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if !batch.is_empty() {
+                    if let Err(err) = store.record_events(&batch).await {
+                        tracing::error!(%err, count = batch.len(), "could not record events");
+                    }
+                    batch.clear();
+                }
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        });
+        (Self { tx }, handle)
+    }
+
+    /// Queues an event (waits only when the queue is full).
+    pub async fn record(&self, event: NewEvent) {
+        if self.tx.send(Queued::Event(Box::new(event))).await.is_err() {
+            tracing::error!("event writer has stopped; an event was not recorded");
+        }
+    }
+
+    /// Waits until every event queued so far is committed.
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Queued::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}

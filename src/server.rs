@@ -19,7 +19,7 @@ use tower_http::trace::TraceLayer;
 use crate::certs::{self, CertError};
 use crate::config::{Config, ConfigError};
 use crate::directory::Directory;
-use crate::events::{kind, Actor, NewEvent};
+use crate::events::{kind, Actor, BatchedEvents, NewEvent};
 use crate::sso::IdentityProvider;
 use crate::store::{Store, StoreError};
 
@@ -55,6 +55,10 @@ pub struct App {
     pub state: AppState,
     /// True when this start generated the signing certificate.
     pub generated_certificate: bool,
+    /// Stops the background tasks.
+    shutdown: CancellationToken,
+    /// Background tasks started by `build`, awaited by `run` on shutdown.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -78,7 +82,15 @@ impl App {
             store.record_event(&event).await?;
         }
         let directory = Directory::new(store.clone(), config.password_policy.clone());
-        let idp = IdentityProvider::new(&config, store.clone(), directory.clone(), signing)?;
+        let shutdown = CancellationToken::new();
+        let (issued_events, event_writer) = BatchedEvents::start(store.clone(), shutdown.clone());
+        let idp = IdentityProvider::new(
+            &config,
+            store.clone(),
+            directory.clone(),
+            signing,
+            issued_events,
+        )?;
         Ok(Self {
             state: Arc::new(AppInner {
                 config,
@@ -87,6 +99,8 @@ impl App {
                 idp,
             }),
             generated_certificate: generated,
+            shutdown,
+            tasks: vec![event_writer],
         })
     }
 
@@ -133,7 +147,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let token = CancellationToken::new();
+    let token = app.shutdown.clone();
     let janitor = tokio::spawn(purge_expired(app.state.clone(), token.clone()));
     let router = app.router();
     let serve_token = token.clone();
@@ -150,6 +164,9 @@ pub async fn run(
     .await;
     token.cancel();
     let _ = janitor.await;
+    for task in app.tasks {
+        let _ = task.await;
+    }
     app.state.store.close().await;
     result
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::registry::{NameIdSource, ServiceProvider, ServiceProviders};
 use crate::config::Config;
 use crate::directory::{Directory, User, UserState};
-use crate::events::{kind, Actor, NewEvent};
+use crate::events::{kind, Actor, BatchedEvents, NewEvent};
 use crate::saml::{
     self, AssertionParams, AuthnRequest, LogoutRequest, LogoutResponseParams, SamlError,
     SignatureAlgorithm, SigningCredential,
@@ -200,6 +200,7 @@ pub struct IdentityProvider {
     service_providers: ServiceProviders,
     settings: Settings,
     metadata: String,
+    issued_events: BatchedEvents,
 }
 
 impl IdentityProvider {
@@ -209,6 +210,7 @@ impl IdentityProvider {
         store: Store,
         directory: Directory,
         signing: SigningCredential,
+        issued_events: BatchedEvents,
     ) -> Result<Self, crate::config::ConfigError> {
         let algorithm = config.saml_signature_algorithm()?;
         let metadata = saml::idp_metadata(
@@ -245,7 +247,13 @@ impl IdentityProvider {
                 support_contact: s.support_contact.clone(),
             },
             metadata,
+            issued_events,
         })
+    }
+
+    /// Waits until the queued assertion events are committed (tests and shutdown use it).
+    pub async fn flush_events(&self) {
+        self.issued_events.flush().await;
     }
 
     /// The IdP metadata document.
@@ -616,12 +624,14 @@ impl IdentityProvider {
             "nameIdFormat": sp.name_id.format(),
         }))
         .client_ip(client_ip);
-        // Committed before the response leaves: a replayed request gets nothing.
-        let guard = request.replay_guard.as_ref();
-        self.store
-            .record_answer(guard, &event)
-            .await
-            .map_err(|e| replay_conflict(e, guard))?;
+        // The request ID is committed before the response leaves: a replay gets nothing.
+        if let Some(g) = &request.replay_guard {
+            self.store
+                .remember_request_id(&g.sp_entity_id, &g.request_id, g.expires_at)
+                .await
+                .map_err(|e| replay_conflict(e, Some(g)))?;
+        }
+        self.issued_events.record(event).await;
         Ok(Answer::Post {
             url: request.acs_url.clone(),
             saml_response: saml::encode_post(&xml),

@@ -44,6 +44,16 @@ pub(super) async fn insert<'e, E: Executor<'e, Database = Any>>(
 }
 
 impl Store {
+    /// Records several events in one transaction (the batching writer's flush).
+    pub async fn record_events(&self, batch: &[NewEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for event in batch {
+            insert(&mut *tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Records one event on its own.
     pub async fn record_event(&self, event: &NewEvent) -> Result<(), StoreError> {
         insert(&self.pool, event).await

@@ -83,22 +83,6 @@ impl Store {
         .await?)
     }
 
-    /// Records an issued assertion: its request ID in the replay cache and its event, in one
-    /// transaction. `Conflict` means the request ID was answered before (a replay).
-    pub async fn record_answer(
-        &self,
-        guard: Option<&ReplayGuard>,
-        event: &NewEvent,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(guard) = guard {
-            insert_replay_guard(&mut *tx, guard).await?;
-        }
-        events::insert(&mut *tx, event).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Remembers a request ID until it expires; `Conflict` means it was seen before (a replay). until it expires; `Conflict` means it was seen before (a replay).
     pub async fn remember_request_id(
         &self,

@@ -84,3 +84,24 @@ async fn restart_keeps_users_bindings_events_and_the_signing_certificate() {
     assert_eq!(cert(&metadata), cert(&metadata_again));
     assert_eq!(again.events("user_create").await.len(), 1);
 }
+
+#[tokio::test]
+async fn batched_events_are_all_committed_on_shutdown() {
+    use idbridge::events::{Actor, BatchedEvents, NewEvent};
+    let app = TestApp::spawn().await;
+    let token = tokio_util::sync::CancellationToken::new();
+    let (events, writer) = BatchedEvents::start(app.store.clone(), token.clone());
+    for i in 0..1000 {
+        let event = NewEvent::new(
+            chrono::Utc::now(),
+            &Actor::System,
+            "batch_test",
+            Some(&i.to_string()),
+        );
+        events.record(event).await;
+    }
+    // Shutdown while events are still queued: the writer drains them before it stops.
+    token.cancel();
+    writer.await.unwrap();
+    assert_eq!(app.events("batch_test").await.len(), 1000);
+}

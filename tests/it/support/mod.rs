@@ -149,6 +149,7 @@ impl TestApp {
 
     /// Events of a type, newest first.
     pub async fn events(&self, event_type: &str) -> Vec<EventRow> {
+        self.state.idp.flush_events().await;
         self.store
             .list_events(&EventFilter {
                 event_type: Some(event_type.into()),
