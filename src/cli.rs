@@ -34,7 +34,7 @@ pub enum Command {
     Migrate,
     /// Manage directory users.
     #[command(subcommand)]
-    User(UserCommand),
+    User(Box<UserCommand>),
     /// Manage admin accounts.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -257,7 +257,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::User(cmd) => user_command(&config, cmd).await,
+        Command::User(cmd) => user_command(&config, *cmd).await,
     }
 }
 
