@@ -41,6 +41,9 @@ pub enum Command {
     /// Inspect the SAML signing certificate.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Connect Microsoft 365, list and import its users.
+    #[command(subcommand)]
+    M365(M365Command),
     /// List Directory Insights events, newest first.
     Events {
         /// Only this event type (e.g. user_create).
@@ -171,6 +174,45 @@ impl AttributeArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum M365Command {
+    /// Connect the tenant: prints the consent URL for an admin to open (delegated), or connects
+    /// with the app registration's own credentials (--client-credentials).
+    Connect {
+        /// Use application permissions (client credentials) instead of an admin's consent.
+        #[arg(long)]
+        client_credentials: bool,
+        /// Only print the consent URL; do not wait for the connection to complete.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the connection: tenant, default domain, since when, by whom, or what to fix.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tenant's users and whether each is already imported or bound.
+    Users {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import tenant users (by userPrincipalName or object ID, or --all).
+    Import {
+        /// Import every tenant user not imported yet.
+        #[arg(long, conflicts_with = "users")]
+        all: bool,
+        /// userPrincipalNames or object IDs.
+        users: Vec<String>,
+    },
+    /// Deactivate the connection: users stay active in Microsoft 365 and here; every binding
+    /// is cleared.
+    Deactivate {
+        /// Confirm (the bindings of all users are cleared).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum AdminCommand {
     /// Create an admin account and print its one-time password once.
     Create { username: String },
@@ -258,6 +300,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::User(cmd) => user_command(&config, *cmd).await,
+        Command::M365(cmd) => m365_command(&config, cmd).await,
     }
 }
 
@@ -423,6 +466,156 @@ async fn user_command(config: &Config, cmd: UserCommand) -> Result<(), CliError>
     }
     directory.store().close().await;
     Ok(())
+}
+
+async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError> {
+    use crate::m365::{ImportSelection, M365};
+    let directory = open_directory(config).await?;
+    let m365 = M365::new(config, directory.store().clone()).map_err(fail)?;
+    let actor = Actor::cli();
+    match cmd {
+        M365Command::Connect {
+            client_credentials: true,
+            ..
+        } => {
+            let status = m365
+                .connect_application(&actor, Utc::now())
+                .await
+                .map_err(fail)?;
+            print_status(&status);
+        }
+        M365Command::Connect { no_wait, .. } => {
+            let url = m365.begin_connect(&actor, Utc::now()).await.map_err(fail)?;
+            println!("Open this URL in a browser and sign in as an administrator of the tenant:");
+            println!();
+            println!("  {url}");
+            println!();
+            println!(
+                "Microsoft then returns to {} (idbridge must be running at its base_url).",
+                m365.redirect_uri()
+            );
+            if !no_wait {
+                println!("Waiting up to 10 minutes for the connection (Ctrl-C stops waiting)…");
+                let before = m365.status().await.map_err(fail)?.connected_at;
+                for _ in 0..600 {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    let status = m365.status().await.map_err(fail)?;
+                    if status.state == "connected" && status.connected_at != before {
+                        print_status(&status);
+                        return Ok(());
+                    }
+                }
+                return Err(CliError(
+                    "no connection within 10 minutes; run `idbridge m365 connect` again".into(),
+                ));
+            }
+        }
+        M365Command::Status { json } => {
+            let status = m365.status().await.map_err(fail)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).map_err(fail)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        M365Command::Users { json } => {
+            let users = m365.tenant_users().await.map_err(fail)?;
+            for u in users {
+                if json {
+                    println!("{}", serde_json::to_string(&u).map_err(fail)?);
+                } else {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        u.user.user_principal_name.as_deref().unwrap_or("-"),
+                        u.user.display_name.as_deref().unwrap_or("-"),
+                        if u.bound {
+                            "bound"
+                        } else if u.imported {
+                            "imported"
+                        } else {
+                            "-"
+                        },
+                        u.local_username.as_deref().unwrap_or("-"),
+                    );
+                }
+            }
+        }
+        M365Command::Import { all, users } => {
+            let selection = if all {
+                ImportSelection::All
+            } else if users.is_empty() {
+                return Err(CliError(
+                    "name the users to import (userPrincipalName or object ID), or pass --all"
+                        .into(),
+                ));
+            } else {
+                ImportSelection::Users(users)
+            };
+            let report = m365
+                .import(&directory, &actor, &selection, Utc::now(), |p| {
+                    if p.total > 0 && (p.done % 100 == 0 || p.done == p.total) {
+                        eprintln!(
+                            "progress: {}/{} ({} imported, {} failed)",
+                            p.done, p.total, p.imported, p.failed
+                        );
+                    }
+                })
+                .await
+                .map_err(fail)?;
+            for r in &report.results {
+                println!(
+                    "{}\t{}\t{}",
+                    r.user_principal_name
+                        .as_deref()
+                        .unwrap_or(&r.m365_object_id),
+                    r.outcome,
+                    r.message.as_deref().unwrap_or("")
+                );
+            }
+            println!(
+                "import {}: {} imported, {} failed, {} already imported",
+                report.run_id, report.imported, report.failed, report.already_imported
+            );
+        }
+        M365Command::Deactivate { yes } => {
+            if !yes {
+                return Err(CliError(
+                    "deactivating keeps every user active in Microsoft 365 and in idbridge, but clears every user's binding (you must bind them again after reconnecting). Run again with --yes to confirm".into(),
+                ));
+            }
+            let cleared = m365.deactivate(&actor, Utc::now()).await.map_err(fail)?;
+            println!("deactivated; {cleared} bindings cleared. Users stay active in Microsoft 365 and in idbridge.");
+        }
+    }
+    directory.store().close().await;
+    Ok(())
+}
+
+fn print_status(s: &crate::m365::ConnectionStatus) {
+    println!("state:          {}", s.state);
+    if let Some(mode) = &s.mode {
+        println!("mode:           {mode}");
+    }
+    if let Some(t) = &s.tenant_id {
+        println!("tenant:         {t}");
+    }
+    if let Some(d) = &s.default_domain {
+        println!("default domain: {d}");
+    }
+    if let Some(at) = &s.connected_at {
+        println!(
+            "connected:      {at} by {}",
+            s.connected_by.as_deref().unwrap_or("?")
+        );
+    }
+    if let Some(e) = &s.last_error {
+        println!("last error:     {e}");
+    }
+    match s.state.as_str() {
+        "reconnect" => println!("fix:            run `idbridge m365 connect` again"),
+        "not_connected" | "deactivated" => println!("fix:            run `idbridge m365 connect`"),
+        _ => {}
+    }
 }
 
 fn print_user(u: &User) {

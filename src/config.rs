@@ -181,6 +181,25 @@ pub struct M365Config {
     pub login_base_url: String,
     /// Microsoft Graph base URL including the version.
     pub graph_base_url: String,
+    /// Application (client) ID of the app registration in Entra ID.
+    pub client_id: Option<String>,
+    /// Client secret of the app registration (prefer `client_secret_file` or the environment).
+    #[serde(skip_serializing)]
+    pub client_secret: Option<String>,
+    /// File holding the client secret (must be mode 0600).
+    pub client_secret_file: Option<PathBuf>,
+    /// Certificate credential instead of a secret: PEM certificate uploaded to the app registration…
+    pub client_certificate_file: Option<PathBuf>,
+    /// …and its PEM private key (must be mode 0600).
+    pub client_key_file: Option<PathBuf>,
+    /// Tenant for sign-in: `organizations` (any work account; the admin's tenant is kept), a
+    /// tenant ID or a verified domain. Client-credentials mode needs a tenant ID or domain.
+    pub tenant: String,
+    /// Key for encrypting tokens at rest: base64 of 32 bytes. Default: a key file in data_dir.
+    #[serde(skip_serializing)]
+    pub token_key: Option<String>,
+    /// Key file used when `token_key` is not set (created mode 0600 on first use).
+    pub token_key_file: Option<PathBuf>,
 }
 
 impl Default for M365Config {
@@ -188,6 +207,14 @@ impl Default for M365Config {
         Self {
             login_base_url: "https://login.microsoftonline.com".into(),
             graph_base_url: "https://graph.microsoft.com/v1.0".into(),
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            client_certificate_file: None,
+            client_key_file: None,
+            tenant: "organizations".into(),
+            token_key: None,
+            token_key_file: None,
         }
     }
 }
@@ -397,6 +424,20 @@ impl Config {
                     ))
                 }
             }
+        }
+        if self.m365.tenant.trim().is_empty() {
+            return Err(invalid(
+                "m365.tenant",
+                "is empty",
+                "use organizations, your tenant ID, or a verified domain",
+            ));
+        }
+        if self.m365.client_certificate_file.is_some() != self.m365.client_key_file.is_some() {
+            return Err(invalid(
+                "m365.client_certificate_file / m365.client_key_file",
+                "only one of the two is set",
+                "set both the certificate and its private key, or neither",
+            ));
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(invalid(

@@ -53,6 +53,12 @@ pub mod kind {
     pub const SSO_ACCESS_REFUSED: &str = "sso_access_refused";
     pub const SAML_REQUEST_REJECTED: &str = "saml_request_rejected";
     pub const SSO_LOGOUT: &str = "sso_logout";
+    pub const M365_CONNECT: &str = "m365_connect";
+    pub const M365_CONNECT_FAILED: &str = "m365_connect_failed";
+    pub const M365_TOKEN_REFRESH_FAILED: &str = "m365_token_refresh_failed";
+    pub const M365_DEACTIVATE: &str = "m365_deactivate";
+    pub const M365_IMPORT: &str = "m365_import";
+    pub const M365_IMPORT_USER_FAILED: &str = "m365_import_user_failed";
 }
 
 /// An event about to be recorded.

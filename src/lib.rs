@@ -3,12 +3,15 @@
 //! Rooms: `saml` (protocol, no HTTP), `sso` (login and SAML endpoints), `directory` (users,
 //! passwords, policy), `store` (SQL), `web` (shared HTTP plumbing), `server` (assembly), `cli`.
 
+pub mod admin;
 pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod events;
+pub mod m365;
 pub mod saml;
+pub mod secrets;
 pub mod server;
 pub mod sso;
 pub mod store;

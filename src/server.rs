@@ -32,6 +32,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Cert(#[from] CertError),
+    #[error("configuration error: {0}")]
+    M365(#[from] crate::m365::M365SetupError),
     #[error("cannot listen on {addr}: {source}. Fix: choose a free address with `listen` (IDBRIDGE_LISTEN)")]
     Listen {
         addr: SocketAddr,
@@ -45,6 +47,7 @@ pub struct AppInner {
     pub store: Store,
     pub directory: Directory,
     pub idp: IdentityProvider,
+    pub m365: crate::m365::M365,
 }
 
 /// Shared application state, cheap to clone.
@@ -91,12 +94,14 @@ impl App {
             signing,
             issued_events,
         )?;
+        let m365 = crate::m365::M365::new(&config, store.clone())?;
         Ok(Self {
             state: Arc::new(AppInner {
                 config,
                 store,
                 directory,
                 idp,
+                m365,
             }),
             generated_certificate: generated,
             shutdown,
@@ -111,6 +116,7 @@ impl App {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .merge(crate::sso::router())
+            .merge(crate::admin::router())
             .fallback(|| async { crate::web::AppError::NotFound })
             .layer(RequestBodyLimitLayer::new(256 * 1024))
             .layer(SetResponseHeaderLayer::if_not_present(

@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::events::{kind, Actor, NewEvent};
-use crate::store::{AdminRow, Store, StoreError, UserListQuery, UserWrite};
+use crate::store::{AdminRow, LinkRow, Store, StoreError, UserListQuery, UserWrite};
 
 /// Why a directory operation was refused; each message tells the admin what to change.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,30 @@ impl Directory {
         password: Option<&SecretString>,
         now: DateTime<Utc>,
     ) -> Result<User, DirectoryError> {
+        self.insert_user(actor, changes, password, None, now).await
+    }
+
+    /// Creates a user imported from Microsoft 365, linked to its M365 user in the same
+    /// transaction (so an interrupted import never leaves a user without its link).
+    pub async fn create_imported_user(
+        &self,
+        actor: &Actor,
+        changes: &UserChanges,
+        link: LinkRow,
+        now: DateTime<Utc>,
+    ) -> Result<User, DirectoryError> {
+        self.insert_user(actor, changes, None, Some(link), now)
+            .await
+    }
+
+    async fn insert_user(
+        &self,
+        actor: &Actor,
+        changes: &UserChanges,
+        password: Option<&SecretString>,
+        link: Option<LinkRow>,
+        now: DateTime<Utc>,
+    ) -> Result<User, DirectoryError> {
         let username = changes.username.as_deref().unwrap_or_default();
         if username.trim().is_empty() {
             return Err(DirectoryError::Invalid {
@@ -148,10 +172,24 @@ impl Directory {
             }
             None => None,
         };
-        let event = NewEvent::new(now, actor, kind::USER_CREATE, Some(&write.username))
-            .details(json!({"email": write.email, "passwordSet": hash.is_some()}));
+        let link = link.map(|l| LinkRow {
+            user_id: write.id.clone(),
+            ..l
+        });
+        let event =
+            NewEvent::new(now, actor, kind::USER_CREATE, Some(&write.username)).details(json!({
+                "email": write.email,
+                "passwordSet": hash.is_some(),
+                "importedFrom": link.as_ref().map(|l| l.m365_object_id.clone()),
+            }));
         self.store
-            .insert_user(&write, hash.as_deref(), now.timestamp_millis(), &event)
+            .insert_user(
+                &write,
+                hash.as_deref(),
+                link.as_ref(),
+                now.timestamp_millis(),
+                &event,
+            )
             .await?;
         self.get_user(&write.id).await
     }

@@ -7,11 +7,13 @@
 
 mod admins;
 mod events;
+mod m365;
 mod saml;
 mod users;
 
 pub use admins::AdminRow;
 pub use events::{EventFilter, EventRow};
+pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
 pub use users::{UserListQuery, UserRow, UserWrite};
 
@@ -54,6 +56,8 @@ fn unique_field(message: &str, constraint: Option<&str>) -> &'static str {
         "email"
     } else if text.contains("username") {
         "username"
+    } else if text.contains("m365_object_id") || text.contains("m365_links") {
+        "Microsoft 365 user"
     } else if text.contains("immutable_id") {
         "immutable ID"
     } else if text.contains("saml_seen_requests") || text.contains("request_id") {

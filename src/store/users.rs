@@ -119,11 +119,13 @@ impl Store {
         Ok(n)
     }
 
-    /// Inserts a user (with an optional first password) and its event in one transaction.
+    /// Inserts a user (with an optional first password and an optional link to the M365 user
+    /// it is imported from) and its event in one transaction.
     pub async fn insert_user(
         &self,
         user: &UserWrite,
         password_hash: Option<&str>,
+        link: Option<&super::LinkRow>,
         now_ms: i64,
         event: &NewEvent,
     ) -> Result<(), StoreError> {
@@ -170,6 +172,9 @@ impl Store {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(link) = link {
+            super::m365::insert_link(&mut *tx, link).await?;
         }
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;

@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+import atexit
 import uuid
 from html.parser import HTMLParser
 from urllib.parse import urljoin
@@ -175,6 +176,8 @@ def main():
     if r.status_code != 200:
         fail(f"GET /saml/metadata answered {r.status_code}")
     workdir = tempfile.mkdtemp(prefix="m365_sp_")
+    # pysaml2 reads the metadata from a file; remove it however the run ends.
+    atexit.register(shutil.rmtree, workdir, True)
     metadata_path = os.path.join(workdir, "idp-metadata.xml")
     with open(metadata_path, "wb") as f:
         f.write(r.content)

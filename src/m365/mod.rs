@@ -1,0 +1,9 @@
+//! The Microsoft 365 directory integration: the OAuth connection to a tenant, the Graph client
+//! every Graph call goes through, and importing users.
+
+pub mod connection;
+pub mod graph;
+pub mod import;
+
+pub use connection::{ConnectionStatus, M365Error, M365SetupError, M365};
+pub use import::{ImportProgress, ImportReport, ImportSelection, TenantUser};

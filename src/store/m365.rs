@@ -1,0 +1,320 @@
+//! The Microsoft 365 connection, OAuth consent in progress, links of local users to M365
+//! users, and import runs.
+
+use super::{events, Store, StoreError};
+use crate::events::NewEvent;
+
+/// The connection to the tenant (at most one row).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConnectionRow {
+    pub mode: String,
+    pub state: String,
+    pub tenant_id: Option<String>,
+    pub default_domain: Option<String>,
+    pub connected_at: Option<i64>,
+    pub connected_by: Option<String>,
+    pub access_token_enc: Option<String>,
+    pub access_token_expires_at: Option<i64>,
+    pub refresh_token_enc: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
+/// A local user's link to the M365 user it was imported from.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LinkRow {
+    pub user_id: String,
+    pub tenant_id: String,
+    pub m365_object_id: String,
+    pub user_principal_name: String,
+    pub immutable_id: Option<String>,
+    pub linked_at: i64,
+}
+
+/// One import run with its counters.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ImportRunRow {
+    pub id: String,
+    pub started_by: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub state: String,
+    pub total: i64,
+    pub imported: i64,
+    pub failed: i64,
+    pub message: Option<String>,
+}
+
+/// What happened to one user in an import run.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ImportResultRow {
+    pub run_id: String,
+    pub m365_object_id: String,
+    pub user_principal_name: Option<String>,
+    pub outcome: String,
+    pub message: Option<String>,
+    pub user_id: Option<String>,
+    pub at: i64,
+}
+
+const CONNECTION_COLUMNS: &str = "mode, state, tenant_id, default_domain, connected_at, \
+    connected_by, access_token_enc, access_token_expires_at, refresh_token_enc, last_error, updated_at";
+
+impl Store {
+    /// The connection row, if the tenant was ever connected.
+    pub async fn m365_connection(&self) -> Result<Option<ConnectionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ConnectionRow>(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM m365_connection WHERE id = 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Writes the whole connection row and its event in one transaction.
+    pub async fn save_m365_connection(
+        &self,
+        row: &ConnectionRow,
+        event: Option<&NewEvent>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO m365_connection (id, mode, state, tenant_id, default_domain, connected_at, \
+             connected_by, access_token_enc, access_token_expires_at, refresh_token_enc, last_error, \
+             updated_at) VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (id) DO UPDATE SET mode = $1, state = $2, tenant_id = $3, \
+             default_domain = $4, connected_at = $5, connected_by = $6, access_token_enc = $7, \
+             access_token_expires_at = $8, refresh_token_enc = $9, last_error = $10, updated_at = $11",
+        )
+        .bind(&row.mode)
+        .bind(&row.state)
+        .bind(&row.tenant_id)
+        .bind(&row.default_domain)
+        .bind(row.connected_at)
+        .bind(&row.connected_by)
+        .bind(&row.access_token_enc)
+        .bind(row.access_token_expires_at)
+        .bind(&row.refresh_token_enc)
+        .bind(&row.last_error)
+        .bind(row.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(event) = event {
+            events::insert(&mut *tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deactivates the connection: tokens are dropped and every binding is cleared, in one
+    /// transaction with the event. Returns how many bindings were cleared.
+    pub async fn deactivate_m365(&self, now_ms: i64, event: &NewEvent) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE m365_connection SET state = 'deactivated', access_token_enc = NULL, \
+             access_token_expires_at = NULL, refresh_token_enc = NULL, updated_at = $1 WHERE id = 1",
+        )
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let cleared = sqlx::query("DELETE FROM m365_bindings")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(cleared)
+    }
+
+    /// Remembers an OAuth state with its sealed PKCE verifier.
+    pub async fn insert_oauth_state(
+        &self,
+        state_hash: &str,
+        verifier_enc: &str,
+        actor: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO m365_oauth_states (state_hash, pkce_verifier_enc, actor, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(state_hash)
+        .bind(verifier_enc)
+        .bind(actor)
+        .bind(now_ms)
+        .bind(expires_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes (deletes and returns) a live OAuth state: (sealed verifier, actor). Single use.
+    pub async fn take_oauth_state(
+        &self,
+        state_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT pkce_verifier_enc, actor, expires_at FROM m365_oauth_states WHERE state_hash = $1",
+        )
+        .bind(state_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM m365_oauth_states WHERE state_hash = $1 OR expires_at <= $2")
+            .bind(state_hash)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row
+            .filter(|(_, _, expires)| *expires > now_ms)
+            .map(|(v, a, _)| (v, a)))
+    }
+
+    /// All links of local users to M365 users.
+    pub async fn m365_links(&self) -> Result<Vec<LinkRow>, StoreError> {
+        Ok(sqlx::query_as::<_, LinkRow>(
+            "SELECT user_id, tenant_id, m365_object_id, user_principal_name, immutable_id, linked_at \
+             FROM m365_links",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// (M365 object ID, local username, bound?) for every linked user, in one query.
+    pub async fn m365_link_summary(&self) -> Result<Vec<(String, String, bool)>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT l.m365_object_id, u.username, \
+             CASE WHEN b.user_id IS NULL THEN 0 ELSE 1 END \
+             FROM m365_links l JOIN users u ON u.id = l.user_id \
+             LEFT JOIN m365_bindings b ON b.user_id = l.user_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(o, u, b)| (o, u, b != 0)).collect())
+    }
+
+    /// User ids with a Microsoft 365 binding.
+    pub async fn bound_user_ids(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT user_id FROM m365_bindings")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+}
+
+/// Inserts a link inside the caller's transaction (with the user it belongs to).
+pub(super) async fn insert_link<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    executor: E,
+    link: &LinkRow,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO m365_links (user_id, tenant_id, m365_object_id, user_principal_name, \
+             immutable_id, linked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&link.user_id)
+    .bind(&link.tenant_id)
+    .bind(&link.m365_object_id)
+    .bind(&link.user_principal_name)
+    .bind(&link.immutable_id)
+    .bind(link.linked_at)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Starts an import run.
+    pub async fn insert_import_run(&self, run: &ImportRunRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO m365_import_runs (id, started_by, started_at, state, total) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&run.id)
+        .bind(&run.started_by)
+        .bind(run.started_at)
+        .bind(&run.state)
+        .bind(run.total)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records one user's outcome and bumps the run's counters in one transaction.
+    pub async fn add_import_result(&self, result: &ImportResultRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO m365_import_results (run_id, m365_object_id, user_principal_name, outcome, \
+             message, user_id, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&result.run_id)
+        .bind(&result.m365_object_id)
+        .bind(&result.user_principal_name)
+        .bind(&result.outcome)
+        .bind(&result.message)
+        .bind(&result.user_id)
+        .bind(result.at)
+        .execute(&mut *tx)
+        .await?;
+        let column = if result.outcome == "imported" {
+            "imported"
+        } else {
+            "failed"
+        };
+        sqlx::query(&format!(
+            "UPDATE m365_import_runs SET {column} = {column} + 1 WHERE id = $1"
+        ))
+        .bind(&result.run_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends an import run and records its event.
+    pub async fn finish_import_run(
+        &self,
+        run_id: &str,
+        state: &str,
+        message: Option<&str>,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE m365_import_runs SET state = $2, message = $3, finished_at = $4 WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(state)
+        .bind(message)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An import run by id.
+    pub async fn import_run(&self, run_id: &str) -> Result<Option<ImportRunRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ImportRunRow>(
+            "SELECT id, started_by, started_at, finished_at, state, total, imported, failed, message \
+             FROM m365_import_runs WHERE id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The per-user results of an import run, in order.
+    pub async fn import_results(&self, run_id: &str) -> Result<Vec<ImportResultRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ImportResultRow>(
+            "SELECT run_id, m365_object_id, user_principal_name, outcome, message, user_id, at \
+             FROM m365_import_results WHERE run_id = $1 ORDER BY at, m365_object_id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
