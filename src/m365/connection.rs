@@ -60,12 +60,19 @@ pub enum M365Error {
     Refused(String),
     #[error("could not reach the Microsoft identity platform: {0}")]
     Unreachable(String),
+    /// Boxed: Graph errors carry Graph's code, message and request id.
     #[error(transparent)]
-    Graph(#[from] GraphError),
+    Graph(Box<GraphError>),
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<GraphError> for M365Error {
+    fn from(err: GraphError) -> Self {
+        M365Error::Graph(Box::new(err))
+    }
 }
 
 /// How idbridge authenticates to the Microsoft identity platform.

@@ -428,3 +428,71 @@ fn key_size_is_configurable() {
     let show = ok(idbridge(d, &["cert", "show"], "", &[]));
     assert!(show.contains("RSA 3072 bits"), "{show}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m365_commands_against_the_fake() {
+    use crate::support::graph_fake::GraphFake;
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    fake.add_users(3, "contoso.com");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("idbridge.toml"),
+        format!(
+            "[m365]\nlogin_base_url = \"{}\"\ngraph_base_url = \"{}\"\nclient_id = \"{}\"\ntenant = \"{}\"\n",
+            fake.login_base_url(),
+            fake.graph_base_url(),
+            GraphFake::CLIENT_ID,
+            GraphFake::TENANT_ID
+        ),
+    )
+    .unwrap();
+    let secret = [("IDBRIDGE_M365__CLIENT_SECRET", GraphFake::CLIENT_SECRET)];
+    let run = move |args: Vec<&'static str>| {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || idbridge(&d, &args, "", &secret))
+    };
+
+    let status = run(vec!["m365", "status"]).await.unwrap();
+    assert!(stdout(&status).contains("not_connected") && stdout(&status).contains("m365 connect"));
+    let refused = run(vec!["m365", "deactivate"]).await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("--yes") && stderr(&refused).contains("active in Microsoft 365")
+    );
+
+    let connected = ok(run(vec!["m365", "connect", "--client-credentials"])
+        .await
+        .unwrap());
+    assert!(
+        connected.contains("state:          connected"),
+        "{connected}"
+    );
+    assert!(
+        connected.contains("default domain: contoso.com"),
+        "{connected}"
+    );
+    let users = ok(run(vec!["m365", "users"]).await.unwrap());
+    assert_eq!(users.lines().count(), 3, "{users}");
+    let imported = run(vec!["m365", "import", "--all"]).await.unwrap();
+    let out = ok(imported);
+    assert!(out.contains("3 imported, 0 failed"), "{out}");
+    let users = ok(run(vec!["m365", "users"]).await.unwrap());
+    assert!(users.lines().all(|l| l.contains("imported")), "{users}");
+    let list = ok(run(vec!["user", "list"]).await.unwrap());
+    assert!(list.contains("user0001@contoso.com"), "{list}");
+    let again = ok(run(vec!["m365", "import", "--all"]).await.unwrap());
+    assert!(
+        again.contains("0 imported, 0 failed, 3 already imported"),
+        "{again}"
+    );
+    // The token never reaches stdout, stderr or the event log.
+    let events = ok(run(vec!["events"]).await.unwrap());
+    assert!(events.contains("m365_connect") && events.contains("m365_import"));
+    let token_bodies = fake.token_requests();
+    assert!(!events.contains(GraphFake::CLIENT_SECRET));
+    assert!(!token_bodies.is_empty());
+    let deactivated = ok(run(vec!["m365", "deactivate", "--yes"]).await.unwrap());
+    assert!(deactivated.contains("0 bindings cleared"), "{deactivated}");
+}

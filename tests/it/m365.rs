@@ -48,7 +48,10 @@ async fn follow_consent(app: &TestApp, url: &str) -> (u16, String) {
     let browser = app.browser();
     let at_microsoft = browser.get(url).send().await.unwrap();
     assert_eq!(at_microsoft.status(), 302, "Microsoft redirects back");
-    let back = at_microsoft.headers()["location"].to_str().unwrap().to_string();
+    let back = at_microsoft.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(back.starts_with(&app.url("/m365/callback")), "{back}");
     let page = browser.get(&back).send().await.unwrap();
     (page.status().as_u16(), page.text().await.unwrap())
@@ -66,7 +69,12 @@ async fn consent_flow_connects_the_tenant_with_pkce_and_state() {
         .unwrap();
     let parsed = url::Url::parse(&url).unwrap();
     let q: std::collections::HashMap<_, _> = parsed.query_pairs().into_owned().collect();
-    assert!(parsed.path().ends_with("/organizations/oauth2/v2.0/authorize"), "{url}");
+    assert!(
+        parsed
+            .path()
+            .ends_with("/organizations/oauth2/v2.0/authorize"),
+        "{url}"
+    );
     assert_eq!(q["code_challenge_method"], "S256");
     assert!(q["scope"].contains("offline_access"));
     assert!(q["scope"].contains("/User.ReadWrite.All"));
@@ -96,7 +104,10 @@ async fn consent_flow_connects_the_tenant_with_pkce_and_state() {
     assert!(row.access_token_enc.as_deref().unwrap().starts_with("v1:"));
     assert!(row.refresh_token_enc.as_deref().unwrap().starts_with("v1:"));
     let token = app.state().m365.access_token(Utc::now()).await.unwrap();
-    assert!(!row.access_token_enc.unwrap().contains(token.expose_secret()));
+    assert!(!row
+        .access_token_enc
+        .unwrap()
+        .contains(token.expose_secret()));
     let connected = app.events("m365_connect").await;
     assert_eq!(connected.len(), 1);
     assert_eq!(connected[0].actor, "admin:root");
@@ -113,7 +124,11 @@ async fn a_wrong_or_reused_state_is_refused_and_recorded() {
         .await
         .unwrap();
     assert_eq!(page.status(), 400);
-    assert!(page.text().await.unwrap().contains("unknown, used or expired"));
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("unknown, used or expired"));
 
     // A real state works once; replaying the same callback URL is refused.
     let url = app
@@ -123,7 +138,10 @@ async fn a_wrong_or_reused_state_is_refused_and_recorded() {
         .await
         .unwrap();
     let at_microsoft = browser.get(&url).send().await.unwrap();
-    let back = at_microsoft.headers()["location"].to_str().unwrap().to_string();
+    let back = at_microsoft.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(browser.get(&back).send().await.unwrap().status(), 200);
     assert_eq!(browser.get(&back).send().await.unwrap().status(), 400);
     assert_eq!(app.events("m365_connect_failed").await.len(), 2);
@@ -133,8 +151,14 @@ async fn a_wrong_or_reused_state_is_refused_and_recorded() {
 async fn a_code_redeemed_with_another_flows_verifier_is_refused() {
     let (app, _fake) = connected_pair(&secret()).await;
     let m365 = &app.state().m365;
-    let first = m365.begin_connect(&Actor::System, Utc::now()).await.unwrap();
-    let second = m365.begin_connect(&Actor::System, Utc::now()).await.unwrap();
+    let first = m365
+        .begin_connect(&Actor::System, Utc::now())
+        .await
+        .unwrap();
+    let second = m365
+        .begin_connect(&Actor::System, Utc::now())
+        .await
+        .unwrap();
     let browser = app.browser();
     // The code comes from the first flow (its PKCE challenge) but is returned with the
     // second flow's state, so idbridge redeems it with the wrong verifier.
@@ -176,7 +200,10 @@ async fn declined_consent_shows_microsofts_reason() {
     let (status, page) = consent(&app).await;
     assert_eq!(status, 400);
     assert!(page.contains("access_denied"), "{page}");
-    assert_eq!(app.state().m365.status().await.unwrap().state, "not_connected");
+    assert_eq!(
+        app.state().m365.status().await.unwrap().state,
+        "not_connected"
+    );
 }
 
 #[tokio::test]
@@ -249,14 +276,21 @@ async fn client_credentials_mode_with_a_secret() {
     assert!(req["scope"].ends_with("/.default"));
     // No refresh token in this mode: an expired token is simply fetched again.
     fake.set_token_lifetime(60);
-    app.state().m365.connect_application(&Actor::cli(), Utc::now()).await.unwrap();
+    app.state()
+        .m365
+        .connect_application(&Actor::cli(), Utc::now())
+        .await
+        .unwrap();
     app.state().m365.access_token(Utc::now()).await.unwrap();
     let grants: Vec<_> = fake
         .token_requests()
         .into_iter()
         .map(|r| r["grant_type"].clone())
         .collect();
-    assert!(grants.iter().all(|g| g == "client_credentials"), "{grants:?}");
+    assert!(
+        grants.iter().all(|g| g == "client_credentials"),
+        "{grants:?}"
+    );
 }
 
 #[tokio::test]
@@ -270,7 +304,7 @@ async fn client_credentials_mode_with_a_certificate() {
     let cert = dir.path().join("app.crt");
     std::fs::write(&key, key_pem).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&cert, &cert_pem).unwrap();
     let extra = format!(
         "client_certificate_file = \"{}\"\nclient_key_file = \"{}\"\ntenant = \"{}\"",
         cert.display(),
@@ -278,6 +312,8 @@ async fn client_credentials_mode_with_a_certificate() {
         GraphFake::TENANT_ID
     );
     let (app, fake) = connected_pair(&extra).await;
+    // Registered with the app: the fake now verifies the assertion's RS256 signature.
+    fake.register_certificate(std::str::from_utf8(&cert_pem).unwrap());
     let status = app
         .state()
         .m365
@@ -285,6 +321,10 @@ async fn client_credentials_mode_with_a_certificate() {
         .await
         .unwrap();
     assert_eq!(status.state, "connected");
+    assert_eq!(
+        fake.client_auth_methods().pop().as_deref(),
+        Some("private_key_jwt")
+    );
     let req = fake.token_requests().pop().unwrap();
     assert_eq!(
         req["client_assertion_type"],
@@ -324,13 +364,23 @@ async fn import_of_2500_users_across_pages_with_throttling() {
         .iter()
         .filter(|(m, p)| m == "GET" && p.contains("/users"))
         .count();
-    assert_eq!(list_calls, 3 + 2, "3 pages of 999, plus 2 throttled attempts");
+    assert_eq!(
+        list_calls,
+        3 + 2,
+        "3 pages of 999, plus 2 throttled attempts"
+    );
 
     // Importing again imports nobody twice.
     let again = app
         .state()
         .m365
-        .import(&app.state().directory, &Actor::System, &ImportSelection::All, Utc::now(), |_| {})
+        .import(
+            &app.state().directory,
+            &Actor::System,
+            &ImportSelection::All,
+            Utc::now(),
+            |_| {},
+        )
         .await
         .unwrap();
     assert_eq!(again.imported, 0);
@@ -340,7 +390,11 @@ async fn import_of_2500_users_across_pages_with_throttling() {
     assert!(listed.iter().all(|u| u.imported && !u.bound));
     let ev = app.events("m365_import").await;
     assert_eq!(ev.len(), 2);
-    assert!(ev[1].details.contains("\"imported\":2500"), "{}", ev[1].details);
+    assert!(
+        ev[1].details.contains("\"imported\":2500"),
+        "{}",
+        ev[1].details
+    );
 }
 
 #[tokio::test]
@@ -364,7 +418,8 @@ async fn import_reports_each_user_and_keeps_object_and_immutable_ids() {
         account_enabled: true,
         ..FakeUserSpec::default()
     });
-    app.create_user("local", "taken@contoso.com", "Local pw 1!x").await;
+    app.create_user("local", "taken@contoso.com", "Secret pw 1!x")
+        .await;
     assert_eq!(consent(&app).await.0, 200);
 
     let report = app
@@ -388,9 +443,7 @@ async fn import_reports_each_user_and_keeps_object_and_immutable_ids() {
         report
             .results
             .iter()
-            .find(|r| {
-                r.user_principal_name.as_deref() == Some(key) || r.m365_object_id == key
-            })
+            .find(|r| r.user_principal_name.as_deref() == Some(key) || r.m365_object_id == key)
             .unwrap()
             .clone()
     };
@@ -398,7 +451,10 @@ async fn import_reports_each_user_and_keeps_object_and_immutable_ids() {
     let failed = outcome("taken@contoso.com");
     assert_eq!(failed.outcome, "failed");
     assert!(failed.message.unwrap().contains("email already exists"));
-    assert!(outcome("nobody@contoso.com").message.unwrap().contains("no such user"));
+    assert!(outcome("nobody@contoso.com")
+        .message
+        .unwrap()
+        .contains("no such user"));
 
     let adele = app.state().directory.get_user("adele.vance").await.unwrap();
     assert_eq!(adele.firstname, "Adele");
@@ -412,7 +468,10 @@ async fn import_reports_each_user_and_keeps_object_and_immutable_ids() {
         .into_iter()
         .find(|l| l.user_id == adele.id)
         .unwrap();
-    assert_eq!(link.immutable_id.as_deref(), Some("yU+2g8ZoAE2X4a4AAfw+KQ=="));
+    assert_eq!(
+        link.immutable_id.as_deref(),
+        Some("yU+2g8ZoAE2X4a4AAfw+KQ==")
+    );
     assert_eq!(link.tenant_id, GraphFake::TENANT_ID);
     assert_eq!(app.events("m365_import_user_failed").await.len(), 2);
 }
@@ -430,8 +489,11 @@ async fn deactivation_clears_bindings_and_keeps_users_active() {
         ..FakeUserSpec::default()
     });
     assert_eq!(consent(&app).await.0, 200);
-    let user = app.create_user("bea", "bea@contoso.com", "Secret pw 9!").await;
-    app.bind(&user, "YmVhMDAwMDAwMDAwMDAwMA==", "bea@contoso.com").await;
+    let user = app
+        .create_user("bea", "bea@contoso.com", "Secret pw 9!")
+        .await;
+    app.bind(&user, "YmVhMDAwMDAwMDAwMDAwMA==", "bea@contoso.com")
+        .await;
 
     let cleared = app
         .state()
@@ -443,8 +505,15 @@ async fn deactivation_clears_bindings_and_keeps_users_active() {
     let user = app.state().directory.get_user("bea").await.unwrap();
     assert!(user.m365.is_none(), "binding cleared");
     assert_eq!(user.state, idbridge::directory::UserState::Active);
-    assert_eq!(fake.user(&object_id).unwrap()["accountEnabled"], true, "still active in M365");
-    assert_eq!(app.state().m365.status().await.unwrap().state, "deactivated");
+    assert_eq!(
+        fake.user(&object_id).unwrap()["accountEnabled"],
+        true,
+        "still active in M365"
+    );
+    assert_eq!(
+        app.state().m365.status().await.unwrap().state,
+        "deactivated"
+    );
     let err = app.state().m365.access_token(Utc::now()).await.unwrap_err();
     assert!(matches!(err, M365Error::Deactivated));
     let ev = app.events("m365_deactivate").await;

@@ -4,5 +4,7 @@ mod support;
 
 mod cli;
 mod directory;
+mod graph_fake_selftest;
+mod m365;
 mod server;
 mod sso;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod graph_fake;
+
 use std::path::PathBuf;
 
 use chrono::Utc;
@@ -57,7 +59,10 @@ impl TestApp {
         let port = listener.local_addr().expect("addr").port();
         let base_url = format!("http://127.0.0.1:{port}");
         let mut config = test_config(dir.path(), extra);
-        if !extra.contains("base_url") {
+        if !extra
+            .lines()
+            .any(|l| l.trim_start().starts_with("base_url"))
+        {
             config.base_url = base_url.clone();
         }
         let app = App::build(config.clone()).await.expect("app builds");

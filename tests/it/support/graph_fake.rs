@@ -1,0 +1,3469 @@
+//! A test fake of the Microsoft identity platform (OAuth 2.0 v2.0 endpoints) and of the
+//! Microsoft Graph v1.0 user / domain / $batch endpoints, on a random loopback port.
+//!
+//! It follows Microsoft's documented behaviour where the documentation says something, and
+//! observed service behaviour (quoted in public issues) where it does not; choices made where
+//! neither says anything are marked "FAKE CHOICE". Sources (read through the stored index):
+//! - `/work/shared/reference/microsoft-graph.md` (research report, §0–§9, §12) and
+//!   `/work/shared/reference/graph-user-properties.json` (user properties from the CSDL).
+//! - microsoftgraph/microsoft-graph-docs-contrib: `api-reference/v1.0/api/user-list.md`,
+//!   `user-get.md`, `user-post-users.md`, `user-update.md`, `user-post-manager.md`,
+//!   `user-delete-manager.md`, `user-list-manager.md`, `domain-list.md`,
+//!   `concepts/json-batching.md`, `concepts/paging.md`, `concepts/throttling.md`,
+//!   `concepts/errors.md`, `concepts/aad-advanced-queries.md`.
+//! - MicrosoftDocs/entra-docs: `docs/identity-platform/v2-oauth2-auth-code-flow.md`,
+//!   `v2-oauth2-client-creds-grant-flow.md`, `refresh-tokens.md`, `reference-error-codes.md`,
+//!   `certificate-credentials.md`, `id-tokens.md`.
+//!
+//! Everything lives in one `Arc<Mutex<State>>`; handlers read the request body first and then do
+//! all their work synchronously under the lock (the lock is never held across an `.await`).
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+type Shared = Arc<Mutex<State>>;
+
+/// The Graph resource's well-known application id (accepted as a scope prefix).
+const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const INITIAL_DOMAIN: &str = "contoso.onmicrosoft.com";
+
+/// A running fake. Dropping it stops the server.
+pub struct GraphFake {
+    port: u16,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A user seeded directly into the fake's directory (no validation except UPN uniqueness).
+#[derive(Debug, Clone, Default)]
+pub struct FakeUserSpec {
+    pub upn: String,
+    pub given_name: Option<String>,
+    pub surname: Option<String>,
+    /// Defaults to "given surname", else the UPN's alias.
+    pub display_name: Option<String>,
+    pub mail: Option<String>,
+    pub immutable_id: Option<String>,
+    pub account_enabled: bool,
+    pub job_title: Option<String>,
+    pub department: Option<String>,
+    pub office_location: Option<String>,
+    pub mobile_phone: Option<String>,
+    pub business_phones: Vec<String>,
+    pub usage_location: Option<String>,
+    pub employee_id: Option<String>,
+    pub company_name: Option<String>,
+    pub city: Option<String>,
+    pub country: Option<String>,
+    /// Defaults to the UPN's alias.
+    pub mail_nickname: Option<String>,
+    pub password: Option<String>,
+    /// Object id of the manager (must exist).
+    pub manager: Option<String>,
+}
+
+impl GraphFake {
+    /// The registered app's client id.
+    pub const CLIENT_ID: &'static str = "5f8c3b2a-6d1e-4f7a-9b0c-1e2d3f4a5b6c";
+    /// Its client secret (Entra secrets look like this: 40 chars with `~`).
+    pub const CLIENT_SECRET: &'static str = "fK8Q~3xJ.vN7pL2mR9sT4uW6yZ0aB1cD5eF8gH-";
+    /// The tenant.
+    pub const TENANT_ID: &'static str = "9a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d";
+    /// The admin who "signs in and consents" at /authorize (not a user in the directory).
+    pub const ADMIN_OID: &'static str = "0b1c2d3e-4f5a-4b6c-9d7e-8f9a0b1c2d3e";
+    pub const ADMIN_UPN: &'static str = "admin@contoso.onmicrosoft.com";
+
+    /// Starts the fake on a random 127.0.0.1 port.
+    pub async fn start() -> GraphFake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake");
+        let port = listener.local_addr().expect("addr").port();
+        let origin = format!("http://127.0.0.1:{port}");
+        let state = Arc::new(Mutex::new(State::new(&origin)));
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        GraphFake { port, state, task }
+    }
+
+    /// Base of the identity platform: `{this}/{tenant}/oauth2/v2.0/authorize|token`.
+    pub fn login_base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Base of Graph v1.0.
+    pub fn graph_base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1.0", self.port)
+    }
+
+    /// Adds a redirect URI to the app registration.
+    pub fn register_redirect_uri(&self, uri: &str) {
+        let mut st = self.lock();
+        if !st.redirect_uris.iter().any(|u| u == uri) {
+            st.redirect_uris.push(uri.to_string());
+        }
+    }
+
+    /// Registers an X.509 certificate (PEM) as an app credential. Once one is registered,
+    /// client assertions must be signed by a registered certificate (found by `x5t#S256`/`x5t`).
+    /// Without any, the assertion's header and claims are checked but not its signature.
+    pub fn register_certificate(&self, cert_pem: &str) {
+        let cert = openssl::x509::X509::from_pem(cert_pem.as_bytes()).expect("certificate PEM");
+        self.lock().certificates.push(cert);
+    }
+
+    /// Adds (or updates) a verified domain. `contoso.onmicrosoft.com` (initial, managed) exists
+    /// from the start. `is_default` moves the default flag to this domain.
+    pub fn add_domain(&self, name: &str, federated: bool, is_default: bool) {
+        let mut st = self.lock();
+        if is_default {
+            for d in &mut st.domains {
+                d.is_default = false;
+            }
+        }
+        if let Some(d) = st
+            .domains
+            .iter_mut()
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+        {
+            d.federated = federated;
+            d.is_default = d.is_default || is_default;
+        } else {
+            st.domains.push(Domain {
+                name: name.to_string(),
+                federated,
+                is_default,
+                is_initial: false,
+            });
+        }
+    }
+
+    /// Seeds a user; returns its object id.
+    pub fn add_user(&self, u: FakeUserSpec) -> String {
+        let mut st = self.lock();
+        st.seed_user(u)
+    }
+
+    /// Seeds `n` users `user0001@domain` … (given name "User", surname "0001", mail = UPN).
+    pub fn add_users(&self, n: usize, domain: &str) -> Vec<String> {
+        let mut st = self.lock();
+        (1..=n)
+            .map(|i| {
+                let upn = format!("user{i:04}@{domain}");
+                st.seed_user(FakeUserSpec {
+                    upn: upn.clone(),
+                    given_name: Some("User".into()),
+                    surname: Some(format!("{i:04}")),
+                    display_name: Some(format!("User {i:04}")),
+                    mail: Some(upn),
+                    account_enabled: true,
+                    ..FakeUserSpec::default()
+                })
+            })
+            .collect()
+    }
+
+    /// The stored user with all properties (including `passwordProfile.password` as last set).
+    pub fn user(&self, id_or_upn: &str) -> Option<Value> {
+        let st = self.lock();
+        st.find_user(id_or_upn)
+            .map(|i| Value::Object(st.users[i].clone()))
+    }
+
+    /// All stored users, in creation order.
+    pub fn users(&self) -> Vec<Value> {
+        self.lock()
+            .users
+            .iter()
+            .cloned()
+            .map(Value::Object)
+            .collect()
+    }
+
+    /// The manager's object id of a user.
+    pub fn manager_of(&self, id_or_upn: &str) -> Option<String> {
+        let st = self.lock();
+        let i = st.find_user(id_or_upn)?;
+        let id = st.users[i]["id"].as_str()?.to_string();
+        st.managers.get(&id).cloned()
+    }
+
+    /// The next `n` Graph requests (each `$batch` item counts; token requests don't) get
+    /// `429 Too Many Requests` with `Retry-After: {retry_after}`.
+    pub fn throttle_next(&self, n: usize, retry_after: &str) {
+        let mut st = self.lock();
+        for _ in 0..n {
+            st.injections
+                .push_back(Injection::Throttle(retry_after.to_string()));
+        }
+    }
+
+    /// The next `n` Graph requests fail with `status` (503 carries `Retry-After: 0.05`).
+    pub fn fail_next(&self, n: usize, status: u16) {
+        let mut st = self.lock();
+        for _ in 0..n {
+            st.injections.push_back(Injection::Fail(status));
+        }
+    }
+
+    /// `expires_in` of access tokens issued from now on (default 3599).
+    pub fn set_token_lifetime(&self, secs: u64) {
+        self.lock().token_lifetime = secs;
+    }
+
+    /// Makes every access token issued so far expire now.
+    pub fn expire_access_tokens(&self) {
+        let now = now_secs();
+        for t in self.lock().access_tokens.values_mut() {
+            t.expires_at = t.expires_at.min(now);
+        }
+    }
+
+    /// Revokes every refresh token issued so far (an admin's "revoke sessions").
+    pub fn revoke_refresh_tokens(&self) {
+        let mut st = self.lock();
+        st.generation += 1;
+        st.tokens_valid_from = st.generation;
+        st.tokens_valid_from_time = now_secs();
+    }
+
+    /// The next /authorize answers `error=access_denied` (AADSTS65004) to the redirect URI.
+    pub fn deny_next_consent(&self) {
+        self.lock().deny_next_consent = true;
+    }
+
+    /// Application permissions (`roles`) granted to the app for client-credentials tokens.
+    /// Default: User.ReadWrite.All, User-PasswordProfile.ReadWrite.All, Domain.Read.All.
+    pub fn set_app_roles(&self, roles: &[&str]) {
+        self.lock().app_roles = roles.iter().map(|r| r.to_string()).collect();
+    }
+
+    /// Every request received (authorize, token, Graph) as (method, path+query). `$batch` items
+    /// are logged after their batch as (method, "/v1.0/$batch:" + item url).
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.lock().requests.clone()
+    }
+
+    /// Form bodies received by /token, in order.
+    pub fn token_requests(&self) -> Vec<HashMap<String, String>> {
+        self.lock().token_requests.clone()
+    }
+
+    /// How each /token request authenticated the client: "client_secret_post",
+    /// "client_secret_basic", "private_key_jwt" or "none".
+    pub fn client_auth_methods(&self) -> Vec<String> {
+        self.lock().client_auth_methods.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for GraphFake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// State
+// ------------------------------------------------------------------------------------------
+
+struct Domain {
+    name: String,
+    federated: bool,
+    is_default: bool,
+    is_initial: bool,
+}
+
+enum Injection {
+    Throttle(String),
+    Fail(u16),
+}
+
+struct AuthCode {
+    client_id: String,
+    redirect_uri: String,
+    scopes: Vec<String>,
+    challenge: Option<(String, String)>, // (challenge, method)
+    nonce: Option<String>,
+    expires_at: u64,
+    redeemed: bool,
+}
+
+struct AccessToken {
+    expires_at: u64,
+    app_only: bool,
+    /// Delegated: consented Graph scopes (short names). App-only: granted roles.
+    permissions: Vec<String>,
+}
+
+struct RefreshToken {
+    client_id: String,
+    scopes: Vec<String>,
+    generation: u64,
+    issued_at: u64,
+}
+
+struct State {
+    origin: String,
+    redirect_uris: Vec<String>,
+    certificates: Vec<openssl::x509::X509>,
+    domains: Vec<Domain>,
+    users: Vec<Map<String, Value>>,
+    managers: HashMap<String, String>,
+    codes: HashMap<String, AuthCode>,
+    access_tokens: HashMap<String, AccessToken>,
+    refresh_tokens: HashMap<String, RefreshToken>,
+    generation: u64,
+    tokens_valid_from: u64,
+    tokens_valid_from_time: u64,
+    token_lifetime: u64,
+    app_roles: Vec<String>,
+    injections: VecDeque<Injection>,
+    deny_next_consent: bool,
+    requests: Vec<(String, String)>,
+    token_requests: Vec<HashMap<String, String>>,
+    client_auth_methods: Vec<String>,
+}
+
+impl State {
+    fn new(origin: &str) -> State {
+        State {
+            origin: origin.to_string(),
+            redirect_uris: Vec::new(),
+            certificates: Vec::new(),
+            domains: vec![Domain {
+                name: INITIAL_DOMAIN.into(),
+                federated: false,
+                is_default: true,
+                is_initial: true,
+            }],
+            users: Vec::new(),
+            managers: HashMap::new(),
+            codes: HashMap::new(),
+            access_tokens: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            generation: 0,
+            tokens_valid_from: 0,
+            tokens_valid_from_time: 0,
+            token_lifetime: 3599,
+            app_roles: vec![
+                "User.ReadWrite.All".into(),
+                "User-PasswordProfile.ReadWrite.All".into(),
+                "Domain.Read.All".into(),
+            ],
+            injections: VecDeque::new(),
+            deny_next_consent: false,
+            requests: Vec::new(),
+            token_requests: Vec::new(),
+            client_auth_methods: Vec::new(),
+        }
+    }
+
+    fn login_base(&self) -> &str {
+        &self.origin
+    }
+
+    fn graph_base(&self) -> String {
+        format!("{}/v1.0", self.origin)
+    }
+
+    fn find_user(&self, key: &str) -> Option<usize> {
+        self.users.iter().position(|u| {
+            u["id"]
+                .as_str()
+                .is_some_and(|id| id.eq_ignore_ascii_case(key))
+                || u["userPrincipalName"]
+                    .as_str()
+                    .is_some_and(|upn| upn.eq_ignore_ascii_case(key))
+        })
+    }
+
+    fn domain(&self, name: &str) -> Option<&Domain> {
+        self.domains
+            .iter()
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+
+    fn upn_domain_federated(&self, upn: &str) -> bool {
+        upn.rsplit_once('@')
+            .and_then(|(_, d)| self.domain(d))
+            .is_some_and(|d| d.federated)
+    }
+
+    /// Accepted `{tenant}` path values: organizations/common, the tenant id, verified domains.
+    fn tenant_ok(&self, tenant: &str) -> bool {
+        tenant.eq_ignore_ascii_case("organizations")
+            || tenant.eq_ignore_ascii_case("common")
+            || tenant.eq_ignore_ascii_case(GraphFake::TENANT_ID)
+            || self.domain(tenant).is_some()
+    }
+
+    fn seed_user(&mut self, u: FakeUserSpec) -> String {
+        assert!(
+            self.find_user(&u.upn).is_none(),
+            "GraphFake::add_user: duplicate UPN {}",
+            u.upn
+        );
+        let alias = u.upn.split('@').next().unwrap_or_default().to_string();
+        let display = u
+            .display_name
+            .clone()
+            .unwrap_or_else(|| match (&u.given_name, &u.surname) {
+                (Some(g), Some(s)) => format!("{g} {s}"),
+                _ => alias.clone(),
+            });
+        let id = guid();
+        let now = now_iso();
+        let mut m = Map::new();
+        m.insert("id".into(), json!(id));
+        m.insert("accountEnabled".into(), json!(u.account_enabled));
+        m.insert("businessPhones".into(), json!(u.business_phones));
+        m.insert("city".into(), json!(u.city));
+        m.insert("companyName".into(), json!(u.company_name));
+        m.insert("country".into(), json!(u.country));
+        m.insert("createdDateTime".into(), json!(now));
+        m.insert("department".into(), json!(u.department));
+        m.insert("displayName".into(), json!(display));
+        m.insert("employeeId".into(), json!(u.employee_id));
+        m.insert("givenName".into(), json!(u.given_name));
+        m.insert("jobTitle".into(), json!(u.job_title));
+        m.insert("lastPasswordChangeDateTime".into(), json!(now));
+        m.insert("mail".into(), json!(u.mail));
+        m.insert(
+            "mailNickname".into(),
+            json!(u.mail_nickname.clone().unwrap_or(alias)),
+        );
+        m.insert("mobilePhone".into(), json!(u.mobile_phone));
+        m.insert("officeLocation".into(), json!(u.office_location));
+        m.insert("onPremisesImmutableId".into(), json!(u.immutable_id));
+        m.insert("otherMails".into(), json!([]));
+        m.insert("passwordPolicies".into(), Value::Null);
+        m.insert(
+            "passwordProfile".into(),
+            json!({"password": u.password, "forceChangePasswordNextSignIn": false,
+                   "forceChangePasswordNextSignInWithMfa": false}),
+        );
+        m.insert("preferredLanguage".into(), Value::Null);
+        m.insert(
+            "proxyAddresses".into(),
+            json!(u
+                .mail
+                .iter()
+                .map(|m| format!("SMTP:{m}"))
+                .collect::<Vec<_>>()),
+        );
+        m.insert("surname".into(), json!(u.surname));
+        m.insert("usageLocation".into(), json!(u.usage_location));
+        m.insert("userPrincipalName".into(), json!(u.upn));
+        m.insert("userType".into(), json!("Member"));
+        self.users.push(m);
+        if let Some(manager) = u.manager {
+            self.managers.insert(id.clone(), manager);
+        }
+        id
+    }
+
+    fn next_injection(&mut self) -> Option<Injection> {
+        self.injections.pop_front()
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Small helpers
+// ------------------------------------------------------------------------------------------
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn now_iso() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    openssl::rand::rand_bytes(&mut b).expect("random");
+    b
+}
+
+fn guid() -> String {
+    let mut b = random_bytes(16);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn opaque(n: usize) -> String {
+    B64URL.encode(random_bytes(n))
+}
+
+/// Percent-decoding for path segments (`+` stays `+`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encoding for query values in links we build.
+fn qenc(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.bytes() {
+        if c.is_ascii_alphanumeric() || b"-._~$,'()*:@/".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
+}
+
+fn query_pairs(q: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(q.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+// ------------------------------------------------------------------------------------------
+// Entry point: one fallback handler routes everything
+// ------------------------------------------------------------------------------------------
+
+async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let method = parts.method.as_str().to_uppercase();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let path_q = if query.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{query}")
+    };
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    st.requests.push((method.clone(), path_q));
+
+    if path == "/v1.0" || path.starts_with("/v1.0/") {
+        return graph_entry(&mut st, &method, &path, &query, &parts.headers, &bytes);
+    }
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), segs.as_slice()) {
+        ("GET", [tenant, "oauth2", "v2.0", "authorize"]) => authorize(&mut st, tenant, &query),
+        ("POST", [tenant, "oauth2", "v2.0", "token"]) => {
+            token(&mut st, tenant, &path, &parts.headers, &bytes)
+        }
+        ("GET", [_tenant, "discovery", "v2.0", "keys"]) => json_response(200, &jwks(), &[]),
+        ("GET", [tenant, "v2.0", ".well-known", "openid-configuration"]) => {
+            let base = st.login_base().to_string();
+            json_response(
+                200,
+                &json!({
+                    "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+                    "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+                    "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+                    "issuer": format!("{base}/{}/v2.0", GraphFake::TENANT_ID),
+                    "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                    "response_modes_supported": ["query", "fragment", "form_post"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+                    "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                    "subject_types_supported": ["pairwise"],
+                }),
+                &[],
+            )
+        }
+        _ => Response::builder()
+            .status(404)
+            .body(Body::from("Not Found"))
+            .unwrap(),
+    }
+}
+
+fn json_response(status: u16, body: &Value, headers: &[(&str, String)]) -> Response {
+    let mut b = Response::builder()
+        .status(status)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("cache-control", "no-store, no-cache");
+    for (k, v) in headers {
+        b = b.header(*k, v);
+    }
+    b.body(Body::from(body.to_string())).unwrap()
+}
+
+fn html_response(status: u16, html: String) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/html; charset=utf-8")
+        .body(Body::from(html))
+        .unwrap()
+}
+
+// ------------------------------------------------------------------------------------------
+// Identity platform: errors
+// ------------------------------------------------------------------------------------------
+
+/// The v2.0 endpoint error shape.
+/// Docs: entra-docs docs/identity-platform/v2-oauth2-auth-code-flow.md ("Error response") and
+/// reference-error-codes.md (sample with Trace ID / Correlation ID / Timestamp in the description).
+struct OAuthError {
+    status: u16,
+    error: &'static str,
+    code: u32,
+    message: String,
+}
+
+impl OAuthError {
+    fn new(error: &'static str, code: u32, message: impl Into<String>) -> OAuthError {
+        OAuthError {
+            status: if error == "invalid_client" { 401 } else { 400 },
+            error,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn description(&self, trace: &str, corr: &str, ts: &str) -> String {
+        format!(
+            "AADSTS{}: {}\r\nTrace ID: {trace}\r\nCorrelation ID: {corr}\r\nTimestamp: {ts}",
+            self.code, self.message
+        )
+    }
+
+    fn into_response(self) -> Response {
+        let (trace, corr) = (guid(), guid());
+        let ts = chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
+        let body = json!({
+            "error": self.error,
+            "error_description": self.description(&trace, &corr, &ts),
+            "error_codes": [self.code],
+            "timestamp": ts,
+            "trace_id": trace,
+            "correlation_id": corr,
+            "error_uri": format!("https://login.microsoftonline.com/error?code={}", self.code),
+        });
+        let mut extra = vec![("x-ms-request-id", trace.clone())];
+        if self.status == 401 {
+            extra.push(("www-authenticate", "Basic realm=\"\"".to_string()));
+        }
+        json_response(self.status, &body, &extra)
+    }
+}
+
+fn missing_param(name: &str) -> OAuthError {
+    OAuthError::new(
+        "invalid_request",
+        900144,
+        format!("The request body must contain the following parameter: '{name}'."),
+    )
+}
+
+fn tenant_not_found(tenant: &str) -> OAuthError {
+    OAuthError::new(
+        "invalid_request",
+        90002,
+        format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."),
+    )
+}
+
+fn app_not_found(client_id: &str) -> OAuthError {
+    OAuthError::new(
+        "unauthorized_client",
+        700016,
+        format!("Application with identifier '{client_id}' was not found in the directory '{}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.", GraphFake::TENANT_ID),
+    )
+}
+
+fn reply_mismatch(uri: &str) -> OAuthError {
+    OAuthError::new(
+        "invalid_request",
+        50011,
+        format!("The redirect URI '{uri}' specified in the request does not match the redirect URIs configured for the application '{}'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal. Navigate to https://aka.ms/redirectUriMismatchError to learn more about how to fix this.", GraphFake::CLIENT_ID),
+    )
+}
+
+/// Microsoft shows errors it cannot send back to a trusted redirect URI on its own page.
+fn error_page(e: OAuthError) -> Response {
+    let desc = e.description(&guid(), &guid(), &now_iso());
+    let esc = desc
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    html_response(
+        400,
+        format!(
+            "<!DOCTYPE html><html><head><title>Sign in to your account</title></head><body>\
+             <div id=\"error\" data-error=\"{}\" data-error-code=\"AADSTS{}\">\
+             <h1>Sorry, but we're having trouble signing you in.</h1><p>{}</p></div></body></html>",
+            e.error,
+            e.code,
+            esc.replace("\r\n", "<br>")
+        ),
+    )
+}
+
+/// Graph scope resource normalisation: the Graph resource may be named by its URI
+/// (`https://graph.microsoft.com`), the fake's own origin (idbridge derives the resource from
+/// its configured graph_base_url), or its app id. A bare permission name means Graph.
+fn split_scope<'a>(st: &State, scope: &'a str) -> (Option<String>, &'a str) {
+    const OIDC: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+    if OIDC.iter().any(|o| o.eq_ignore_ascii_case(scope)) {
+        return (None, scope);
+    }
+    match scope.rfind('/') {
+        Some(i) => {
+            let res = scope[..i].trim_end_matches('/');
+            let name = &scope[i + 1..];
+            let graph = res.eq_ignore_ascii_case("https://graph.microsoft.com")
+                || res.eq_ignore_ascii_case(&st.origin)
+                || res.eq_ignore_ascii_case(GRAPH_APP_ID);
+            (
+                Some(if graph {
+                    "graph".into()
+                } else {
+                    res.to_string()
+                }),
+                name,
+            )
+        }
+        None => (Some("graph".into()), scope),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// GET /{tenant}/oauth2/v2.0/authorize
+// Docs: entra-docs docs/identity-platform/v2-oauth2-auth-code-flow.md ("Request an
+// authorization code", "Successful response", "Error response", error codes table);
+// reference-error-codes.md (AADSTS50011, AADSTS700016, AADSTS65004, AADSTS90002, AADSTS900144).
+// The fake plays an admin who is signed in and consents to whatever is asked.
+// ------------------------------------------------------------------------------------------
+
+fn authorize(st: &mut State, tenant: &str, query: &str) -> Response {
+    let q: HashMap<String, String> = query_pairs(query).into_iter().collect();
+    if !st.tenant_ok(tenant) {
+        return error_page(tenant_not_found(tenant));
+    }
+    let Some(client_id) = q.get("client_id") else {
+        return error_page(missing_param("client_id"));
+    };
+    if client_id != GraphFake::CLIENT_ID {
+        return error_page(app_not_found(client_id));
+    }
+    // Microsoft never redirects to an unregistered URI: these errors are shown on its page.
+    let Some(redirect_uri) = q.get("redirect_uri").cloned() else {
+        return error_page(missing_param("redirect_uri"));
+    };
+    if !st.redirect_uris.contains(&redirect_uri) {
+        return error_page(reply_mismatch(&redirect_uri));
+    }
+    let state = q.get("state").cloned();
+    let response_mode = q
+        .get("response_mode")
+        .map(String::as_str)
+        .unwrap_or("query")
+        .to_string();
+    let redirect_err = |st: &mut State, e: OAuthError| {
+        let _ = st;
+        let desc = e.description(&guid(), &guid(), &now_iso());
+        let mut params = vec![
+            ("error".to_string(), e.error.to_string()),
+            ("error_description".to_string(), desc),
+        ];
+        if let Some(s) = &state {
+            params.push(("state".into(), s.clone()));
+        }
+        redirect_with(&redirect_uri, &response_mode, &params)
+    };
+    if !["query", "fragment", "form_post"].contains(&response_mode.as_str()) {
+        return redirect_err(
+            st,
+            OAuthError::new(
+                "invalid_request",
+                90015, // FAKE CHOICE of number; the error name follows the docs table
+                format!("The response_mode '{response_mode}' is not supported."),
+            ),
+        );
+    }
+    match q.get("response_type").map(String::as_str) {
+        None => return redirect_err(st, missing_param("response_type")),
+        Some("code") => {}
+        Some(rt) if rt.split(' ').any(|p| p == "code") => {
+            // Hybrid flow needs the implicit-grant ID token setting, which this app lacks.
+            return redirect_err(
+                st,
+                OAuthError::new(
+                    "unsupported_response_type",
+                    700054,
+                    "response_type 'id_token' is not enabled for the application.",
+                ),
+            );
+        }
+        Some(rt) => {
+            return redirect_err(
+                st,
+                OAuthError::new(
+                    "unsupported_response_type",
+                    70007,
+                    format!("The application returned an unsupported response_type '{rt}'."),
+                ),
+            )
+        }
+    }
+    let scope = q.get("scope").cloned().unwrap_or_default();
+    let scopes: Vec<String> = scope.split_whitespace().map(str::to_string).collect();
+    if scopes.is_empty() {
+        return redirect_err(st, missing_param("scope"));
+    }
+    if let Some(p) = q.get("prompt") {
+        if !["login", "none", "consent", "select_account", "create"].contains(&p.as_str()) {
+            return redirect_err(
+                st,
+                OAuthError::new(
+                    "invalid_request",
+                    90023,
+                    format!("Invalid prompt parameter value '{p}'."), // FAKE CHOICE of text
+                ),
+            );
+        }
+    }
+    // PKCE: "If excluded, code_challenge is assumed to be plaintext if code_challenge is
+    // included. The Microsoft identity platform supports both plain and S256." (auth-code doc)
+    let challenge = match (q.get("code_challenge"), q.get("code_challenge_method")) {
+        (None, Some(_)) => return redirect_err(st, missing_param("code_challenge")),
+        (None, None) => None,
+        (Some(c), m) => {
+            let m = m.cloned().unwrap_or_else(|| "plain".into());
+            if m != "S256" && m != "plain" {
+                return redirect_err(
+                    st,
+                    OAuthError::new(
+                        "invalid_request",
+                        501471, // FAKE CHOICE of number
+                        format!("Invalid code_challenge_method '{m}'. Supported values are 'plain' and 'S256'."),
+                    ),
+                );
+            }
+            if c.len() < 43 || c.len() > 128 {
+                return redirect_err(
+                    st,
+                    OAuthError::new(
+                        "invalid_request",
+                        501491,
+                        "Invalid size of Code_Challenge parameter.",
+                    ),
+                );
+            }
+            Some((c.clone(), m))
+        }
+    };
+    if std::mem::take(&mut st.deny_next_consent) {
+        return redirect_err(
+            st,
+            OAuthError::new(
+                "access_denied",
+                65004,
+                "User declined to consent to access the app.",
+            ),
+        );
+    }
+    let code = format!("1.A{}", opaque(96));
+    st.codes.insert(
+        code.clone(),
+        AuthCode {
+            client_id: client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            scopes,
+            challenge,
+            nonce: q.get("nonce").cloned(),
+            expires_at: now_secs() + 600,
+            redeemed: false,
+        },
+    );
+    let mut params = vec![("code".to_string(), code)];
+    if let Some(s) = &state {
+        params.push(("state".into(), s.clone()));
+    }
+    params.push(("session_state".into(), guid()));
+    redirect_with(&redirect_uri, &response_mode, &params)
+}
+
+fn redirect_with(redirect_uri: &str, mode: &str, params: &[(String, String)]) -> Response {
+    if mode == "form_post" {
+        let inputs: String = params
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "<input type=\"hidden\" name=\"{k}\" value=\"{}\" />",
+                    v.replace('&', "&amp;")
+                        .replace('"', "&quot;")
+                        .replace('<', "&lt;")
+                )
+            })
+            .collect();
+        return html_response(
+            200,
+            format!(
+                "<html><head><title>Working...</title></head><body><form method=\"POST\" name=\"hiddenform\" action=\"{redirect_uri}\">{inputs}<noscript><input type=\"submit\" value=\"Continue\"/></noscript></form><script>document.forms[0].submit()</script></body></html>"
+            ),
+        );
+    }
+    let encoded: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter())
+        .finish();
+    let location = if mode == "fragment" {
+        format!("{redirect_uri}#{encoded}")
+    } else if redirect_uri.contains('?') {
+        format!("{redirect_uri}&{encoded}")
+    } else {
+        format!("{redirect_uri}?{encoded}")
+    };
+    Response::builder()
+        .status(302)
+        .header("location", location)
+        .header("cache-control", "no-store, no-cache")
+        .body(Body::empty())
+        .unwrap()
+}
+
+// ------------------------------------------------------------------------------------------
+// POST /{tenant}/oauth2/v2.0/token
+// Docs: entra-docs docs/identity-platform/v2-oauth2-auth-code-flow.md ("Redeem a code",
+// "Refresh the access token", error table), v2-oauth2-client-creds-grant-flow.md (scope must be
+// `{resource}/.default`, no refresh token), refresh-tokens.md (a refresh returns a new refresh
+// token; the old one is not revoked), certificate-credentials.md (client assertion header and
+// claims), reference-error-codes.md (AADSTS numbers).
+// ------------------------------------------------------------------------------------------
+
+fn token(st: &mut State, tenant: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    st.token_requests.push(form.clone());
+    match token_inner(st, tenant, path, headers, &form) {
+        Ok(v) => json_response(200, &v, &[]),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn token_inner(
+    st: &mut State,
+    tenant: &str,
+    path: &str,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<Value, OAuthError> {
+    if !st.tenant_ok(tenant) {
+        st.client_auth_methods.push("none".into());
+        return Err(tenant_not_found(tenant));
+    }
+    // Client authentication: client_secret (body), HTTP Basic, or a JWT client assertion.
+    let basic = header_str(headers, "authorization").and_then(|h| {
+        let rest = h
+            .strip_prefix("Basic ")
+            .or_else(|| h.strip_prefix("basic "))?;
+        let dec = String::from_utf8(B64.decode(rest.trim()).ok()?).ok()?;
+        let (id, secret) = dec.split_once(':')?;
+        let unesc = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        Some((unesc(id), unesc(secret)))
+    });
+    let client_id = form
+        .get("client_id")
+        .cloned()
+        .or_else(|| basic.as_ref().map(|(id, _)| id.clone()));
+    let method = if basic.is_some() {
+        "client_secret_basic"
+    } else if form.contains_key("client_assertion") {
+        "private_key_jwt"
+    } else if form.contains_key("client_secret") {
+        "client_secret_post"
+    } else {
+        "none"
+    };
+    st.client_auth_methods.push(method.into());
+
+    let Some(grant_type) = form.get("grant_type").cloned() else {
+        return Err(missing_param("grant_type"));
+    };
+    let Some(client_id) = client_id else {
+        return Err(missing_param("client_id"));
+    };
+    if client_id != GraphFake::CLIENT_ID {
+        return Err(app_not_found(&client_id));
+    }
+    if let Some((id, _)) = &basic {
+        if form.get("client_id").is_some_and(|c| c != id) {
+            return Err(OAuthError::new(
+                "invalid_client",
+                700021, // FAKE CHOICE
+                "The client_id in the Authorization header doesn't match the client_id parameter.",
+            ));
+        }
+    }
+    let secret = basic
+        .as_ref()
+        .map(|(_, s)| s.clone())
+        .or_else(|| form.get("client_secret").cloned());
+    match (&secret, form.get("client_assertion")) {
+        (None, None) => {
+            return Err(OAuthError::new(
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            ))
+        }
+        (Some(s), _) if s != GraphFake::CLIENT_SECRET => {
+            return Err(OAuthError::new(
+                "invalid_client",
+                7000215,
+                format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.", GraphFake::CLIENT_ID),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(assertion) = form.get("client_assertion") {
+        if form.get("client_assertion_type").map(String::as_str) != Some(JWT_BEARER) {
+            return Err(OAuthError::new(
+                "invalid_request",
+                700020, // FAKE CHOICE of number
+                format!("The client_assertion_type must be '{JWT_BEARER}'."),
+            ));
+        }
+        check_client_assertion(st, tenant, path, assertion)?;
+    }
+
+    match grant_type.as_str() {
+        "authorization_code" => grant_code(st, form),
+        "refresh_token" => grant_refresh(st, form),
+        "client_credentials" => grant_client_credentials(st, tenant, form),
+        other => Err(OAuthError::new(
+            "unsupported_grant_type",
+            70003,
+            format!("The app requested an unsupported grant type '{other}'."),
+        )),
+    }
+}
+
+/// Client assertion per certificate-credentials.md: header alg PS256 (RS256 is still accepted
+/// by the service and used by most libraries) with x5t#S256 (or legacy x5t); claims aud = the
+/// token endpoint, iss = sub = client id, exp in the future, nbf not in the future.
+fn check_client_assertion(
+    st: &State,
+    tenant: &str,
+    path: &str,
+    jwt: &str,
+) -> Result<(), OAuthError> {
+    let malformed = || {
+        OAuthError::new(
+            "invalid_client",
+            50027,
+            "JWT token is invalid or malformed.",
+        )
+    };
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return Err(malformed());
+    }
+    let decode = |s: &str| -> Option<Value> {
+        serde_json::from_slice(&B64URL.decode(s.trim_end_matches('=')).ok()?).ok()
+    };
+    let header = decode(parts[0]).ok_or_else(malformed)?;
+    let claims = decode(parts[1]).ok_or_else(malformed)?;
+    let alg = header["alg"].as_str().unwrap_or("");
+    if alg != "RS256" && alg != "PS256" {
+        return Err(OAuthError::new(
+            "invalid_client",
+            5002738,
+            format!("Invalid JWT token. '{alg}' is not a supported signature algorithm. Supported signing algorithms are: 'RS256, RS384, RS512, PS256'"),
+        ));
+    }
+    let x5t256 = header["x5t#S256"].as_str();
+    let x5t = header["x5t"].as_str();
+    if x5t256.is_none() && x5t.is_none() {
+        return Err(OAuthError::new(
+            "invalid_client",
+            700027,
+            "Client assertion failed signature validation. The header has no 'x5t#S256' or 'x5t' thumbprint to find the key.",
+        ));
+    }
+    if claims["iss"].as_str() != Some(GraphFake::CLIENT_ID)
+        || claims["sub"].as_str() != Some(GraphFake::CLIENT_ID)
+    {
+        return Err(OAuthError::new(
+            "invalid_client",
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter.",
+        ));
+    }
+    let aud = claims["aud"].as_str().unwrap_or("");
+    let base = st.login_base();
+    let mut tenants = vec![tenant.to_string(), GraphFake::TENANT_ID.to_string()];
+    tenants.extend(st.domains.iter().map(|d| d.name.clone()));
+    let aud_ok = aud == format!("{base}{path}")
+        || tenants.iter().any(|t| {
+            aud.eq_ignore_ascii_case(&format!("{base}/{t}/oauth2/v2.0/token"))
+                || aud.eq_ignore_ascii_case(&format!("{base}/{t}/oauth2/token"))
+        });
+    if !aud_ok {
+        return Err(OAuthError::new(
+            "invalid_client",
+            700023, // FAKE CHOICE of number
+            format!(
+                "Client assertion audience claim does not match Realm issuer. Audience: '{aud}'."
+            ),
+        ));
+    }
+    let now = now_secs() as i64;
+    let exp = claims["exp"].as_i64();
+    let nbf = claims["nbf"].as_i64();
+    if exp.is_none_or(|e| e <= now) || nbf.is_some_and(|n| n > now + 300) {
+        return Err(OAuthError::new(
+            "invalid_client",
+            700024,
+            "Client assertion is not within its valid time range.",
+        ));
+    }
+    if !st.certificates.is_empty() {
+        let cert = st.certificates.iter().find(|c| {
+            let der = c.to_der().unwrap_or_default();
+            x5t256 == Some(B64URL.encode(openssl::sha::sha256(&der)).as_str())
+                || x5t == Some(B64URL.encode(openssl::sha::sha1(&der)).as_str())
+        });
+        let Some(cert) = cert else {
+            return Err(OAuthError::new(
+                "invalid_client",
+                700027,
+                "The certificate with identifier used to sign the client assertion is not registered on application.",
+            ));
+        };
+        let sig = B64URL.decode(parts[2]).map_err(|_| malformed())?;
+        let key = cert.public_key().map_err(|_| malformed())?;
+        let mut v = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key)
+            .map_err(|_| malformed())?;
+        if alg == "PS256" {
+            let _ = v.set_rsa_padding(openssl::rsa::Padding::PKCS1_PSS);
+            let _ = v.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::DIGEST_LENGTH);
+        }
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        if !v.verify_oneshot(&sig, signed.as_bytes()).unwrap_or(false) {
+            return Err(OAuthError::new(
+                "invalid_client",
+                50012,
+                "Client assertion contains an invalid signature.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Requested token scopes, checked against what was granted. The scope parameter is optional
+/// at /token ("if omitted, the token is for the scopes requested on the initial leg").
+fn token_scopes(
+    st: &State,
+    form: &HashMap<String, String>,
+    granted: &[String],
+) -> Result<Vec<String>, OAuthError> {
+    let Some(requested) = form.get("scope") else {
+        return Ok(granted.to_vec());
+    };
+    let requested: Vec<String> = requested.split_whitespace().map(str::to_string).collect();
+    let resources: HashSet<String> = requested
+        .iter()
+        .filter_map(|s| split_scope(st, s).0)
+        .collect();
+    if resources.len() > 1 {
+        return Err(OAuthError::new(
+            "invalid_request",
+            28000,
+            "Provided value for the input parameter scope is not valid because it contains more than one resource. Scope "
+                .to_string()
+                + &requested.join(" ")
+                + " is not valid.",
+        ));
+    }
+    let granted_norm: HashSet<(Option<String>, String)> = granted
+        .iter()
+        .map(|s| {
+            let (r, n) = split_scope(st, s);
+            (r, n.to_ascii_lowercase())
+        })
+        .collect();
+    for s in &requested {
+        let (r, n) = split_scope(st, s);
+        if r.is_some() && !granted_norm.contains(&(r, n.to_ascii_lowercase())) {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                65001,
+                format!("The user or administrator has not consented to use the application with ID '{}' named 'idbridge'. Send an interactive authorization request for this user and resource.", GraphFake::CLIENT_ID),
+            ));
+        }
+    }
+    // OIDC scopes always travel with the grant.
+    let mut out = requested;
+    for s in granted {
+        if split_scope(st, s).0.is_none() && !out.iter().any(|o| o.eq_ignore_ascii_case(s)) {
+            out.push(s.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn grant_code(st: &mut State, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+    let Some(code) = form.get("code") else {
+        return Err(missing_param("code"));
+    };
+    let Some(redirect_uri) = form.get("redirect_uri") else {
+        return Err(missing_param("redirect_uri"));
+    };
+    let expired = || {
+        OAuthError::new(
+            "invalid_grant",
+            70008,
+            "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
+        )
+    };
+    let (scopes, nonce) = {
+        let Some(c) = st.codes.get(code) else {
+            return Err(expired());
+        };
+        if c.redeemed {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                54005,
+                "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.",
+            ));
+        }
+        if c.expires_at <= now_secs() {
+            return Err(expired());
+        }
+        if c.client_id != GraphFake::CLIENT_ID {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                70000,
+                "Provided grant is invalid or malformed.",
+            ));
+        }
+        if *redirect_uri != c.redirect_uri {
+            let mut e = reply_mismatch(redirect_uri);
+            e.error = "invalid_grant";
+            return Err(e);
+        }
+        if let Some((challenge, method)) = &c.challenge {
+            let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
+            let computed = if method == "S256" {
+                B64URL.encode(openssl::sha::sha256(verifier.as_bytes()))
+            } else {
+                verifier.to_string()
+            };
+            if verifier.is_empty() || computed != *challenge {
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    501481,
+                    "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                ));
+            }
+        }
+        (c.scopes.clone(), c.nonce.clone())
+    };
+    let token_scopes = token_scopes(st, form, &scopes)?;
+    if let Some(c) = st.codes.get_mut(code) {
+        c.redeemed = true;
+    }
+    Ok(issue_delegated(st, &scopes, &token_scopes, nonce))
+}
+
+fn grant_refresh(st: &mut State, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+    let Some(rt) = form.get("refresh_token") else {
+        return Err(missing_param("refresh_token"));
+    };
+    let Some(r) = st.refresh_tokens.get(rt) else {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            9002313,
+            "Invalid request. Request is malformed or invalid.",
+        ));
+    };
+    if r.generation < st.tokens_valid_from {
+        let fmt = |s: u64| {
+            chrono::DateTime::from_timestamp(s as i64, 0)
+                .map(|d| d.format("%Y-%m-%dT%H:%M:%S.0000000Z").to_string())
+                .unwrap_or_default()
+        };
+        return Err(OAuthError::new(
+            "invalid_grant",
+            50173,
+            format!("The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password. The grant was issued on '{}' and the TokensValidFrom date (before which tokens are not valid) for this user is '{}'.", fmt(r.issued_at), fmt(st.tokens_valid_from_time)),
+        ));
+    }
+    if r.client_id != GraphFake::CLIENT_ID {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            70000,
+            "Provided grant is invalid or malformed.",
+        ));
+    }
+    let granted = r.scopes.clone();
+    let token_scopes = token_scopes(st, form, &granted)?;
+    // Rotation: a new refresh token each time; the old one stays valid (refresh-tokens.md).
+    Ok(issue_delegated(st, &granted, &token_scopes, None))
+}
+
+fn grant_client_credentials(
+    st: &mut State,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> Result<Value, OAuthError> {
+    if ["organizations", "common", "consumers"]
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(tenant))
+    {
+        // FAKE CHOICE of code/text: the docs say the tenant must be a GUID or domain name.
+        return Err(OAuthError::new(
+            "invalid_request",
+            900023,
+            format!("Specified tenant identifier '{tenant}' is not valid for the client credentials grant. Use the tenant ID or a domain name."),
+        ));
+    }
+    let Some(scope) = form.get("scope") else {
+        return Err(missing_param("scope"));
+    };
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if scopes.len() != 1 || !scopes[0].ends_with("/.default") {
+        return Err(OAuthError::new(
+            "invalid_scope",
+            1002012,
+            format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
+        ));
+    }
+    if split_scope(st, scopes[0]).0.as_deref() != Some("graph") {
+        let res = scopes[0].trim_end_matches("/.default");
+        return Err(OAuthError::new(
+            "invalid_resource",
+            500011,
+            format!("The resource principal named {res} was not found in the tenant named {}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.", GraphFake::TENANT_ID),
+        ));
+    }
+    let at = format!("eyJ0eXAi.fake-app.{}", opaque(48));
+    let lifetime = st.token_lifetime;
+    st.access_tokens.insert(
+        at.clone(),
+        AccessToken {
+            expires_at: now_secs() + lifetime,
+            app_only: true,
+            permissions: st.app_roles.clone(),
+        },
+    );
+    Ok(json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": at,
+    }))
+}
+
+fn issue_delegated(
+    st: &mut State,
+    granted: &[String],
+    scopes: &[String],
+    nonce: Option<String>,
+) -> Value {
+    let lifetime = st.token_lifetime;
+    let has = |n: &str| scopes.iter().any(|s| s.eq_ignore_ascii_case(n));
+    let graph_scopes: Vec<String> = scopes
+        .iter()
+        .filter(|s| split_scope(st, s).0.as_deref() == Some("graph"))
+        .map(|s| split_scope(st, s).1.to_string())
+        .collect();
+    let at = format!("eyJ0eXAi.fake-user.{}", opaque(48));
+    st.access_tokens.insert(
+        at.clone(),
+        AccessToken {
+            expires_at: now_secs() + lifetime,
+            app_only: false,
+            permissions: graph_scopes.clone(),
+        },
+    );
+    // Graph scopes come back as short names, with the OIDC scopes (what the service does for
+    // Microsoft Graph; the doc example shows one URL-encoded scope).
+    let mut scope_out = graph_scopes.clone();
+    for o in ["openid", "profile", "email"] {
+        if has(o) {
+            scope_out.push(o.into());
+        }
+    }
+    let mut out = json!({
+        "token_type": "Bearer",
+        "scope": scope_out.join(" "),
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": at,
+    });
+    if granted
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case("offline_access"))
+    {
+        st.generation += 1;
+        let rt = format!("1.A{}", opaque(120));
+        st.refresh_tokens.insert(
+            rt.clone(),
+            RefreshToken {
+                client_id: GraphFake::CLIENT_ID.into(),
+                scopes: granted.to_vec(),
+                generation: st.generation,
+                issued_at: now_secs(),
+            },
+        );
+        out["refresh_token"] = json!(rt);
+    }
+    if has("openid") {
+        out["id_token"] = json!(id_token(st, nonce));
+    }
+    out
+}
+
+/// RSA key for id_tokens (one per test process; generating one costs ~100 ms).
+fn signing_key() -> &'static openssl::pkey::PKey<openssl::pkey::Private> {
+    static KEY: OnceLock<openssl::pkey::PKey<openssl::pkey::Private>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).expect("rsa"))
+            .expect("pkey")
+    })
+}
+
+const KID: &str = "fake-graph-key-1";
+
+fn jwks() -> Value {
+    let rsa = signing_key().rsa().expect("rsa");
+    json!({"keys": [{
+        "kty": "RSA", "use": "sig", "kid": KID, "alg": "RS256",
+        "n": B64URL.encode(rsa.n().to_vec()), "e": B64URL.encode(rsa.e().to_vec()),
+    }]})
+}
+
+/// An id_token (docs: entra-docs id-tokens.md claims: aud, iss, iat, nbf, exp, name, oid,
+/// preferred_username, sub, tid, ver, nonce), RS256-signed; keys at /{tenant}/discovery/v2.0/keys.
+fn id_token(st: &State, nonce: Option<String>) -> String {
+    let now = now_secs();
+    let mut claims = json!({
+        "aud": GraphFake::CLIENT_ID,
+        "iss": format!("{}/{}/v2.0", st.login_base(), GraphFake::TENANT_ID),
+        "iat": now, "nbf": now, "exp": now + 3600,
+        "name": "Fake Admin",
+        "oid": GraphFake::ADMIN_OID,
+        "preferred_username": GraphFake::ADMIN_UPN,
+        "sub": B64URL.encode(openssl::sha::sha256(GraphFake::ADMIN_OID.as_bytes())),
+        "tid": GraphFake::TENANT_ID,
+        "uti": opaque(16),
+        "ver": "2.0",
+    });
+    if let Some(n) = nonce {
+        claims["nonce"] = json!(n);
+    }
+    let header = json!({"typ": "JWT", "alg": "RS256", "kid": KID});
+    let signing_input = format!(
+        "{}.{}",
+        B64URL.encode(header.to_string()),
+        B64URL.encode(claims.to_string())
+    );
+    let mut signer =
+        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), signing_key())
+            .expect("signer");
+    let sig = signer
+        .sign_oneshot_to_vec(signing_input.as_bytes())
+        .expect("sign");
+    format!("{signing_input}.{}", B64URL.encode(sig))
+}
+
+// ------------------------------------------------------------------------------------------
+// Graph: plumbing (auth, injection, headers, error envelope)
+// Docs: microsoft-graph-docs-contrib concepts/errors.md (error envelope, innerError),
+// concepts/throttling.md (429 + Retry-After body), concepts/best-practices-concept.md (503).
+// ------------------------------------------------------------------------------------------
+
+struct GraphOut {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Option<Value>,
+}
+
+fn gok(status: u16, body: Value) -> GraphOut {
+    GraphOut {
+        status,
+        headers: vec![(
+            "Content-Type".into(),
+            "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8".into(),
+        )],
+        body: Some(body),
+    }
+}
+
+fn gnone(status: u16) -> GraphOut {
+    GraphOut {
+        status,
+        headers: vec![],
+        body: None,
+    }
+}
+
+fn gerr(status: u16, code: &str, message: impl Into<String>) -> GraphOut {
+    GraphOut {
+        status,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: Some(json!({"error": {"code": code, "message": message.into()}})),
+    }
+}
+
+fn bad(message: impl Into<String>) -> GraphOut {
+    gerr(400, "Request_BadRequest", message)
+}
+
+fn conflict(prop: &str) -> GraphOut {
+    let msg = format!("Another object with the same value for property {prop} already exists.");
+    let mut e = bad(msg.clone());
+    e.body.as_mut().unwrap()["error"]["details"] =
+        json!([{"code": "ObjectConflict", "message": msg, "target": prop}]);
+    e
+}
+
+fn invalid_value(prop: &str) -> GraphOut {
+    let msg = format!("Invalid value specified for property '{prop}' of resource 'User'.");
+    let mut e = bad(msg.clone());
+    e.body.as_mut().unwrap()["error"]["details"] =
+        json!([{"code": "InvalidValue", "message": msg, "target": prop}]);
+    e
+}
+
+fn not_found(what: &str) -> GraphOut {
+    gerr(
+        404,
+        "Request_ResourceNotFound",
+        format!("Resource '{what}' does not exist or one of its queried reference-property objects are not present."),
+    )
+}
+
+fn denied() -> GraphOut {
+    gerr(
+        403,
+        "Authorization_RequestDenied",
+        "Insufficient privileges to complete the operation.",
+    )
+}
+
+struct Ctx {
+    request_id: String,
+    client_request_id: String,
+}
+
+/// Adds innerError and the correlation headers every Graph response carries.
+fn finalize(mut out: GraphOut, ctx: &Ctx) -> GraphOut {
+    let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
+    if let Some(err) = out
+        .body
+        .as_mut()
+        .and_then(|b| b.get_mut("error"))
+        .and_then(Value::as_object_mut)
+    {
+        let inner = err.entry("innerError").or_insert_with(|| json!({}));
+        if let Some(inner) = inner.as_object_mut() {
+            inner.insert("date".into(), json!(date));
+            inner.insert("request-id".into(), json!(ctx.request_id));
+            inner.insert("client-request-id".into(), json!(ctx.client_request_id));
+        }
+    }
+    out.headers
+        .push(("request-id".into(), ctx.request_id.clone()));
+    out.headers
+        .push(("client-request-id".into(), ctx.client_request_id.clone()));
+    out.headers.push((
+        "x-ms-ags-diagnostic".into(),
+        json!({"ServerInfo": {"DataCenter": "Loopback", "Slice": "E", "Ring": "0", "ScaleUnit": "000", "RoleInstance": "FAKE"}}).to_string(),
+    ));
+    out.headers
+        .push(("Cache-Control".into(), "no-cache".into()));
+    out
+}
+
+fn injected(inj: Injection) -> GraphOut {
+    match inj {
+        Injection::Throttle(retry_after) => {
+            let mut o = gerr(429, "TooManyRequests", "Please retry again later.");
+            o.body.as_mut().unwrap()["error"]["innerError"] =
+                json!({"code": "429", "message": "Please retry after", "status": "429"});
+            o.headers.push(("Retry-After".into(), retry_after));
+            o.headers.push((
+                "x-ms-throttle-scope".into(),
+                format!(
+                    "Tenant_Application/ReadWrite/{}/{}",
+                    GraphFake::CLIENT_ID,
+                    GraphFake::TENANT_ID
+                ),
+            ));
+            o.headers.push((
+                "x-ms-throttle-information".into(),
+                "ResourceUnitLimitExceeded".into(),
+            ));
+            o
+        }
+        Injection::Fail(503) => {
+            let mut o = gerr(503, "serviceNotAvailable", "Service is unavailable.");
+            o.headers.push(("Retry-After".into(), "0.05".into()));
+            o
+        }
+        Injection::Fail(504) => gerr(
+            504,
+            "gatewayTimeout",
+            "The gateway did not receive a timely response from the upstream server.",
+        ), // FAKE CHOICE of text
+        Injection::Fail(s) => gerr(s, "generalException", "An unexpected error occurred."),
+    }
+}
+
+struct Caller {
+    app_only: bool,
+    permissions: Vec<String>,
+}
+
+impl Caller {
+    fn has_any(&self, perms: &[&str]) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| perms.iter().any(|q| q.eq_ignore_ascii_case(p)))
+    }
+}
+
+const READ_USERS: &[&str] = &[
+    "User.ReadBasic.All",
+    "User.Read.All",
+    "User.ReadWrite.All",
+    "User.ReadUpdate.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+];
+const CREATE_USERS: &[&str] = &[
+    "User.Create",
+    "User.ReadWrite.All",
+    "Directory.ReadWrite.All",
+];
+const UPDATE_USERS: &[&str] = &[
+    "User.ReadUpdate.All",
+    "User.ReadWrite.All",
+    "Directory.ReadWrite.All",
+];
+const DELETE_USERS: &[&str] = &[
+    "User.DeleteRestore.All",
+    "User.ReadWrite.All",
+    "Directory.ReadWrite.All",
+];
+const READ_DOMAINS: &[&str] = &[
+    "Domain.Read.All",
+    "Domain.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+];
+
+fn authenticate(st: &State, headers: &HeaderMap) -> Result<Caller, GraphOut> {
+    let unauth = |msg: &str| {
+        let mut o = gerr(401, "InvalidAuthenticationToken", msg);
+        o.headers.push((
+            "WWW-Authenticate".into(),
+            format!("Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"{GRAPH_APP_ID}\""),
+        ));
+        o
+    };
+    let auth = header_str(headers, "authorization").unwrap_or_default();
+    let token = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))
+        .unwrap_or("")
+        .trim();
+    if token.is_empty() {
+        return Err(unauth("Access token is empty."));
+    }
+    let Some(t) = st.access_tokens.get(token) else {
+        return Err(unauth("Access token validation failure."));
+    };
+    if t.expires_at <= now_secs() {
+        return Err(unauth("Access token has expired or is not yet valid."));
+    }
+    Ok(Caller {
+        app_only: t.app_only,
+        permissions: t.permissions.clone(),
+    })
+}
+
+fn graph_entry(
+    st: &mut State,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Response {
+    let ctx = Ctx {
+        request_id: guid(),
+        client_request_id: header_str(headers, "client-request-id").unwrap_or_else(guid),
+    };
+    let rel = path
+        .trim_start_matches("/v1.0")
+        .trim_start_matches('/')
+        .to_string();
+    let hdrs: HashMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().ok()?.to_string(),
+            ))
+        })
+        .collect();
+    let out = match authenticate(st, headers) {
+        Err(e) => e,
+        Ok(caller) => {
+            if percent_decode(&rel).eq_ignore_ascii_case("$batch") {
+                if method == "POST" {
+                    batch(st, &caller, bytes)
+                } else {
+                    method_not_allowed()
+                }
+            } else if let Some(inj) = st.next_injection() {
+                injected(inj)
+            } else {
+                let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+                    Ok(None)
+                } else {
+                    serde_json::from_slice::<Value>(bytes).map(Some)
+                };
+                match body {
+                    Ok(body) => dispatch(st, &caller, method, &rel, query, &hdrs, body),
+                    Err(_) => gerr(
+                        400,
+                        "BadRequest",
+                        "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.",
+                    ),
+                }
+            }
+        }
+    };
+    let out = finalize(out, &ctx);
+    let mut b = Response::builder().status(StatusCode::from_u16(out.status).unwrap());
+    for (k, v) in &out.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    match out.body {
+        Some(v) => b.body(Body::from(v.to_string())).unwrap(),
+        None => b.body(Body::empty()).unwrap(),
+    }
+}
+
+fn method_not_allowed() -> GraphOut {
+    gerr(
+        405,
+        "Request_BadRequest",
+        "Specified HTTP method is not allowed for the request target.",
+    )
+}
+
+/// Routes one Graph request (top-level or a $batch item) relative to /v1.0.
+fn dispatch(
+    st: &mut State,
+    caller: &Caller,
+    method: &str,
+    rel: &str,
+    query: &str,
+    headers: &HashMap<String, String>,
+    body: Option<Value>,
+) -> GraphOut {
+    let segs: Vec<String> = rel
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    let lower: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let q = Query::parse(query);
+    let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+    match l.as_slice() {
+        ["users"] => match method {
+            "GET" => list_users(st, caller, &q, headers),
+            "POST" => create_user(st, caller, body),
+            _ => method_not_allowed(),
+        },
+        ["users", _] => match method {
+            "GET" => get_user(st, caller, &segs[1], &q),
+            "PATCH" => update_user(st, caller, &segs[1], body),
+            "DELETE" => delete_user(st, caller, &segs[1]),
+            _ => method_not_allowed(),
+        },
+        ["users", _, "manager"] => match method {
+            "GET" => get_manager(st, caller, &segs[1], &q),
+            _ => method_not_allowed(),
+        },
+        ["users", _, "manager", "$ref"] => match method {
+            "PUT" => set_manager(st, caller, &segs[1], body),
+            "DELETE" => delete_manager(st, caller, &segs[1]),
+            _ => method_not_allowed(),
+        },
+        ["domains"] => match method {
+            "GET" => list_domains(st, caller, None),
+            _ => method_not_allowed(),
+        },
+        ["domains", _] => match method {
+            "GET" => list_domains(st, caller, Some(&segs[1])),
+            _ => method_not_allowed(),
+        },
+        ["$batch"] => bad("Nested batch requests are not supported."), // FAKE CHOICE of text
+        _ => {
+            let seg = segs
+                .iter()
+                .zip(&l)
+                .find(|(_, s)| !["users", "domains"].contains(s))
+                .map(|(s, _)| s.clone())
+                .unwrap_or_default();
+            gerr(
+                400,
+                "BadRequest",
+                format!("Resource not found for the segment '{seg}'."),
+            )
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Graph: query options ($select, $filter, $top, $skiptoken, $expand, $orderby, $count)
+// Docs: api-reference/v1.0/api/user-list.md (supported options, default page 100, default
+// property set), concepts/paging.md (nextLink with $skiptoken, follow verbatim),
+// concepts/aad-advanced-queries.md (eq/startsWith/in default; ne/not/endsWith advanced-only).
+// ------------------------------------------------------------------------------------------
+
+struct Query {
+    params: Vec<(String, String)>,
+}
+
+impl Query {
+    fn parse(q: &str) -> Query {
+        Query {
+            params: query_pairs(q),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The user properties (CSDL, v1.0): (name, type, nullable).
+const USER_PROPS: &[(&str, &str, bool)] = &[
+    ("aboutMe", "Edm.String", true),
+    ("accountEnabled", "Edm.Boolean", true),
+    ("ageGroup", "Edm.String", true),
+    (
+        "assignedLicenses",
+        "Collection(graph.assignedLicense)",
+        false,
+    ),
+    ("assignedPlans", "Collection(graph.assignedPlan)", false),
+    ("authorizationInfo", "graph.authorizationInfo", true),
+    ("birthday", "Edm.DateTimeOffset", false),
+    ("businessPhones", "Collection(Edm.String)", false),
+    ("city", "Edm.String", true),
+    ("companyName", "Edm.String", true),
+    ("consentProvidedForMinor", "Edm.String", true),
+    ("country", "Edm.String", true),
+    ("createdDateTime", "Edm.DateTimeOffset", true),
+    ("creationType", "Edm.String", true),
+    (
+        "customSecurityAttributes",
+        "graph.customSecurityAttributeValue",
+        true,
+    ),
+    ("department", "Edm.String", true),
+    ("deviceEnrollmentLimit", "Edm.Int32", false),
+    ("displayName", "Edm.String", true),
+    ("employeeHireDate", "Edm.DateTimeOffset", true),
+    ("employeeId", "Edm.String", true),
+    ("employeeLeaveDateTime", "Edm.DateTimeOffset", true),
+    ("employeeOrgData", "graph.employeeOrgData", true),
+    ("employeeType", "Edm.String", true),
+    ("externalUserState", "Edm.String", true),
+    (
+        "externalUserStateChangeDateTime",
+        "Edm.DateTimeOffset",
+        true,
+    ),
+    ("faxNumber", "Edm.String", true),
+    ("givenName", "Edm.String", true),
+    ("hireDate", "Edm.DateTimeOffset", false),
+    ("identities", "Collection(graph.objectIdentity)", true),
+    ("identityParentId", "Edm.String", true),
+    ("imAddresses", "Collection(Edm.String)", true),
+    ("interests", "Collection(Edm.String)", true),
+    ("isManagementRestricted", "Edm.Boolean", true),
+    ("isResourceAccount", "Edm.Boolean", true),
+    ("jobTitle", "Edm.String", true),
+    ("lastPasswordChangeDateTime", "Edm.DateTimeOffset", true),
+    ("legalAgeGroupClassification", "Edm.String", true),
+    (
+        "licenseAssignmentStates",
+        "Collection(graph.licenseAssignmentState)",
+        true,
+    ),
+    ("mail", "Edm.String", true),
+    ("mailboxSettings", "graph.mailboxSettings", true),
+    ("mailNickname", "Edm.String", true),
+    ("mobilePhone", "Edm.String", true),
+    ("mySite", "Edm.String", true),
+    ("officeLocation", "Edm.String", true),
+    ("onPremisesDistinguishedName", "Edm.String", true),
+    ("onPremisesDomainName", "Edm.String", true),
+    (
+        "onPremisesExtensionAttributes",
+        "graph.onPremisesExtensionAttributes",
+        true,
+    ),
+    ("onPremisesImmutableId", "Edm.String", true),
+    ("onPremisesLastSyncDateTime", "Edm.DateTimeOffset", true),
+    (
+        "onPremisesProvisioningErrors",
+        "Collection(graph.onPremisesProvisioningError)",
+        true,
+    ),
+    ("onPremisesSamAccountName", "Edm.String", true),
+    ("onPremisesSecurityIdentifier", "Edm.String", true),
+    ("onPremisesSyncEnabled", "Edm.Boolean", true),
+    ("onPremisesUserPrincipalName", "Edm.String", true),
+    ("otherMails", "Collection(Edm.String)", false),
+    ("passwordPolicies", "Edm.String", true),
+    ("passwordProfile", "graph.passwordProfile", true),
+    ("pastProjects", "Collection(Edm.String)", true),
+    ("postalCode", "Edm.String", true),
+    ("preferredDataLocation", "Edm.String", true),
+    ("preferredLanguage", "Edm.String", true),
+    ("preferredName", "Edm.String", true),
+    ("print", "graph.userPrint", true),
+    (
+        "provisionedPlans",
+        "Collection(graph.provisionedPlan)",
+        false,
+    ),
+    ("proxyAddresses", "Collection(Edm.String)", false),
+    ("responsibilities", "Collection(Edm.String)", true),
+    ("schools", "Collection(Edm.String)", true),
+    ("securityIdentifier", "Edm.String", true),
+    (
+        "serviceProvisioningErrors",
+        "Collection(graph.serviceProvisioningError)",
+        true,
+    ),
+    ("showInAddressList", "Edm.Boolean", true),
+    ("signInActivity", "graph.signInActivity", true),
+    (
+        "signInSessionsValidFromDateTime",
+        "Edm.DateTimeOffset",
+        true,
+    ),
+    ("skills", "Collection(Edm.String)", true),
+    ("state", "Edm.String", true),
+    ("streetAddress", "Edm.String", true),
+    ("surname", "Edm.String", true),
+    ("usageLocation", "Edm.String", true),
+    ("userPrincipalName", "Edm.String", true),
+    ("userType", "Edm.String", true),
+];
+
+/// Returned by GET/list/POST without $select (user-list.md).
+const DEFAULT_PROPS: &[&str] = &[
+    "businessPhones",
+    "displayName",
+    "givenName",
+    "jobTitle",
+    "mail",
+    "mobilePhone",
+    "officeLocation",
+    "preferredLanguage",
+    "surname",
+    "userPrincipalName",
+    "id",
+];
+
+/// Only returned when reading a single user (user-list.md: 501 for a collection).
+const SINGLE_USER_ONLY: &[&str] = &[
+    "aboutMe",
+    "birthday",
+    "hireDate",
+    "interests",
+    "mySite",
+    "pastProjects",
+    "preferredName",
+    "responsibilities",
+    "schools",
+    "skills",
+    "mailboxSettings",
+];
+
+/// Server-managed properties: accepted in a body and ignored (FAKE CHOICE).
+const READ_ONLY: &[&str] = &[
+    "createdDateTime",
+    "lastPasswordChangeDateTime",
+    "onPremisesSyncEnabled",
+    "onPremisesLastSyncDateTime",
+    "proxyAddresses",
+    "assignedPlans",
+    "provisionedPlans",
+    "signInActivity",
+    "creationType",
+    "securityIdentifier",
+    "licenseAssignmentStates",
+    "externalUserState",
+];
+
+fn canonical_prop(name: &str) -> Option<(&'static str, &'static str, bool)> {
+    if name.eq_ignore_ascii_case("id") {
+        return Some(("id", "Edm.String", false));
+    }
+    USER_PROPS
+        .iter()
+        .find(|(n, _, _)| n.eq_ignore_ascii_case(name))
+        .copied()
+}
+
+/// Parses $select; Err = the Graph error.
+fn parse_select(sel: Option<&str>, collection: bool) -> Result<Option<Vec<String>>, GraphOut> {
+    let Some(sel) = sel else { return Ok(None) };
+    let mut out = Vec::new();
+    for raw in sel.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((name, _, _)) = canonical_prop(raw) else {
+            return Err(gerr(
+                400,
+                "BadRequest",
+                format!("Could not find a property named '{raw}' on type 'microsoft.graph.user'."),
+            ));
+        };
+        if collection && SINGLE_USER_ONLY.contains(&name) {
+            return Err(gerr(
+                501,
+                "NotImplemented",
+                format!("This operation target is not yet supported. The property '{name}' is only supported when retrieving a single user."), // FAKE CHOICE of text
+            ));
+        }
+        if !out.iter().any(|o: &String| o == name) {
+            out.push(name.to_string());
+        }
+    }
+    Ok(Some(out))
+}
+
+fn default_for(name: &str) -> Value {
+    match canonical_prop(name) {
+        Some((_, t, _)) if t.starts_with("Collection(") => json!([]),
+        _ => Value::Null,
+    }
+}
+
+fn project(u: &Map<String, Value>, select: Option<&[String]>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("id".into(), u["id"].clone());
+    let names: Vec<&str> = match select {
+        Some(s) => s.iter().map(String::as_str).collect(),
+        None => DEFAULT_PROPS.to_vec(),
+    };
+    for n in names {
+        if n == "id" {
+            continue;
+        }
+        // Graph never returns passwords.
+        let v = if n == "passwordProfile" {
+            Value::Null
+        } else {
+            u.get(n).cloned().unwrap_or_else(|| default_for(n))
+        };
+        m.insert(n.to_string(), v);
+    }
+    m
+}
+
+fn context(st: &State, set: &str, select: Option<&[String]>, entity: bool) -> String {
+    let sel = select
+        .map(|s| format!("({})", s.join(",")))
+        .unwrap_or_default();
+    let ent = if entity { "/$entity" } else { "" };
+    format!("{}/$metadata#{set}{sel}{ent}", st.graph_base())
+}
+
+/// `$expand=manager` or `manager($select=a,b)`.
+fn parse_expand(exp: Option<&str>) -> Result<Option<Option<Vec<String>>>, GraphOut> {
+    let Some(e) = exp else { return Ok(None) };
+    let e = e.trim();
+    if e.eq_ignore_ascii_case("manager") {
+        return Ok(Some(None));
+    }
+    if e.len() > 8 && e[..8].eq_ignore_ascii_case("manager(") && e.ends_with(')') {
+        let inner = &e[8..e.len() - 1];
+        if let Some(sel) = inner
+            .strip_prefix("$select=")
+            .or_else(|| inner.strip_prefix("$SELECT="))
+        {
+            return Ok(Some(parse_select(Some(sel), false)?));
+        }
+    }
+    Err(gerr(
+        400,
+        "Request_UnsupportedQuery",
+        format!("The fake supports only $expand=manager; got '{e}'."), // FAKE limit
+    ))
+}
+
+fn with_manager(
+    st: &State,
+    mut m: Map<String, Value>,
+    expand: &Option<Option<Vec<String>>>,
+) -> Map<String, Value> {
+    if let Some(sel) = expand {
+        let id = m["id"].as_str().unwrap_or_default().to_string();
+        if let Some(mi) = st.managers.get(&id).and_then(|mid| st.find_user(mid)) {
+            let mut mm = Map::new();
+            mm.insert("@odata.type".into(), json!("#microsoft.graph.user"));
+            mm.extend(project(&st.users[mi], sel.as_deref()));
+            m.insert("manager".into(), Value::Object(mm));
+        }
+    }
+    m
+}
+
+// --- $filter -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String),
+    Str(String),
+    LParen,
+    RParen,
+    Comma,
+}
+
+#[derive(Debug, Clone)]
+enum Lit {
+    Str(String),
+    Bool(bool),
+    Null,
+}
+
+#[derive(Debug)]
+enum Filter {
+    Or(Box<Filter>, Box<Filter>),
+    And(Box<Filter>, Box<Filter>),
+    Not(Box<Filter>),
+    Eq(String, Lit, bool), // prop, value, negated (ne)
+    In(String, Vec<Lit>),
+    StartsWith(String, String),
+    EndsWith(String, String),
+}
+
+fn filter_syntax_error(f: &str) -> GraphOut {
+    gerr(
+        400,
+        "BadRequest",
+        format!("Invalid filter clause: Syntax error in '{f}'."),
+    )
+}
+
+fn tokenize(f: &str) -> Option<Vec<Tok>> {
+    let chars: Vec<char> = f.chars().collect();
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            ' ' | '\t' => i += 1,
+            '(' => {
+                out.push(Tok::LParen);
+                i += 1
+            }
+            ')' => {
+                out.push(Tok::RParen);
+                i += 1
+            }
+            ',' => {
+                out.push(Tok::Comma);
+                i += 1
+            }
+            '\'' => {
+                let mut s = String::new();
+                i += 1;
+                loop {
+                    if i >= chars.len() {
+                        return None;
+                    }
+                    if chars[i] == '\'' {
+                        if i + 1 < chars.len() && chars[i + 1] == '\'' {
+                            s.push('\'');
+                            i += 2;
+                            continue;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    s.push(chars[i]);
+                    i += 1;
+                }
+                out.push(Tok::Str(s));
+            }
+            _ => {
+                let start = i;
+                while i < chars.len() && !" \t(),'".contains(chars[i]) {
+                    i += 1;
+                }
+                out.push(Tok::Word(chars[start..i].iter().collect()));
+            }
+        }
+    }
+    Some(out)
+}
+
+struct FilterParser {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+impl FilterParser {
+    fn peek_kw(&self, kw: &str) -> bool {
+        matches!(self.toks.get(self.pos), Some(Tok::Word(w)) if w.eq_ignore_ascii_case(kw))
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+    fn expect(&mut self, t: Tok) -> Option<()> {
+        (self.next()? == t).then_some(())
+    }
+    fn or(&mut self) -> Option<Filter> {
+        let mut l = self.and()?;
+        while self.peek_kw("or") {
+            self.pos += 1;
+            l = Filter::Or(Box::new(l), Box::new(self.and()?));
+        }
+        Some(l)
+    }
+    fn and(&mut self) -> Option<Filter> {
+        let mut l = self.unary()?;
+        while self.peek_kw("and") {
+            self.pos += 1;
+            l = Filter::And(Box::new(l), Box::new(self.unary()?));
+        }
+        Some(l)
+    }
+    fn unary(&mut self) -> Option<Filter> {
+        if self.peek_kw("not") {
+            self.pos += 1;
+            return Some(Filter::Not(Box::new(self.unary()?)));
+        }
+        self.primary()
+    }
+    fn literal(&mut self) -> Option<Lit> {
+        match self.next()? {
+            Tok::Str(s) => Some(Lit::Str(s)),
+            Tok::Word(w) if w.eq_ignore_ascii_case("true") => Some(Lit::Bool(true)),
+            Tok::Word(w) if w.eq_ignore_ascii_case("false") => Some(Lit::Bool(false)),
+            Tok::Word(w) if w.eq_ignore_ascii_case("null") => Some(Lit::Null),
+            _ => None,
+        }
+    }
+    fn primary(&mut self) -> Option<Filter> {
+        match self.next()? {
+            Tok::LParen => {
+                let f = self.or()?;
+                self.expect(Tok::RParen)?;
+                Some(f)
+            }
+            Tok::Word(w)
+                if (w.eq_ignore_ascii_case("startswith") || w.eq_ignore_ascii_case("endswith"))
+                    && self.toks.get(self.pos) == Some(&Tok::LParen) =>
+            {
+                self.pos += 1;
+                let Tok::Word(prop) = self.next()? else {
+                    return None;
+                };
+                self.expect(Tok::Comma)?;
+                let Tok::Str(s) = self.next()? else {
+                    return None;
+                };
+                self.expect(Tok::RParen)?;
+                Some(if w.eq_ignore_ascii_case("startswith") {
+                    Filter::StartsWith(prop, s)
+                } else {
+                    Filter::EndsWith(prop, s)
+                })
+            }
+            Tok::Word(prop) => {
+                let Tok::Word(op) = self.next()? else {
+                    return None;
+                };
+                match op.to_ascii_lowercase().as_str() {
+                    "eq" => Some(Filter::Eq(prop, self.literal()?, false)),
+                    "ne" => Some(Filter::Eq(prop, self.literal()?, true)),
+                    "in" => {
+                        self.expect(Tok::LParen)?;
+                        let mut vals = vec![self.literal()?];
+                        while self.toks.get(self.pos) == Some(&Tok::Comma) {
+                            self.pos += 1;
+                            vals.push(self.literal()?);
+                        }
+                        self.expect(Tok::RParen)?;
+                        Some(Filter::In(prop, vals))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Properties filterable with eq/in/startsWith by default (aad-advanced-queries.md, user table).
+const FILTER_DEFAULT: &[&str] = &[
+    "id",
+    "userPrincipalName",
+    "onPremisesImmutableId",
+    "mail",
+    "mailNickname",
+    "givenName",
+    "surname",
+    "displayName",
+    "jobTitle",
+    "department",
+    "city",
+    "country",
+    "usageLocation",
+    "accountEnabled",
+    "employeeId",
+    "companyName",
+    "userType",
+    "state",
+];
+/// Filterable only with advanced query parameters.
+const FILTER_ADVANCED: &[&str] = &[
+    "officeLocation",
+    "mobilePhone",
+    "postalCode",
+    "streetAddress",
+    "employeeType",
+];
+
+fn check_filter(f: &Filter, advanced: bool) -> Result<(), GraphOut> {
+    let op_err = |op: &str| {
+        gerr(400, "Request_UnsupportedQuery", format!("Operator '{op}' is not supported because the required parameters might be missing. Try adding $count=true query parameter and ConsistencyLevel:eventual header. Refer to https://aka.ms/graph-docs/advanced-queries for more information"))
+    };
+    let prop_ok = |p: &str| -> Result<(), GraphOut> {
+        let canon = canonical_prop(p).map(|c| c.0);
+        match canon {
+            Some(c) if FILTER_DEFAULT.contains(&c) => Ok(()),
+            Some(c) if FILTER_ADVANCED.contains(&c) && advanced => Ok(()),
+            _ => Err(gerr(
+                400,
+                "Request_UnsupportedQuery",
+                format!("Unsupported or invalid query filter clause specified for property '{p}' of resource 'User'."),
+            )),
+        }
+    };
+    match f {
+        Filter::Or(a, b) | Filter::And(a, b) => {
+            check_filter(a, advanced)?;
+            check_filter(b, advanced)
+        }
+        Filter::Not(a) => {
+            if !advanced {
+                return Err(op_err("not"));
+            }
+            check_filter(a, advanced)
+        }
+        Filter::Eq(p, v, negated) => {
+            prop_ok(p)?;
+            if *negated && !advanced {
+                return Err(op_err("ne"));
+            }
+            if matches!(v, Lit::Null) && !advanced {
+                return Err(gerr(400, "Request_UnsupportedQuery", format!("Unsupported or invalid query filter clause specified for property '{p}' of resource 'User'.")));
+            }
+            Ok(())
+        }
+        Filter::In(p, _) | Filter::StartsWith(p, _) => prop_ok(p),
+        Filter::EndsWith(p, _) => {
+            prop_ok(p)?;
+            if !advanced {
+                return Err(op_err("endsWith"));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn lit_matches(prop: &str, have: &Value, want: &Lit) -> bool {
+    match (have, want) {
+        (Value::Null, Lit::Null) => true,
+        (Value::Bool(a), Lit::Bool(b)) => a == b,
+        (Value::String(a), Lit::Str(b)) => {
+            // The immutable ID is the case-sensitive federation key; other strings compare
+            // case-insensitively like the directory does.
+            if prop == "onPremisesImmutableId" {
+                a == b
+            } else {
+                a.eq_ignore_ascii_case(b)
+            }
+        }
+        _ => false,
+    }
+}
+
+fn eval_filter(f: &Filter, u: &Map<String, Value>) -> bool {
+    let get = |p: &str| -> (String, Value) {
+        let c = canonical_prop(p).map(|c| c.0).unwrap_or("id").to_string();
+        let v = u.get(&c).cloned().unwrap_or(Value::Null);
+        (c, v)
+    };
+    match f {
+        Filter::Or(a, b) => eval_filter(a, u) || eval_filter(b, u),
+        Filter::And(a, b) => eval_filter(a, u) && eval_filter(b, u),
+        Filter::Not(a) => !eval_filter(a, u),
+        Filter::Eq(p, v, neg) => {
+            let (c, have) = get(p);
+            lit_matches(&c, &have, v) != *neg
+        }
+        Filter::In(p, vs) => {
+            let (c, have) = get(p);
+            vs.iter().any(|v| lit_matches(&c, &have, v))
+        }
+        Filter::StartsWith(p, s) => {
+            let (_, have) = get(p);
+            have.as_str()
+                .is_some_and(|h| h.to_lowercase().starts_with(&s.to_lowercase()))
+        }
+        Filter::EndsWith(p, s) => {
+            let (_, have) = get(p);
+            have.as_str()
+                .is_some_and(|h| h.to_lowercase().ends_with(&s.to_lowercase()))
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// GET /v1.0/users
+// Docs: api-reference/v1.0/api/user-list.md, concepts/paging.md, concepts/aad-advanced-queries.md;
+// $top 1..999 error text observed (reference §5.1).
+// ------------------------------------------------------------------------------------------
+
+fn list_users(
+    st: &State,
+    caller: &Caller,
+    q: &Query,
+    headers: &HashMap<String, String>,
+) -> GraphOut {
+    if !caller.has_any(READ_USERS) {
+        return denied();
+    }
+    let advanced = headers
+        .get("consistencylevel")
+        .is_some_and(|v| v.eq_ignore_ascii_case("eventual"))
+        && q.get("$count")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if q.get("$skip").is_some() {
+        return bad("'$skip' is not supported by the service."); // FAKE CHOICE of text
+    }
+    if q.get("$search").is_some() {
+        return gerr(400, "Request_UnsupportedQuery", "Request with $search query parameter only works through MSGraph with a special request header: 'ConsistencyLevel: eventual'");
+    }
+    let top = match q.get("$top") {
+        None => 100,
+        Some(t) => match t.parse::<i64>() {
+            Ok(n) if (1..=999).contains(&n) => n as usize,
+            _ => {
+                return gerr(
+                    400,
+                    "Request_UnsupportedQuery",
+                    format!(
+                        "Invalid page size specified: '{t}'. Must be between 1 and 999 inclusive."
+                    ),
+                )
+            }
+        },
+    };
+    let select = match parse_select(q.get("$select"), true) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let expand = match parse_expand(q.get("$expand")) {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    // $expand on directory objects caps a page at 100 (observed, reference §5.1).
+    let page = if expand.is_some() { top.min(100) } else { top };
+    let filter = match q.get("$filter") {
+        None => None,
+        Some(f) => {
+            let parsed = tokenize(f).and_then(|toks| {
+                let mut p = FilterParser { toks, pos: 0 };
+                let r = p.or()?;
+                (p.pos == p.toks.len()).then_some(r)
+            });
+            let Some(parsed) = parsed else {
+                return filter_syntax_error(f);
+            };
+            if let Err(e) = check_filter(&parsed, advanced) {
+                return e;
+            }
+            Some(parsed)
+        }
+    };
+    let mut matched: Vec<&Map<String, Value>> = st
+        .users
+        .iter()
+        .filter(|u| filter.as_ref().is_none_or(|f| eval_filter(f, u)))
+        .collect();
+    if let Some(ob) = q.get("$orderby") {
+        let mut it = ob.split_whitespace();
+        let prop = it.next().unwrap_or("");
+        let desc = it.next().is_some_and(|d| d.eq_ignore_ascii_case("desc"));
+        let Some(c) = canonical_prop(prop)
+            .map(|c| c.0)
+            .filter(|c| ["displayName", "userPrincipalName"].contains(c))
+        else {
+            return gerr(
+                400,
+                "Request_UnsupportedQuery",
+                format!("Sorting not supported for '{prop}'."),
+            );
+        };
+        if filter.is_some() && !advanced {
+            return gerr(400, "Request_UnsupportedQuery", "Sorting and filtering together require the advanced query parameters ($count=true and ConsistencyLevel: eventual).");
+            // FAKE CHOICE of text
+        }
+        matched.sort_by_key(|u| {
+            u.get(c)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_lowercase()
+        });
+        if desc {
+            matched.reverse();
+        }
+    }
+    let start = match q.get("$skiptoken") {
+        None => 0,
+        Some(tok) => match decode_skiptoken(tok) {
+            Some(n) => n,
+            None => return bad("Invalid skip token specified."), // FAKE CHOICE of text
+        },
+    };
+    let total = matched.len();
+    let value: Vec<Value> = matched
+        .iter()
+        .skip(start)
+        .take(page)
+        .map(|u| Value::Object(with_manager(st, project(u, select.as_deref()), &expand)))
+        .collect();
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        json!(context(st, "users", select.as_deref(), false)),
+    );
+    if advanced && start == 0 {
+        body.insert("@odata.count".into(), json!(total));
+    }
+    if start + page < total {
+        let mut link = format!("{}/users?", st.graph_base());
+        for (k, v) in &q.params {
+            let kl = k.to_ascii_lowercase();
+            if kl == "$skiptoken" || kl == "$count" {
+                continue;
+            }
+            link.push_str(&format!("{}={}&", qenc(k), qenc(v)));
+        }
+        link.push_str(&format!("$skiptoken={}", encode_skiptoken(start + page)));
+        body.insert("@odata.nextLink".into(), json!(link));
+    }
+    body.insert("value".into(), Value::Array(value));
+    gok(200, Value::Object(body))
+}
+
+/// Opaque to clients (Graph's look like `RFNwdAIAAQAAA...`).
+fn encode_skiptoken(offset: usize) -> String {
+    format!(
+        "RFNwdA{}",
+        B64URL.encode(format!("fake-skiptoken:{offset}"))
+    )
+}
+
+fn decode_skiptoken(tok: &str) -> Option<usize> {
+    let raw = B64URL.decode(tok.strip_prefix("RFNwdA")?).ok()?;
+    String::from_utf8(raw)
+        .ok()?
+        .strip_prefix("fake-skiptoken:")?
+        .parse()
+        .ok()
+}
+
+// ------------------------------------------------------------------------------------------
+// GET /v1.0/users/{id | userPrincipalName}
+// Docs: api-reference/v1.0/api/user-get.md; 404 text observed (reference §5.3).
+// ------------------------------------------------------------------------------------------
+
+fn get_user(st: &State, caller: &Caller, key: &str, q: &Query) -> GraphOut {
+    if !caller.has_any(READ_USERS) {
+        return denied();
+    }
+    let select = match parse_select(q.get("$select"), false) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let expand = match parse_expand(q.get("$expand")) {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    let Some(i) = st.find_user(key) else {
+        return not_found(key);
+    };
+    let mut m = Map::new();
+    m.insert(
+        "@odata.context".into(),
+        json!(context(st, "users", select.as_deref(), true)),
+    );
+    m.extend(with_manager(
+        st,
+        project(&st.users[i], select.as_deref()),
+        &expand,
+    ));
+    gok(200, Value::Object(m))
+}
+
+// ------------------------------------------------------------------------------------------
+// User write validation (POST and PATCH)
+// Docs: api-reference/v1.0/api/user-post-users.md (required properties; onPremisesImmutableId
+// required for a federated domain, no `$`/`_`), user-update.md (businessPhones one value,
+// displayName not clearable, passwordProfile not for federated users), entra-docs
+// docs/identity/authentication/concept-sspr-policy.md (UPN and password policies); error texts
+// observed in public issues (reference §2.4).
+// ------------------------------------------------------------------------------------------
+
+/// Type-checks a body against the CSDL and returns it with canonical property names.
+fn check_body(body: Option<Value>) -> Result<Map<String, Value>, GraphOut> {
+    let Some(Value::Object(body)) = body else {
+        return Err(gerr(
+            400,
+            "BadRequest",
+            "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.",
+        ));
+    };
+    let mut out = Map::new();
+    for (k, v) in body {
+        if k.starts_with('@') || k.contains("@odata.") {
+            continue;
+        }
+        let Some((name, ty, nullable)) = canonical_prop(&k) else {
+            return Err(gerr(400, "Request_BadRequest", format!("Property '{k}' does not exist on type 'microsoft.graph.user'. Make sure to only use property names that are defined by the type or mark the type as open type.")));
+        };
+        if name == "id" || READ_ONLY.contains(&name) {
+            continue;
+        }
+        let type_err = |v: &Value| {
+            let lit = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            gerr(
+                400,
+                "Request_BadRequest",
+                format!("Cannot convert the literal '{lit}' to the expected type '{ty}'."),
+            )
+        };
+        match (&v, ty) {
+            (Value::Null, t) if t.starts_with("Collection(") || !nullable => {
+                return Err(gerr(400, "Request_BadRequest", format!("A null value was found for the property named '{name}', which has the expected type '{ty}[Nullable=False]'. The expected type '{ty}[Nullable=False]' does not allow null values.")));
+            }
+            (Value::Null, _) => {}
+            (Value::String(_), "Edm.String") => {}
+            (Value::String(s), "Edm.DateTimeOffset")
+                if chrono::DateTime::parse_from_rfc3339(s).is_ok() => {}
+            (Value::Bool(_), "Edm.Boolean") => {}
+            (Value::Number(n), "Edm.Int32") if n.is_i64() => {}
+            (Value::Array(items), "Collection(Edm.String)") => {
+                if let Some(bad) = items.iter().find(|i| !i.is_string()) {
+                    return Err(type_err(bad));
+                }
+            }
+            (Value::Array(items), t) if t.starts_with("Collection(") => {
+                if items.iter().any(|i| !i.is_object()) {
+                    return Err(invalid_value(name));
+                }
+            }
+            (Value::Object(_), t) if t.starts_with("graph.") => {}
+            (other, _) => return Err(type_err(other)),
+        }
+        if name == "passwordProfile" {
+            if let Value::Object(pp) = &v {
+                for (pk, pv) in pp {
+                    let ok = match pk.as_str() {
+                        "password" => pv.is_string() || pv.is_null(),
+                        "forceChangePasswordNextSignIn" | "forceChangePasswordNextSignInWithMfa" => {
+                            pv.is_boolean() || pv.is_null()
+                        }
+                        _ => {
+                            return Err(gerr(400, "Request_BadRequest", format!("Property '{pk}' does not exist on type 'microsoft.graph.passwordProfile'. Make sure to only use property names that are defined by the type or mark the type as open type.")))
+                        }
+                    };
+                    if !ok {
+                        return Err(type_err(pv));
+                    }
+                }
+            }
+        }
+        out.insert(name.to_string(), v);
+    }
+    Ok(out)
+}
+
+/// UPN syntax (concept-sspr-policy.md "Username policies"): `alias@domain`, allowed characters
+/// A-Z a-z 0-9 ' . - _ ! # ^ ~, no dot right before `@`, ≤113 total, ≤64 alias, ≤48 domain.
+fn upn_syntax_ok(upn: &str) -> bool {
+    let Some((alias, domain)) = upn.split_once('@') else {
+        return false;
+    };
+    if domain.contains('@') || alias.is_empty() || domain.is_empty() {
+        return false;
+    }
+    if upn.len() > 113 || alias.len() > 64 || domain.len() > 48 {
+        return false;
+    }
+    if alias.starts_with('.') || alias.ends_with('.') {
+        return false;
+    }
+    alias
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "'.-_!#^~".contains(c))
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+}
+
+/// Password policy for cloud users (concept-sspr-policy.md): 8–256 characters, no Unicode,
+/// 3 of 4 of lowercase, uppercase, digits, symbols. `DisableStrongPassword` relaxes the classes.
+fn password_ok(pw: &str, disable_strong: bool) -> bool {
+    const SYMBOLS: &str = "@#$%^&*-_!+=[]{}|\\:',.?/`~\"();<> ";
+    let n = pw.chars().count();
+    if !(8..=256).contains(&n) {
+        return false;
+    }
+    if !pw
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || SYMBOLS.contains(c))
+    {
+        return false;
+    }
+    if disable_strong {
+        return true;
+    }
+    let classes = [
+        pw.chars().any(|c| c.is_ascii_lowercase()),
+        pw.chars().any(|c| c.is_ascii_uppercase()),
+        pw.chars().any(|c| c.is_ascii_digit()),
+        pw.chars().any(|c| SYMBOLS.contains(c)),
+    ];
+    classes.iter().filter(|b| **b).count() >= 3
+}
+
+fn weak_password() -> GraphOut {
+    bad("The specified password does not comply with password complexity requirements. Please provide a different password.")
+}
+
+/// A mail alias: ASCII letters, digits and ! # $ % & ' * + - / = ? ^ _ ` { | } ~ and dots
+/// (not leading, trailing or doubled), ≤64 (FAKE CHOICE: Exchange alias rules).
+fn mail_nickname_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && !s.contains("..")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+}
+
+fn immutable_id_ok(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['$', '_', '@']) && s.is_ascii()
+}
+
+fn required(name: &str) -> GraphOut {
+    bad(format!(
+        "Property {name} value is required but is empty or missing."
+    ))
+}
+
+fn is_empty_value(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.trim().is_empty(),
+        _ => false,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// POST /v1.0/users
+// Docs: api-reference/v1.0/api/user-post-users.md (required: accountEnabled, displayName,
+// mailNickname, passwordProfile, userPrincipalName; onPremisesImmutableId for federated
+// domains; 201 with the user); messages per reference §2.4.
+// ------------------------------------------------------------------------------------------
+
+fn create_user(st: &mut State, caller: &Caller, body: Option<Value>) -> GraphOut {
+    if !caller.has_any(CREATE_USERS) {
+        return denied();
+    }
+    let b = match check_body(body) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    // 1. required properties
+    if is_empty_value(b.get("accountEnabled")) {
+        return required("accountEnabled");
+    }
+    for p in ["displayName", "mailNickname"] {
+        if is_empty_value(b.get(p)) {
+            return required(p);
+        }
+    }
+    let password = b
+        .get("passwordProfile")
+        .and_then(|p| p.get("password"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if password.is_empty() {
+        return bad("A password must be specified to create a new user.");
+    }
+    if is_empty_value(b.get("userPrincipalName")) {
+        return required("userPrincipalName");
+    }
+    let upn = b["userPrincipalName"].as_str().unwrap_or("").to_string();
+    // 2. UPN syntax, 3. verified domain
+    if !upn_syntax_ok(&upn) {
+        return bad("Property userPrincipalName is invalid.");
+    }
+    let domain = upn.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    let Some(federated) = st.domain(domain).map(|d| d.federated) else {
+        let mut e = bad("The domain portion of the userPrincipalName property is invalid. You must use one of the verified domain names in your organization.");
+        e.body.as_mut().unwrap()["error"]["details"] = json!([{"code": "InvalidValue", "message": "The domain portion of the userPrincipalName property is invalid. You must use one of the verified domain names in your organization.", "target": "userPrincipalName"}]);
+        return e;
+    };
+    // 4. federated domain ⇒ onPremisesImmutableId
+    let immutable = b
+        .get("onPremisesImmutableId")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if federated && immutable.as_deref().is_none_or(str::is_empty) {
+        return bad("SourceAnchor is a required property for creation of a federated user.");
+    }
+    if let Some(i) = &immutable {
+        if !immutable_id_ok(i) {
+            return invalid_value("onPremisesImmutableId");
+        }
+    }
+    // 5. other property rules
+    if !mail_nickname_ok(b["mailNickname"].as_str().unwrap_or("")) {
+        return invalid_value("mailNickname");
+    }
+    if let Some(e) = common_rules(&b) {
+        return e;
+    }
+    // 6. password policy
+    let disable_strong = b
+        .get("passwordPolicies")
+        .and_then(Value::as_str)
+        .is_some_and(|p| p.contains("DisableStrongPassword"));
+    if !password_ok(&password, disable_strong) {
+        return weak_password();
+    }
+    // 7. uniqueness
+    if st.find_user(&upn).is_some() {
+        return conflict("userPrincipalName");
+    }
+    if let Some(i) = &immutable {
+        if st
+            .users
+            .iter()
+            .any(|u| u.get("onPremisesImmutableId").and_then(Value::as_str) == Some(i))
+        {
+            return conflict("onPremisesImmutableId");
+        }
+    }
+    let id = guid();
+    let now = now_iso();
+    let mut u = Map::new();
+    u.insert("id".into(), json!(id));
+    for (k, v) in [
+        ("businessPhones", json!([])),
+        ("otherMails", json!([])),
+        ("proxyAddresses", json!([])),
+        ("userType", json!("Member")),
+        ("createdDateTime", json!(now)),
+        ("lastPasswordChangeDateTime", json!(now)),
+        ("passwordPolicies", Value::Null),
+    ] {
+        u.insert(k.into(), v);
+    }
+    for (k, v) in b {
+        u.insert(k, v);
+    }
+    let mut pp = json!({"password": password, "forceChangePasswordNextSignIn": true,
+                         "forceChangePasswordNextSignInWithMfa": false});
+    if let Some(Value::Object(sent)) = u.get("passwordProfile") {
+        for (k, v) in sent {
+            pp[k] = v.clone();
+        }
+    }
+    u.insert("passwordProfile".into(), pp);
+    if let Some(m) = u.get("mail").and_then(Value::as_str) {
+        let m = m.to_string();
+        u.insert("proxyAddresses".into(), json!([format!("SMTP:{m}")]));
+    }
+    let mut out = Map::new();
+    out.insert(
+        "@odata.context".into(),
+        json!(context(st, "users", None, true)),
+    );
+    out.extend(project(&u, None));
+    st.users.push(u);
+    let mut r = gok(201, Value::Object(out));
+    r.headers
+        .push(("Location".into(), format!("{}/users/{id}", st.graph_base())));
+    r
+}
+
+/// Rules shared by POST and PATCH for the properties present in `b`.
+fn common_rules(b: &Map<String, Value>) -> Option<GraphOut> {
+    if let Some(Value::Array(p)) = b.get("businessPhones") {
+        if p.len() > 1 {
+            // user-update.md: "Only one number can be set for this property." FAKE CHOICE of text.
+            return Some(bad("Property businessPhones can contain at most one value. Only one number can be set for this property."));
+        }
+    }
+    if let Some(Value::Array(m)) = b.get("otherMails") {
+        if m.len() > 250 || m.iter().any(|x| x.as_str().is_some_and(|s| s.len() > 250)) {
+            return Some(invalid_value("otherMails"));
+        }
+    }
+    if let Some(Value::String(u)) = b.get("usageLocation") {
+        if u.len() != 2 || !u.chars().all(|c| c.is_ascii_alphabetic()) {
+            return Some(invalid_value("usageLocation"));
+        }
+    }
+    if let Some(Value::String(c)) = b.get("companyName") {
+        if c.chars().count() > 64 {
+            return Some(invalid_value("companyName"));
+        }
+    }
+    if let Some(Value::String(e)) = b.get("employeeId") {
+        if e.chars().count() > 16 {
+            return Some(invalid_value("employeeId"));
+        }
+    }
+    None
+}
+
+// ------------------------------------------------------------------------------------------
+// PATCH /v1.0/users/{id | userPrincipalName}
+// Docs: api-reference/v1.0/api/user-update.md (partial update, 204; displayName can't be
+// cleared; businessPhones one value; passwordProfile can't be used for federated users);
+// immutable ID rule: entra-docs hybrid docs + MicrosoftDocs/azure-docs#5108 (reference §9).
+// ------------------------------------------------------------------------------------------
+
+fn update_user(st: &mut State, caller: &Caller, key: &str, body: Option<Value>) -> GraphOut {
+    let b = match check_body(body) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    let only = |k: &str| !b.is_empty() && b.keys().all(|x| x == k);
+    let allowed = caller.has_any(UPDATE_USERS)
+        || (only("passwordProfile") && caller.has_any(&["User-PasswordProfile.ReadWrite.All"]))
+        || (only("accountEnabled") && caller.has_any(&["User.EnableDisableAccount.All"]));
+    if !allowed {
+        return denied();
+    }
+    let Some(idx) = st.find_user(key) else {
+        return not_found(key);
+    };
+    let cur = st.users[idx].clone();
+    let cur_upn = cur["userPrincipalName"].as_str().unwrap_or("").to_string();
+    let cur_id = cur["id"].as_str().unwrap_or("").to_string();
+    if b.contains_key("displayName") && is_empty_value(b.get("displayName")) {
+        return required("displayName");
+    }
+    if b.contains_key("accountEnabled") && b["accountEnabled"].is_null() {
+        return required("accountEnabled");
+    }
+    if b.contains_key("mailNickname") && !mail_nickname_ok(b["mailNickname"].as_str().unwrap_or(""))
+    {
+        return invalid_value("mailNickname");
+    }
+    let new_upn = match b.get("userPrincipalName") {
+        None => cur_upn.clone(),
+        Some(Value::String(u)) => {
+            if !upn_syntax_ok(u) {
+                return bad("Property userPrincipalName is invalid.");
+            }
+            let d = u.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            if st.domain(d).is_none() {
+                return bad("The domain portion of the userPrincipalName property is invalid. You must use one of the verified domain names in your organization.");
+            }
+            u.clone()
+        }
+        Some(_) => return required("userPrincipalName"),
+    };
+    let cur_fed = st.upn_domain_federated(&cur_upn);
+    let new_fed = st.upn_domain_federated(&new_upn);
+    let new_immutable = match b.get("onPremisesImmutableId") {
+        None => cur
+            .get("onPremisesImmutableId")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        Some(Value::String(s)) => {
+            if !immutable_id_ok(s) {
+                return invalid_value("onPremisesImmutableId");
+            }
+            Some(s.clone())
+        }
+        Some(_) => None,
+    };
+    let immutable_changes = b.contains_key("onPremisesImmutableId")
+        && new_immutable.as_deref() != cur.get("onPremisesImmutableId").and_then(Value::as_str);
+    if immutable_changes && (cur_fed || new_fed) {
+        // FAKE CHOICE of text; rule: reference §9 (MSOnline "FederatedUser.SourceAnchor").
+        return bad("Property onPremisesImmutableId cannot be changed while the user's userPrincipalName is in a federated domain. Move the user to a managed domain (for example the .onmicrosoft.com domain), change onPremisesImmutableId, then move it back.");
+    }
+    if new_fed && new_immutable.as_deref().is_none_or(str::is_empty) {
+        return bad("SourceAnchor is a required property for creation of a federated user.");
+    }
+    if let Some(e) = common_rules(&b) {
+        return e;
+    }
+    if let Some(pp) = b.get("passwordProfile") {
+        if cur_fed || new_fed {
+            // user-update.md: passwordProfile can't be used for federated users. FAKE CHOICE of text.
+            return bad(
+                "Updating passwordProfile is not supported for users in a federated domain.",
+            );
+        }
+        if let Some(pw) = pp.get("password") {
+            let disable_strong = b
+                .get("passwordPolicies")
+                .or(cur.get("passwordPolicies"))
+                .and_then(Value::as_str)
+                .is_some_and(|p| p.contains("DisableStrongPassword"));
+            if !password_ok(pw.as_str().unwrap_or(""), disable_strong) {
+                return weak_password();
+            }
+        }
+    }
+    if !new_upn.eq_ignore_ascii_case(&cur_upn) && st.find_user(&new_upn).is_some_and(|i| i != idx) {
+        return conflict("userPrincipalName");
+    }
+    if immutable_changes {
+        if let Some(i) = &new_immutable {
+            if st.users.iter().any(|u| {
+                u.get("onPremisesImmutableId").and_then(Value::as_str) == Some(i)
+                    && u["id"].as_str() != Some(&cur_id)
+            }) {
+                return conflict("onPremisesImmutableId");
+            }
+        }
+    }
+    let u = &mut st.users[idx];
+    for (k, v) in b {
+        if k == "passwordProfile" {
+            let mut pp = u
+                .get("passwordProfile")
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            if let Value::Object(sent) = &v {
+                for (pk, pv) in sent {
+                    pp[pk] = pv.clone();
+                }
+                if sent.contains_key("password") {
+                    u.insert("lastPasswordChangeDateTime".into(), json!(now_iso()));
+                }
+            }
+            u.insert(k, pp);
+        } else {
+            u.insert(k, v);
+        }
+    }
+    gnone(204)
+}
+
+/// DELETE /v1.0/users/{id|upn} (api-reference/v1.0/api/user-delete.md). FAKE CHOICE: the
+/// deleted-items bin (30-day restore) is not modelled; the user is simply removed.
+fn delete_user(st: &mut State, caller: &Caller, key: &str) -> GraphOut {
+    if !caller.has_any(DELETE_USERS) {
+        return denied();
+    }
+    let Some(idx) = st.find_user(key) else {
+        return not_found(key);
+    };
+    let u = st.users.remove(idx);
+    let id = u["id"].as_str().unwrap_or("").to_string();
+    st.managers.remove(&id);
+    st.managers.retain(|_, m| *m != id);
+    gnone(204)
+}
+
+// ------------------------------------------------------------------------------------------
+// Manager: PUT/DELETE /users/{id}/manager/$ref, GET /users/{id}/manager
+// Docs: api-reference/v1.0/api/user-post-manager.md, user-delete-manager.md,
+// user-list-manager.md; 404 text observed (reference §4).
+// ------------------------------------------------------------------------------------------
+
+fn set_manager(st: &mut State, caller: &Caller, key: &str, body: Option<Value>) -> GraphOut {
+    if !caller.has_any(UPDATE_USERS) {
+        return denied();
+    }
+    let Some(idx) = st.find_user(key) else {
+        return not_found(key);
+    };
+    let Some(target) = body
+        .as_ref()
+        .and_then(|b| b.get("@odata.id"))
+        .and_then(Value::as_str)
+    else {
+        return gerr(
+            400,
+            "BadRequest",
+            "Invalid request body: '@odata.id' is required.",
+        ); // FAKE CHOICE of text
+    };
+    let target = target.trim_end_matches('/');
+    let lower = target.to_ascii_lowercase();
+    let mid = ["/users/", "/directoryobjects/"].iter().find_map(|p| {
+        lower
+            .rfind(p)
+            .map(|i| percent_decode(&target[i + p.len()..]))
+    });
+    let Some(mid) = mid else {
+        return gerr(
+            400,
+            "BadRequest",
+            format!("Invalid object identifier '{target}'."),
+        );
+    };
+    let Some(mi) = st.find_user(&mid) else {
+        return not_found(&mid);
+    };
+    let uid = st.users[idx]["id"].as_str().unwrap_or("").to_string();
+    let mid = st.users[mi]["id"].as_str().unwrap_or("").to_string();
+    if uid == mid {
+        return bad("A user cannot be their own manager."); // FAKE CHOICE of text
+    }
+    st.managers.insert(uid, mid);
+    gnone(204)
+}
+
+fn delete_manager(st: &mut State, caller: &Caller, key: &str) -> GraphOut {
+    if !caller.has_any(UPDATE_USERS) {
+        return denied();
+    }
+    let Some(idx) = st.find_user(key) else {
+        return not_found(key);
+    };
+    let uid = st.users[idx]["id"].as_str().unwrap_or("").to_string();
+    match st.managers.remove(&uid) {
+        Some(_) => gnone(204),
+        None => not_found("manager"),
+    }
+}
+
+fn get_manager(st: &State, caller: &Caller, key: &str, q: &Query) -> GraphOut {
+    if !caller.has_any(READ_USERS) {
+        return denied();
+    }
+    let select = match parse_select(q.get("$select"), false) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let Some(idx) = st.find_user(key) else {
+        return not_found(key);
+    };
+    let uid = st.users[idx]["id"].as_str().unwrap_or("");
+    let Some(mi) = st.managers.get(uid).and_then(|m| st.find_user(m)) else {
+        return not_found("manager");
+    };
+    let mut m = Map::new();
+    m.insert(
+        "@odata.context".into(),
+        json!(format!(
+            "{}/$metadata#directoryObjects/$entity",
+            st.graph_base()
+        )),
+    );
+    m.insert("@odata.type".into(), json!("#microsoft.graph.user"));
+    m.extend(project(&st.users[mi], select.as_deref()));
+    gok(200, Value::Object(m))
+}
+
+// ------------------------------------------------------------------------------------------
+// GET /v1.0/domains, GET /v1.0/domains/{id}
+// Docs: api-reference/v1.0/api/domain-list.md, domain-get.md, resources/domain.md.
+// ------------------------------------------------------------------------------------------
+
+fn domain_json(d: &Domain) -> Value {
+    json!({
+        "authenticationType": if d.federated { "Federated" } else { "Managed" },
+        "availabilityStatus": null,
+        "id": d.name,
+        "isAdminManaged": true,
+        "isDefault": d.is_default,
+        "isInitial": d.is_initial,
+        "isRoot": true,
+        "isVerified": true,
+        "supportedServices": if d.is_initial { json!(["Email", "OfficeCommunicationsOnline"]) } else { json!(["Email", "OfficeCommunicationsOnline", "Intune"]) },
+        "passwordValidityPeriodInDays": null,
+        "passwordNotificationWindowInDays": null,
+        "state": null,
+    })
+}
+
+fn list_domains(st: &State, caller: &Caller, one: Option<&str>) -> GraphOut {
+    if !caller.has_any(READ_DOMAINS) {
+        return denied();
+    }
+    match one {
+        Some(name) => match st.domain(name) {
+            Some(d) => {
+                let mut v = domain_json(d);
+                v["@odata.context"] =
+                    json!(format!("{}/$metadata#domains/$entity", st.graph_base()));
+                gok(200, v)
+            }
+            None => not_found(name),
+        },
+        None => gok(
+            200,
+            json!({
+                "@odata.context": format!("{}/$metadata#domains", st.graph_base()),
+                "value": st.domains.iter().map(domain_json).collect::<Vec<_>>(),
+            }),
+        ),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// POST /v1.0/$batch
+// Docs: concepts/json-batching.md (≤20 requests; id required and unique, else 400; headers
+// with Content-Type required when a body is present; dependsOn and 424; responses in any order,
+// correlate by id; 200 when parseable), concepts/throttling.md ("Throttling and batching": each
+// item evaluated individually, 429 with its own Retry-After).
+// ------------------------------------------------------------------------------------------
+
+fn batch(st: &mut State, caller: &Caller, bytes: &[u8]) -> GraphOut {
+    let malformed = |m: &str| gerr(400, "BadRequest", m.to_string());
+    let Ok(body) = serde_json::from_slice::<Value>(bytes) else {
+        return malformed("Invalid batch payload format.");
+    };
+    let Some(reqs) = body.get("requests").and_then(Value::as_array) else {
+        return malformed("Invalid batch payload format: the 'requests' property is required.");
+    };
+    if reqs.len() > 20 {
+        return malformed("Number of requests in the batch exceeds the maximum of 20.");
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for r in reqs {
+        let Some(id) = r
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        else {
+            return malformed("Invalid batch payload format: every request needs a string 'id'.");
+        };
+        if ids.iter().any(|i| i.eq_ignore_ascii_case(id)) {
+            return malformed(&format!(
+                "Batch request contains duplicate request id '{id}'."
+            ));
+        }
+        ids.push(id.to_string());
+        let method = r.get("method").and_then(Value::as_str).unwrap_or("");
+        if method.is_empty() || r.get("url").and_then(Value::as_str).is_none() {
+            return malformed(&format!(
+                "Invalid batch payload format: request '{id}' needs 'method' and 'url'."
+            ));
+        }
+        let has_ct = r
+            .get("headers")
+            .and_then(Value::as_object)
+            .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type")));
+        let has_body = r.get("body").is_some_and(|b| !b.is_null());
+        let write = ["POST", "PATCH", "PUT"].contains(&method.to_ascii_uppercase().as_str());
+        if (has_body || write) && !(has_body && has_ct) {
+            // Observed service text for this case.
+            return malformed(&format!(
+                "Write request id : {id} does not contain Content-Type header or body."
+            ));
+        }
+    }
+    for r in reqs {
+        if let Some(deps) = r.get("dependsOn") {
+            let ok = deps.as_array().is_some_and(|d| {
+                d.iter().all(|x| {
+                    x.as_str()
+                        .is_some_and(|x| ids.iter().any(|i| i.eq_ignore_ascii_case(x)))
+                })
+            });
+            if !ok {
+                return malformed(
+                    "Invalid batch payload format: dependsOn references an unknown request id.",
+                );
+            }
+        }
+    }
+    // Run in dependency order (repeated passes); a cycle leaves items unrun → 424.
+    let mut results: HashMap<String, GraphOut> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut progress = true;
+    while progress && results.len() < reqs.len() {
+        progress = false;
+        for r in reqs {
+            let id = r["id"].as_str().unwrap().to_ascii_lowercase();
+            if results.contains_key(&id) {
+                continue;
+            }
+            let deps: Vec<String> = r
+                .get("dependsOn")
+                .and_then(Value::as_array)
+                .map(|d| {
+                    d.iter()
+                        .filter_map(|x| x.as_str())
+                        .map(str::to_ascii_lowercase)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if deps.iter().any(|d| !results.contains_key(d)) {
+                continue;
+            }
+            progress = true;
+            let failed_dep = deps.iter().any(|d| results[d].status >= 400);
+            let out = if failed_dep {
+                gerr(424, "BadRequest", "Failed dependency") // FAKE CHOICE of body
+            } else {
+                run_item(st, caller, r)
+            };
+            results.insert(id.clone(), out);
+            order.push(id);
+        }
+    }
+    for r in reqs {
+        let id = r["id"].as_str().unwrap().to_ascii_lowercase();
+        if !results.contains_key(&id) {
+            results.insert(id.clone(), gerr(424, "BadRequest", "Failed dependency"));
+            order.push(id);
+        }
+    }
+    // Answer in reverse order, so clients must correlate by id.
+    let mut responses = Vec::new();
+    for id in order.iter().rev() {
+        let original = reqs
+            .iter()
+            .find_map(|r| r["id"].as_str().filter(|x| x.eq_ignore_ascii_case(id)))
+            .unwrap()
+            .to_string();
+        let out = results.remove(id).unwrap();
+        let ctx = Ctx {
+            request_id: guid(),
+            client_request_id: guid(),
+        };
+        let out = finalize(out, &ctx);
+        let headers: Map<String, Value> = out
+            .headers
+            .into_iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("x-ms-ags-diagnostic"))
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        let mut item = json!({"id": original, "status": out.status, "headers": headers});
+        if let Some(b) = out.body {
+            item["body"] = b;
+        }
+        responses.push(item);
+    }
+    gok(200, json!({"responses": responses}))
+}
+
+fn run_item(st: &mut State, caller: &Caller, r: &Value) -> GraphOut {
+    let method = r["method"].as_str().unwrap_or("").to_ascii_uppercase();
+    let url = r["url"].as_str().unwrap_or("");
+    let rel = url.trim_start_matches('/');
+    st.requests
+        .push((method.clone(), format!("/v1.0/$batch:/{rel}")));
+    if url.contains("://") {
+        return bad("The url of a batch request must be relative to the version root.");
+    }
+    if let Some(inj) = st.next_injection() {
+        return injected(inj);
+    }
+    let (path, query) = rel.split_once('?').unwrap_or((rel, ""));
+    let headers: HashMap<String, String> = r
+        .get("headers")
+        .and_then(Value::as_object)
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = r.get("body").cloned().filter(|b| !b.is_null());
+    dispatch(st, caller, &method, path, query, &headers, body)
+}
