@@ -296,6 +296,20 @@ impl M365 {
         format!("{}/{}/oauth2/v2.0/token", self.login_base_url, tenant)
     }
 
+    /// Token-request parameters that authenticate with the certificate (none with a secret).
+    fn assertion_params(&self, tenant: &str) -> Result<Vec<(&'static str, String)>, M365Error> {
+        Ok(match self.client_assertion(tenant)? {
+            Some(assertion) => vec![
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_string(),
+                ),
+                ("client_assertion", assertion),
+            ],
+            None => Vec::new(),
+        })
+    }
+
     /// The client assertion for certificate credentials (RFC 7523 JWT, RS256), or none.
     fn client_assertion(&self, tenant: &str) -> Result<Option<String>, M365Error> {
         let Some(ClientCredential::Certificate { cert_der, key }) = &self.credential else {
@@ -438,14 +452,8 @@ impl M365 {
         let mut request = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_string()));
-        let assertion = self.client_assertion(&self.tenant)?;
-        if let Some(assertion) = &assertion {
-            request = request
-                .add_extra_param(
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                )
-                .add_extra_param("client_assertion", assertion.clone());
+        for (name, value) in self.assertion_params(&self.tenant)? {
+            request = request.add_extra_param(name, value);
         }
         let response = match request.request_async(&self.http).await {
             Ok(r) => r,
@@ -494,13 +502,8 @@ impl M365 {
         let mut request = client
             .exchange_client_credentials()
             .add_scope(Scope::new(format!("{}/.default", self.graph_resource)));
-        if let Some(assertion) = self.client_assertion(tenant)? {
-            request = request
-                .add_extra_param(
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                )
-                .add_extra_param("client_assertion", assertion);
+        for (name, value) in self.assertion_params(tenant)? {
+            request = request.add_extra_param(name, value);
         }
         request.request_async(&self.http).await.map_err(token_error)
     }
@@ -659,13 +662,8 @@ impl M365 {
             let mut request = client
                 .exchange_refresh_token(&refresh_token)
                 .add_scopes(self.delegated_scopes());
-            if let Some(assertion) = self.client_assertion(&tenant)? {
-                request = request
-                    .add_extra_param(
-                        "client_assertion_type",
-                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                    )
-                    .add_extra_param("client_assertion", assertion);
+            for (name, value) in self.assertion_params(&tenant)? {
+                request = request.add_extra_param(name, value);
             }
             request.request_async(&self.http).await.map_err(token_error)
         };
