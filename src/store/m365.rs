@@ -149,24 +149,26 @@ impl Store {
     }
 
     /// Takes (deletes and returns) a live OAuth state: (sealed verifier, actor). Single use.
+    ///
+    /// One `DELETE … RETURNING` statement: a SELECT-then-DELETE transaction would upgrade a
+    /// read lock to a write lock, which SQLite refuses at once (not after the busy timeout)
+    /// when another connection wrote in between.
     pub async fn take_oauth_state(
         &self,
         state_hash: &str,
         now_ms: i64,
     ) -> Result<Option<(String, String)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
         let row: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT pkce_verifier_enc, actor, expires_at FROM m365_oauth_states WHERE state_hash = $1",
+            "DELETE FROM m365_oauth_states WHERE state_hash = $1 \
+             RETURNING pkce_verifier_enc, actor, expires_at",
         )
         .bind(state_hash)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?;
-        sqlx::query("DELETE FROM m365_oauth_states WHERE state_hash = $1 OR expires_at <= $2")
-            .bind(state_hash)
+        sqlx::query("DELETE FROM m365_oauth_states WHERE expires_at <= $1")
             .bind(now_ms)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        tx.commit().await?;
         Ok(row
             .filter(|(_, _, expires)| *expires > now_ms)
             .map(|(v, a, _)| (v, a)))
