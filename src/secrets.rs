@@ -13,6 +13,17 @@ use secrecy::{ExposeSecret, SecretString};
 
 const VERSION: &str = "v1";
 
+/// `N` bytes from the operating system's random generator (through OpenSSL).
+///
+/// Panics if the generator fails: every caller makes session tokens, record ids or passwords,
+/// and handing out predictable ones would be worse than stopping.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    #[allow(clippy::expect_used)]
+    openssl::rand::rand_bytes(&mut bytes).expect("the OS random generator failed");
+    bytes
+}
+
 /// Why a secret cannot be sealed or opened; never includes the secret.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {

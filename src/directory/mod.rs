@@ -65,10 +65,10 @@ pub struct Directory {
 
 /// A random identifier for new records: 32 hex characters.
 pub fn new_record_id() -> String {
-    let mut bytes = [0u8; 16];
-    // The OS RNG failing is not recoverable in any useful way; ids stay unique via the DB key.
-    let _ = openssl::rand::rand_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::secrets::random_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Directory {

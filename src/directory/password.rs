@@ -6,9 +6,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 /// Hashes a password with argon2id and a random salt (PHC string).
 pub fn hash_password(password: &SecretString) -> Result<String, String> {
-    let mut salt = [0u8; 16];
-    openssl::rand::rand_bytes(&mut salt).map_err(|e| e.to_string())?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    let salt =
+        SaltString::encode_b64(&crate::secrets::random_bytes::<16>()).map_err(|e| e.to_string())?;
     Argon2::default()
         .hash_password(password.expose_secret().as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -32,12 +31,7 @@ pub fn generate_password() -> SecretString {
     const DIGIT: &[u8] = b"23456789";
     const SYMBOL: &[u8] = b"!#%+-=?@";
     let sets = [LOWER, UPPER, DIGIT, SYMBOL];
-    let mut bytes = [0u8; 20];
-    // rand_bytes only fails when the OS RNG is broken; a zeroed buffer would still be rejected
-    // nowhere, so fall back to panicking-free behaviour by retrying once.
-    if openssl::rand::rand_bytes(&mut bytes).is_err() {
-        let _ = openssl::rand::rand_bytes(&mut bytes);
-    }
+    let bytes = crate::secrets::random_bytes::<20>();
     let password: String = bytes
         .iter()
         .enumerate()

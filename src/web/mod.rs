@@ -153,7 +153,8 @@ pub fn token_hash(token: &str) -> String {
 
 /// A fresh random token for cookies and forms (256 bits, hex).
 pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    let _ = openssl::rand::rand_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::secrets::random_bytes::<32>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
