@@ -341,8 +341,11 @@ async fn import_of_2500_users_across_pages_with_throttling() {
     assert_eq!(ids.len(), 2500);
     assert_eq!(consent(&app).await.0, 200);
     let before = fake.requests().len();
-    // Throttled at the start of the listing: Retry-After is honoured and nothing is lost.
+    // Page 1 goes through, page 2 is throttled twice and then hit by a 503, page 3 passes:
+    // Retry-After is honoured, nothing is lost, and nobody is imported twice.
+    fake.pass_next(1);
     fake.throttle_next(2, "0.05");
+    fake.fail_next(1, 503);
     let mut seen = Vec::new();
     let report = app
         .state()
@@ -366,8 +369,22 @@ async fn import_of_2500_users_across_pages_with_throttling() {
         .count();
     assert_eq!(
         list_calls,
-        3 + 2,
-        "3 pages of 999, plus 2 throttled attempts"
+        3 + 3,
+        "3 pages of 999, plus 3 refused attempts at page 2"
+    );
+    let page_two: Vec<_> = fake.requests()[before..]
+        .iter()
+        .filter(|(m, p)| m == "GET" && p.contains("/users") && p.contains("skiptoken"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        page_two.len(),
+        4 + 1,
+        "page 2 asked four times, page 3 once: {page_two:?}"
+    );
+    assert!(
+        page_two[..4].windows(2).all(|w| w[0] == w[1]),
+        "page 2 retried verbatim"
     );
 
     // Importing again imports nobody twice.

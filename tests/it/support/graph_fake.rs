@@ -213,6 +213,15 @@ impl GraphFake {
         }
     }
 
+    /// The next `n` Graph requests go through untouched; faults queued after this hit the
+    /// requests that follow them (e.g. page 2 of a listing).
+    pub fn pass_next(&self, n: usize) {
+        let mut st = self.lock();
+        for _ in 0..n {
+            st.injections.push_back(Injection::Pass);
+        }
+    }
+
     /// The next `n` Graph requests fail with `status` (503 carries `Retry-After: 0.05`).
     pub fn fail_next(&self, n: usize, status: u16) {
         let mut st = self.lock();
@@ -295,6 +304,8 @@ struct Domain {
 enum Injection {
     Throttle(String),
     Fail(u16),
+    /// Let one request through untouched (queue it before faults to aim them mid-stream).
+    Pass,
 }
 
 struct AuthCode {
@@ -482,7 +493,10 @@ impl State {
     }
 
     fn next_injection(&mut self) -> Option<Injection> {
-        self.injections.pop_front()
+        match self.injections.pop_front() {
+            Some(Injection::Pass) | None => None,
+            fault => fault,
+        }
     }
 }
 
@@ -1665,6 +1679,7 @@ fn injected(inj: Injection) -> GraphOut {
             "The gateway did not receive a timely response from the upstream server.",
         ), // FAKE CHOICE of text
         Injection::Fail(s) => gerr(s, "generalException", "An unexpected error occurred."),
+        Injection::Pass => unreachable!("next_injection never yields Pass"),
     }
 }
 
