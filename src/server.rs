@@ -19,7 +19,7 @@ use tower_http::trace::TraceLayer;
 use crate::certs::{self, CertError};
 use crate::config::{Config, ConfigError};
 use crate::directory::Directory;
-use crate::events::{kind, Actor, BatchedEvents, NewEvent};
+use crate::events::{kind, Actor, NewEvent};
 use crate::sso::IdentityProvider;
 use crate::store::{Store, StoreError};
 
@@ -86,13 +86,20 @@ impl App {
         }
         let directory = Directory::new(store.clone(), config.password_policy.clone());
         let shutdown = CancellationToken::new();
-        let (issued_events, event_writer) = BatchedEvents::start(store.clone(), shutdown.clone());
+        let (writes, writer) = crate::store::WriteBehind::start(store.clone(), shutdown.clone());
+        let replay = crate::sso::ReplayCache::load(
+            store.clone(),
+            writes.clone(),
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await?;
         let idp = IdentityProvider::new(
             &config,
             store.clone(),
             directory.clone(),
             signing,
-            issued_events,
+            writes,
+            replay,
         )?;
         let m365 = crate::m365::M365::new(&config, store.clone())?;
         Ok(Self {
@@ -105,7 +112,7 @@ impl App {
             }),
             generated_certificate: generated,
             shutdown,
-            tasks: vec![event_writer],
+            tasks: vec![writer],
         })
     }
 

@@ -10,14 +10,15 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use super::registry::{NameIdSource, ServiceProvider, ServiceProviders};
+use super::replay::ReplayCache;
 use crate::config::Config;
 use crate::directory::{Directory, User, UserState};
-use crate::events::{kind, Actor, BatchedEvents, NewEvent};
+use crate::events::{kind, Actor, NewEvent};
 use crate::saml::{
     self, AssertionParams, AuthnRequest, LogoutRequest, LogoutResponseParams, SamlError,
     SignatureAlgorithm, SigningCredential,
 };
-use crate::store::{PendingRequestRow, ReplayGuard, SessionRow, Store, StoreError};
+use crate::store::{PendingRequestRow, ReplayGuard, SessionRow, Store, StoreError, WriteBehind};
 use crate::web::token_hash;
 
 /// How long a parked AuthnRequest waits for the user to sign in.
@@ -139,14 +140,6 @@ pub struct IncomingRequest {
     pub replay_guard: Option<ReplayGuard>,
 }
 
-/// Maps a unique-key conflict on the replay cache to `Replayed`.
-fn replay_conflict(err: StoreError, guard: Option<&ReplayGuard>) -> SsoError {
-    match (err, guard) {
-        (StoreError::Conflict(_), Some(g)) => SsoError::Replayed(g.request_id.clone()),
-        (other, _) => other.into(),
-    }
-}
-
 /// What to send the browser after a sign-in or a session hit.
 #[derive(Debug)]
 pub enum Answer {
@@ -200,7 +193,8 @@ pub struct IdentityProvider {
     service_providers: ServiceProviders,
     settings: Settings,
     metadata: String,
-    issued_events: BatchedEvents,
+    writes: WriteBehind,
+    replay: ReplayCache,
 }
 
 impl IdentityProvider {
@@ -210,7 +204,8 @@ impl IdentityProvider {
         store: Store,
         directory: Directory,
         signing: SigningCredential,
-        issued_events: BatchedEvents,
+        writes: WriteBehind,
+        replay: ReplayCache,
     ) -> Result<Self, crate::config::ConfigError> {
         let algorithm = config.saml_signature_algorithm()?;
         let metadata = saml::idp_metadata(
@@ -247,13 +242,28 @@ impl IdentityProvider {
                 support_contact: s.support_contact.clone(),
             },
             metadata,
-            issued_events,
+            writes,
+            replay,
         })
+    }
+
+    /// Takes the request's ID in the replay cache (once per request); a second use is a replay.
+    async fn remember(
+        &self,
+        request: &IncomingRequest,
+        now: DateTime<Utc>,
+    ) -> Result<(), SsoError> {
+        match &request.replay_guard {
+            Some(guard) if !self.replay.first_use(guard, now.timestamp_millis()).await? => {
+                Err(SsoError::Replayed(guard.request_id.clone()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Waits until the queued assertion events are committed (tests and shutdown use it).
     pub async fn flush_events(&self) {
-        self.issued_events.flush().await;
+        self.writes.flush().await;
     }
 
     /// The IdP metadata document.
@@ -394,10 +404,8 @@ impl IdentityProvider {
             created_at: now.timestamp_millis(),
             expires_at: (now + Duration::minutes(LOGIN_WINDOW_MINUTES)).timestamp_millis(),
         };
-        self.store
-            .insert_pending_request(&row, request.replay_guard.as_ref())
-            .await
-            .map_err(|e| replay_conflict(e, request.replay_guard.as_ref()))?;
+        self.remember(request, now).await?;
+        self.store.insert_pending_request(&row).await?;
         Ok(token)
     }
 
@@ -624,14 +632,9 @@ impl IdentityProvider {
             "nameIdFormat": sp.name_id.format(),
         }))
         .client_ip(client_ip);
-        // The request ID is committed before the response leaves: a replay gets nothing.
-        if let Some(g) = &request.replay_guard {
-            self.store
-                .remember_request_id(&g.sp_entity_id, &g.request_id, g.expires_at)
-                .await
-                .map_err(|e| replay_conflict(e, Some(g)))?;
-        }
-        self.issued_events.record(event).await;
+        // The request ID is taken before the response leaves: a replay gets nothing.
+        self.remember(request, now).await?;
+        self.writes.record_event(event).await;
         Ok(Answer::Post {
             url: request.acs_url.clone(),
             saml_response: saml::encode_post(&xml),
@@ -689,12 +692,7 @@ impl IdentityProvider {
         request: &IncomingRequest,
         now: DateTime<Utc>,
     ) -> Result<Answer, SsoError> {
-        if let Some(g) = &request.replay_guard {
-            self.store
-                .remember_request_id(&g.sp_entity_id, &g.request_id, g.expires_at)
-                .await
-                .map_err(|e| replay_conflict(e, Some(g)))?;
-        }
+        self.remember(request, now).await?;
         let xml = saml::build_status_response(
             &self.settings.issuer,
             &request.acs_url,

@@ -5,7 +5,9 @@
 mod handlers;
 mod idp;
 mod registry;
+mod replay;
 
 pub use handlers::router;
 pub use idp::{Answer, IdentityProvider, IncomingRequest, LoginOutcome, Refusal, SsoError};
 pub use registry::{NameIdSource, ServiceProvider, ServiceProviders, M365_ENTITY_ID};
+pub use replay::ReplayCache;

@@ -44,10 +44,26 @@ pub(super) async fn insert<'e, E: Executor<'e, Database = Any>>(
 }
 
 impl Store {
-    /// Records several events in one transaction (the batching writer's flush).
-    pub async fn record_events(&self, batch: &[NewEvent]) -> Result<(), StoreError> {
+    /// Records events and answered request IDs in one transaction (the write-behind flush).
+    /// A request ID already stored is left as it is.
+    pub async fn record_batch(
+        &self,
+        events: &[NewEvent],
+        request_ids: &[super::ReplayGuard],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for event in batch {
+        for guard in request_ids {
+            sqlx::query(
+                "INSERT INTO saml_seen_requests (sp_entity_id, request_id, expires_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(&guard.sp_entity_id)
+            .bind(&guard.request_id)
+            .bind(guard.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for event in events {
             insert(&mut *tx, event).await?;
         }
         tx.commit().await?;

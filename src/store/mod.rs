@@ -10,12 +10,14 @@ mod events;
 mod m365;
 mod saml;
 mod users;
+mod write_behind;
 
 pub use admins::AdminRow;
 pub use events::{EventFilter, EventRow};
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
 pub use users::{UserListQuery, UserRow, UserWrite};
+pub use write_behind::WriteBehind;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -98,16 +98,26 @@ impl Store {
         insert_replay_guard(&self.pool, &guard).await
     }
 
-    /// Parks an AuthnRequest for the login form, remembering its ID in the same transaction.
-    pub async fn insert_pending_request(
-        &self,
-        row: &PendingRequestRow,
-        guard: Option<&ReplayGuard>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(guard) = guard {
-            insert_replay_guard(&mut *tx, guard).await?;
-        }
+    /// Answered request IDs that have not expired (to reload the replay cache at start).
+    pub async fn live_request_ids(&self, now_ms: i64) -> Result<Vec<ReplayGuard>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT sp_entity_id, request_id, expires_at FROM saml_seen_requests WHERE expires_at > $1",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(sp_entity_id, request_id, expires_at)| ReplayGuard {
+                sp_entity_id,
+                request_id,
+                expires_at,
+            })
+            .collect())
+    }
+
+    /// Parks an AuthnRequest for the login form.
+    pub async fn insert_pending_request(&self, row: &PendingRequestRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO saml_pending_requests (id_hash, sp_entity_id, request_id, acs_url, \
              relay_state, force_authn, login_hint, browser_hash, created_at, expires_at) \
@@ -123,9 +133,8 @@ impl Store {
         .bind(&row.browser_hash)
         .bind(row.created_at)
         .bind(row.expires_at)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 

@@ -87,10 +87,11 @@ async fn restart_keeps_users_bindings_events_and_the_signing_certificate() {
 
 #[tokio::test]
 async fn batched_events_are_all_committed_on_shutdown() {
-    use idbridge::events::{Actor, BatchedEvents, NewEvent};
+    use idbridge::events::{Actor, NewEvent};
+    use idbridge::store::WriteBehind;
     let app = TestApp::spawn().await;
     let token = tokio_util::sync::CancellationToken::new();
-    let (events, writer) = BatchedEvents::start(app.store.clone(), token.clone());
+    let (events, writer) = WriteBehind::start(app.store.clone(), token.clone());
     for i in 0..1000 {
         let event = NewEvent::new(
             chrono::Utc::now(),
@@ -98,7 +99,7 @@ async fn batched_events_are_all_committed_on_shutdown() {
             "batch_test",
             Some(&i.to_string()),
         );
-        events.record(event).await;
+        events.record_event(event).await;
     }
     // Shutdown while events are still queued: the writer drains them before it stops.
     token.cancel();

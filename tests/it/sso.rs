@@ -1514,6 +1514,20 @@ async fn replayed_stale_and_future_requests_are_rejected() {
 }
 
 #[tokio::test]
+async fn a_request_answered_before_a_restart_is_still_refused_after_it() {
+    let app = TestApp::spawn_with(&issuer_config()).await;
+    let xml = authn_request(&request_id(), "");
+    let first = sso_post(&app.browser(), &app, &xml, None).await;
+    assert!(first.has_login_form(), "{}", first.body);
+    // The replay cache is written behind on the embedded backend: a graceful stop drains it.
+    let dir = app.stop().await;
+    let again = TestApp::spawn_in(dir, &issuer_config()).await;
+    let before = rejected_count(&again).await;
+    let replay = sso_post(&again.browser(), &again, &xml, None).await;
+    assert_rejected(&again, &replay, before, "already used").await;
+}
+
+#[tokio::test]
 async fn login_form_only_works_in_the_browser_that_got_it() {
     let (app, _) = app_with_bound_user().await;
     let victim = app.browser();
