@@ -28,6 +28,17 @@ async fn spawn_against(fake: &GraphFake, extra: &str) -> TestApp {
     app
 }
 
+/// The value of one query parameter of a URL.
+fn query_param(url: &str, name: &str) -> String {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("{name} in {url}"))
+        .1
+        .into_owned()
+}
+
 fn secret() -> String {
     format!("client_secret = \"{}\"", GraphFake::CLIENT_SECRET)
 }
@@ -166,20 +177,8 @@ async fn a_code_redeemed_with_another_flows_verifier_is_refused() {
         .to_str()
         .unwrap()
         .to_string();
-    let code = url::Url::parse(&back)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .into_owned();
-    let second_state = url::Url::parse(&second)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
+    let code = query_param(&back, "code");
+    let second_state = query_param(&second, "state");
     let mut callback = url::Url::parse(&app.url("/m365/callback")).unwrap();
     callback
         .query_pairs_mut()
