@@ -565,6 +565,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_readme_is_a_valid_config() {
+        let readme = include_str!("../README.md");
+        for block in readme.split("```toml\n").skip(1) {
+            let toml = block.split("```").next().unwrap_or_default();
+            if let Err(e) = Config::from_toml(toml) {
+                panic!("README example does not load: {e}\n{toml}");
+            }
+        }
+    }
+
+    #[test]
     fn bad_key_size_is_refused() {
         let e = Config::from_toml("[certs]\nkey_bits = 1024")
             .unwrap_err()
