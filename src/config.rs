@@ -192,8 +192,9 @@ pub struct M365Config {
     pub client_certificate_file: Option<PathBuf>,
     /// …and its PEM private key (must be mode 0600).
     pub client_key_file: Option<PathBuf>,
-    /// Tenant for sign-in: `organizations` (any work account; the admin's tenant is kept), a
-    /// tenant ID or a verified domain. Client-credentials mode needs a tenant ID or domain.
+    /// Tenant for sign-in: a tenant ID or verified domain (needed by single-tenant app
+    /// registrations and by client-credentials mode), or `organizations` for a multi-tenant
+    /// registration (the consenting admin's tenant is then kept).
     pub tenant: String,
     /// Key for encrypting tokens at rest: base64 of 32 bytes. Default: a key file in data_dir.
     #[serde(skip_serializing)]
