@@ -20,7 +20,7 @@ use crate::web::{new_cookie, new_token, render, AppError};
 
 /// The idbridge sign-in session; it must survive Microsoft's cross-site POST.
 const SESSION_COOKIE: &str = "idbridge_session";
-/// Ties a login form to the browser that received the AuthnRequest.
+/// Ties a login form to the browser that received the AuthnRequest (login-CSRF guard).
 const BROWSER_COOKIE: &str = "idbridge_browser";
 
 /// Routes of the SAML identity provider.
@@ -153,11 +153,14 @@ async fn show_login(
         .map(|c| c.value().to_string())
         .unwrap_or_else(new_token);
     let pending = state.idp.park(request, &browser, Utc::now()).await?;
+    // Cross-site like the session cookie: Microsoft's POST must carry it, or every sign-in in
+    // another tab would replace it and fail this one. The login-CSRF guard is the binding of
+    // the pending request to this secret, not SameSite.
     let jar = jar.add(new_cookie(
         BROWSER_COOKIE,
         browser,
         state.config.is_https(),
-        false,
+        true,
     ));
     let page = LoginPage {
         sp_name: &request.sp.name,

@@ -1528,6 +1528,47 @@ async fn a_request_answered_before_a_restart_is_still_refused_after_it() {
 }
 
 #[tokio::test]
+async fn over_https_the_cookies_travel_on_microsofts_cross_site_post() {
+    let app = TestApp::spawn_with(&format!(
+        "base_url = \"https://idp.example.com\"\n{}",
+        issuer_config()
+    ))
+    .await;
+    let encoded = BASE64.encode(authn_request(&request_id(), ""));
+    let response = reqwest::Client::new()
+        .post(app.url("/saml/sso"))
+        .form(&[("SAMLRequest", encoded)])
+        .send()
+        .await
+        .unwrap();
+    let cookies: Vec<String> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let browser = cookies
+        .iter()
+        .find(|c| c.starts_with("idbridge_browser="))
+        .expect("browser cookie set");
+    for attribute in ["HttpOnly", "Secure", "SameSite=None", "Path=/"] {
+        assert!(browser.contains(attribute), "{attribute} in {browser}");
+    }
+}
+
+#[tokio::test]
+async fn two_sign_ins_in_two_tabs_both_complete() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let tab_a = sso_post(&browser, &app, &authn_request(&request_id(), ""), Some("a")).await;
+    let tab_b = sso_post(&browser, &app, &authn_request(&request_id(), ""), Some("b")).await;
+    assert!(tab_a.has_login_form() && tab_b.has_login_form());
+    // Tab A's form is submitted after tab B loaded: it must still be accepted.
+    let answered = submit_login(&browser, &app, &tab_a, USERNAME, PASSWORD).await;
+    assert!(answered.body.contains("SAMLResponse"), "{}", answered.body);
+}
+
+#[tokio::test]
 async fn login_form_only_works_in_the_browser_that_got_it() {
     let (app, _) = app_with_bound_user().await;
     let victim = app.browser();

@@ -28,11 +28,12 @@ pub struct TestApp {
 
 /// Config for a test in `dir`; `extra` is TOML merged over it.
 pub fn test_config(dir: &std::path::Path, extra: &str) -> Config {
+    // `extra` goes before the [certs] table so its top-level keys stay top-level.
     let toml = format!(
         "listen = \"127.0.0.1:0\"\n\
          data_dir = \"{data}\"\n\
-         [certs]\nkey_file = \"{dir}/certs/signing.key\"\ncert_file = \"{dir}/certs/signing.crt\"\n\
-         {extra}\n",
+         {extra}\n\
+         [certs]\nkey_file = \"{dir}/certs/signing.key\"\ncert_file = \"{dir}/certs/signing.crt\"\n",
         data = dir.join("data").display(),
         dir = dir.display(),
     );
