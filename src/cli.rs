@@ -203,12 +203,55 @@ pub enum M365Command {
         /// userPrincipalNames or object IDs.
         users: Vec<String>,
     },
+    /// Bind users to Microsoft 365: their M365 accounts are created or adopted, stamped with an
+    /// immutable ID and kept in sync by the running server.
+    Bind {
+        /// Bind every user not bound yet.
+        #[arg(long, conflicts_with = "users")]
+        all: bool,
+        /// Usernames or emails.
+        users: Vec<String>,
+    },
+    /// Unbind users: SAML sign-in stops at once and their M365 accounts are blocked from
+    /// signing in (not deleted).
+    Unbind {
+        /// Usernames or emails.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Show the attribute export table, or set an optional attribute's direction.
+    Attributes {
+        #[command(subcommand)]
+        action: Option<AttributesAction>,
+    },
+    /// Show what is waiting for or failed to reach Microsoft 365 (all users, or one).
+    Sync {
+        /// One user (username or email): binding, last sync, queued and failed changes.
+        user: Option<String>,
+        /// Queue failed changes again.
+        #[arg(long)]
+        retry: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Deactivate the connection: users stay active in Microsoft 365 and here; every binding
     /// is cleared.
     Deactivate {
         /// Confirm (the bindings of all users are cleared).
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AttributesAction {
+    /// Set an optional attribute's direction: export (overwrites Microsoft 365's value for
+    /// every bound user at once), import (follows Microsoft 365) or exclude.
+    Set {
+        /// The attribute, e.g. department or phoneNumbers.work.number.
+        attribute: String,
+        /// export, import or exclude.
+        direction: String,
     },
 }
 
@@ -352,10 +395,11 @@ async fn open_store(config: &Config) -> Result<Store, CliError> {
 }
 
 async fn open_directory(config: &Config) -> Result<Directory, CliError> {
-    Ok(Directory::new(
-        open_store(config).await?,
-        config.password_policy.clone(),
-    ))
+    let key = crate::m365::data_key(config).map_err(fail)?;
+    Ok(
+        Directory::new(open_store(config).await?, config.password_policy.clone())
+            .with_password_sealer(key),
+    )
 }
 
 async fn user_command(config: &Config, cmd: UserCommand) -> Result<(), CliError> {
@@ -577,6 +621,122 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                 report.run_id, report.imported, report.failed, report.already_imported
             );
         }
+        M365Command::Bind { all, users } => {
+            let sync = open_sync(config, &directory, m365)?;
+            let report = if all {
+                sync.bind_all(&actor, Utc::now()).await
+            } else if users.is_empty() {
+                return Err(CliError(
+                    "name the users to bind (username or email), or pass --all".into(),
+                ));
+            } else {
+                sync.bind(&actor, &users, Utc::now()).await
+            }
+            .map_err(fail)?;
+            print_bind_report("bind", &report);
+        }
+        M365Command::Unbind { users } => {
+            let sync = open_sync(config, &directory, m365)?;
+            let report = sync
+                .unbind(&actor, &users, Utc::now())
+                .await
+                .map_err(fail)?;
+            print_bind_report("unbind", &report);
+        }
+        M365Command::Attributes { action } => {
+            let sync = open_sync(config, &directory, m365)?;
+            if let Some(AttributesAction::Set {
+                attribute,
+                direction,
+            }) = action
+            {
+                let from = sync
+                    .set_direction(&actor, &attribute, &direction, Utc::now())
+                    .await
+                    .map_err(fail)?;
+                println!(
+                    "{attribute}: {} -> {}",
+                    from.as_str(),
+                    direction.to_lowercase()
+                );
+                if direction.eq_ignore_ascii_case("export") {
+                    println!("note: Microsoft 365's values of this attribute are overwritten with idbridge's for every bound user");
+                }
+            }
+            for (m, d) in sync.attribute_table().await.map_err(fail)? {
+                println!(
+                    "{:<30} {:<18} {}",
+                    m.attribute,
+                    m.graph_property,
+                    if m.always { "always exported" } else { d.as_str() }
+                );
+            }
+        }
+        M365Command::Sync { user, retry, json } => {
+            let sync = open_sync(config, &directory, m365)?;
+            let user = match user {
+                Some(key) => Some(directory.get_user(&key).await.map_err(fail)?),
+                None => None,
+            };
+            if retry {
+                let n = sync
+                    .retry_failed(&actor, user.as_ref(), Utc::now())
+                    .await
+                    .map_err(fail)?;
+                println!("{n} failed changes queued again");
+            }
+            match &user {
+                Some(u) => {
+                    let status = sync.user_status(u).await.map_err(fail)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&status).map_err(fail)?);
+                    } else {
+                        println!("binding:        {}", status.state.as_deref().unwrap_or("unbound"));
+                        if let Some(id) = &status.immutable_id {
+                            println!("immutable ID:   {id}");
+                        }
+                        if let Some(id) = &status.m365_object_id {
+                            println!("M365 object ID: {id}");
+                        }
+                        if let Some(at) = &status.last_sync_at {
+                            println!("last sync:      {at}");
+                        }
+                        if let Some(e) = &status.last_error {
+                            println!("last error:     {e}");
+                        }
+                        println!("password here:  {}", if status.password_pushed { "pushed to Microsoft 365" } else { "not yet pushed (at the next sign-in or change)" });
+                        println!("queued:         {}", status.queued_jobs.join(", "));
+                        for f in &status.failed_jobs {
+                            println!("failed:         {} ({} attempts): {}", f.kind, f.attempts, f.error.as_deref().unwrap_or(""));
+                        }
+                    }
+                }
+                None => {
+                    let counts = sync.counts().await.map_err(fail)?;
+                    let failed = sync.failed_jobs(None).await.map_err(fail)?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&serde_json::json!({"counts": counts, "failed": failed}))
+                                .map_err(fail)?
+                        );
+                    } else {
+                        println!(
+                            "bindings: {} bound, {} pending, {} failed, {} unbound; changes: {} queued, {} failed",
+                            counts.bound, counts.pending, counts.bind_failed, counts.unbound, counts.queued, counts.failed
+                        );
+                        for f in failed {
+                            let who = directory
+                                .get_user(&f.user_id)
+                                .await
+                                .map(|u| u.username)
+                                .unwrap_or(f.user_id.clone());
+                            println!("failed\t{who}\t{}\t{}", f.kind, f.error.unwrap_or_default());
+                        }
+                    }
+                }
+            }
+        }
         M365Command::Deactivate { yes } => {
             if !yes {
                 return Err(CliError(
@@ -589,6 +749,34 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
     }
     directory.store().close().await;
     Ok(())
+}
+
+fn open_sync(
+    config: &Config,
+    directory: &Directory,
+    m365: crate::m365::M365,
+) -> Result<crate::m365::M365Sync, CliError> {
+    Ok(crate::m365::M365Sync::new(
+        directory.store().clone(),
+        directory.clone(),
+        std::sync::Arc::new(m365),
+        crate::m365::data_key(config).map_err(fail)?,
+        config.m365.sync.clone(),
+    ))
+}
+
+fn print_bind_report(what: &str, report: &crate::m365::sync::BindReport) {
+    for user in &report.queued {
+        println!("{user}\tqueued");
+    }
+    for (user, why) in &report.skipped {
+        println!("{user}\tskipped: {why}");
+    }
+    println!(
+        "{what}: {} queued, {} skipped. The running server sends the changes to Microsoft 365 within seconds; see `idbridge m365 sync`.",
+        report.queued.len(),
+        report.skipped.len()
+    );
 }
 
 fn print_status(s: &crate::m365::ConnectionStatus) {

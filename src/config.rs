@@ -201,6 +201,46 @@ pub struct M365Config {
     pub token_key: Option<String>,
     /// Key file used when `token_key` is not set (created mode 0600 on first use).
     pub token_key_file: Option<PathBuf>,
+    /// How changes reach Microsoft 365.
+    pub sync: SyncConfig,
+}
+
+/// Delivery of changes to Microsoft 365 and import of changes from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Deliveries of one change before it is marked failed.
+    pub max_attempts: u32,
+    /// Wait before the second delivery attempt (doubles each time, with jitter).
+    pub retry_base_ms: u64,
+    /// Longest wait between two attempts.
+    pub retry_max_seconds: u64,
+    /// How often the outbox is checked for changes made by other processes (the CLI, other
+    /// nodes); changes made in this process are sent at once.
+    pub poll_interval_ms: u64,
+    /// How often attributes set to Import are read from Microsoft 365 (delta query).
+    pub import_interval_seconds: u64,
+    /// Changes taken per delivery round (sent in Graph batches of 20).
+    pub jobs_per_round: u32,
+    /// Attempts of one Graph request when throttled (429) or unavailable (503/504).
+    pub graph_max_attempts: u32,
+    /// First backoff of a Graph request without Retry-After (doubles each retry).
+    pub graph_retry_base_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            retry_base_ms: 5_000,
+            retry_max_seconds: 900,
+            poll_interval_ms: 2_000,
+            import_interval_seconds: 300,
+            jobs_per_round: 200,
+            graph_max_attempts: 6,
+            graph_retry_base_ms: 500,
+        }
+    }
 }
 
 impl Default for M365Config {
@@ -216,6 +256,7 @@ impl Default for M365Config {
             tenant: "organizations".into(),
             token_key: None,
             token_key_file: None,
+            sync: SyncConfig::default(),
         }
     }
 }

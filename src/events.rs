@@ -59,6 +59,16 @@ pub mod kind {
     pub const M365_DEACTIVATE: &str = "m365_deactivate";
     pub const M365_IMPORT: &str = "m365_import";
     pub const M365_IMPORT_USER_FAILED: &str = "m365_import_user_failed";
+    pub const M365_BIND: &str = "m365_bind";
+    pub const M365_UNBIND: &str = "m365_unbind";
+    pub const M365_USER_CREATED: &str = "m365_user_created";
+    pub const M365_USER_ADOPTED: &str = "m365_user_adopted";
+    pub const M365_SYNC_FAILED: &str = "m365_sync_failed";
+    pub const M365_SYNC_RETRY: &str = "m365_sync_retry";
+    /// Seed 004: an attribute's direction was set to Import or Export.
+    pub const INTEGRATION_ATTRIBUTE_INCLUDE: &str = "integrationattribute_include";
+    /// Seed 004: an attribute's direction was set to Exclude.
+    pub const INTEGRATION_ATTRIBUTE_EXCLUDE: &str = "integrationattribute_exclude";
 }
 
 /// An event about to be recorded.

@@ -47,7 +47,9 @@ pub struct AppInner {
     pub store: Store,
     pub directory: Directory,
     pub idp: IdentityProvider,
-    pub m365: crate::m365::M365,
+    pub m365: Arc<crate::m365::M365>,
+    /// Binding and sync with Microsoft 365.
+    pub sync: Arc<crate::m365::M365Sync>,
 }
 
 /// Shared application state, cheap to clone.
@@ -84,7 +86,9 @@ impl App {
             }));
             store.record_event(&event).await?;
         }
-        let directory = Directory::new(store.clone(), config.password_policy.clone());
+        let data_key = crate::m365::data_key(&config)?;
+        let directory = Directory::new(store.clone(), config.password_policy.clone())
+            .with_password_sealer(data_key.clone());
         let shutdown = CancellationToken::new();
         let (writes, writer) = crate::store::WriteBehind::start(store.clone(), shutdown.clone());
         let replay = crate::sso::ReplayCache::load(
@@ -101,7 +105,14 @@ impl App {
             writes,
             replay,
         )?;
-        let m365 = crate::m365::M365::new(&config, store.clone())?;
+        let m365 = Arc::new(crate::m365::M365::new(&config, store.clone())?);
+        let sync = Arc::new(crate::m365::M365Sync::new(
+            store.clone(),
+            directory.clone(),
+            m365.clone(),
+            data_key,
+            config.m365.sync.clone(),
+        ));
         Ok(Self {
             state: Arc::new(AppInner {
                 config,
@@ -109,6 +120,7 @@ impl App {
                 directory,
                 idp,
                 m365,
+                sync,
             }),
             generated_certificate: generated,
             shutdown,
@@ -162,6 +174,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let token = app.shutdown.clone();
     let janitor = tokio::spawn(purge_expired(app.state.clone(), token.clone()));
+    let sync_worker = tokio::spawn(app.state.sync.clone().run(token.clone()));
     let router = app.router();
     let serve_token = token.clone();
     let result = axum::serve(
@@ -177,6 +190,7 @@ pub async fn run(
     .await;
     token.cancel();
     let _ = janitor.await;
+    let _ = sync_worker.await;
     for task in app.tasks {
         let _ = task.await;
     }

@@ -14,8 +14,11 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
+use std::sync::Arc;
+
 use crate::events::{kind, Actor, NewEvent};
-use crate::store::{AdminRow, LinkRow, Store, StoreError, UserListQuery, UserWrite};
+use crate::secrets::SecretBox;
+use crate::store::{AdminRow, LinkRow, OutboxJob, Store, StoreError, UserListQuery, UserWrite};
 
 /// Why a directory operation was refused; each message tells the admin what to change.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,10 @@ pub enum DirectoryError {
     Policy(#[from] PolicyViolation),
     #[error("user {0:?} is bound to Microsoft 365; unbind it before deleting it")]
     Bound(String),
+    #[error("user {0:?} has changes still on their way to Microsoft 365; try again in a minute")]
+    SyncPending(String),
+    #[error("cannot seal the password for Microsoft 365: {0}")]
+    Seal(String),
     #[error("nothing to change: name at least one attribute")]
     NoChanges,
     #[error("admin {0:?} already exists")]
@@ -61,7 +68,14 @@ pub const ROLE_FULL_ADMIN: &str = "admin";
 pub struct Directory {
     store: Store,
     policy: PasswordPolicy,
+    /// Seals passwords waiting in the outbox for Microsoft 365 (None: passwords are not pushed).
+    sealer: Option<SecretBox>,
+    /// Wakes the sync worker after a change to a bound user is committed.
+    outbox_signal: Arc<tokio::sync::Notify>,
 }
+
+/// The sealing context of passwords in the outbox (authenticated data of the ciphertext).
+pub const OUTBOX_PASSWORD_CONTEXT: &str = "m365_outbox.secret_enc";
 
 /// A random identifier for new records: 32 hex characters.
 pub fn new_record_id() -> String {
@@ -73,7 +87,88 @@ pub fn new_record_id() -> String {
 
 impl Directory {
     pub fn new(store: Store, policy: PasswordPolicy) -> Self {
-        Self { store, policy }
+        Self {
+            store,
+            policy,
+            sealer: None,
+            outbox_signal: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Enables password push to Microsoft 365: new passwords of bound users are sealed with
+    /// `sealer` into the outbox.
+    pub fn with_password_sealer(mut self, sealer: SecretBox) -> Self {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    /// The signal the sync worker waits on.
+    pub fn outbox_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_signal.clone()
+    }
+
+    fn wake_sync(&self) {
+        self.outbox_signal.notify_one();
+    }
+
+    fn password_job(&self, password: &SecretString) -> Result<Option<OutboxJob>, DirectoryError> {
+        match &self.sealer {
+            Some(sealer) => sealer
+                .seal(password, OUTBOX_PASSWORD_CONTEXT)
+                .map(|sealed| Some(OutboxJob::password(sealed)))
+                .map_err(|e| DirectoryError::Seal(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Queues the user's password for Microsoft 365 if it has not reached it yet (seed 000:
+    /// idbridge becomes the password authority at the user's next sign-in).
+    pub async fn push_password_if_needed(
+        &self,
+        user: &User,
+        password: &SecretString,
+        now: DateTime<Utc>,
+    ) -> Result<bool, DirectoryError> {
+        if user.m365.as_ref().is_none_or(|b| b.state != "bound") {
+            return Ok(false);
+        }
+        let pushed = self
+            .store
+            .binding(&user.id)
+            .await?
+            .is_none_or(|b| b.password_pushed == 1 || b.state != "bound");
+        if pushed || self.store.has_queued_password(&user.id).await? {
+            return Ok(false);
+        }
+        let Some(job) = self.password_job(password)? else {
+            return Ok(false);
+        };
+        self.store
+            .queue_job_if_bound(&user.id, &job, now.timestamp_millis())
+            .await?;
+        self.wake_sync();
+        Ok(true)
+    }
+
+    /// Writes attribute values read from Microsoft 365 (attributes whose direction is Import);
+    /// nothing is queued back to Microsoft 365.
+    pub async fn apply_imported(
+        &self,
+        user: &User,
+        changes: &UserChanges,
+        now: DateTime<Utc>,
+    ) -> Result<(), DirectoryError> {
+        let mut write = user.to_write();
+        changes.apply(&mut write)?;
+        if changes.manager.is_some() {
+            write.manager_id = self.resolve_manager(changes, &write.id).await?;
+        }
+        let event = NewEvent::new(now, &Actor::System, kind::USER_UPDATE, Some(&user.username))
+            .details(json!({"changed": changes.changed_fields(), "source": "m365"}));
+        self.store
+            .update_user(&write, now.timestamp_millis(), &event, &[])
+            .await?;
+        Ok(())
     }
 
     /// The password policy in force.
@@ -211,11 +306,23 @@ impl Directory {
         if changes.manager.is_some() {
             write.manager_id = self.resolve_manager(changes, &write.id).await?;
         }
+        let changed = changes.changed_fields();
         let event = NewEvent::new(now, actor, kind::USER_UPDATE, Some(&user.username))
-            .details(json!({"changed": changes.changed_fields()}));
+            .details(json!({"changed": changed}));
+        // The username stays here; every other attribute may be exported (the worker checks
+        // the export selection when it delivers).
+        let synced: Vec<&str> = changed.into_iter().filter(|f| *f != "username").collect();
+        let jobs: Vec<OutboxJob> = if synced.is_empty() {
+            Vec::new()
+        } else {
+            vec![OutboxJob::attributes(&synced)]
+        };
         self.store
-            .update_user(&write, now.timestamp_millis(), &event)
+            .update_user(&write, now.timestamp_millis(), &event, &jobs)
             .await?;
+        if !jobs.is_empty() {
+            self.wake_sync();
+        }
         self.get_user(&user.id).await
     }
 
@@ -236,8 +343,14 @@ impl Directory {
         };
         let event = NewEvent::new(now, actor, event_type, Some(&user.username));
         self.store
-            .update_user(&write, now.timestamp_millis(), &event)
+            .update_user(
+                &write,
+                now.timestamp_millis(),
+                &event,
+                &[OutboxJob::account()],
+            )
             .await?;
+        self.wake_sync();
         self.get_user(&user.id).await
     }
 
@@ -265,6 +378,7 @@ impl Directory {
         }
         let hash = self.hash(password).await?;
         let event = NewEvent::new(now, actor, kind::USER_PASSWORD_SET, Some(&user.username));
+        let job = self.password_job(password)?;
         self.store
             .set_password(
                 &user.id,
@@ -272,8 +386,10 @@ impl Directory {
                 i64::from(self.policy.history.max(1)),
                 now.timestamp_millis(),
                 &event,
+                job.as_ref(),
             )
             .await?;
+        self.wake_sync();
         Ok(())
     }
 
@@ -310,8 +426,11 @@ impl Directory {
         now: DateTime<Utc>,
     ) -> Result<(), DirectoryError> {
         let user = self.get_user(key).await?;
-        if user.m365.is_some() {
+        if user.m365.as_ref().is_some_and(|b| b.state != "unbound") {
             return Err(DirectoryError::Bound(user.username));
+        }
+        if self.store.has_queued_jobs(&user.id).await? {
+            return Err(DirectoryError::SyncPending(user.username));
         }
         let event = NewEvent::new(now, actor, kind::USER_DELETE, Some(&user.username))
             .details(json!({"email": user.email}));

@@ -195,19 +195,26 @@ fn read_private_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, M365
     std::fs::read(path).map_err(|e| setting_error(setting, e, "make it readable by idbridge"))
 }
 
+/// The key that seals tokens and queued passwords at rest: `m365.token_key`, else the key
+/// file (created mode 0600 on first use).
+pub fn data_key(config: &Config) -> Result<SecretBox, M365SetupError> {
+    let m = &config.m365;
+    Ok(match &m.token_key {
+        Some(key) => SecretBox::from_base64(key)?,
+        None => SecretBox::load_or_create(
+            &m.token_key_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("token.key")),
+        )?,
+    })
+}
+
 impl M365 {
     /// Builds the integration from config: the token key (created on first use), the client
     /// credential if configured, and the Graph client.
     pub fn new(config: &Config, store: Store) -> Result<Self, M365SetupError> {
         let m = &config.m365;
-        let secrets = match &m.token_key {
-            Some(key) => SecretBox::from_base64(key)?,
-            None => SecretBox::load_or_create(
-                &m.token_key_file
-                    .clone()
-                    .unwrap_or_else(|| config.data_dir.join("token.key")),
-            )?,
-        };
+        let secrets = data_key(config)?;
         let credential = if let (Some(cert), Some(key)) =
             (&m.client_certificate_file, &m.client_key_file)
         {
@@ -235,7 +242,12 @@ impl M365 {
                 .as_ref()
                 .map(|s| ClientCredential::Secret(SecretString::from(s.clone())))
         };
-        let graph = GraphClient::new(&m.graph_base_url, RetryPolicy::default()).map_err(|e| {
+        let policy = RetryPolicy {
+            max_attempts: m.sync.graph_max_attempts.max(1),
+            base_delay: std::time::Duration::from_millis(m.sync.graph_retry_base_ms),
+            ..RetryPolicy::default()
+        };
+        let graph = GraphClient::new(&m.graph_base_url, policy).map_err(|e| {
             setting_error("m365.graph_base_url", e, "use the Graph URL of your cloud")
         })?;
         let graph_resource = url::Url::parse(&m.graph_base_url)

@@ -4,6 +4,8 @@
 pub mod connection;
 pub mod graph;
 pub mod import;
+pub mod sync;
 
-pub use connection::{ConnectionStatus, M365Error, M365SetupError, M365};
+pub use connection::{data_key, ConnectionStatus, M365Error, M365SetupError, M365};
+pub use sync::M365Sync;
 pub use import::{ImportProgress, ImportReport, ImportSelection, TenantUser};

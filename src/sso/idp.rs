@@ -505,6 +505,15 @@ impl IdentityProvider {
         )
         .client_ip(client_ip);
         self.store.insert_session(&session, &event).await?;
+        // Seed 000: idbridge becomes the password authority once the user signs in here; the
+        // M365 account was created with a random password.
+        if let Err(err) = self
+            .directory
+            .push_password_if_needed(&user, password, now)
+            .await
+        {
+            tracing::warn!(user = %user.username, %err, "could not queue the password for Microsoft 365");
+        }
         Ok(LoginOutcome::SignedIn {
             user: Box::new(user),
             session,

@@ -120,6 +120,13 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // Ownership of the M365 accounts is released: nothing more is sent.
+        sqlx::query("DELETE FROM m365_outbox")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM m365_delta_state")
+            .execute(&mut *tx)
+            .await?;
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
         Ok(cleared)

@@ -9,6 +9,7 @@ mod admins;
 mod events;
 mod m365;
 mod saml;
+mod sync;
 mod users;
 mod write_behind;
 
@@ -16,6 +17,7 @@ pub use admins::AdminRow;
 pub use events::{EventFilter, EventRow};
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
+pub use sync::{BindOutcome, BindRequest, BindingRow, JobEffect, OutboxJob, OutboxRow, SyncCounts};
 pub use users::{UserListQuery, UserRow, UserWrite};
 pub use write_behind::WriteBehind;
 

@@ -1,4 +1,5 @@
-use super::{events, like_pattern, Store, StoreError};
+use super::sync::enqueue_if_bound;
+use super::{events, like_pattern, OutboxJob, Store, StoreError};
 use crate::events::NewEvent;
 
 /// A user as stored, joined with its manager's username and its Microsoft 365 binding.
@@ -182,11 +183,14 @@ impl Store {
     }
 
     /// Rewrites a user's attributes and records the event in one transaction.
+    ///
+    /// `sync` is queued for Microsoft 365 in the same transaction when the user is bound.
     pub async fn update_user(
         &self,
         user: &UserWrite,
         now_ms: i64,
         event: &NewEvent,
+        sync: &[OutboxJob],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -226,6 +230,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        for job in sync {
+            enqueue_if_bound(&mut *tx, &user.id, job, now_ms).await?;
+        }
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
         Ok(())
@@ -248,7 +255,8 @@ impl Store {
         Ok(rows.into_iter().map(|(h,)| h).collect())
     }
 
-    /// Sets a new password hash, appends it to the history (pruned to `keep`), records the event.
+    /// Sets a new password hash, appends it to the history (pruned to `keep`), records the event
+    /// and, for a bound user, queues `sync` (the sealed password for Microsoft 365).
     pub async fn set_password(
         &self,
         user_id: &str,
@@ -256,6 +264,7 @@ impl Store {
         keep: i64,
         now_ms: i64,
         event: &NewEvent,
+        sync: Option<&OutboxJob>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -283,6 +292,9 @@ impl Store {
         .bind(keep.max(1))
         .execute(&mut *tx)
         .await?;
+        if let Some(job) = sync {
+            enqueue_if_bound(&mut *tx, user_id, job, now_ms).await?;
+        }
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
         Ok(())

@@ -657,3 +657,642 @@ async fn graph_fake_client_assertion_is_checked() {
     let (s, b) = post(forged).await;
     assert_eq!((s, b["error_codes"][0].as_u64()), (401, Some(50012)), "{b}");
 }
+
+/// Sends `$batch` items; returns the sub-responses by id.
+async fn batch(fake: &GraphFake, at: &str, requests: Value) -> HashMap<String, Value> {
+    let (s, _, b) = graph(
+        fake,
+        at,
+        reqwest::Method::POST,
+        "/$batch",
+        Some(json!({ "requests": requests })),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    b["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+/// GET with extra headers.
+async fn get_with(
+    fake: &GraphFake,
+    at: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = client().get(url).bearer_auth(at);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    };
+    let _ = fake;
+    (status, headers, v)
+}
+
+/// Follows a delta round from `url` to its deltaLink; returns (page sizes, items, deltaLink).
+async fn delta_round(
+    fake: &GraphFake,
+    at: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (Vec<usize>, Vec<Value>, String) {
+    let mut next = url.to_string();
+    let mut sizes = Vec::new();
+    let mut items = Vec::new();
+    loop {
+        let (s, _, b) = get_with(fake, at, &next, headers).await;
+        assert_eq!(s, 200, "{b}");
+        let value = b["value"].as_array().unwrap();
+        sizes.push(value.len());
+        items.extend(value.iter().cloned());
+        if let Some(n) = b["@odata.nextLink"].as_str() {
+            assert!(
+                n.starts_with(&format!(
+                    "{}/users/delta?$skiptoken=",
+                    fake.graph_base_url()
+                )),
+                "{n}"
+            );
+            assert!(b.get("@odata.deltaLink").is_none());
+            next = n.to_string();
+        } else {
+            let d = b["@odata.deltaLink"].as_str().expect("a deltaLink");
+            assert!(
+                d.starts_with(&format!(
+                    "{}/users/delta?$deltatoken=",
+                    fake.graph_base_url()
+                )),
+                "{d}"
+            );
+            return (sizes, items, d.to_string());
+        }
+    }
+}
+
+fn by_id(items: &[Value]) -> HashMap<String, Value> {
+    items
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap().to_string(), i.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn graph_fake_delta_rounds_track_selected_changes() {
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    let ids = fake.add_users(5, "contoso.com");
+    fake.set_manager_in_m365(&ids[0], Some(&ids[1]));
+    fake.set_delta_page_size(2);
+    let at = app_token(&fake).await;
+    let start = format!(
+        "{}/users/delta?$select=displayName,jobTitle,department,manager",
+        fake.graph_base_url()
+    );
+
+    // Initial round: every user, in pages, then a deltaLink; never-set properties left out.
+    let (sizes, items, link) = delta_round(&fake, &at, &start, &[]).await;
+    assert_eq!(sizes, [2, 2, 1]);
+    let got = by_id(&items);
+    assert_eq!(got.len(), 5);
+    let first = &got[&ids[0]];
+    assert_eq!(first["displayName"], "User 0001");
+    assert!(first.get("jobTitle").is_none(), "{first}");
+    assert!(first.get("userPrincipalName").is_none(), "not selected");
+    assert_eq!(
+        first["manager@delta"],
+        json!([{"@odata.type": "#microsoft.graph.user", "id": ids[1]}])
+    );
+    assert!(got[&ids[1]].get("manager@delta").is_none());
+
+    // No changes: an empty page and a deltaLink.
+    let (sizes, _, link) = delta_round(&fake, &at, &link, &[]).await;
+    assert_eq!(sizes, [0]);
+
+    // A selected property changed through Graph, an unselected one in the portal.
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::PATCH,
+        &format!("/users/{}", ids[1]),
+        Some(json!({"jobTitle": "Engineer"})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    fake.set_user_property("user0003@contoso.com", "city", json!("Oslo"));
+    // Writing the value a property already has is no change.
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::PATCH,
+        &format!("/users/{}", ids[3]),
+        Some(json!({"displayName": "User 0004"})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (_, items, link) = delta_round(&fake, &at, &link, &[]).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(
+        items[0],
+        json!({"id": ids[1], "displayName": "User 0002", "jobTitle": "Engineer"})
+    );
+
+    // Prefer: return=minimal gives only what changed.
+    fake.set_user_property(&ids[1], "department", json!("R&D"));
+    let minimal = [("Prefer", "return=minimal")];
+    let (_, items, link) = delta_round(&fake, &at, &link, &minimal).await;
+    assert_eq!(items, [json!({"id": ids[1], "department": "R&D"})]);
+
+    // Manager removed and set; a user deleted (restorable), another purged; a new user.
+    fake.set_manager_in_m365(&ids[0], None);
+    fake.set_manager_in_m365(&ids[2], Some(&ids[1]));
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::DELETE,
+        &format!("/users/{}", ids[3]),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    fake.delete_user_in_m365(&ids[4]);
+    fake.purge_deleted(&ids[4]);
+    let new_id = fake.add_user(FakeUserSpec {
+        upn: "new@contoso.com".into(),
+        display_name: Some("New Person".into()),
+        account_enabled: true,
+        ..FakeUserSpec::default()
+    });
+    let (_, items, link) = delta_round(&fake, &at, &link, &[]).await;
+    let got = by_id(&items);
+    assert_eq!(got.len(), 5, "{items:?}");
+    assert_eq!(
+        got[&ids[0]]["manager@delta"],
+        json!([{"@odata.type": "#microsoft.graph.user", "id": ids[1], "@removed": {"reason": "deleted"}}])
+    );
+    assert_eq!(got[&ids[0]]["displayName"], "User 0001");
+    assert_eq!(got[&ids[2]]["manager@delta"][0]["id"], ids[1].as_str());
+    assert_eq!(
+        got[&ids[3]],
+        json!({"id": ids[3], "@removed": {"reason": "changed"}})
+    );
+    assert_eq!(
+        got[&ids[4]],
+        json!({"id": ids[4], "@removed": {"reason": "deleted"}})
+    );
+    assert_eq!(got[&new_id]["displayName"], "New Person");
+
+    // Restored users come back whole.
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::POST,
+        &format!("/directory/deletedItems/{}/restore", ids[3]),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, items, _) = delta_round(&fake, &at, &link, &minimal).await;
+    assert_eq!(items, [json!({"id": ids[3], "displayName": "User 0004"})]);
+
+    // A $filter by ids; unsupported options.
+    let (_, items, _) = delta_round(
+        &fake,
+        &at,
+        &format!(
+            "{}/users/delta?$select=displayName&$filter=id eq '{}' or id eq '{}'",
+            fake.graph_base_url(),
+            ids[0],
+            ids[2]
+        ),
+        &[],
+    )
+    .await;
+    let mut got: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    got.sort();
+    let mut want = vec![ids[0].as_str(), ids[2].as_str()];
+    want.sort();
+    assert_eq!(got, want);
+    for bad in ["$top=5", "$orderby=displayName", "$expand=manager"] {
+        let (s, _, b) = graph(
+            &fake,
+            &at,
+            reqwest::Method::GET,
+            &format!("/users/delta?{bad}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 400, "{bad}");
+        assert_eq!(b["error"]["code"], "Request_UnsupportedQuery");
+    }
+}
+
+#[tokio::test]
+async fn graph_fake_delta_latest_resync_and_faults() {
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    let ids = fake.add_users(3, "contoso.com");
+    let at = app_token(&fake).await;
+
+    // "Sync from now": only a deltaLink.
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        "/users/delta?$select=displayName,accountEnabled&$deltatoken=latest",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["value"], json!([]));
+    assert!(b.get("@odata.nextLink").is_none());
+    let link = b["@odata.deltaLink"].as_str().unwrap().to_string();
+    fake.set_user_property(&ids[2], "accountEnabled", json!(false));
+    let (_, items, link) = delta_round(&fake, &at, &link, &[]).await;
+    assert_eq!(
+        items,
+        [json!({"id": ids[2], "displayName": "User 0003", "accountEnabled": false})]
+    );
+
+    // Injected faults apply to delta calls too.
+    fake.throttle_next(1, "0.05");
+    let (s, h, _) = graph(&fake, &at, reqwest::Method::GET, &link, None).await;
+    assert_eq!(s, 429);
+    assert_eq!(h["retry-after"], "0.05");
+
+    // A garbled token is refused; an invalidated one answers 410 with the initial query.
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        "/users/delta?$deltatoken=not-a-token",
+        None,
+    )
+    .await;
+    assert_eq!(s, 400);
+    fake.invalidate_delta_tokens();
+    let (s, h, b) = graph(&fake, &at, reqwest::Method::GET, &link, None).await;
+    assert_eq!(s, 410, "{b}");
+    let location = h["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with(&format!("{}/users/delta?", fake.graph_base_url()))
+            && location.ends_with("$deltatoken=")
+            && location.contains("$select="),
+        "{location}"
+    );
+    let (sizes, items, _) = delta_round(&fake, &at, &location, &[]).await;
+    assert_eq!(sizes, [3]);
+    assert_eq!(items[0]["accountEnabled"], true);
+}
+
+#[tokio::test]
+async fn graph_fake_soft_delete_restore_and_held_upns() {
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    let at = app_token(&fake).await;
+    let user = json!({"accountEnabled": true, "displayName": "Adele Vance", "mailNickname": "AdeleV",
+                      "userPrincipalName": "adele@contoso.com",
+                      "passwordProfile": {"password": "xWwvJ]6NMw+bWH-d"}});
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::POST,
+        "/users",
+        Some(user.clone()),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let old = b["id"].as_str().unwrap().to_string();
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::DELETE,
+        "/users/adele@contoso.com",
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+
+    // Gone from /users, present in deleted items.
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        &format!("/users/{old}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (_, _, b) = graph(&fake, &at, reqwest::Method::GET, "/users", None).await;
+    assert_eq!(b["value"], json!([]));
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        "/directory/deletedItems/microsoft.graph.user",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["value"][0]["id"], old.as_str());
+    assert!(b["value"][0]["deletedDateTime"].is_string());
+    assert_eq!(
+        b["value"][0]["userPrincipalName"],
+        format!("{}adele@contoso.com", old.replace('-', ""))
+    );
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        &format!("/directory/deletedItems/{old}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["@odata.type"], "#microsoft.graph.user");
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        "/directory/deletedItems",
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "the cast is required");
+    assert_eq!(fake.deleted_users().len(), 1);
+    assert_eq!(
+        fake.deleted_users()[0]["userPrincipalName"],
+        "adele@contoso.com"
+    );
+
+    // While held, the UPN can't be reused.
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::POST,
+        "/users",
+        Some(user.clone()),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["code"], "Request_BadRequest");
+    assert_eq!(
+        b["error"]["message"],
+        "Another object with the same value for property userPrincipalName already exists."
+    );
+    assert_eq!(b["error"]["details"][0]["code"], "ObjectConflict");
+    assert_eq!(b["error"]["details"][0]["target"], "userPrincipalName");
+
+    // Released: a new user takes the UPN, and restoring the old one conflicts.
+    fake.release_deleted_upns();
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::POST,
+        "/users",
+        Some(user.clone()),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let new = b["id"].as_str().unwrap().to_string();
+    let restore = format!("/directory/deletedItems/{old}/restore");
+    let (s, _, b) = graph(&fake, &at, reqwest::Method::POST, &restore, None).await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["details"][0]["target"], "userPrincipalName");
+
+    // The new one deleted in the portal and purged; the old one restored.
+    fake.delete_user_in_m365(&new);
+    fake.purge_deleted(&new);
+    let (s, _, b) = graph(&fake, &at, reqwest::Method::POST, &restore, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["@odata.type"], "#microsoft.graph.user");
+    assert_eq!(b["id"], old.as_str());
+    assert_eq!(b["userPrincipalName"], "adele@contoso.com");
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        "/users/adele@contoso.com",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(fake.deleted_users().is_empty());
+
+    // Purge over Graph.
+    fake.delete_user_in_m365("adele@contoso.com");
+    let (s, _, _) = graph(
+        &fake,
+        &at,
+        reqwest::Method::DELETE,
+        &format!("/directory/deletedItems/{old}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert!(fake.deleted_users().is_empty());
+    let (s, _, b) = graph(&fake, &at, reqwest::Method::POST, &restore, None).await;
+    assert_eq!(s, 404);
+    assert_eq!(b["error"]["code"], "Request_ResourceNotFound");
+}
+
+#[tokio::test]
+async fn graph_fake_lost_answers_apply_once_and_batch_items_work() {
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    let boss = fake.add_user(FakeUserSpec {
+        upn: "boss@contoso.com".into(),
+        account_enabled: true,
+        ..FakeUserSpec::default()
+    });
+    let at = app_token(&fake).await;
+    let base_requests = fake.request_count();
+    let user = |upn: &str| {
+        json!({"accountEnabled": true, "displayName": "Adele Vance", "mailNickname": "AdeleV",
+               "userPrincipalName": upn, "passwordProfile": {"password": "xWwvJ]6NMw+bWH-d"}})
+    };
+
+    // A lost answer: the POST is applied but answered 504; the retry conflicts.
+    fake.apply_then_fail_next(1, 504);
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        "/users/boss@contoso.com",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "reads don't consume a lost answer: {b}");
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::POST,
+        "/users",
+        Some(user("adele@contoso.com")),
+    )
+    .await;
+    assert_eq!(s, 504);
+    assert_eq!(b["error"]["code"], "gatewayTimeout");
+    assert!(fake.user("adele@contoso.com").is_some());
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::POST,
+        "/users",
+        Some(user("adele@contoso.com")),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["details"][0]["code"], "ObjectConflict");
+    let adeles = fake
+        .users()
+        .iter()
+        .filter(|u| u["userPrincipalName"] == "adele@contoso.com")
+        .count();
+    assert_eq!(adeles, 1);
+    assert_eq!(fake.request_count() - base_requests, 3);
+
+    // Inside a batch: the item gets the status; the write happened.
+    let adele = fake.user("adele@contoso.com").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ct = json!({"Content-Type": "application/json"});
+    fake.apply_then_fail_next(1, 500);
+    let before = fake.batch_subrequest_count();
+    let got = batch(
+        &fake,
+        &at,
+        json!([
+            {"id": "get", "method": "GET", "url": "/users/boss@contoso.com?$select=id,accountEnabled"},
+            {"id": "missing", "method": "GET", "url": "users/nobody@contoso.com"},
+            {"id": "new", "method": "POST", "url": "users", "headers": ct, "body": user("bert@contoso.com")},
+            {"id": "patch", "method": "PATCH", "url": format!("/users/{adele}"), "headers": ct,
+             "body": {"jobTitle": "Lead"}},
+            {"id": "mgr", "method": "PUT", "url": format!("users/{adele}/manager/$ref"), "headers": ct,
+             "body": {"@odata.id": format!("https://graph.microsoft.com/v1.0/users/{boss}")}},
+        ]),
+    )
+    .await;
+    assert_eq!(fake.batch_subrequest_count() - before, 5);
+    assert_eq!(got["get"]["status"], 200);
+    assert_eq!(
+        got["get"]["body"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !k.starts_with('@'))
+            .count(),
+        2
+    );
+    assert_eq!(got["missing"]["status"], 404);
+    assert_eq!(
+        got["missing"]["body"]["error"]["code"],
+        "Request_ResourceNotFound"
+    );
+    assert_eq!(got["new"]["status"], 500, "{:?}", got["new"]);
+    assert_eq!(got["new"]["body"]["error"]["code"], "generalException");
+    assert!(fake.user("bert@contoso.com").is_some(), "applied anyway");
+    assert_eq!(got["patch"]["status"], 204);
+    assert_eq!(got["mgr"]["status"], 204);
+    assert_eq!(fake.user(&adele).unwrap()["jobTitle"], "Lead");
+    assert_eq!(fake.manager_of(&adele).as_deref(), Some(boss.as_str()));
+    let got = batch(
+        &fake,
+        &at,
+        json!([{"id": "1", "method": "DELETE", "url": format!("/users/{adele}/manager/$ref")}]),
+    )
+    .await;
+    assert_eq!(got["1"]["status"], 204);
+    assert_eq!(fake.manager_of(&adele), None);
+}
+
+#[tokio::test]
+async fn graph_fake_ten_thousand_users_stay_addressable() {
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    let ids = fake.add_users(10_000, "contoso.com");
+    assert_eq!(ids.len(), 10_000);
+    let at = app_token(&fake).await;
+    // Remove one in the middle: positions after it shift, lookups must not.
+    fake.delete_user_in_m365(&ids[4_999]);
+    assert!(fake.user(&ids[4_999]).is_none());
+    for i in [0, 4_998, 5_000, 9_999] {
+        let upn = format!("user{:04}@contoso.com", i + 1);
+        assert_eq!(fake.user(&upn).unwrap()["id"], ids[i].as_str());
+        assert_eq!(
+            fake.user(&ids[i].to_uppercase()).unwrap()["userPrincipalName"],
+            upn
+        );
+    }
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        "/users/USER9999@contoso.com?$select=id",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["id"], ids[9_998].as_str());
+    let (_, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        "/users?$filter=userPrincipalName%20eq%20'user7000@contoso.com'%20or%20id%20eq%20'missing'&$select=id",
+        None,
+    )
+    .await;
+    assert_eq!(b["value"], json!([{"id": ids[6_999]}]));
+
+    // A batch of GETs by UPN and PATCHes, and an immutable ID lookup after a PATCH.
+    let reqs: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({"id": format!("g{i}"), "method": "GET",
+                        "url": format!("/users/user{:04}@contoso.com?$select=id", 9_000 + i)})
+        })
+        .chain((0..10).map(|i| {
+            json!({"id": format!("p{i}"), "method": "PATCH",
+                        "url": format!("/users/{}", ids[8_000 + i]),
+                        "headers": {"Content-Type": "application/json"},
+                        "body": {"onPremisesImmutableId": format!("imm{i}")}})
+        }))
+        .collect();
+    let got = batch(&fake, &at, json!(reqs)).await;
+    for i in 0..10 {
+        assert_eq!(got[&format!("g{i}")]["body"]["id"], ids[8_999 + i].as_str());
+        assert_eq!(got[&format!("p{i}")]["status"], 204);
+    }
+    let (_, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::GET,
+        "/users?$filter=onPremisesImmutableId%20eq%20'imm7'&$select=id&$count=true",
+        None,
+    )
+    .await;
+    assert_eq!(b["value"], json!([{"id": ids[8_007]}]));
+    // The immutable ID is unique.
+    let (s, _, b) = graph(
+        &fake,
+        &at,
+        reqwest::Method::PATCH,
+        &format!("/users/{}", ids[1]),
+        Some(json!({"onPremisesImmutableId": "imm7"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["details"][0]["target"], "onPremisesImmutableId");
+    assert_eq!(fake.users().len(), 9_999);
+}

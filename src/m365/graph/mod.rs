@@ -19,7 +19,7 @@ use url::Url;
 
 pub use batch::{BatchRequest, BatchResponse};
 pub use error::GraphError;
-pub use model::{GraphDomain, GraphUser, Page, USER_SELECT};
+pub use model::{DeltaPage, GraphDomain, GraphUser, Page, USER_SELECT};
 pub use retry::RetryPolicy;
 
 use error::Envelope;
@@ -146,6 +146,23 @@ impl GraphClient {
                 None => return Ok(total),
             }
         }
+    }
+
+    /// One page of a users delta round (`GET /users/delta`): the first page of a new round
+    /// when `link` is `None` (tracking `select`), else the nextLink or deltaLink Graph gave.
+    /// A `410 Gone` answer (round expired) is returned as [`GraphError::Api`] with status 410.
+    pub async fn users_delta_page(
+        &self,
+        token: &str,
+        link: Option<&str>,
+        select: &[&str],
+    ) -> Result<DeltaPage, GraphError> {
+        let url = match link {
+            Some(link) => self.follow(link)?,
+            None => self.url("/users/delta", &[("$select", &select.join(","))])?,
+        };
+        let answer = self.send(token, Method::GET, url, None).await?;
+        decode(&answer)
     }
 
     /// The user with this user principal name, if any.

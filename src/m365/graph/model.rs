@@ -111,3 +111,17 @@ pub(super) struct Collection<T> {
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
+
+/// One page of a delta round: changed users as Graph sent them (only `id` and the tracked
+/// properties; deleted ones carry `@removed`), then either a nextLink or the deltaLink.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeltaPage {
+    /// The changed objects.
+    pub value: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// More pages of this round.
+    #[serde(rename = "@odata.nextLink")]
+    pub next_link: Option<String>,
+    /// The round is complete; call this later for the next changes.
+    #[serde(rename = "@odata.deltaLink")]
+    pub delta_link: Option<String>,
+}

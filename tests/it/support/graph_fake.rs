@@ -10,13 +10,21 @@
 //!   `user-get.md`, `user-post-users.md`, `user-update.md`, `user-post-manager.md`,
 //!   `user-delete-manager.md`, `user-list-manager.md`, `domain-list.md`,
 //!   `concepts/json-batching.md`, `concepts/paging.md`, `concepts/throttling.md`,
-//!   `concepts/errors.md`, `concepts/aad-advanced-queries.md`.
+//!   `concepts/errors.md`, `concepts/aad-advanced-queries.md`, `user-delta.md`,
+//!   `concepts/delta-query-overview.md`, `concepts/delta-query-users.md`, `user-delete.md`,
+//!   `directory-deleteditems-list.md`, `directory-deleteditems-get.md`,
+//!   `directory-deleteditems-restore.md`, `directory-deleteditems-delete.md`.
 //! - MicrosoftDocs/entra-docs: `docs/identity-platform/v2-oauth2-auth-code-flow.md`,
 //!   `v2-oauth2-client-creds-grant-flow.md`, `refresh-tokens.md`, `reference-error-codes.md`,
 //!   `certificate-credentials.md`, `id-tokens.md`.
 //!
 //! Everything lives in one `Arc<Mutex<State>>`; handlers read the request body first and then do
 //! all their work synchronously under the lock (the lock is never held across an `.await`).
+//!
+//! Users are indexed by object id, UPN (both case-insensitive) and onPremisesImmutableId, so
+//! lookups stay O(1) with 10,000+ users. Every write to a user bumps a change counter and
+//! records, per user, which properties changed at which counter value; `/users/delta` tokens
+//! carry counter values (see "Delta query" below).
 
 #![allow(dead_code)]
 
@@ -203,6 +211,102 @@ impl GraphFake {
         st.managers.get(&id).cloned()
     }
 
+    /// Sets a user property directly, as an admin editing the user in the M365 portal (bumps delta).
+    pub fn set_user_property(&self, id_or_upn: &str, prop: &str, value: Value) {
+        let mut st = self.lock();
+        let idx = st
+            .find_user(id_or_upn)
+            .unwrap_or_else(|| panic!("GraphFake::set_user_property: no user {id_or_upn}"));
+        let (name, _, _) = canonical_prop(prop)
+            .filter(|(n, _, _)| *n != "id")
+            .unwrap_or_else(|| panic!("GraphFake::set_user_property: no property {prop}"));
+        let seq = st.bump();
+        st.write_prop(idx, name, value, seq, true);
+    }
+
+    /// Sets (`Some(manager id or UPN)`) or removes (`None`) a user's manager, as an admin in M365.
+    pub fn set_manager_in_m365(&self, id_or_upn: &str, manager: Option<&str>) {
+        let mut st = self.lock();
+        let idx = st
+            .find_user(id_or_upn)
+            .unwrap_or_else(|| panic!("GraphFake::set_manager_in_m365: no user {id_or_upn}"));
+        let uid = st.user_id(idx);
+        let mid = manager.map(|m| {
+            let mi = st
+                .find_user(m)
+                .unwrap_or_else(|| panic!("GraphFake::set_manager_in_m365: no manager {m}"));
+            st.user_id(mi)
+        });
+        let seq = st.bump();
+        st.set_manager_link(&uid, mid, seq);
+    }
+
+    /// Soft-deletes a user as an M365 admin does in the portal (to deleted items; bumps delta).
+    pub fn delete_user_in_m365(&self, id_or_upn: &str) {
+        let mut st = self.lock();
+        let idx = st
+            .find_user(id_or_upn)
+            .unwrap_or_else(|| panic!("GraphFake::delete_user_in_m365: no user {id_or_upn}"));
+        st.soft_delete(idx);
+    }
+
+    /// Permanently deletes a soft-deleted user (by object id or original UPN; bumps delta).
+    pub fn purge_deleted(&self, id_or_upn: &str) {
+        let mut st = self.lock();
+        let i = st
+            .find_deleted(id_or_upn)
+            .unwrap_or_else(|| panic!("GraphFake::purge_deleted: no deleted user {id_or_upn}"));
+        st.purge(i);
+    }
+
+    /// Whether soft-deleted users keep their UPN reserved against new users (default true).
+    pub fn set_hold_deleted_upns(&self, hold: bool) {
+        self.lock().hold_deleted_upns = hold;
+    }
+
+    /// Releases the UPNs of soft-deleted users for new users (`set_hold_deleted_upns(false)`).
+    pub fn release_deleted_upns(&self) {
+        self.set_hold_deleted_upns(false);
+    }
+
+    /// The users in the deleted-items bin (original UPN, `deletedDateTime` set), oldest first.
+    pub fn deleted_users(&self) -> Vec<Value> {
+        self.lock()
+            .deleted
+            .iter()
+            .map(|d| Value::Object(d.user.clone()))
+            .collect()
+    }
+
+    /// Users per `/users/delta` page, in every round (default 100).
+    pub fn set_delta_page_size(&self, n: usize) {
+        self.lock().delta_page_size = n.max(1);
+    }
+
+    /// Makes every delta token issued so far answer `410 Gone` (full resync required).
+    pub fn invalidate_delta_tokens(&self) {
+        self.lock().delta_epoch += 1;
+    }
+
+    /// The next `n` Graph writes on `/users…` (POST/PATCH/PUT/DELETE, `$batch` items included)
+    /// are applied and then answered with `status` and a Graph error body (a lost answer).
+    pub fn apply_then_fail_next(&self, n: usize, status: u16) {
+        let mut st = self.lock();
+        for _ in 0..n {
+            st.lost_answers.push_back(status);
+        }
+    }
+
+    /// Graph HTTP requests received (a `$batch` counts once; token requests don't count).
+    pub fn request_count(&self) -> usize {
+        self.lock().graph_request_count
+    }
+
+    /// Sub-requests received inside `$batch` requests.
+    pub fn batch_subrequest_count(&self) -> usize {
+        self.lock().batch_subrequest_count
+    }
+
     /// The next `n` Graph requests (each `$batch` item counts; token requests don't) get
     /// `429 Too Many Requests` with `Retry-After: {retry_after}`.
     pub fn throttle_next(&self, n: usize, retry_after: &str) {
@@ -301,6 +405,33 @@ struct Domain {
     is_initial: bool,
 }
 
+/// A soft-deleted user in the deleted-items bin (user-delete.md: restorable for 30 days).
+struct Deleted {
+    user: Map<String, Value>,
+    /// Its manager when it was deleted (restored with it if that manager is still active).
+    manager: Option<String>,
+    deleted_at: u64,
+}
+
+/// Change tracking for one user: counter values of its last changes.
+struct Track {
+    /// Stable ordering key within delta rounds (counter value when inserted or restored).
+    order: u64,
+    /// When it was created or last restored.
+    born: u64,
+    /// Property → counter value of its last change (present = "has been set").
+    props: HashMap<String, u64>,
+    /// Counter value of the last manager change (0 = never).
+    manager: u64,
+    /// The manager removed by the last manager change, if it removed one.
+    prev_manager: Option<String>,
+    /// Soft-deleted ("changed") or purged ("deleted") at this counter value.
+    gone: Option<(u64, &'static str)>,
+}
+
+/// Soft-deleted users are purged after this long (user-delete.md: 30 days).
+const DELETED_RETENTION_SECS: u64 = 30 * 24 * 3600;
+
 enum Injection {
     Throttle(String),
     Fail(u16),
@@ -337,8 +468,29 @@ struct State {
     redirect_uris: Vec<String>,
     certificates: Vec<openssl::x509::X509>,
     domains: Vec<Domain>,
+    /// Active users in creation (or restore) order.
     users: Vec<Map<String, Value>>,
+    /// Lowercased object id → position in `users`.
+    by_id: HashMap<String, usize>,
+    /// Lowercased userPrincipalName → position in `users`.
+    by_upn: HashMap<String, usize>,
+    /// onPremisesImmutableId (case-sensitive) → object ids of active users holding it.
+    by_immutable: HashMap<String, Vec<String>>,
+    /// Soft-deleted users (the deleted-items bin), oldest first.
+    deleted: Vec<Deleted>,
+    hold_deleted_upns: bool,
+    /// user id → manager id (active users only).
     managers: HashMap<String, String>,
+    /// The change counter (every write to a user bumps it).
+    seq: u64,
+    /// Change tracking per user id (kept after deletion for `@removed`).
+    tracks: HashMap<String, Track>,
+    delta_page_size: usize,
+    /// Tokens from an older epoch answer 410 Gone.
+    delta_epoch: u64,
+    lost_answers: VecDeque<u16>,
+    graph_request_count: usize,
+    batch_subrequest_count: usize,
     codes: HashMap<String, AuthCode>,
     access_tokens: HashMap<String, AccessToken>,
     refresh_tokens: HashMap<String, RefreshToken>,
@@ -367,7 +519,19 @@ impl State {
                 is_initial: true,
             }],
             users: Vec::new(),
+            by_id: HashMap::new(),
+            by_upn: HashMap::new(),
+            by_immutable: HashMap::new(),
+            deleted: Vec::new(),
+            hold_deleted_upns: true,
             managers: HashMap::new(),
+            seq: 0,
+            tracks: HashMap::new(),
+            delta_page_size: 100,
+            delta_epoch: 0,
+            lost_answers: VecDeque::new(),
+            graph_request_count: 0,
+            batch_subrequest_count: 0,
             codes: HashMap::new(),
             access_tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
@@ -396,15 +560,224 @@ impl State {
         format!("{}/v1.0", self.origin)
     }
 
+    /// Position of the active user with this object id or UPN (case-insensitive).
     fn find_user(&self, key: &str) -> Option<usize> {
-        self.users.iter().position(|u| {
-            u["id"]
+        let k = key.to_lowercase();
+        self.by_id.get(&k).or_else(|| self.by_upn.get(&k)).copied()
+    }
+
+    fn user_id(&self, idx: usize) -> String {
+        self.users[idx]["id"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Object ids of active users holding this onPremisesImmutableId (case-sensitive).
+    fn immutable_holders(&self, immutable: &str) -> &[String] {
+        self.by_immutable
+            .get(immutable)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    fn index_user(&mut self, idx: usize) {
+        let u = &self.users[idx];
+        let id = u["id"].as_str().unwrap_or("").to_string();
+        let upn = u["userPrincipalName"].as_str().map(str::to_lowercase);
+        let imm = u
+            .get("onPremisesImmutableId")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        self.by_id.insert(id.to_lowercase(), idx);
+        if let Some(upn) = upn {
+            self.by_upn.insert(upn, idx);
+        }
+        if let Some(imm) = imm {
+            self.by_immutable.entry(imm).or_default().push(id);
+        }
+    }
+
+    fn unindex_user(&mut self, idx: usize) {
+        let u = &self.users[idx];
+        let id = u["id"].as_str().unwrap_or("").to_string();
+        let upn = u["userPrincipalName"].as_str().map(str::to_lowercase);
+        let imm = u
+            .get("onPremisesImmutableId")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        self.by_id.remove(&id.to_lowercase());
+        if let Some(upn) = upn {
+            if self.by_upn.get(&upn) == Some(&idx) {
+                self.by_upn.remove(&upn);
+            }
+        }
+        if let Some(imm) = imm {
+            if let Some(ids) = self.by_immutable.get_mut(&imm) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    self.by_immutable.remove(&imm);
+                }
+            }
+        }
+    }
+
+    /// Appends an active user and indexes it; returns its position.
+    fn insert_user(&mut self, m: Map<String, Value>) -> usize {
+        self.users.push(m);
+        let idx = self.users.len() - 1;
+        self.index_user(idx);
+        idx
+    }
+
+    /// Removes an active user (keeping the others' order) and fixes the positions after it.
+    fn remove_user(&mut self, idx: usize) -> Map<String, Value> {
+        self.unindex_user(idx);
+        let u = self.users.remove(idx);
+        for i in idx..self.users.len() {
+            let id = self.users[i]["id"].as_str().unwrap_or("").to_lowercase();
+            let upn = self.users[i]["userPrincipalName"]
+                .as_str()
+                .map(str::to_lowercase);
+            self.by_id.insert(id, i);
+            if let Some(upn) = upn {
+                self.by_upn.insert(upn, i);
+            }
+        }
+        u
+    }
+
+    /// Next value of the change counter.
+    fn bump(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Starts tracking a user created or restored at `seq`; set properties count as changed.
+    fn track_new(&mut self, idx: usize, seq: u64) {
+        let u = &self.users[idx];
+        let id = u["id"].as_str().unwrap_or("").to_string();
+        let props: HashMap<String, u64> = u
+            .iter()
+            .filter(|(k, v)| !v.is_null() && *k != "id")
+            .map(|(k, _)| (k.clone(), seq))
+            .collect();
+        let t = self.tracks.entry(id).or_insert_with(|| Track {
+            order: seq,
+            born: seq,
+            props: HashMap::new(),
+            manager: 0,
+            prev_manager: None,
+            gone: None,
+        });
+        t.order = seq;
+        t.born = seq;
+        t.gone = None;
+        t.props.extend(props);
+    }
+
+    /// Writes one (canonical) property of an active user, keeping indexes and change tracking
+    /// in step. Unless `always`, writing the value it already has is not a change.
+    fn write_prop(&mut self, idx: usize, name: &str, value: Value, seq: u64, always: bool) {
+        if !always && self.users[idx].get(name) == Some(&value) {
+            return;
+        }
+        let reindex = name == "userPrincipalName" || name == "onPremisesImmutableId";
+        if reindex {
+            self.unindex_user(idx);
+        }
+        self.users[idx].insert(name.to_string(), value);
+        if reindex {
+            self.index_user(idx);
+        }
+        let id = self.user_id(idx);
+        if let Some(t) = self.tracks.get_mut(&id) {
+            t.props.insert(name.to_string(), seq);
+        }
+    }
+
+    /// Sets or removes a manager link (`uid` → `manager`), tracking the change for delta.
+    fn set_manager_link(&mut self, uid: &str, manager: Option<String>, seq: u64) {
+        let old = match &manager {
+            Some(m) => self.managers.insert(uid.to_string(), m.clone()),
+            None => self.managers.remove(uid),
+        };
+        if old == manager {
+            return;
+        }
+        if let Some(t) = self.tracks.get_mut(uid) {
+            t.manager = seq;
+            t.prev_manager = if manager.is_none() { old } else { None };
+        }
+    }
+
+    /// DELETE /users/{id}: moves the user to the deleted-items bin. Its reports lose it as
+    /// manager (FAKE CHOICE); its own manager link is kept for a restore.
+    fn soft_delete(&mut self, idx: usize) {
+        let seq = self.bump();
+        let mut u = self.remove_user(idx);
+        let id = u["id"].as_str().unwrap_or("").to_string();
+        u.insert("deletedDateTime".into(), json!(now_iso()));
+        let manager = self.managers.remove(&id);
+        let reports: Vec<String> = self
+            .managers
+            .iter()
+            .filter(|(_, m)| **m == id)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for r in reports {
+            self.set_manager_link(&r, None, seq);
+        }
+        if let Some(t) = self.tracks.get_mut(&id) {
+            t.gone = Some((seq, "changed"));
+        }
+        self.deleted.push(Deleted {
+            user: u,
+            manager,
+            deleted_at: now_secs(),
+        });
+    }
+
+    /// Position in the bin of a soft-deleted user, by object id or original UPN.
+    fn find_deleted(&self, key: &str) -> Option<usize> {
+        self.deleted.iter().position(|d| {
+            d.user["id"]
                 .as_str()
                 .is_some_and(|id| id.eq_ignore_ascii_case(key))
-                || u["userPrincipalName"]
+                || d.user["userPrincipalName"]
                     .as_str()
                     .is_some_and(|upn| upn.eq_ignore_ascii_case(key))
         })
+    }
+
+    /// Permanently deletes a user from the bin.
+    fn purge(&mut self, i: usize) {
+        let seq = self.bump();
+        let d = self.deleted.remove(i);
+        let id = d.user["id"].as_str().unwrap_or("");
+        if let Some(t) = self.tracks.get_mut(id) {
+            t.gone = Some((seq, "deleted"));
+        }
+    }
+
+    /// Purges bin entries older than 30 days (user-delete.md).
+    fn purge_expired(&mut self) {
+        let now = now_secs();
+        while let Some(i) = self
+            .deleted
+            .iter()
+            .position(|d| d.deleted_at + DELETED_RETENTION_SECS <= now)
+        {
+            self.purge(i);
+        }
+    }
+
+    /// Whether a UPN is taken by an active user, or held by a soft-deleted one.
+    fn upn_taken(&self, upn: &str) -> bool {
+        self.find_user(upn).is_some()
+            || (self.hold_deleted_upns
+                && self.deleted.iter().any(|d| {
+                    d.user["userPrincipalName"]
+                        .as_str()
+                        .is_some_and(|u| u.eq_ignore_ascii_case(upn))
+                }))
     }
 
     fn domain(&self, name: &str) -> Option<&Domain> {
@@ -433,6 +806,12 @@ impl State {
             "GraphFake::add_user: duplicate UPN {}",
             u.upn
         );
+        if let Some(manager) = &u.manager {
+            assert!(
+                self.find_user(manager).is_some(),
+                "GraphFake::add_user: no manager {manager}"
+            );
+        }
         let alias = u.upn.split('@').next().unwrap_or_default().to_string();
         let display = u
             .display_name
@@ -485,9 +864,12 @@ impl State {
         m.insert("usageLocation".into(), json!(u.usage_location));
         m.insert("userPrincipalName".into(), json!(u.upn));
         m.insert("userType".into(), json!("Member"));
-        self.users.push(m);
+        let seq = self.bump();
+        let idx = self.insert_user(m);
+        self.track_new(idx, seq);
         if let Some(manager) = u.manager {
-            self.managers.insert(id.clone(), manager);
+            let mid = self.find_user(&manager).map(|i| self.user_id(i));
+            self.set_manager_link(&id, mid, seq);
         }
         id
     }
@@ -1764,6 +2146,8 @@ fn graph_entry(
     headers: &HeaderMap,
     bytes: &[u8],
 ) -> Response {
+    st.graph_request_count += 1;
+    st.purge_expired();
     let ctx = Ctx {
         request_id: guid(),
         client_request_id: header_str(headers, "client-request-id").unwrap_or_else(guid),
@@ -1828,8 +2212,33 @@ fn method_not_allowed() -> GraphOut {
     )
 }
 
-/// Routes one Graph request (top-level or a $batch item) relative to /v1.0.
+/// Runs one Graph request (top-level or a $batch item) relative to /v1.0, then applies a
+/// queued lost answer (`apply_then_fail_next`) to writes on `/users…`.
 fn dispatch(
+    st: &mut State,
+    caller: &Caller,
+    method: &str,
+    rel: &str,
+    query: &str,
+    headers: &HashMap<String, String>,
+    body: Option<Value>,
+) -> GraphOut {
+    let out = route(st, caller, method, rel, query, headers, body);
+    let users_write = ["POST", "PATCH", "PUT", "DELETE"].contains(&method)
+        && rel
+            .trim_start_matches('/')
+            .split(['/', '?'])
+            .next()
+            .is_some_and(|s| s.eq_ignore_ascii_case("users"));
+    if users_write {
+        if let Some(status) = st.lost_answers.pop_front() {
+            return injected(Injection::Fail(status));
+        }
+    }
+    out
+}
+
+fn route(
     st: &mut State,
     caller: &Caller,
     method: &str,
@@ -1850,6 +2259,30 @@ fn dispatch(
         ["users"] => match method {
             "GET" => list_users(st, caller, &q, headers),
             "POST" => create_user(st, caller, body),
+            _ => method_not_allowed(),
+        },
+        ["users", "delta" | "delta()" | "microsoft.graph.delta" | "microsoft.graph.delta()"] => {
+            match method {
+                "GET" => users_delta(st, caller, &q, headers),
+                _ => method_not_allowed(),
+            }
+        }
+        ["directory", "deleteditems"] => match method {
+            // directory-deleteditems-list.md: the OData cast is required.
+            "GET" => bad("The OData cast to a type (for example microsoft.graph.user) is required when listing deleted items."), // FAKE CHOICE of text
+            _ => method_not_allowed(),
+        },
+        ["directory", "deleteditems", "microsoft.graph.user"] => match method {
+            "GET" => list_deleted(st, caller, &q, headers),
+            _ => method_not_allowed(),
+        },
+        ["directory", "deleteditems", _] => match method {
+            "GET" => get_deleted(st, caller, &segs[2], &q),
+            "DELETE" => purge_deleted(st, caller, &segs[2]),
+            _ => method_not_allowed(),
+        },
+        ["directory", "deleteditems", _, "restore" | "microsoft.graph.restore"] => match method {
+            "POST" => restore_deleted(st, caller, &segs[2], body),
             _ => method_not_allowed(),
         },
         ["users", _] => match method {
@@ -1880,7 +2313,7 @@ fn dispatch(
             let seg = segs
                 .iter()
                 .zip(&l)
-                .find(|(_, s)| !["users", "domains"].contains(s))
+                .find(|(_, s)| !["users", "domains", "directory", "deleteditems"].contains(s))
                 .map(|(s, _)| s.clone())
                 .unwrap_or_default();
             gerr(
@@ -1937,6 +2370,7 @@ const USER_PROPS: &[(&str, &str, bool)] = &[
     ("consentProvidedForMinor", "Edm.String", true),
     ("country", "Edm.String", true),
     ("createdDateTime", "Edm.DateTimeOffset", true),
+    ("deletedDateTime", "Edm.DateTimeOffset", true), // from directoryObject
     ("creationType", "Edm.String", true),
     (
         "customSecurityAttributes",
@@ -2070,6 +2504,7 @@ const SINGLE_USER_ONLY: &[&str] = &[
 /// Server-managed properties: accepted in a body and ignored (FAKE CHOICE).
 const READ_ONLY: &[&str] = &[
     "createdDateTime",
+    "deletedDateTime",
     "lastPasswordChangeDateTime",
     "onPremisesSyncEnabled",
     "onPremisesLastSyncDateTime",
@@ -2481,11 +2916,12 @@ fn lit_matches(prop: &str, have: &Value, want: &Lit) -> bool {
     }
 }
 
+static NULL: Value = Value::Null;
+
 fn eval_filter(f: &Filter, u: &Map<String, Value>) -> bool {
-    let get = |p: &str| -> (String, Value) {
-        let c = canonical_prop(p).map(|c| c.0).unwrap_or("id").to_string();
-        let v = u.get(&c).cloned().unwrap_or(Value::Null);
-        (c, v)
+    let get = |p: &str| -> (&'static str, &Value) {
+        let c = canonical_prop(p).map(|c| c.0).unwrap_or("id");
+        (c, u.get(c).unwrap_or(&NULL))
     };
     match f {
         Filter::Or(a, b) => eval_filter(a, u) || eval_filter(b, u),
@@ -2493,11 +2929,11 @@ fn eval_filter(f: &Filter, u: &Map<String, Value>) -> bool {
         Filter::Not(a) => !eval_filter(a, u),
         Filter::Eq(p, v, neg) => {
             let (c, have) = get(p);
-            lit_matches(&c, &have, v) != *neg
+            lit_matches(c, have, v) != *neg
         }
         Filter::In(p, vs) => {
             let (c, have) = get(p);
-            vs.iter().any(|v| lit_matches(&c, &have, v))
+            vs.iter().any(|v| lit_matches(c, have, v))
         }
         Filter::StartsWith(p, s) => {
             let (_, have) = get(p);
@@ -2509,6 +2945,54 @@ fn eval_filter(f: &Filter, u: &Map<String, Value>) -> bool {
             have.as_str()
                 .is_some_and(|h| h.to_lowercase().ends_with(&s.to_lowercase()))
         }
+    }
+}
+
+/// Positions of the only users that can match `f`, from the id / UPN / immutable-ID indexes;
+/// None when the filter needs a scan. (`eval_filter` still decides on each candidate.)
+fn indexed_candidates(st: &State, f: &Filter) -> Option<Vec<usize>> {
+    let lookup = |p: &str, v: &Lit| -> Option<Vec<usize>> {
+        let Lit::Str(s) = v else { return None };
+        match canonical_prop(p)?.0 {
+            "id" => Some(
+                st.by_id
+                    .get(&s.to_lowercase())
+                    .copied()
+                    .into_iter()
+                    .collect(),
+            ),
+            "userPrincipalName" => Some(
+                st.by_upn
+                    .get(&s.to_lowercase())
+                    .copied()
+                    .into_iter()
+                    .collect(),
+            ),
+            "onPremisesImmutableId" => Some(
+                st.immutable_holders(s)
+                    .iter()
+                    .filter_map(|id| st.by_id.get(&id.to_lowercase()).copied())
+                    .collect(),
+            ),
+            _ => None,
+        }
+    };
+    match f {
+        Filter::Eq(p, v, false) => lookup(p, v),
+        Filter::In(p, vs) => {
+            let mut out = Vec::new();
+            for v in vs {
+                out.extend(lookup(p, v)?);
+            }
+            Some(out)
+        }
+        Filter::Or(a, b) => {
+            let mut out = indexed_candidates(st, a)?;
+            out.extend(indexed_candidates(st, b)?);
+            Some(out)
+        }
+        Filter::And(a, b) => indexed_candidates(st, a).or_else(|| indexed_candidates(st, b)),
+        _ => None,
     }
 }
 
@@ -2580,11 +3064,24 @@ fn list_users(
             Some(parsed)
         }
     };
-    let mut matched: Vec<&Map<String, Value>> = st
-        .users
-        .iter()
-        .filter(|u| filter.as_ref().is_none_or(|f| eval_filter(f, u)))
-        .collect();
+    let mut matched: Vec<&Map<String, Value>> = match filter
+        .as_ref()
+        .and_then(|f| Some((f, indexed_candidates(st, f)?)))
+    {
+        Some((f, mut idxs)) => {
+            idxs.sort_unstable();
+            idxs.dedup();
+            idxs.into_iter()
+                .map(|i| &st.users[i])
+                .filter(|u| eval_filter(f, u))
+                .collect()
+        }
+        None => st
+            .users
+            .iter()
+            .filter(|u| filter.as_ref().is_none_or(|f| eval_filter(f, u)))
+            .collect(),
+    };
     if let Some(ob) = q.get("$orderby") {
         let mut it = ob.split_whitespace();
         let prop = it.next().unwrap_or("");
@@ -2666,6 +3163,422 @@ fn decode_skiptoken(tok: &str) -> Option<usize> {
         .strip_prefix("fake-skiptoken:")?
         .parse()
         .ok()
+}
+
+// ------------------------------------------------------------------------------------------
+// GET /v1.0/users/delta
+// Docs: api-reference/v1.0/api/user-delta.md (query parameters only in the first call and
+// encoded in the tokens; $select, `id` always returned; $filter only `id eq '…' or …`, at most
+// 50; `Prefer: return=minimal` returns only properties changed since the deltaLink was issued;
+// by default unchanged values are repeated and properties never set are left out),
+// concepts/delta-query-overview.md (nextLink pages then a deltaLink; `$deltatoken=latest`
+// gives only a deltaLink; $expand/$top/$orderby not supported for users; only changes to
+// selected properties make a user appear; `manager` in $select gives `manager@delta`; removed
+// users as `@removed` "changed" (restorable) or "deleted"; `410 Gone` with a Location of the
+// initial query for a full resync; directory tokens valid 7 days, then a 4xx such as
+// `syncStateNotFound`), concepts/delta-query-users.md (examples).
+//
+// A round covers the changes with counter values in (since, upto], where `upto` is the
+// counter when the round started; the initial round lists the users that existed at `upto`.
+// Pages are ordered by a per-user key that never changes for a user inside a round, and a
+// skiptoken carries the last key served, so changes made during a round never shift a page (a
+// user changed again during the round shows up in the next round instead).
+// ------------------------------------------------------------------------------------------
+
+/// Directory delta tokens expire after 7 days (delta-query-overview.md "Token duration").
+const DELTA_TOKEN_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+/// At most 50 ids in a delta `$filter` (user-delta.md).
+const DELTA_MAX_IDS: usize = 50;
+
+/// The state a delta token carries. Serialised as base64url(JSON): opaque to clients.
+struct DeltaToken {
+    /// `$skiptoken` (inside a round) or `$deltatoken` (the start of the next round).
+    skip: bool,
+    /// `$select` without `manager` (None: the default property set, every property tracked).
+    select: Option<Vec<String>>,
+    manager: bool,
+    ids: Option<Vec<String>>,
+    initial: bool,
+    since: u64,
+    upto: u64,
+    /// Ordering key of the last user served in this round.
+    after: u64,
+    epoch: u64,
+    iat: u64,
+}
+
+impl DeltaToken {
+    fn encode(&self) -> String {
+        B64URL.encode(
+            json!({
+                "k": if self.skip { "s" } else { "d" },
+                "sel": self.select, "m": self.manager, "ids": self.ids,
+                "i": self.initial, "since": self.since, "upto": self.upto,
+                "after": self.after, "e": self.epoch, "iat": self.iat,
+            })
+            .to_string(),
+        )
+    }
+
+    fn decode(tok: &str) -> Option<DeltaToken> {
+        let v: Value =
+            serde_json::from_slice(&B64URL.decode(tok.trim_end_matches('=')).ok()?).ok()?;
+        let strings = |v: &Value| -> Option<Option<Vec<String>>> {
+            match v {
+                Value::Null => Some(None),
+                Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .map(Some),
+                _ => None,
+            }
+        };
+        Some(DeltaToken {
+            skip: match v.get("k")?.as_str()? {
+                "s" => true,
+                "d" => false,
+                _ => return None,
+            },
+            select: strings(v.get("sel")?)?,
+            manager: v.get("m")?.as_bool()?,
+            ids: strings(v.get("ids")?)?,
+            initial: v.get("i")?.as_bool()?,
+            since: v.get("since")?.as_u64()?,
+            upto: v.get("upto")?.as_u64()?,
+            after: v.get("after")?.as_u64()?,
+            epoch: v.get("e")?.as_u64()?,
+            iat: v.get("iat")?.as_u64()?,
+        })
+    }
+
+    /// The initial query this token came from, with an empty `$deltatoken` (the 410 Location).
+    fn restart_url(&self, st: &State) -> String {
+        let mut url = format!("{}/users/delta?", st.graph_base());
+        let mut sel: Vec<String> = self.select.clone().unwrap_or_default();
+        if self.manager {
+            sel.push("manager".into());
+        }
+        if self.select.is_some() || self.manager {
+            url.push_str(&format!("$select={}&", qenc(&sel.join(","))));
+        }
+        if let Some(ids) = &self.ids {
+            let f: Vec<String> = ids.iter().map(|i| format!("id eq '{i}'")).collect();
+            url.push_str(&format!("$filter={}&", qenc(&f.join(" or "))));
+        }
+        url.push_str("$deltatoken=");
+        url
+    }
+}
+
+fn unsupported_query(message: impl Into<String>) -> GraphOut {
+    gerr(400, "Request_UnsupportedQuery", message)
+}
+
+/// `$select` (with `manager`) and `$filter` (ids only) of an initial delta request.
+#[allow(clippy::type_complexity)]
+fn delta_params(q: &Query) -> Result<(Option<Vec<String>>, bool, Option<Vec<String>>), GraphOut> {
+    let mut manager = false;
+    let select = match q.get("$select") {
+        None => None,
+        Some(sel) => {
+            let rest: Vec<&str> = sel
+                .split(',')
+                .map(str::trim)
+                .filter(|s| {
+                    let m = s.eq_ignore_ascii_case("manager");
+                    manager |= m;
+                    !m && !s.is_empty()
+                })
+                .collect();
+            if rest.is_empty() {
+                Some(Vec::new())
+            } else {
+                parse_select(Some(&rest.join(",")), true)?
+            }
+        }
+    };
+    let ids = match q.get("$filter") {
+        None => None,
+        Some(f) => {
+            let parsed = tokenize(f).and_then(|toks| {
+                let mut p = FilterParser { toks, pos: 0 };
+                let r = p.or()?;
+                (p.pos == p.toks.len()).then_some(r)
+            });
+            let Some(parsed) = parsed else {
+                return Err(filter_syntax_error(f));
+            };
+            fn collect(f: &Filter, out: &mut Vec<String>) -> bool {
+                match f {
+                    Filter::Or(a, b) => collect(a, out) && collect(b, out),
+                    Filter::Eq(p, Lit::Str(id), false) if p.eq_ignore_ascii_case("id") => {
+                        out.push(id.to_lowercase());
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            let mut ids = Vec::new();
+            if !collect(&parsed, &mut ids) {
+                // FAKE CHOICE of text; user-delta.md: only `id eq` (joined by `or`).
+                return Err(unsupported_query(
+                    "Unsupported filter for delta query: only 'id eq' expressions joined by 'or' are supported.",
+                ));
+            }
+            if ids.len() > DELTA_MAX_IDS {
+                return Err(unsupported_query(format!(
+                    "Too many ids in the delta query filter: {}; the limit is {DELTA_MAX_IDS}.",
+                    ids.len()
+                ))); // FAKE CHOICE of text
+            }
+            Some(ids)
+        }
+    };
+    Ok((select, manager, ids))
+}
+
+fn users_delta(
+    st: &State,
+    caller: &Caller,
+    q: &Query,
+    headers: &HashMap<String, String>,
+) -> GraphOut {
+    if !caller.has_any(READ_USERS) {
+        return denied();
+    }
+    for p in ["$top", "$orderby", "$expand", "$skip", "$search"] {
+        if q.get(p).is_some() {
+            // FAKE CHOICE of text; delta-query-overview.md: not supported for users.
+            return unsupported_query(format!(
+                "The query parameter '{p}' is not supported with delta queries for users."
+            ));
+        }
+    }
+    let minimal = headers.get("prefer").is_some_and(|p| {
+        p.split(',')
+            .any(|x| x.trim().eq_ignore_ascii_case("return=minimal"))
+    });
+    let now = now_secs();
+    let fresh = |select, manager, ids, initial, since| DeltaToken {
+        skip: true,
+        select,
+        manager,
+        ids,
+        initial,
+        since,
+        upto: st.seq,
+        after: 0,
+        epoch: st.delta_epoch,
+        iat: now,
+    };
+    let skip = q.get("$skiptoken").filter(|t| !t.is_empty());
+    let delta = q.get("$deltatoken").filter(|t| !t.is_empty());
+    let round = match (skip, delta) {
+        (Some(_), Some(_)) => {
+            return bad("A request can carry either a $skiptoken or a $deltatoken, not both.");
+            // FAKE CHOICE of text
+        }
+        (None, Some(t)) if t.eq_ignore_ascii_case("latest") => {
+            // "Sync from now": only a deltaLink, no data.
+            let (select, manager, ids) = match delta_params(q) {
+                Ok(p) => p,
+                Err(e) => return e,
+            };
+            let mut tok = fresh(select, manager, ids, false, st.seq);
+            tok.skip = false;
+            tok.since = st.seq;
+            return delta_page(st, &tok, Vec::new(), false);
+        }
+        (None, None) => {
+            let (select, manager, ids) = match delta_params(q) {
+                Ok(p) => p,
+                Err(e) => return e,
+            };
+            fresh(select, manager, ids, true, 0)
+        }
+        (Some(t), None) | (None, Some(t)) => {
+            if q.get("$select").is_some() || q.get("$filter").is_some() {
+                // user-delta.md: query parameters go in the initial request only.
+                return unsupported_query("Query parameters must be given in the initial delta request only; the tokens carry them.");
+                // FAKE CHOICE of text
+            }
+            let Some(tok) = DeltaToken::decode(t).filter(|tok| tok.skip == skip.is_some()) else {
+                return bad("The specified delta or skip token is invalid."); // FAKE CHOICE of text
+            };
+            if tok.epoch < st.delta_epoch {
+                let mut o = gerr(
+                    410,
+                    "resyncRequired",
+                    "The delta token is no longer valid. Restart with a full synchronization from the URL in the Location header.",
+                ); // FAKE CHOICE of code and text
+                o.headers.push(("Location".into(), tok.restart_url(st)));
+                return o;
+            }
+            if tok.iat + DELTA_TOKEN_LIFETIME_SECS <= now {
+                return gerr(
+                    400,
+                    "syncStateNotFound",
+                    "The sync state generation is not found or has expired. Restart with a full synchronization.",
+                ); // FAKE CHOICE of text
+            }
+            if tok.skip {
+                tok
+            } else {
+                fresh(tok.select, tok.manager, tok.ids, false, tok.since)
+            }
+        }
+    };
+    // The users in this round after the last one served, by ordering key.
+    let wanted = |id: &str| {
+        round
+            .ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|i| i == id))
+    };
+    let mut cands: Vec<(u64, &str)> = Vec::new();
+    if round.initial {
+        for u in &st.users {
+            let id = u["id"].as_str().unwrap_or("");
+            if let Some(t) = st.tracks.get(id) {
+                if t.born <= round.upto && t.order > round.after && wanted(id) {
+                    cands.push((t.order, id));
+                }
+            }
+        }
+    } else {
+        for (id, t) in &st.tracks {
+            if t.order <= round.after || !wanted(id) {
+                continue;
+            }
+            let last = match t.gone {
+                Some((g, _)) => g,
+                None => {
+                    let props = match &round.select {
+                        None => t.props.values().copied().max().unwrap_or(0),
+                        Some(sel) => sel
+                            .iter()
+                            .filter_map(|p| t.props.get(p).copied())
+                            .max()
+                            .unwrap_or(0),
+                    };
+                    let mgr = if round.manager { t.manager } else { 0 };
+                    t.born.max(props).max(mgr)
+                }
+            };
+            if round.since < last && last <= round.upto {
+                cands.push((t.order, id));
+            }
+        }
+    }
+    cands.sort_unstable();
+    let more = cands.len() > st.delta_page_size;
+    cands.truncate(st.delta_page_size);
+    let items: Vec<Value> = cands
+        .iter()
+        .map(|(_, id)| delta_item(st, id, &round, minimal))
+        .collect();
+    let next = if more {
+        DeltaToken {
+            after: cands.last().map(|c| c.0).unwrap_or(round.after),
+            ..round
+        }
+    } else {
+        DeltaToken {
+            skip: false,
+            initial: false,
+            since: round.upto,
+            after: 0,
+            ..round
+        }
+    };
+    delta_page(st, &next, items, minimal)
+}
+
+/// One page: the items and a nextLink (skip token) or a deltaLink (delta token).
+fn delta_page(st: &State, next: &DeltaToken, items: Vec<Value>, minimal: bool) -> GraphOut {
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        json!(context(st, "users", next.select.as_deref(), false)),
+    );
+    let (key, param) = if next.skip {
+        ("@odata.nextLink", "$skiptoken")
+    } else {
+        ("@odata.deltaLink", "$deltatoken")
+    };
+    body.insert(
+        key.into(),
+        json!(format!(
+            "{}/users/delta?{param}={}",
+            st.graph_base(),
+            next.encode()
+        )),
+    );
+    body.insert("value".into(), Value::Array(items));
+    let mut out = gok(200, Value::Object(body));
+    if minimal {
+        out.headers
+            .push(("Preference-Applied".into(), "return=minimal".into()));
+    }
+    out
+}
+
+/// One user of a delta page.
+fn delta_item(st: &State, id: &str, round: &DeltaToken, minimal: bool) -> Value {
+    let t = &st.tracks[id];
+    let mut m = Map::new();
+    m.insert("id".into(), json!(id));
+    let idx = st.by_id.get(id).copied().filter(|_| t.gone.is_none());
+    let Some(idx) = idx else {
+        let reason = t.gone.map(|g| g.1).unwrap_or("deleted");
+        m.insert("@removed".into(), json!({ "reason": reason }));
+        return Value::Object(m);
+    };
+    let u = &st.users[idx];
+    // New to this round (created, restored, or the initial listing): its whole state.
+    let whole = round.initial || t.born > round.since;
+    let names: Vec<&str> = match &round.select {
+        Some(sel) => sel.iter().map(String::as_str).collect(),
+        None => DEFAULT_PROPS.to_vec(),
+    };
+    for n in names {
+        if n == "id" {
+            continue;
+        }
+        let changed = t.props.get(n).is_some_and(|s| *s > round.since);
+        let include = if minimal && !whole {
+            changed
+        } else {
+            // Properties never set are left out (user-delta.md).
+            u.get(n).is_some_and(|v| !v.is_null()) || t.props.contains_key(n)
+        };
+        if include {
+            let v = if n == "passwordProfile" {
+                Value::Null // Graph never returns passwords
+            } else {
+                u.get(n).cloned().unwrap_or_else(|| default_for(n))
+            };
+            m.insert(n.to_string(), v);
+        }
+    }
+    if round.manager {
+        let entry = |mid: &str| json!({"@odata.type": "#microsoft.graph.user", "id": mid});
+        let current = st.managers.get(id);
+        let manager_changed = !whole && t.manager > round.since;
+        match (current, &t.prev_manager) {
+            (Some(mid), _) if whole || manager_changed => {
+                m.insert("manager@delta".into(), json!([entry(mid)]));
+            }
+            (None, Some(prev)) if manager_changed => {
+                let mut e = entry(prev);
+                e["@removed"] = json!({"reason": "deleted"});
+                m.insert("manager@delta".into(), json!([e]));
+            }
+            _ => {}
+        }
+    }
+    Value::Object(m)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2947,16 +3860,13 @@ fn create_user(st: &mut State, caller: &Caller, body: Option<Value>) -> GraphOut
     if !password_ok(&password, disable_strong) {
         return weak_password();
     }
-    // 7. uniqueness
-    if st.find_user(&upn).is_some() {
+    // 7. uniqueness (a soft-deleted user's UPN stays reserved while held: FAKE CHOICE, see
+    // `set_hold_deleted_upns`; the immutable ID only against active users)
+    if st.upn_taken(&upn) {
         return conflict("userPrincipalName");
     }
     if let Some(i) = &immutable {
-        if st
-            .users
-            .iter()
-            .any(|u| u.get("onPremisesImmutableId").and_then(Value::as_str) == Some(i))
-        {
+        if !st.immutable_holders(i).is_empty() {
             return conflict("onPremisesImmutableId");
         }
     }
@@ -2996,7 +3906,9 @@ fn create_user(st: &mut State, caller: &Caller, body: Option<Value>) -> GraphOut
         json!(context(st, "users", None, true)),
     );
     out.extend(project(&u, None));
-    st.users.push(u);
+    let seq = st.bump();
+    let idx = st.insert_user(u);
+    st.track_new(idx, seq);
     let mut r = gok(201, Value::Object(out));
     r.headers
         .push(("Location".into(), format!("{}/users/{id}", st.graph_base())));
@@ -3128,23 +4040,21 @@ fn update_user(st: &mut State, caller: &Caller, key: &str, body: Option<Value>) 
             }
         }
     }
-    if !new_upn.eq_ignore_ascii_case(&cur_upn) && st.find_user(&new_upn).is_some_and(|i| i != idx) {
+    if !new_upn.eq_ignore_ascii_case(&cur_upn) && st.upn_taken(&new_upn) {
         return conflict("userPrincipalName");
     }
     if immutable_changes {
         if let Some(i) = &new_immutable {
-            if st.users.iter().any(|u| {
-                u.get("onPremisesImmutableId").and_then(Value::as_str) == Some(i)
-                    && u["id"].as_str() != Some(&cur_id)
-            }) {
+            if st.immutable_holders(i).iter().any(|h| *h != cur_id) {
                 return conflict("onPremisesImmutableId");
             }
         }
     }
-    let u = &mut st.users[idx];
+    // Writing a value a property already has is not a change for delta (FAKE CHOICE).
+    let seq = st.bump();
     for (k, v) in b {
         if k == "passwordProfile" {
-            let mut pp = u
+            let mut pp = cur
                 .get("passwordProfile")
                 .cloned()
                 .unwrap_or_else(|| json!({}));
@@ -3153,19 +4063,25 @@ fn update_user(st: &mut State, caller: &Caller, key: &str, body: Option<Value>) 
                     pp[pk] = pv.clone();
                 }
                 if sent.contains_key("password") {
-                    u.insert("lastPasswordChangeDateTime".into(), json!(now_iso()));
+                    st.write_prop(
+                        idx,
+                        "lastPasswordChangeDateTime",
+                        json!(now_iso()),
+                        seq,
+                        true,
+                    );
                 }
             }
-            u.insert(k, pp);
+            st.write_prop(idx, &k, pp, seq, false);
         } else {
-            u.insert(k, v);
+            st.write_prop(idx, &k, v, seq, false);
         }
     }
     gnone(204)
 }
 
-/// DELETE /v1.0/users/{id|upn} (api-reference/v1.0/api/user-delete.md). FAKE CHOICE: the
-/// deleted-items bin (30-day restore) is not modelled; the user is simply removed.
+/// DELETE /v1.0/users/{id|upn} (api-reference/v1.0/api/user-delete.md): 204; the user moves
+/// to deleted items, restorable for 30 days.
 fn delete_user(st: &mut State, caller: &Caller, key: &str) -> GraphOut {
     if !caller.has_any(DELETE_USERS) {
         return denied();
@@ -3173,11 +4089,252 @@ fn delete_user(st: &mut State, caller: &Caller, key: &str) -> GraphOut {
     let Some(idx) = st.find_user(key) else {
         return not_found(key);
     };
-    let u = st.users.remove(idx);
-    let id = u["id"].as_str().unwrap_or("").to_string();
-    st.managers.remove(&id);
-    st.managers.retain(|_, m| *m != id);
+    st.soft_delete(idx);
     gnone(204)
+}
+
+// ------------------------------------------------------------------------------------------
+// Deleted items: GET /directory/deletedItems/microsoft.graph.user, GET|DELETE
+// /directory/deletedItems/{id}, POST /directory/deletedItems/{id}/restore
+// Docs: api-reference/v1.0/api/directory-deleteditems-list.md (the cast is required; 100 per
+// page, $top up to 999), directory-deleteditems-get.md, directory-deleteditems-delete.md (204),
+// directory-deleteditems-restore.md (200 + the directoryObject with @odata.type; restorable for
+// 30 days). Deleted users show a UPN prefixed with their object id without dashes (observed,
+// reference §10; exact format FAKE CHOICE). Restoring onto a UPN an active user has taken is a
+// conflict (reference §10, INF); the optional body `newUserPrincipalName` restores under a new
+// UPN and `autoReconcileProxyConflict` is accepted (reference §10).
+// ------------------------------------------------------------------------------------------
+
+/// A bin entry as the deleted-items endpoints show it.
+fn deleted_json(d: &Deleted, select: Option<&[String]>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("@odata.type".into(), json!("#microsoft.graph.user"));
+    m.extend(project(&d.user, select));
+    let id = d.user["id"].as_str().unwrap_or("");
+    if m.contains_key("userPrincipalName") {
+        let upn = d.user["userPrincipalName"].as_str().unwrap_or("");
+        m.insert(
+            "userPrincipalName".into(),
+            json!(format!("{}{upn}", id.replace('-', ""))),
+        );
+    }
+    if select.is_none() {
+        m.insert("deletedDateTime".into(), d.user["deletedDateTime"].clone());
+    }
+    m
+}
+
+fn find_deleted_by_id(st: &State, id: &str) -> Option<usize> {
+    st.deleted.iter().position(|d| {
+        d.user["id"]
+            .as_str()
+            .is_some_and(|i| i.eq_ignore_ascii_case(id))
+    })
+}
+
+fn list_deleted(
+    st: &State,
+    caller: &Caller,
+    q: &Query,
+    headers: &HashMap<String, String>,
+) -> GraphOut {
+    if !caller.has_any(READ_USERS) {
+        return denied();
+    }
+    let advanced = headers
+        .get("consistencylevel")
+        .is_some_and(|v| v.eq_ignore_ascii_case("eventual"))
+        && q.get("$count")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let top = match q.get("$top") {
+        None => 100,
+        Some(t) => match t.parse::<i64>() {
+            Ok(n) if (1..=999).contains(&n) => n as usize,
+            _ => {
+                return gerr(
+                    400,
+                    "Request_UnsupportedQuery",
+                    format!(
+                        "Invalid page size specified: '{t}'. Must be between 1 and 999 inclusive."
+                    ),
+                )
+            }
+        },
+    };
+    if q.get("$orderby").is_some() || q.get("$search").is_some() || q.get("$expand").is_some() {
+        return unsupported_query(
+            "The fake supports only $select, $filter, $top and $count on deleted items.",
+        ); // FAKE limit
+    }
+    let select = match parse_select(q.get("$select"), true) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let filter = match q.get("$filter") {
+        None => None,
+        Some(f) => {
+            let parsed = tokenize(f).and_then(|toks| {
+                let mut p = FilterParser { toks, pos: 0 };
+                let r = p.or()?;
+                (p.pos == p.toks.len()).then_some(r)
+            });
+            let Some(parsed) = parsed else {
+                return filter_syntax_error(f);
+            };
+            if let Err(e) = check_filter(&parsed, advanced) {
+                return e;
+            }
+            Some(parsed)
+        }
+    };
+    let matched: Vec<&Deleted> = st
+        .deleted
+        .iter()
+        .filter(|d| filter.as_ref().is_none_or(|f| eval_filter(f, &d.user)))
+        .collect();
+    let start = match q.get("$skiptoken") {
+        None => 0,
+        Some(tok) => match decode_skiptoken(tok) {
+            Some(n) => n,
+            None => return bad("Invalid skip token specified."), // FAKE CHOICE of text
+        },
+    };
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        json!(format!(
+            "{}/$metadata#directoryObjects/microsoft.graph.user",
+            st.graph_base()
+        )),
+    );
+    if advanced && start == 0 {
+        body.insert("@odata.count".into(), json!(matched.len()));
+    }
+    if start + top < matched.len() {
+        let mut link = format!(
+            "{}/directory/deletedItems/microsoft.graph.user?",
+            st.graph_base()
+        );
+        for (k, v) in &q.params {
+            let kl = k.to_ascii_lowercase();
+            if kl != "$skiptoken" && kl != "$count" {
+                link.push_str(&format!("{}={}&", qenc(k), qenc(v)));
+            }
+        }
+        link.push_str(&format!("$skiptoken={}", encode_skiptoken(start + top)));
+        body.insert("@odata.nextLink".into(), json!(link));
+    }
+    let value: Vec<Value> = matched
+        .iter()
+        .skip(start)
+        .take(top)
+        .map(|d| Value::Object(deleted_json(d, select.as_deref())))
+        .collect();
+    body.insert("value".into(), Value::Array(value));
+    gok(200, Value::Object(body))
+}
+
+fn get_deleted(st: &State, caller: &Caller, id: &str, q: &Query) -> GraphOut {
+    if !caller.has_any(READ_USERS) {
+        return denied();
+    }
+    let select = match parse_select(q.get("$select"), false) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let Some(i) = find_deleted_by_id(st, id) else {
+        return not_found(id);
+    };
+    let mut m = Map::new();
+    m.insert(
+        "@odata.context".into(),
+        json!(format!(
+            "{}/$metadata#directoryObjects/$entity",
+            st.graph_base()
+        )),
+    );
+    m.extend(deleted_json(&st.deleted[i], select.as_deref()));
+    gok(200, Value::Object(m))
+}
+
+fn purge_deleted(st: &mut State, caller: &Caller, id: &str) -> GraphOut {
+    if !caller.has_any(DELETE_USERS) {
+        return denied();
+    }
+    let Some(i) = find_deleted_by_id(st, id) else {
+        return not_found(id);
+    };
+    st.purge(i);
+    gnone(204)
+}
+
+fn restore_deleted(st: &mut State, caller: &Caller, id: &str, body: Option<Value>) -> GraphOut {
+    if !caller.has_any(DELETE_USERS) {
+        return denied();
+    }
+    let Some(i) = find_deleted_by_id(st, id) else {
+        return not_found(id);
+    };
+    let new_upn = match body.as_ref().and_then(|b| b.get("newUserPrincipalName")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) => {
+            if !upn_syntax_ok(u) {
+                return bad("Property userPrincipalName is invalid.");
+            }
+            let d = u.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            if st.domain(d).is_none() {
+                return bad("The domain portion of the userPrincipalName property is invalid. You must use one of the verified domain names in your organization.");
+            }
+            Some(u.clone())
+        }
+        Some(other) => {
+            return gerr(
+                400,
+                "Request_BadRequest",
+                format!("Cannot convert the literal '{other}' to the expected type 'Edm.String'."),
+            )
+        }
+    };
+    let upn = new_upn.clone().unwrap_or_else(|| {
+        st.deleted[i].user["userPrincipalName"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    });
+    if st.find_user(&upn).is_some() {
+        return conflict("userPrincipalName");
+    }
+    if let Some(imm) = st.deleted[i]
+        .user
+        .get("onPremisesImmutableId")
+        .and_then(Value::as_str)
+    {
+        if !st.immutable_holders(imm).is_empty() {
+            return conflict("onPremisesImmutableId");
+        }
+    }
+    let seq = st.bump();
+    let d = st.deleted.remove(i);
+    let mut u = d.user;
+    u.insert("deletedDateTime".into(), Value::Null);
+    u.insert("userPrincipalName".into(), json!(upn));
+    let idx = st.insert_user(u);
+    st.track_new(idx, seq);
+    let uid = st.user_id(idx);
+    if let Some(mid) = d.manager.filter(|m| st.find_user(m).is_some()) {
+        st.set_manager_link(&uid, Some(mid), seq);
+    }
+    let mut m = Map::new();
+    m.insert(
+        "@odata.context".into(),
+        json!(format!(
+            "{}/$metadata#directoryObjects/$entity",
+            st.graph_base()
+        )),
+    );
+    m.insert("@odata.type".into(), json!("#microsoft.graph.user"));
+    m.extend(project(&st.users[idx], None));
+    gok(200, Value::Object(m))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -3221,12 +4378,13 @@ fn set_manager(st: &mut State, caller: &Caller, key: &str, body: Option<Value>) 
     let Some(mi) = st.find_user(&mid) else {
         return not_found(&mid);
     };
-    let uid = st.users[idx]["id"].as_str().unwrap_or("").to_string();
-    let mid = st.users[mi]["id"].as_str().unwrap_or("").to_string();
+    let uid = st.user_id(idx);
+    let mid = st.user_id(mi);
     if uid == mid {
         return bad("A user cannot be their own manager."); // FAKE CHOICE of text
     }
-    st.managers.insert(uid, mid);
+    let seq = st.bump();
+    st.set_manager_link(&uid, Some(mid), seq);
     gnone(204)
 }
 
@@ -3237,11 +4395,13 @@ fn delete_manager(st: &mut State, caller: &Caller, key: &str) -> GraphOut {
     let Some(idx) = st.find_user(key) else {
         return not_found(key);
     };
-    let uid = st.users[idx]["id"].as_str().unwrap_or("").to_string();
-    match st.managers.remove(&uid) {
-        Some(_) => gnone(204),
-        None => not_found("manager"),
+    let uid = st.user_id(idx);
+    if !st.managers.contains_key(&uid) {
+        return not_found("manager");
     }
+    let seq = st.bump();
+    st.set_manager_link(&uid, None, seq);
+    gnone(204)
 }
 
 fn get_manager(st: &State, caller: &Caller, key: &str, q: &Query) -> GraphOut {
@@ -3461,6 +4621,7 @@ fn run_item(st: &mut State, caller: &Caller, r: &Value) -> GraphOut {
     let method = r["method"].as_str().unwrap_or("").to_ascii_uppercase();
     let url = r["url"].as_str().unwrap_or("");
     let rel = url.trim_start_matches('/');
+    st.batch_subrequest_count += 1;
     st.requests
         .push((method.clone(), format!("/v1.0/$batch:/{rel}")));
     if url.contains("://") {

@@ -1,0 +1,715 @@
+//! Binding and sync: binding rows, the outbox of changes for Microsoft 365, the attribute
+//! export selection and the delta-query position.
+
+use sqlx::{Any, Executor};
+
+use super::{events, Store, StoreError};
+use crate::events::NewEvent;
+
+/// Binding states that receive changes: a queued bind delivers everything, so changes made
+/// while it waits are queued behind it.
+const SYNCED_STATES: &str = "('bound', 'pending')";
+
+/// A change to deliver, written in the transaction of the change itself.
+#[derive(Debug, Clone)]
+pub struct OutboxJob {
+    /// `bind`, `attributes`, `password` or `account`.
+    pub kind: &'static str,
+    /// For `attributes`: the changed attribute names (JSON array).
+    pub fields: Option<String>,
+    /// For `password`: the new password, sealed.
+    pub secret_enc: Option<String>,
+}
+
+impl OutboxJob {
+    /// An `attributes` job for these attribute names.
+    pub fn attributes(fields: &[&str]) -> Self {
+        Self {
+            kind: "attributes",
+            fields: Some(serde_json::Value::from(fields.to_vec()).to_string()),
+            secret_enc: None,
+        }
+    }
+
+    /// An `account` job: send accountEnabled as it should now be.
+    pub fn account() -> Self {
+        Self {
+            kind: "account",
+            fields: None,
+            secret_enc: None,
+        }
+    }
+
+    /// A `password` job carrying the sealed password.
+    pub fn password(sealed: String) -> Self {
+        Self {
+            kind: "password",
+            fields: None,
+            secret_enc: Some(sealed),
+        }
+    }
+}
+
+/// A queued or failed job, as the worker and the status views read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub user_id: String,
+    pub kind: String,
+    pub fields: Option<String>,
+    pub secret_enc: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+}
+
+/// A user's binding with what sync needs to know.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BindingRow {
+    pub user_id: String,
+    pub immutable_id: String,
+    pub user_principal_name: String,
+    pub m365_object_id: Option<String>,
+    pub state: String,
+    pub bound_at: i64,
+    pub last_sync_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub password_pushed: i64,
+    pub account_enabled: Option<i64>,
+}
+
+/// How a delivered bind ended.
+#[derive(Debug, Clone)]
+pub struct BindOutcome {
+    pub m365_object_id: String,
+    pub immutable_id: String,
+    pub user_principal_name: String,
+    pub account_enabled: bool,
+    /// The M365 user was created here (with a random password, so the real one is not there).
+    pub created: bool,
+}
+
+/// A user to bind: the immutable ID to use if the M365 user has none yet.
+#[derive(Debug, Clone)]
+pub struct BindRequest {
+    pub user_id: String,
+    pub user_principal_name: String,
+    pub immutable_id_candidate: String,
+    /// The M365 object the user was imported from (same tenant), if any.
+    pub m365_object_id: Option<String>,
+}
+
+/// Counters for the sync status views.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncCounts {
+    pub queued: i64,
+    pub failed: i64,
+    pub bound: i64,
+    pub pending: i64,
+    pub bind_failed: i64,
+    pub unbound: i64,
+}
+
+const BINDING_COLUMNS: &str = "user_id, immutable_id, user_principal_name, m365_object_id, \
+    state, bound_at, last_sync_at, last_error, password_pushed, account_enabled";
+const OUTBOX_COLUMNS: &str = "id, user_id, kind, fields, secret_enc, state, attempts, \
+    next_attempt_at, last_error, created_at";
+
+/// Queues `job` for `user_id` if the user is bound (or being bound); a no-op otherwise.
+pub(super) async fn enqueue_if_bound<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    user_id: &str,
+    job: &OutboxJob,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO m365_outbox (user_id, kind, fields, secret_enc, next_attempt_at, created_at, \
+         updated_at) SELECT user_id, $2, $3, $4, $5, $5, $5 FROM m365_bindings \
+         WHERE user_id = $1 AND state IN {SYNCED_STATES}"
+    ))
+    .bind(user_id)
+    .bind(job.kind)
+    .bind(&job.fields)
+    .bind(&job.secret_enc)
+    .bind(now_ms)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+async fn enqueue<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    user_id: &str,
+    job: &OutboxJob,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO m365_outbox (user_id, kind, fields, secret_enc, next_attempt_at, created_at, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $5, $5)",
+    )
+    .bind(user_id)
+    .bind(job.kind)
+    .bind(&job.fields)
+    .bind(&job.secret_enc)
+    .bind(now_ms)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// The binding of a user (in any state).
+    pub async fn binding(&self, user_id: &str) -> Result<Option<BindingRow>, StoreError> {
+        Ok(sqlx::query_as::<_, BindingRow>(&format!(
+            "SELECT {BINDING_COLUMNS} FROM m365_bindings WHERE user_id = $1"
+        ))
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The link of a user imported from Microsoft 365, if any.
+    pub async fn m365_link(&self, user_id: &str) -> Result<Option<super::LinkRow>, StoreError> {
+        Ok(sqlx::query_as::<_, super::LinkRow>(
+            "SELECT user_id, tenant_id, m365_object_id, user_principal_name, immutable_id, \
+             linked_at FROM m365_links WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Ids of users that are not bound and not being bound.
+    pub async fn unbound_user_ids(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT u.id FROM users u LEFT JOIN m365_bindings b ON b.user_id = u.id \
+             WHERE b.user_id IS NULL OR b.state NOT IN ('bound', 'pending') ORDER BY u.username_key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// The binding whose M365 user has this object id.
+    pub async fn binding_by_object_id(
+        &self,
+        object_id: &str,
+    ) -> Result<Option<BindingRow>, StoreError> {
+        Ok(sqlx::query_as::<_, BindingRow>(&format!(
+            "SELECT {BINDING_COLUMNS} FROM m365_bindings WHERE m365_object_id = $1"
+        ))
+        .bind(object_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Marks users as being bound and queues their bind jobs, with one event each, in one
+    /// transaction. A user bound before keeps its immutable ID and M365 object.
+    pub async fn bind_users(
+        &self,
+        requests: &[BindRequest],
+        now_ms: i64,
+        events: &[NewEvent],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for request in requests {
+            sqlx::query(
+                "INSERT INTO m365_bindings (user_id, immutable_id, user_principal_name, \
+                 m365_object_id, state, bound_at) VALUES ($1, $2, $3, $4, 'pending', $5) \
+                 ON CONFLICT (user_id) DO UPDATE SET state = 'pending', last_error = NULL, \
+                 m365_object_id = COALESCE(m365_bindings.m365_object_id, $4)",
+            )
+            .bind(&request.user_id)
+            .bind(&request.immutable_id_candidate)
+            .bind(&request.user_principal_name)
+            .bind(&request.m365_object_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            let job = OutboxJob {
+                kind: "bind",
+                fields: None,
+                secret_enc: None,
+            };
+            enqueue(&mut *tx, &request.user_id, &job, now_ms).await?;
+        }
+        for event in events {
+            events::insert(&mut *tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Unbinds users: SAML sign-in stops at once and an `account` job blocks the M365 user.
+    pub async fn unbind_users(
+        &self,
+        user_ids: &[String],
+        now_ms: i64,
+        events: &[NewEvent],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for user_id in user_ids {
+            sqlx::query("UPDATE m365_bindings SET state = 'unbound' WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            enqueue(&mut *tx, user_id, &OutboxJob::account(), now_ms).await?;
+        }
+        for event in events {
+            events::insert(&mut *tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Leases up to `limit` due jobs, at most one per user and only each user's oldest queued
+    /// job, so a user's changes reach Microsoft 365 in the order they were made.
+    pub async fn claim_outbox_jobs(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let candidates: Vec<(i64,)> = sqlx::query_as(
+            "SELECT o.id FROM m365_outbox o WHERE o.state = 'queued' \
+             AND o.next_attempt_at <= $1 AND (o.lease_until IS NULL OR o.lease_until < $1) \
+             AND NOT EXISTS (SELECT 1 FROM m365_outbox p WHERE p.user_id = o.user_id \
+                 AND p.state = 'queued' AND p.id < o.id) \
+             ORDER BY o.id LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (0..candidates.len())
+            .map(|i| format!("${}", i + 3))
+            .collect();
+        // The lease condition is checked again, so two nodes never take the same job.
+        let sql = format!(
+            "UPDATE m365_outbox SET lease_until = $1 WHERE id IN ({}) \
+             AND (lease_until IS NULL OR lease_until < $2) RETURNING {OUTBOX_COLUMNS}",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, OutboxRow>(&sql)
+            .bind(now_ms + lease_ms)
+            .bind(now_ms);
+        for (id,) in &candidates {
+            query = query.bind(*id);
+        }
+        let mut rows = query.fetch_all(&self.pool).await?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Queues one job for a bound (or being bound) user, outside any other change.
+    pub async fn queue_job_if_bound(
+        &self,
+        user_id: &str,
+        job: &OutboxJob,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        enqueue_if_bound(&self.pool, user_id, job, now_ms).await
+    }
+
+    /// Whether a password job is already waiting for the user.
+    pub async fn has_queued_password(&self, user_id: &str) -> Result<bool, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM m365_outbox WHERE user_id = $1 AND state = 'queued'              AND kind = 'password'",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// Whether the user has jobs still waiting (queued, not failed).
+    pub async fn has_queued_jobs(&self, user_id: &str) -> Result<bool, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM m365_outbox WHERE user_id = $1 AND state = 'queued'",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// A job was delivered (or had nothing to do): it is deleted, with any sealed password, and
+    /// the binding records the sync.
+    pub async fn complete_jobs(
+        &self,
+        done: &[(i64, String, JobEffect, Option<NewEvent>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (job_id, user_id, effect, event) in done {
+            complete_one(&mut tx, *job_id, user_id, effect, now_ms).await?;
+            if let Some(event) = event {
+                events::insert(&mut *tx, event).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A delivery failed but may work later: the lease is released and the job waits.
+    pub async fn postpone_job(
+        &self,
+        job_id: i64,
+        count_attempt: bool,
+        next_attempt_at: i64,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE m365_outbox SET lease_until = NULL, next_attempt_at = $2, last_error = $3, \
+             attempts = attempts + $4, updated_at = $5 WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(i64::from(count_attempt))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A job failed for good: it stays visible as failed (its sealed password erased), the
+    /// binding shows the message, a failed bind marks the binding failed, and the event is
+    /// recorded, in one transaction.
+    pub async fn fail_job(
+        &self,
+        job: &OutboxRow,
+        error: &str,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE m365_outbox SET state = 'failed', lease_until = NULL, secret_enc = NULL, \
+             last_error = $2, attempts = attempts + 1, updated_at = $3 WHERE id = $1",
+        )
+        .bind(job.id)
+        .bind(error)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let binding_state = if job.kind == "bind" {
+            "CASE WHEN state = 'pending' THEN 'failed' ELSE state END"
+        } else {
+            "state"
+        };
+        sqlx::query(&format!(
+            "UPDATE m365_bindings SET last_error = $2, state = {binding_state} WHERE user_id = $1"
+        ))
+        .bind(&job.user_id)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks a binding failed without a job (the M365 user was deleted in Microsoft 365).
+    pub async fn mark_binding_lost(&self, user_id: &str, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE m365_bindings SET state = 'failed', last_error = $2 \
+             WHERE user_id = $1 AND state = 'bound'",
+        )
+        .bind(user_id)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Failed jobs, newest first (all users, or one).
+    pub async fn failed_jobs(&self, user_id: Option<&str>) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(sqlx::query_as::<_, OutboxRow>(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM m365_outbox WHERE state = 'failed' \
+             AND ($1 IS NULL OR user_id = $1) ORDER BY id DESC LIMIT 1000"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Queued jobs of one user, oldest first.
+    pub async fn queued_jobs(&self, user_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(sqlx::query_as::<_, OutboxRow>(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM m365_outbox WHERE state = 'queued' AND user_id = $1 \
+             ORDER BY id"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Queues failed jobs again (all, or one user's); their bindings leave the failed state.
+    pub async fn retry_failed_jobs(
+        &self,
+        user_id: Option<&str>,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE m365_bindings SET state = 'pending', last_error = NULL WHERE state = 'failed' \
+             AND ($1 IS NULL OR user_id = $1) AND user_id IN \
+             (SELECT user_id FROM m365_outbox WHERE state = 'failed' AND kind = 'bind')",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query(
+            "UPDATE m365_outbox SET state = 'queued', attempts = 0, next_attempt_at = $2, \
+             updated_at = $2 WHERE state = 'failed' AND ($1 IS NULL OR user_id = $1)",
+        )
+        .bind(user_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Counts of jobs and bindings by state.
+    pub async fn sync_counts(&self) -> Result<SyncCounts, StoreError> {
+        let jobs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM m365_outbox GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let bindings: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM m365_bindings GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut counts = SyncCounts::default();
+        for (state, n) in jobs {
+            match state.as_str() {
+                "queued" => counts.queued = n,
+                "failed" => counts.failed = n,
+                _ => {}
+            }
+        }
+        for (state, n) in bindings {
+            match state.as_str() {
+                "bound" => counts.bound = n,
+                "pending" => counts.pending = n,
+                "failed" => counts.bind_failed = n,
+                "unbound" => counts.unbound = n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Queues an `account` job for every bound user whose password expired before
+    /// `changed_before_ms` and whose M365 account is still enabled (and not already queued).
+    pub async fn queue_expired_password_blocks(
+        &self,
+        changed_before_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "INSERT INTO m365_outbox (user_id, kind, next_attempt_at, created_at, updated_at) \
+             SELECT b.user_id, 'account', $2, $2, $2 FROM m365_bindings b \
+             JOIN users u ON u.id = b.user_id \
+             WHERE b.state = 'bound' AND b.account_enabled = 1 \
+             AND u.password_changed_at IS NOT NULL AND u.password_changed_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM m365_outbox o WHERE o.user_id = b.user_id \
+                 AND o.state = 'queued' AND o.kind = 'account')",
+        )
+        .bind(changed_before_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// The stored direction of every optional attribute that has one.
+    pub async fn attribute_directions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT attribute, direction FROM m365_attribute_directions")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Sets an attribute's direction and records the event; `export_to_bound` also queues an
+    /// `attributes` job for every bound user, so M365's value is overwritten at once.
+    pub async fn set_attribute_direction(
+        &self,
+        attribute: &str,
+        direction: &str,
+        actor: &str,
+        export_to_bound: bool,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO m365_attribute_directions (attribute, direction, updated_at, updated_by) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (attribute) DO UPDATE SET direction = $2, \
+             updated_at = $3, updated_by = $4",
+        )
+        .bind(attribute)
+        .bind(direction)
+        .bind(now_ms)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        let mut queued = 0;
+        if export_to_bound {
+            let job = OutboxJob::attributes(&[attribute]);
+            queued = sqlx::query(
+                "INSERT INTO m365_outbox (user_id, kind, fields, next_attempt_at, created_at, \
+                 updated_at) SELECT user_id, $1, $2, $3, $3, $3 FROM m365_bindings \
+                 WHERE state = 'bound'",
+            )
+            .bind(job.kind)
+            .bind(&job.fields)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    /// The delta-query position: (selected properties, deltaLink).
+    pub async fn delta_state(&self) -> Result<Option<(String, Option<String>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT select_list, delta_link FROM m365_delta_state WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Saves the delta-query position (None: start a full round next time).
+    pub async fn save_delta_state(
+        &self,
+        select_list: &str,
+        delta_link: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO m365_delta_state (id, select_list, delta_link, updated_at) \
+             VALUES (1, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET select_list = $1, \
+             delta_link = $2, updated_at = $3",
+        )
+        .bind(select_list)
+        .bind(delta_link)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The object ids of bound users' managers, by local user id (for manager export).
+    pub async fn object_id_of_user(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT m365_object_id FROM m365_bindings WHERE user_id = $1 AND state = 'bound'",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(id,)| id))
+    }
+
+    /// Bindings by state for the binding list (`None`: all), with usernames, paged.
+    pub async fn bindings(
+        &self,
+        state: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<BindingRow>, StoreError> {
+        Ok(sqlx::query_as::<_, BindingRow>(&format!(
+            "SELECT {BINDING_COLUMNS} FROM m365_bindings WHERE ($1 IS NULL OR state = $1) \
+             ORDER BY user_principal_name LIMIT $2 OFFSET $3"
+        ))
+        .bind(state)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// What a delivered job changes on the binding.
+#[derive(Debug, Clone)]
+pub enum JobEffect {
+    /// Nothing was sent (the binding no longer needs it).
+    Nothing,
+    /// Changes were sent.
+    Synced {
+        account_enabled: Option<bool>,
+        password_pushed: bool,
+    },
+    /// The bind is done.
+    Bound(BindOutcome),
+}
+
+async fn complete_one(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    job_id: i64,
+    user_id: &str,
+    effect: &JobEffect,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM m365_outbox WHERE id = $1")
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
+    match effect {
+        JobEffect::Nothing => {}
+        JobEffect::Synced {
+            account_enabled,
+            password_pushed,
+        } => {
+            sqlx::query(
+                "UPDATE m365_bindings SET last_sync_at = $2, \
+                     account_enabled = COALESCE($3, account_enabled), \
+                     password_pushed = CASE WHEN $4 = 1 THEN 1 ELSE password_pushed END \
+                     WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .bind(now_ms)
+            .bind(account_enabled.map(i64::from))
+            .bind(i64::from(*password_pushed))
+            .execute(&mut **tx)
+            .await?;
+        }
+        JobEffect::Bound(outcome) => {
+            sqlx::query(
+                "UPDATE m365_bindings SET m365_object_id = $2, immutable_id = $3, \
+                     user_principal_name = $4, account_enabled = $5, last_sync_at = $6, \
+                     last_error = NULL, \
+                     password_pushed = CASE WHEN $7 = 1 THEN 0 ELSE password_pushed END, \
+                     state = CASE WHEN state = 'pending' THEN 'bound' ELSE state END, \
+                     bound_at = CASE WHEN state = 'pending' THEN $6 ELSE bound_at END \
+                     WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .bind(&outcome.m365_object_id)
+            .bind(&outcome.immutable_id)
+            .bind(&outcome.user_principal_name)
+            .bind(i64::from(outcome.account_enabled))
+            .bind(now_ms)
+            .bind(i64::from(outcome.created))
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
