@@ -668,7 +668,11 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                     "{:<30} {:<18} {}",
                     m.attribute,
                     m.graph_property,
-                    if m.always { "always exported" } else { d.as_str() }
+                    if m.always {
+                        "always exported"
+                    } else {
+                        d.as_str()
+                    }
                 );
             }
         }
@@ -691,7 +695,10 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                     if json {
                         println!("{}", serde_json::to_string_pretty(&status).map_err(fail)?);
                     } else {
-                        println!("binding:        {}", status.state.as_deref().unwrap_or("unbound"));
+                        println!(
+                            "binding:        {}",
+                            status.state.as_deref().unwrap_or("unbound")
+                        );
                         if let Some(id) = &status.immutable_id {
                             println!("immutable ID:   {id}");
                         }
@@ -704,10 +711,22 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                         if let Some(e) = &status.last_error {
                             println!("last error:     {e}");
                         }
-                        println!("password here:  {}", if status.password_pushed { "pushed to Microsoft 365" } else { "not yet pushed (at the next sign-in or change)" });
+                        println!(
+                            "password here:  {}",
+                            if status.password_pushed {
+                                "pushed to Microsoft 365"
+                            } else {
+                                "not yet pushed (at the next sign-in or change)"
+                            }
+                        );
                         println!("queued:         {}", status.queued_jobs.join(", "));
                         for f in &status.failed_jobs {
-                            println!("failed:         {} ({} attempts): {}", f.kind, f.attempts, f.error.as_deref().unwrap_or(""));
+                            println!(
+                                "failed:         {} ({} attempts): {}",
+                                f.kind,
+                                f.attempts,
+                                f.error.as_deref().unwrap_or("")
+                            );
                         }
                     }
                 }
@@ -717,8 +736,10 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                     if json {
                         println!(
                             "{}",
-                            serde_json::to_string_pretty(&serde_json::json!({"counts": counts, "failed": failed}))
-                                .map_err(fail)?
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({"counts": counts, "failed": failed})
+                            )
+                            .map_err(fail)?
                         );
                     } else {
                         println!(

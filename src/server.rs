@@ -86,6 +86,15 @@ impl App {
             }));
             store.record_event(&event).await?;
         }
+        if store.backend() == crate::store::Backend::Sqlite {
+            let released = store.release_outbox_leases().await?;
+            if released > 0 {
+                tracing::info!(
+                    jobs = released,
+                    "resuming Microsoft 365 changes interrupted by a stop"
+                );
+            }
+        }
         let data_key = crate::m365::data_key(&config)?;
         let directory = Directory::new(store.clone(), config.password_policy.clone())
             .with_password_sealer(data_key.clone());

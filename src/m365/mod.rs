@@ -7,5 +7,5 @@ pub mod import;
 pub mod sync;
 
 pub use connection::{data_key, ConnectionStatus, M365Error, M365SetupError, M365};
-pub use sync::M365Sync;
 pub use import::{ImportProgress, ImportReport, ImportSelection, TenantUser};
+pub use sync::M365Sync;

@@ -317,6 +317,17 @@ impl Store {
         enqueue_if_bound(&self.pool, user_id, job, now_ms).await
     }
 
+    /// Releases every lease: on SQLite only this process delivers, so leases left by a process
+    /// that died belong to nobody.
+    pub async fn release_outbox_leases(&self) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("UPDATE m365_outbox SET lease_until = NULL WHERE lease_until IS NOT NULL")
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     /// Whether a password job is already waiting for the user.
     pub async fn has_queued_password(&self, user_id: &str) -> Result<bool, StoreError> {
         let (n,): (i64,) = sqlx::query_as(

@@ -8,3 +8,4 @@ mod graph_fake_selftest;
 mod m365;
 mod server;
 mod sso;
+mod sync;

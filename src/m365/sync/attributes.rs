@@ -54,7 +54,11 @@ pub struct AttributeMapping {
     pub always: bool,
 }
 
-const fn always(attribute: &'static str, graph: &'static str, label: &'static str) -> AttributeMapping {
+const fn always(
+    attribute: &'static str,
+    graph: &'static str,
+    label: &'static str,
+) -> AttributeMapping {
     AttributeMapping {
         attribute,
         graph_property: graph,
@@ -85,9 +89,17 @@ pub const MAPPINGS: &[AttributeMapping] = &[
     always("displayName", "displayName", "First Name + Last Name"),
     optional("addresses.work.country", "country", "Work Country"),
     optional("addresses.work.locality", "city", "Work City"),
-    optional("addresses.work.postalCode", "postalCode", "Work Postal Code"),
+    optional(
+        "addresses.work.postalCode",
+        "postalCode",
+        "Work Postal Code",
+    ),
     optional("addresses.work.region", "state", "Work State"),
-    optional("addresses.work.streetAddress", "streetAddress", "Work Street Address"),
+    optional(
+        "addresses.work.streetAddress",
+        "streetAddress",
+        "Work Street Address",
+    ),
     optional("alternateEmail", "otherMails", "Alternate Email"),
     optional("department", "department", "Department"),
     optional("jobTitle", "jobTitle", "Job Title"),
@@ -104,7 +116,8 @@ pub fn optional_mapping(name: &str) -> Option<&'static AttributeMapping> {
     let name = name.strip_suffix(".number").unwrap_or(name);
     MAPPINGS.iter().find(|m| {
         !m.always
-            && (m.attribute.eq_ignore_ascii_case(name) || m.graph_property.eq_ignore_ascii_case(name))
+            && (m.attribute.eq_ignore_ascii_case(name)
+                || m.graph_property.eq_ignore_ascii_case(name))
     })
 }
 
@@ -128,7 +141,11 @@ impl Directions {
     pub fn of(&self, attribute: &str) -> Direction {
         match MAPPINGS.iter().find(|m| m.attribute == attribute) {
             Some(m) if m.always => Direction::Export,
-            Some(m) => self.0.get(m.attribute).copied().unwrap_or(Direction::Exclude),
+            Some(m) => self
+                .0
+                .get(m.attribute)
+                .copied()
+                .unwrap_or(Direction::Exclude),
             None => Direction::Exclude,
         }
     }
@@ -149,7 +166,9 @@ impl Directions {
 
 /// A text value for Graph: empty clears (null).
 fn text(value: Option<String>) -> Value {
-    value.filter(|v| !v.is_empty()).map_or(Value::Null, Value::String)
+    value
+        .filter(|v| !v.is_empty())
+        .map_or(Value::Null, Value::String)
 }
 
 /// The Graph value of one exported attribute (not password, not manager).
@@ -163,9 +182,7 @@ fn graph_value(user: &User, attribute: &str) -> Option<(&'static str, Value)> {
         "addresses.work.locality" => ("city", text(user.work_locality.clone())),
         "addresses.work.postalCode" => ("postalCode", text(user.work_postal_code.clone())),
         "addresses.work.region" => ("state", text(user.work_region.clone())),
-        "addresses.work.streetAddress" => {
-            ("streetAddress", text(user.work_street_address.clone()))
-        }
+        "addresses.work.streetAddress" => ("streetAddress", text(user.work_street_address.clone())),
         // Collections are replaced whole and must never be null.
         "alternateEmail" => (
             "otherMails",
@@ -186,7 +203,11 @@ fn graph_value(user: &User, attribute: &str) -> Option<(&'static str, Value)> {
 
 /// The Graph properties for `attributes` (changed attribute names), limited to what is
 /// exported; first or last name also refresh displayName. Manager is handled separately.
-pub fn patch_for(user: &User, attributes: &[String], directions: &Directions) -> Map<String, Value> {
+pub fn patch_for(
+    user: &User,
+    attributes: &[String],
+    directions: &Directions,
+) -> Map<String, Value> {
     let mut patch = Map::new();
     for attribute in attributes {
         if !directions.exports(attribute) {
@@ -289,7 +310,10 @@ mod tests {
             optional_mapping("officeLocation").map(|m| m.attribute),
             Some("location")
         );
-        assert!(optional_mapping("firstname").is_none(), "always-exported rows are not optional");
+        assert!(
+            optional_mapping("firstname").is_none(),
+            "always-exported rows are not optional"
+        );
     }
 
     #[test]

@@ -35,16 +35,20 @@ impl M365Sync {
         loop {
             pages += 1;
             if pages > MAX_PAGES {
-                return Err(M365Error::Graph(Box::new(crate::m365::graph::GraphError::Decode(
-                    "the delta round does not end".into(),
-                )))
-                .into());
+                return Err(
+                    M365Error::Graph(Box::new(crate::m365::graph::GraphError::Decode(
+                        "the delta round does not end".into(),
+                    )))
+                    .into(),
+                );
             }
             let page = match self.delta_page(link.as_deref(), &select).await {
                 Ok(page) => page,
                 Err(M365Error::Graph(e)) if e.status() == Some(410) && !restarted => {
                     // The round expired at Microsoft: start a full one.
-                    tracing::info!("the Microsoft 365 delta round expired; reading all users again");
+                    tracing::info!(
+                        "the Microsoft 365 delta round expired; reading all users again"
+                    );
                     restarted = true;
                     link = None;
                     continue;
@@ -101,10 +105,18 @@ impl M365Sync {
         }
     }
 
-    async fn delta_page(&self, link: Option<&str>, select: &[&str]) -> Result<DeltaPage, M365Error> {
+    async fn delta_page(
+        &self,
+        link: Option<&str>,
+        select: &[&str],
+    ) -> Result<DeltaPage, M365Error> {
         let graph = self.m365.graph();
         self.m365
-            .call(|t| async move { graph.users_delta_page(t.expose_secret(), link, select).await })
+            .call(|t| async move {
+                graph
+                    .users_delta_page(t.expose_secret(), link, select)
+                    .await
+            })
             .await
     }
 

@@ -458,7 +458,10 @@ impl M365Sync {
             .await
         {
             Ok(0) => {}
-            Ok(n) => tracing::info!(users = n, "blocking M365 sign-in of users whose password expired"),
+            Ok(n) => tracing::info!(
+                users = n,
+                "blocking M365 sign-in of users whose password expired"
+            ),
             Err(err) => tracing::warn!(%err, "could not look for expired passwords"),
         }
     }

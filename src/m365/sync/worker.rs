@@ -11,9 +11,13 @@ use serde_json::{json, Map, Value};
 
 use super::attributes::{full_patch, patch_for, Directions};
 use super::M365Sync;
-use crate::directory::{generate_password, DirectoryError, User, UserState, OUTBOX_PASSWORD_CONTEXT};
+use crate::directory::{
+    generate_password, DirectoryError, User, UserState, OUTBOX_PASSWORD_CONTEXT,
+};
 use crate::events::{kind, Actor, NewEvent};
-use crate::m365::graph::{BatchRequest, BatchResponse, GraphDomain, GraphError, GraphUser, USER_SELECT};
+use crate::m365::graph::{
+    BatchRequest, BatchResponse, GraphDomain, GraphError, GraphUser, USER_SELECT,
+};
 use crate::m365::M365Error;
 use crate::store::{BindOutcome, BindingRow, JobEffect, OutboxRow};
 
@@ -60,7 +64,9 @@ impl Outcome {
     fn from_graph(error: &GraphError) -> Outcome {
         match error {
             GraphError::Unauthorized { .. } => Outcome::Pause(error.to_string()),
-            GraphError::Api { status, .. } if *status == 429 || *status >= 500 || *status == 408 => {
+            GraphError::Api { status, .. }
+                if *status == 429 || *status >= 500 || *status == 408 =>
+            {
                 Outcome::Retry(error.to_string())
             }
             GraphError::Api { .. } => Outcome::Fail(error.to_string()),
@@ -243,7 +249,13 @@ impl M365Sync {
         }
     }
 
-    async fn fail(&self, job: &OutboxRow, message: &str, username: Option<&str>, now: DateTime<Utc>) {
+    async fn fail(
+        &self,
+        job: &OutboxRow,
+        message: &str,
+        username: Option<&str>,
+        now: DateTime<Utc>,
+    ) {
         tracing::warn!(job = job.id, kind = %job.kind, user = username.unwrap_or(&job.user_id),
             error = %message, "Microsoft 365 sync job failed");
         let event = NewEvent::new(now, &Actor::System, kind::M365_SYNC_FAILED, username)
@@ -352,7 +364,9 @@ impl M365Sync {
             .collect();
         let lookups: Vec<BatchRequest> = by_id
             .iter()
-            .map(|&i| get_user_request(i, active[i].binding.m365_object_id.as_deref().unwrap_or("")))
+            .map(|&i| {
+                get_user_request(i, active[i].binding.m365_object_id.as_deref().unwrap_or(""))
+            })
             .collect();
         if let Err(outcome) = self.lookup(lookups, &mut found, &mut failed).await {
             results.extend(active.into_iter().map(|w| (w, outcome.clone())));
@@ -467,7 +481,11 @@ impl M365Sync {
                         Ok(body) => {
                             if let Some(plan) = plans[i].as_mut() {
                                 if plan.created {
-                                    match body.as_ref().and_then(|b| b.get("id")).and_then(Value::as_str) {
+                                    match body
+                                        .as_ref()
+                                        .and_then(|b| b.get("id"))
+                                        .and_then(Value::as_str)
+                                    {
                                         Some(id) => plan.m365_object_id = id.to_string(),
                                         None => {
                                             failed[i] = Some(Outcome::Retry(
@@ -514,8 +532,9 @@ impl M365Sync {
                     continue;
                 }
                 if let Some(plan) = &plans[i] {
-                    if let Some(request) =
-                        self.manager_request(i, &plan.m365_object_id, &work.user).await
+                    if let Some(request) = self
+                        .manager_request(i, &plan.m365_object_id, &work.user)
+                        .await
                     {
                         manager_requests.push(request);
                     }
@@ -550,7 +569,10 @@ impl M365Sync {
         found: &mut [Option<GraphUser>],
         failed: &mut [Option<Outcome>],
     ) -> Result<(), Outcome> {
-        let responses = self.batch(requests).await.map_err(Outcome::from_connection)?;
+        let responses = self
+            .batch(requests)
+            .await
+            .map_err(Outcome::from_connection)?;
         for response in responses {
             let Ok(i) = response.id.parse::<usize>() else {
                 continue;
@@ -558,7 +580,9 @@ impl M365Sync {
             match response.result {
                 Ok(Some(body)) => match serde_json::from_value::<GraphUser>(body) {
                     Ok(user) => found[i] = Some(user),
-                    Err(e) => failed[i] = Some(Outcome::Retry(format!("unreadable user from Graph: {e}"))),
+                    Err(e) => {
+                        failed[i] = Some(Outcome::Retry(format!("unreadable user from Graph: {e}")))
+                    }
                 },
                 Ok(None) => failed[i] = Some(Outcome::Retry("Graph sent an empty user".into())),
                 Err(e) if e.is_not_found() => {}
@@ -599,7 +623,12 @@ impl M365Sync {
 
     /// The manager reference to write for `user` (set to the manager's M365 user, or removed);
     /// `None` when the manager is not bound (there is nothing in M365 to point at).
-    async fn manager_request(&self, i: usize, object_id: &str, user: &User) -> Option<BatchRequest> {
+    async fn manager_request(
+        &self,
+        i: usize,
+        object_id: &str,
+        user: &User,
+    ) -> Option<BatchRequest> {
         match &user.manager_id {
             Some(manager_id) => {
                 let manager_object = self.store.object_id_of_user(manager_id).await.ok()??;
