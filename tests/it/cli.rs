@@ -496,3 +496,134 @@ async fn m365_commands_against_the_fake() {
     let deactivated = ok(run(vec!["m365", "deactivate", "--yes"]).await.unwrap());
     assert!(deactivated.contains("0 bindings cleared"), "{deactivated}");
 }
+
+/// Binding from the command line while the server is down, then killing the server (SIGKILL)
+/// in the middle of delivery: after a restart every user is bound exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_loses_and_duplicates_nothing() {
+    use crate::support::graph_fake::GraphFake;
+    const USERS: usize = 300;
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let config_file = d.join("idbridge.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "data_dir = \"{data}\"\n[certs]\nkey_file = \"{dir}/certs/signing.key\"\n\
+             cert_file = \"{dir}/certs/signing.crt\"\n\
+             [m365]\nlogin_base_url = \"{}\"\ngraph_base_url = \"{}\"\nclient_id = \"{}\"\n\
+             tenant = \"{}\"\n[m365.sync]\npoll_interval_ms = 50\njobs_per_round = 20\n",
+            fake.login_base_url(),
+            fake.graph_base_url(),
+            GraphFake::CLIENT_ID,
+            GraphFake::TENANT_ID,
+            data = d.join("data").display(),
+            dir = d.display(),
+        ),
+    )
+    .unwrap();
+    let secret = [("IDBRIDGE_M365__CLIENT_SECRET", GraphFake::CLIENT_SECRET)];
+    let run = {
+        let d = d.clone();
+        move |args: Vec<&'static str>| {
+            let d = d.clone();
+            tokio::task::spawn_blocking(move || idbridge(&d, &args, "", &secret))
+        }
+    };
+    ok(run(vec!["m365", "connect", "--client-credentials"])
+        .await
+        .unwrap());
+
+    // Users created in-process (no password, so no hashing), in the same database.
+    let config = idbridge::config::Config::load(Some(&config_file)).unwrap();
+    let store = idbridge::store::Store::connect(&config.database_url())
+        .await
+        .unwrap();
+    let directory =
+        idbridge::directory::Directory::new(store.clone(), config.password_policy.clone());
+    for i in 0..USERS {
+        let changes = idbridge::directory::UserChanges {
+            username: Some(format!("k{i:03}")),
+            email: Some(format!("k{i:03}@contoso.com")),
+            firstname: Some("Kill".into()),
+            lastname: Some(format!("{i:03}")),
+            ..Default::default()
+        };
+        directory
+            .create_user(
+                &idbridge::events::Actor::System,
+                &changes,
+                None,
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+    }
+    // Committed with the server down: nothing reaches Microsoft 365 yet, nothing is lost.
+    let bound = ok(run(vec!["m365", "bind", "--all"]).await.unwrap());
+    assert!(bound.contains(&format!("{USERS} queued")), "{bound}");
+    assert_eq!(fake.users().len(), 0);
+
+    let start = |d: &Path| {
+        let port = free_port();
+        let child = Command::new(binary())
+            .arg("serve")
+            .current_dir(d)
+            .env("IDBRIDGE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("IDBRIDGE_M365__CLIENT_SECRET", GraphFake::CLIENT_SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve starts");
+        (child, port)
+    };
+    let (mut first, _) = start(&d);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fake.users().len() < USERS / 4 {
+        assert!(Instant::now() < deadline, "delivery started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    first.kill().unwrap(); // SIGKILL: no graceful shutdown
+    first.wait().unwrap();
+    let at_kill = fake.users().len();
+    assert!(
+        at_kill < USERS,
+        "killed mid-sync ({at_kill} of {USERS} created)"
+    );
+
+    let (mut second, port) = start(&d);
+    assert!(wait_healthy(port));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let counts = store.sync_counts().await.unwrap();
+        if counts.bound == USERS as i64 && counts.queued == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "all bound after restart: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
+    second.wait().unwrap();
+
+    let users = fake.users();
+    assert_eq!(users.len(), USERS, "each user created exactly once");
+    for i in 0..USERS {
+        let u = directory.get_user(&format!("k{i:03}")).await.unwrap();
+        let b = store.binding(&u.id).await.unwrap().unwrap();
+        let m = fake.user(&u.email).expect("in M365");
+        assert_eq!(b.m365_object_id.as_deref(), m["id"].as_str());
+        assert_eq!(
+            Some(b.immutable_id.as_str()),
+            m["onPremisesImmutableId"].as_str()
+        );
+    }
+    store.close().await;
+}

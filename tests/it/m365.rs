@@ -45,7 +45,7 @@ fn secret() -> String {
 
 /// Runs the consent flow as an admin's browser would: open the URL, follow Microsoft's
 /// redirect to our callback. Returns the callback's status and page.
-async fn consent(app: &TestApp) -> (u16, String) {
+pub(crate) async fn consent(app: &TestApp) -> (u16, String) {
     let url = app
         .state()
         .m365

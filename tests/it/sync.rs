@@ -894,3 +894,50 @@ async fn deactivating_the_connection_clears_bindings_and_the_outbox() {
         .to_string();
     assert!(err.contains("idbridge m365 connect"), "{err}");
 }
+
+#[tokio::test]
+async fn a_refused_token_pauses_sync_shows_reconnect_and_reconnecting_resumes_it() {
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    let app = TestApp::spawn_with(&settings(&fake, "", "")).await;
+    fake.register_redirect_uri(&app.url("/m365/callback"));
+    let (status, page) = crate::m365::consent(&app).await;
+    assert_eq!(status, 200, "{page}");
+    app.create_user("uma", "uma@contoso.com", PASSWORD).await;
+    bind(&app, &["uma"]).await;
+    let uma = settled(&app, "uma", "bound").await;
+
+    // The admin's grant is revoked in Entra: the refresh is refused.
+    fake.revoke_refresh_tokens();
+    fake.expire_access_tokens();
+    change(
+        &app,
+        "uma",
+        UserChanges {
+            lastname: Some("Waiting".into()),
+            ..UserChanges::default()
+        },
+    )
+    .await;
+    eventually("connection shows reconnect", || async {
+        let s = app.state().m365.status().await.unwrap();
+        (s.state == "reconnect").then_some(())
+    })
+    .await;
+    let queued = eventually("job waiting, not failed", || async {
+        let jobs = app.store.queued_jobs(&uma.id).await.unwrap();
+        jobs.first().filter(|j| j.last_error.is_some()).cloned()
+    })
+    .await;
+    assert_eq!(
+        queued.attempts, 0,
+        "a connection problem is not the job's fault"
+    );
+    assert!(queued.last_error.unwrap().contains("m365 connect"));
+    assert!(app.store.failed_jobs(None).await.unwrap().is_empty());
+
+    let (status, _) = crate::m365::consent(&app).await;
+    assert_eq!(status, 200);
+    settled(&app, "uma", "bound").await;
+    assert_eq!(prop(&fake, "uma@contoso.com", "surname"), "Waiting");
+}

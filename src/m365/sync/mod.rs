@@ -402,15 +402,19 @@ impl M365Sync {
         let mut last_expiry_scan = Instant::now() - Duration::from_secs(3600);
         let mut paused_until: Option<Instant> = None;
         loop {
-            if let Some(until) = paused_until {
-                if Instant::now() < until {
+            if let Some(until) = paused_until.take() {
+                // Paused because the connection needs an admin: check again at each poll and
+                // resume as soon as it is connected again (or after the pause).
+                while Instant::now() < until {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep_until(until.into()) => {}
+                        _ = tokio::time::sleep(poll.max(Duration::from_millis(500))) => {}
                         _ = self.signal.notified() => {}
                     }
+                    if self.connection_usable().await {
+                        break;
+                    }
                 }
-                paused_until = None;
             }
             if last_expiry_scan.elapsed() >= Duration::from_secs(60) {
                 last_expiry_scan = Instant::now();
@@ -422,6 +426,7 @@ impl M365Sync {
                 }
                 let report = self.deliver_round(Utc::now()).await;
                 if report.paused {
+                    tracing::warn!("Microsoft 365 changes wait: the connection needs an admin (see `idbridge m365 status`)");
                     paused_until = Some(Instant::now() + Duration::from_secs(30));
                     break;
                 }
@@ -429,14 +434,14 @@ impl M365Sync {
                     break;
                 }
             }
-            if paused_until.is_none() && last_import.elapsed() >= import_every {
+            if paused_until.is_some() {
+                continue;
+            }
+            if last_import.elapsed() >= import_every {
                 last_import = Instant::now();
                 if let Err(err) = self.import_round(Utc::now()).await {
                     tracing::warn!(%err, "importing attribute changes from Microsoft 365 failed");
                 }
-            }
-            if paused_until.is_some() {
-                continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -444,6 +449,14 @@ impl M365Sync {
                 _ = tokio::time::sleep(poll) => {}
             }
         }
+    }
+
+    /// Whether the connection is connected with a token in hand or obtainable.
+    async fn connection_usable(&self) -> bool {
+        self.m365
+            .status()
+            .await
+            .is_ok_and(|s| s.state == "connected")
     }
 
     async fn queue_expiry_blocks(&self, now: DateTime<Utc>) {

@@ -63,7 +63,8 @@ struct Work {
 impl Outcome {
     fn from_graph(error: &GraphError) -> Outcome {
         match error {
-            GraphError::Unauthorized { .. } => Outcome::Pause(error.to_string()),
+            // Refused even after a fresh token: counted, so it ends as a visible failure.
+            GraphError::Unauthorized { .. } => Outcome::Retry(error.to_string()),
             GraphError::Api { status, .. }
                 if *status == 429 || *status >= 500 || *status == 408 =>
             {
@@ -206,8 +207,8 @@ impl M365Sync {
                 Outcome::Pause(message) => {
                     report.paused = true;
                     report.retried += 1;
-                    self.postpone(&job, false, now_ms + 30_000, &message, now_ms)
-                        .await;
+                    // Due again as soon as the worker resumes (when the connection is back).
+                    self.postpone(&job, false, now_ms, &message, now_ms).await;
                 }
                 Outcome::Retry(message) => {
                     let attempts = job.attempts + 1;
