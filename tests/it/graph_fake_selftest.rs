@@ -679,7 +679,6 @@ async fn batch(fake: &GraphFake, at: &str, requests: Value) -> HashMap<String, V
 
 /// GET with extra headers.
 async fn get_with(
-    fake: &GraphFake,
     at: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -697,7 +696,6 @@ async fn get_with(
     } else {
         serde_json::from_str(&text).unwrap()
     };
-    let _ = fake;
     (status, headers, v)
 }
 
@@ -712,7 +710,7 @@ async fn delta_round(
     let mut sizes = Vec::new();
     let mut items = Vec::new();
     loop {
-        let (s, _, b) = get_with(fake, at, &next, headers).await;
+        let (s, _, b) = get_with(at, &next, headers).await;
         assert_eq!(s, 200, "{b}");
         let value = b["value"].as_array().unwrap();
         sizes.push(value.len());

@@ -509,6 +509,12 @@ async fn imported_attributes_follow_changes_made_in_m365() {
     sync.set_direction(&admin(), "manager", "import", Utc::now())
         .await
         .unwrap();
+    // Switching to Import reads Microsoft 365 at once (a full delta round).
+    eventually("first import round done", || async {
+        let state = app.store.delta_state().await.unwrap();
+        state.filter(|(select, link)| select.contains("manager") && link.is_some())
+    })
+    .await;
 
     fake.set_user_property("ivy@contoso.com", "jobTitle", json!("CFO"));
     fake.set_manager_in_m365("ivy@contoso.com", Some("jack@contoso.com"));

@@ -100,6 +100,8 @@ pub struct M365Sync {
     sealer: SecretBox,
     settings: SyncConfig,
     signal: Arc<Notify>,
+    /// Set when an attribute was switched to Import: the worker imports at once.
+    import_requested: std::sync::atomic::AtomicBool,
     /// The tenant's domains, cached briefly (federated or not decides immutable ID rules).
     domains: tokio::sync::Mutex<Option<(Instant, Vec<GraphDomain>)>>,
 }
@@ -134,6 +136,7 @@ impl M365Sync {
             sealer,
             settings,
             signal,
+            import_requested: std::sync::atomic::AtomicBool::new(true),
             domains: tokio::sync::Mutex::new(None),
         }
     }
@@ -324,6 +327,10 @@ impl M365Sync {
                 &event,
             )
             .await?;
+        if to == Direction::Import {
+            self.import_requested
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         self.signal.notify_one();
         Ok(from)
     }
@@ -398,7 +405,7 @@ impl M365Sync {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms.max(10));
         let import_every = Duration::from_secs(self.settings.import_interval_seconds.max(1));
-        let mut last_import = Instant::now() - import_every;
+        let mut last_import = Instant::now();
         let mut last_expiry_scan = Instant::now() - Duration::from_secs(3600);
         let mut paused_until: Option<Instant> = None;
         loop {
@@ -437,7 +444,10 @@ impl M365Sync {
             if paused_until.is_some() {
                 continue;
             }
-            if last_import.elapsed() >= import_every {
+            let requested = self
+                .import_requested
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+            if requested || last_import.elapsed() >= import_every {
                 last_import = Instant::now();
                 if let Err(err) = self.import_round(Utc::now()).await {
                     tracing::warn!(%err, "importing attribute changes from Microsoft 365 failed");

@@ -231,11 +231,52 @@ impl M365Sync {
                 }
             }
         }
-        if !done.is_empty() {
-            if let Err(err) = self.store.complete_jobs(&done, now_ms).await {
-                // The leases expire and the jobs are delivered again; every delivery is
-                // idempotent (a bind looks the user up before creating it).
-                tracing::warn!(%err, jobs = done.len(), "could not record delivered jobs");
+        if done.is_empty() {
+            return;
+        }
+        if let Err(err) = self.store.complete_jobs(&done, now_ms).await {
+            tracing::warn!(%err, jobs = done.len(), "could not record delivered jobs together; recording them one by one");
+            for item in done {
+                match self
+                    .store
+                    .complete_jobs(std::slice::from_ref(&item), now_ms)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(crate::store::StoreError::Conflict(field)) => {
+                        // E.g. the adopted M365 user's immutable ID is another binding's.
+                        let (job_id, user_id, effect, _) = item;
+                        let message = match &effect {
+                            JobEffect::Bound(b) => format!(
+                                "the Microsoft 365 user {} has the {field} {:?}, which another idbridge user's binding already uses",
+                                b.user_principal_name, b.immutable_id
+                            ),
+                            _ => format!("another binding already has this {field}"),
+                        };
+                        let row = OutboxRow {
+                            id: job_id,
+                            user_id,
+                            kind: if matches!(effect, JobEffect::Bound(_)) {
+                                "bind".into()
+                            } else {
+                                "update".into()
+                            },
+                            fields: None,
+                            secret_enc: None,
+                            state: "queued".into(),
+                            attempts: 0,
+                            next_attempt_at: now_ms,
+                            last_error: None,
+                            created_at: now_ms,
+                        };
+                        report.done -= 1;
+                        report.failed += 1;
+                        self.fail(&row, &message, None, now).await;
+                    }
+                    // The lease expires and the job is delivered again; every delivery is
+                    // idempotent (a bind looks the user up before creating it).
+                    Err(err) => tracing::warn!(%err, "could not record a delivered job"),
+                }
             }
         }
     }

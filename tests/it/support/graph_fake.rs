@@ -186,14 +186,14 @@ impl GraphFake {
             .collect()
     }
 
-    /// The stored user with all properties (including `passwordProfile.password` as last set).
+    /// An active user with all stored properties (`passwordProfile.password` as last set).
     pub fn user(&self, id_or_upn: &str) -> Option<Value> {
         let st = self.lock();
         st.find_user(id_or_upn)
             .map(|i| Value::Object(st.users[i].clone()))
     }
 
-    /// All stored users, in creation order.
+    /// All active (not deleted) users, in creation (or restore) order.
     pub fn users(&self) -> Vec<Value> {
         self.lock()
             .users
@@ -211,7 +211,7 @@ impl GraphFake {
         st.managers.get(&id).cloned()
     }
 
-    /// Sets a user property directly, as an admin editing the user in the M365 portal (bumps delta).
+    /// Sets a user property directly, as an admin editing it in the M365 portal (bumps delta).
     pub fn set_user_property(&self, id_or_upn: &str, prop: &str, value: Value) {
         let mut st = self.lock();
         let idx = st
@@ -220,6 +220,13 @@ impl GraphFake {
         let (name, _, _) = canonical_prop(prop)
             .filter(|(n, _, _)| *n != "id")
             .unwrap_or_else(|| panic!("GraphFake::set_user_property: no property {prop}"));
+        if name == "userPrincipalName" {
+            let upn = value.as_str().expect("a UPN string");
+            assert!(
+                st.find_user(upn).is_none_or(|i| i == idx),
+                "GraphFake::set_user_property: UPN {upn} is taken"
+            );
+        }
         let seq = st.bump();
         st.write_prop(idx, name, value, seq, true);
     }
@@ -478,6 +485,9 @@ struct State {
     by_immutable: HashMap<String, Vec<String>>,
     /// Soft-deleted users (the deleted-items bin), oldest first.
     deleted: Vec<Deleted>,
+    /// FAKE CHOICE (default true): a soft-deleted user's UPN stays reserved against POST and
+    /// PATCH. Reference §10 quotes observations that a new user may take it at once, while
+    /// Microsoft 365 admin guidance says the address can take up to 24 hours to be released.
     hold_deleted_upns: bool,
     /// user id → manager id (active users only).
     managers: HashMap<String, String>,
@@ -3182,7 +3192,8 @@ fn decode_skiptoken(tok: &str) -> Option<usize> {
 // counter when the round started; the initial round lists the users that existed at `upto`.
 // Pages are ordered by a per-user key that never changes for a user inside a round, and a
 // skiptoken carries the last key served, so changes made during a round never shift a page (a
-// user changed again during the round shows up in the next round instead).
+// user changed again during the round shows up in the next round instead). Page size: FAKE
+// CHOICE, 100 unless `set_delta_page_size`. Deletions before the initial round aren't reported.
 // ------------------------------------------------------------------------------------------
 
 /// Directory delta tokens expire after 7 days (delta-query-overview.md "Token duration").
@@ -3275,9 +3286,11 @@ fn unsupported_query(message: impl Into<String>) -> GraphOut {
     gerr(400, "Request_UnsupportedQuery", message)
 }
 
+/// (`$select` without manager, `manager` selected, `$filter` ids).
+type DeltaParams = (Option<Vec<String>>, bool, Option<Vec<String>>);
+
 /// `$select` (with `manager`) and `$filter` (ids only) of an initial delta request.
-#[allow(clippy::type_complexity)]
-fn delta_params(q: &Query) -> Result<(Option<Vec<String>>, bool, Option<Vec<String>>), GraphOut> {
+fn delta_params(q: &Query) -> Result<DeltaParams, GraphOut> {
     let mut manager = false;
     let select = match q.get("$select") {
         None => None,
@@ -3438,11 +3451,21 @@ fn users_delta(
     };
     let mut cands: Vec<(u64, &str)> = Vec::new();
     if round.initial {
-        for u in &st.users {
+        // `users` is in ordering-key order (keys grow with every insert or restore).
+        let order = |u: &Map<String, Value>| {
+            st.tracks
+                .get(u["id"].as_str().unwrap_or(""))
+                .map_or(0, |t| t.order)
+        };
+        let from = st.users.partition_point(|u| order(u) <= round.after);
+        for u in &st.users[from..] {
             let id = u["id"].as_str().unwrap_or("");
             if let Some(t) = st.tracks.get(id) {
-                if t.born <= round.upto && t.order > round.after && wanted(id) {
+                if t.born <= round.upto && wanted(id) {
                     cands.push((t.order, id));
+                    if cands.len() > st.delta_page_size {
+                        break;
+                    }
                 }
             }
         }
