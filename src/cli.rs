@@ -258,7 +258,12 @@ pub enum AttributesAction {
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
     /// Create an admin account and print its one-time password once.
-    Create { username: String },
+    Create {
+        username: String,
+        /// admin (everything) or read_only (sees everything, changes nothing).
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -306,10 +311,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("file:               {}", config.certs.cert_file.display());
             Ok(())
         }
-        Command::Admin(AdminCommand::Create { username }) => {
+        Command::Admin(AdminCommand::Create { username, role }) => {
             let directory = open_directory(&config).await?;
             let password = directory
-                .create_admin(&Actor::cli(), &username, Utc::now())
+                .create_admin(
+                    &Actor::cli(),
+                    &username,
+                    crate::directory::AdminRole::parse(&role).map_err(fail)?,
+                    Utc::now(),
+                )
                 .await
                 .map_err(fail)?;
             print_one_time_password(&username, &password);
@@ -360,7 +370,12 @@ async fn serve(config: Config) -> Result<(), CliError> {
     if state.store.count_admins().await.map_err(fail)? == 0 {
         let password = state
             .directory
-            .create_admin(&Actor::System, "admin", Utc::now())
+            .create_admin(
+                &Actor::System,
+                "admin",
+                crate::directory::AdminRole::Admin,
+                Utc::now(),
+            )
             .await
             .map_err(fail)?;
         print_one_time_password("admin", &password);

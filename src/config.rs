@@ -57,7 +57,27 @@ pub struct Config {
     pub password_policy: PasswordPolicy,
     pub saml: SamlConfig,
     pub m365: M365Config,
+    pub admin: AdminConfig,
     pub log: LogConfig,
+}
+
+/// The admin console and API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A console session ends after this many minutes without a request.
+    pub session_idle_minutes: u64,
+    /// A console session ends this many hours after sign-in, active or not.
+    pub session_max_hours: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_minutes: 30,
+            session_max_hours: 12,
+        }
+    }
 }
 
 impl Default for Config {
@@ -71,6 +91,7 @@ impl Default for Config {
             password_policy: PasswordPolicy::default(),
             saml: SamlConfig::default(),
             m365: M365Config::default(),
+            admin: AdminConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -11,6 +11,8 @@ pub enum Actor {
     Cli(String),
     /// An end user of the directory (SSO sign-in).
     User(String),
+    /// An API key of the JSON API, by its name.
+    ApiKey(String),
     /// idbridge itself (start-up, workers).
     System,
     /// Somebody not yet identified (a failed sign-in, a rejected SAML message).
@@ -30,6 +32,7 @@ impl std::fmt::Display for Actor {
             Actor::Admin(name) => write!(f, "admin:{name}"),
             Actor::Cli(name) => write!(f, "cli:{name}"),
             Actor::User(name) => write!(f, "user:{name}"),
+            Actor::ApiKey(name) => write!(f, "apikey:{name}"),
             Actor::System => f.write_str("system"),
             Actor::Anonymous => f.write_str("anonymous"),
         }
@@ -46,6 +49,14 @@ pub mod kind {
     pub const USER_PASSWORD_SET: &str = "user_password_set";
     pub const USER_PASSWORD_REJECTED: &str = "user_password_rejected";
     pub const ADMIN_CREATE: &str = "admin_create";
+    pub const ADMIN_LOGIN_SUCCESS: &str = "admin_login_success";
+    pub const ADMIN_LOGIN_FAILED: &str = "admin_login_failed";
+    pub const ADMIN_LOGOUT: &str = "admin_logout";
+    pub const ADMIN_PASSWORD_CHANGE: &str = "admin_password_change";
+    /// A console or API request refused: CSRF, read-only role, bad API key.
+    pub const ADMIN_ACCESS_DENIED: &str = "admin_access_denied";
+    pub const API_KEY_CREATE: &str = "api_key_create";
+    pub const API_KEY_REVOKE: &str = "api_key_revoke";
     pub const SIGNING_CERT_CREATE: &str = "signing_certificate_create";
     pub const SSO_LOGIN_SUCCESS: &str = "sso_login_success";
     pub const SSO_LOGIN_FAILED: &str = "sso_login_failed";

@@ -144,7 +144,7 @@ impl App {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .merge(crate::sso::router())
-            .merge(crate::admin::router())
+            .merge(crate::admin::router(self.state.clone()))
             .fallback(|| async { crate::web::AppError::NotFound })
             .layer(RequestBodyLimitLayer::new(256 * 1024))
             .layer(SetResponseHeaderLayer::if_not_present(

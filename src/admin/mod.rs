@@ -1,73 +1,164 @@
-//! Admin-facing pages. For now: the end of the Microsoft 365 consent flow. The console and the
-//! JSON API grow here.
+//! The admin console (server-rendered pages) and the JSON API. Handlers are thin: they call the
+//! directory, binding/sync and connection services, and map errors in one place
+//! (`web::AppError` for pages, `web::ApiError` for JSON).
 
-use std::net::SocketAddr;
+pub mod api;
+mod auth;
+mod binding;
+mod events;
+mod m365;
+mod saml;
+mod settings;
+mod users;
 
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{header, HeaderValue};
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
-use chrono::Utc;
-use serde::Deserialize;
+use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::m365::M365Error;
 use crate::server::AppState;
-use crate::web::{render, AppError, MessagePage};
+use crate::web::session::{require_admin_session, require_api_key};
+use crate::web::AdminPrincipal;
 
-/// Admin routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/m365/callback", get(m365_callback))
+/// The console's Content-Security-Policy: no inline script, nothing from elsewhere.
+const CONSOLE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
+
+/// Console, API and callback routes.
+pub fn router(state: AppState) -> Router<AppState> {
+    let console = Router::new()
+        .merge(auth::router())
+        .merge(users::router())
+        .merge(binding::router())
+        .merge(m365::router())
+        .merge(saml::router())
+        .merge(events::router())
+        .merge(settings::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_session,
+        ));
+    let public_console = Router::new()
+        .merge(auth::public_router())
+        .route("/admin/static/console.js", get(console_js))
+        .route("/admin/static/console.css", get(console_css));
+    let console = console
+        .merge(public_console)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONSOLE_CSP),
+        ));
+    let api = api::router().route_layer(middleware::from_fn_with_state(state, require_api_key));
+    Router::new()
+        .merge(console)
+        .merge(api)
+        .merge(api::public_router())
+        .merge(m365::public_router())
 }
 
-/// What Microsoft appends to the redirect URI after consent.
-#[derive(Debug, Deserialize)]
-pub struct CallbackParams {
-    code: Option<String>,
-    state: Option<String>,
-    error: Option<String>,
-    error_description: Option<String>,
+async fn console_js() -> impl axum::response::IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../templates/admin/console.js"),
+    )
 }
 
-async fn m365_callback(
-    State(state): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Query(params): Query<CallbackParams>,
-) -> Result<Response, AppError> {
-    let result = state
-        .m365
-        .complete_connect(
-            params.code.as_deref(),
-            params.state.as_deref(),
-            params.error.as_deref(),
-            params.error_description.as_deref(),
-            Some(addr.ip().to_string()),
-            Utc::now(),
-        )
-        .await;
-    match result {
-        Ok(status) => {
-            let message = format!(
-                "idbridge is connected to tenant {} (default domain {}).",
-                status.tenant_id.as_deref().unwrap_or("?"),
-                status.default_domain.as_deref().unwrap_or("unknown"),
-            );
-            Ok(render(
-                StatusCode::OK,
-                &MessagePage {
-                    title: "Microsoft 365 is connected",
-                    message: &message,
-                    hint: Some("You can close this window. Next: import users with `idbridge m365 import`, then bind them."),
-                    reference: None,
-                },
-            ))
+async fn console_css() -> impl axum::response::IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../templates/admin/console.css"),
+    )
+}
+
+/// What every console page shows around its content: who is signed in, the CSRF token for
+/// forms, the active tab, and a one-time notice or error.
+#[derive(Debug, Clone)]
+pub struct Chrome {
+    pub admin: String,
+    pub role: &'static str,
+    pub csrf: String,
+    pub active: &'static str,
+    pub can_write: bool,
+    pub flash: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Chrome {
+    /// The chrome for `admin` on tab `active`.
+    pub fn new(admin: &AdminPrincipal, active: &'static str) -> Self {
+        Self {
+            admin: admin.name.clone(),
+            role: admin.role.as_str(),
+            csrf: admin.csrf.clone(),
+            active,
+            can_write: admin.can_write(),
+            flash: None,
+            error: None,
         }
-        Err(
-            err @ (M365Error::UnknownState | M365Error::Refused(_) | M365Error::NotConfigured(_)),
-        ) => Err(AppError::bad_request(
-            "Microsoft 365 was not connected",
-            err.to_string(),
-        )),
-        Err(err) => Err(AppError::Internal(err.to_string())),
+    }
+
+    /// With a notice (after a successful change).
+    pub fn flash(mut self, message: Option<String>) -> Self {
+        self.flash = message;
+        self
+    }
+
+    /// With an error message (a refused change; the form keeps its input).
+    pub fn error(mut self, message: Option<String>) -> Self {
+        self.error = message;
+        self
+    }
+}
+
+/// A time for display: `2026-11-23 11:15 UTC`, or empty.
+pub fn display_time(ms: Option<i64>) -> String {
+    use chrono::TimeZone;
+    ms.and_then(|ms| chrono::Utc.timestamp_millis_opt(ms).single())
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// The cookie carrying a one-time notice from a POST to the page it redirects to.
+pub const NOTICE_COOKIE: &str = "idbridge_notice";
+
+/// Redirects after a POST with a one-time notice (post/redirect/get, so reloading does not
+/// repeat the change). The notice travels in a short-lived cookie, never in the URL, so a
+/// crafted link cannot put text on a console page.
+pub fn redirect_with_notice(path: &str, notice: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let value = url::form_urlencoded::byte_serialize(notice.as_bytes()).collect::<String>();
+    let cookie = format!("{NOTICE_COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=60");
+    let mut response = axum::response::Redirect::to(path).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// The one-time notice of this request, if a POST left one (the session guard clears it).
+#[derive(Debug, Clone, Default)]
+pub struct Notice(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Notice {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let jar = axum_extra::extract::cookie::CookieJar::from_headers(&parts.headers);
+        Ok(Notice(jar.get(NOTICE_COOKIE).map(|c| {
+            url::form_urlencoded::parse(format!("n={}", c.value()).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        })))
     }
 }

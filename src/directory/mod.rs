@@ -1,9 +1,11 @@
 //! The user directory: users, passwords and the password policy. No HTTP here.
 
+mod admins;
 mod password;
 mod policy;
 mod user;
 
+pub use admins::{AdminRole, NewApiKey, API_KEY_PREFIX};
 pub use password::{generate_password, hash_password, verify_password};
 pub use policy::{PasswordPolicy, PolicyViolation};
 pub use user::{
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use crate::events::{kind, Actor, NewEvent};
 use crate::secrets::SecretBox;
-use crate::store::{AdminRow, LinkRow, OutboxJob, Store, StoreError, UserListQuery, UserWrite};
+use crate::store::{LinkRow, OutboxJob, Store, StoreError, UserListQuery, UserWrite};
 
 /// Why a directory operation was refused; each message tells the admin what to change.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,10 @@ pub enum DirectoryError {
     NoChanges,
     #[error("admin {0:?} already exists")]
     AdminExists(String),
+    #[error("{0:?} is not a role; use admin or read_only")]
+    UnknownRole(String),
+    #[error("the API key name must be 1 to 64 characters")]
+    ApiKeyName,
     #[error("password hashing failed: {0}")]
     Hashing(String),
     #[error(transparent)]
@@ -60,8 +66,6 @@ impl From<StoreError> for DirectoryError {
     }
 }
 
-/// Admin roles.
-pub const ROLE_FULL_ADMIN: &str = "admin";
 
 /// The directory service used by the CLI, the SSO login and (later) the console and API.
 #[derive(Clone, Debug)]
@@ -393,7 +397,7 @@ impl Directory {
         Ok(())
     }
 
-    async fn check_new_password(
+    pub(crate) async fn check_new_password(
         &self,
         user: &User,
         password: &SecretString,
@@ -470,38 +474,6 @@ impl Directory {
             .is_expired(user.password_changed_at, now.timestamp_millis())
     }
 
-    /// Creates an admin account with a one-time password, returned once to be shown once.
-    pub async fn create_admin(
-        &self,
-        actor: &Actor,
-        username: &str,
-        now: DateTime<Utc>,
-    ) -> Result<SecretString, DirectoryError> {
-        let username = validate_username(username)?;
-        if self.store.find_admin(&username).await?.is_some() {
-            return Err(DirectoryError::AdminExists(username));
-        }
-        let password = generate_password();
-        let row = AdminRow {
-            id: new_record_id(),
-            username: username.clone(),
-            password_hash: self.hash(&password).await?,
-            role: ROLE_FULL_ADMIN.into(),
-            must_change_password: 1,
-            created_at: now.timestamp_millis(),
-        };
-        let event = NewEvent::new(now, actor, kind::ADMIN_CREATE, Some(&username))
-            .details(json!({"role": ROLE_FULL_ADMIN}));
-        self.store
-            .insert_admin(&row, &event)
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => DirectoryError::AdminExists(username.clone()),
-                other => other.into(),
-            })?;
-        Ok(password)
-    }
-
     async fn resolve_manager(
         &self,
         changes: &UserChanges,
@@ -520,7 +492,7 @@ impl Directory {
         }
     }
 
-    async fn hash(&self, password: &SecretString) -> Result<String, DirectoryError> {
+    pub(crate) async fn hash(&self, password: &SecretString) -> Result<String, DirectoryError> {
         let password = password.clone();
         tokio::task::spawn_blocking(move || hash_password(&password))
             .await
@@ -530,7 +502,7 @@ impl Directory {
 }
 
 /// A valid argon2id hash of a random string, computed once, for constant-time misses.
-fn dummy_hash() -> &'static str {
+pub(crate) fn dummy_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HASH.get_or_init(|| hash_password(&generate_password()).unwrap_or_default())
 }

@@ -52,3 +52,240 @@ impl Store {
         .await?)
     }
 }
+
+/// A live console session with its admin.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AdminSessionRow {
+    pub id_hash: String,
+    pub admin_id: String,
+    pub csrf_token: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+    pub username: String,
+    pub role: String,
+    pub must_change_password: i64,
+}
+
+/// An API key (never the key itself).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub key_hash: String,
+    pub prefix: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+}
+
+const API_KEY_COLUMNS: &str = "id, name, key_hash, prefix, role, created_by, created_at, \
+    last_used_at, revoked_at, revoked_by";
+
+impl Store {
+    /// Every admin account, by username.
+    pub async fn list_admins(&self) -> Result<Vec<AdminRow>, StoreError> {
+        Ok(sqlx::query_as::<_, AdminRow>(
+            "SELECT id, username, password_hash, role, must_change_password, created_at \
+             FROM admins ORDER BY username",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Sets an admin's password (clearing the must-change flag) and ends their other sessions.
+    pub async fn set_admin_password(
+        &self,
+        admin_id: &str,
+        hash: &str,
+        keep_session: Option<&str>,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE admins SET password_hash = $2, must_change_password = 0, \
+             password_changed_at = $3 WHERE id = $1",
+        )
+        .bind(admin_id)
+        .bind(hash)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM admin_sessions WHERE admin_id = $1 AND ($2 IS NULL OR id_hash <> $2)",
+        )
+        .bind(admin_id)
+        .bind(keep_session)
+        .execute(&mut *tx)
+        .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Starts a console session.
+    pub async fn insert_admin_session(
+        &self,
+        id_hash: &str,
+        admin_id: &str,
+        csrf_token: &str,
+        now_ms: i64,
+        expires_at: i64,
+        client_ip: Option<&str>,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO admin_sessions (id_hash, admin_id, csrf_token, created_at, last_seen_at, \
+             expires_at, client_ip) VALUES ($1, $2, $3, $4, $4, $5, $6)",
+        )
+        .bind(id_hash)
+        .bind(admin_id)
+        .bind(csrf_token)
+        .bind(now_ms)
+        .bind(expires_at)
+        .bind(client_ip)
+        .execute(&mut *tx)
+        .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A console session with its admin, if it exists.
+    pub async fn find_admin_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<AdminSessionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, AdminSessionRow>(
+            "SELECT s.id_hash, s.admin_id, s.csrf_token, s.created_at, s.last_seen_at, \
+             s.expires_at, a.username, a.role, a.must_change_password \
+             FROM admin_sessions s JOIN admins a ON a.id = s.admin_id WHERE s.id_hash = $1",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records activity on a session (for the idle timeout).
+    pub async fn touch_admin_session(&self, id_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE admin_sessions SET last_seen_at = $2 WHERE id_hash = $1")
+            .bind(id_hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a console session (with an event when one is given).
+    pub async fn delete_admin_session(
+        &self,
+        id_hash: &str,
+        event: Option<&NewEvent>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM admin_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(event) = event {
+            events::insert(&mut *tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes expired console sessions.
+    pub async fn purge_admin_sessions(&self, now_ms: i64, idle_ms: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM admin_sessions WHERE expires_at < $1 OR last_seen_at < $2",
+        )
+        .bind(now_ms)
+        .bind(now_ms - idle_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Stores a new API key (its hash) and records the event.
+    pub async fn insert_api_key(&self, key: &ApiKeyRow, event: &NewEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.key_hash)
+        .bind(&key.prefix)
+        .bind(&key.role)
+        .bind(&key.created_by)
+        .bind(key.created_at)
+        .bind(key.last_used_at)
+        .bind(key.revoked_at)
+        .bind(&key.revoked_by)
+        .execute(&mut *tx)
+        .await?;
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The API key with this hash, if any (revoked ones included; the caller checks).
+    pub async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ApiKeyRow>(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
+        ))
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Every API key, newest first.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ApiKeyRow>(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Revokes a key; false when there is no such live key.
+    pub async fn revoke_api_key(
+        &self,
+        id: &str,
+        by: &str,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $2, revoked_by = $3 WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            events::insert(&mut *tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Records the use of a key (at most about once a minute matters; callers may skip).
+    pub async fn touch_api_key(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,4 +1,11 @@
-//! Shared HTTP plumbing: the one error type that becomes a response, page rendering, cookies.
+//! Shared HTTP plumbing: the error types that become responses (pages and JSON), page
+//! rendering, cookies, console sessions and API keys.
+
+mod api_error;
+pub mod session;
+
+pub use api_error::{ApiError, ApiErrorBody, ApiErrorDetail};
+pub use session::AdminPrincipal;
 
 use askama::Template;
 use axum::http::{header, StatusCode};

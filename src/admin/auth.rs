@@ -1,0 +1,353 @@
+//! Admin sign-in, sign-out, password change and the overview page.
+
+use std::net::SocketAddr;
+
+use askama::Template;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Form, Router};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use chrono::Utc;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{display_time, Chrome, Notice};
+use crate::events::{kind, Actor, NewEvent};
+use crate::server::AppState;
+use crate::store::{EventFilter, SyncCounts};
+use crate::web::session::ADMIN_COOKIE;
+use crate::web::{new_token, render, token_hash, AdminPrincipal, AppError};
+
+/// The sign-in form's double-submit cookie (login CSRF: the form only works in the browser that
+/// loaded it).
+const LOGIN_COOKIE: &str = "idbridge_admin_login";
+
+/// Routes without a session.
+pub fn public_router() -> Router<AppState> {
+    Router::new().route("/admin/login", get(login_page).post(login))
+}
+
+/// Routes behind the session guard.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin", get(dashboard))
+        .route("/admin/logout", post(logout))
+        .route("/admin/password", get(password_page).post(change_password))
+}
+
+#[derive(Template)]
+#[template(path = "admin/login.html")]
+struct LoginPage {
+    csrf: String,
+    next: String,
+    username: String,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Only console paths are followed after sign-in (no open redirect).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with("/admin") && !n.starts_with("//") && !n.contains('\\') => {
+            n.to_string()
+        }
+        _ => "/admin".into(),
+    }
+}
+
+fn cookie(state: &AppState, name: &'static str, value: String) -> Cookie<'static> {
+    let mut c = Cookie::new(name, value);
+    c.set_http_only(true);
+    c.set_path("/admin");
+    c.set_secure(state.config.is_https());
+    // Lax, not Strict: the admin comes back from Microsoft's consent page by a cross-site
+    // redirect and must still be signed in; every change needs the CSRF token anyway.
+    c.set_same_site(SameSite::Lax);
+    c
+}
+
+async fn login_page(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    let token = new_token();
+    let page = LoginPage {
+        csrf: token.clone(),
+        next: safe_next(query.next.as_deref()),
+        username: String::new(),
+        error: None,
+    };
+    let jar = jar.add(cookie(&state, LOGIN_COOKIE, token));
+    (jar, render(StatusCode::OK, &page)).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    csrf: String,
+    username: String,
+    password: String,
+    next: Option<String>,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let ip = Some(addr.ip().to_string());
+    let next = safe_next(form.next.as_deref());
+    let fresh = new_token();
+    let again = |error: &str, status: StatusCode, jar: CookieJar| {
+        let page = LoginPage {
+            csrf: fresh.clone(),
+            next: next.clone(),
+            username: form.username.clone(),
+            error: Some(error.to_string()),
+        };
+        let jar = jar.add(cookie(&state, LOGIN_COOKIE, fresh.clone()));
+        (jar, render(status, &page)).into_response()
+    };
+    let form_ok = jar.get(LOGIN_COOKIE).is_some_and(|c| {
+        c.value().len() == form.csrf.len()
+            && openssl::memcmp::eq(c.value().as_bytes(), form.csrf.as_bytes())
+    });
+    if !form_ok {
+        let event = NewEvent::new(now, &Actor::Anonymous, kind::ADMIN_ACCESS_DENIED, None)
+            .details(json!({"reason": "csrf", "path": "/admin/login"}))
+            .client_ip(ip);
+        state.store.record_event(&event).await?;
+        return Ok(again(
+            "The sign-in form expired. Please sign in again.",
+            StatusCode::FORBIDDEN,
+            jar,
+        ));
+    }
+    let password = SecretString::from(form.password.clone());
+    let admin = state
+        .directory
+        .authenticate_admin(&form.username, &password)
+        .await?;
+    let Some(admin) = admin else {
+        let event = NewEvent::new(
+            now,
+            &Actor::Anonymous,
+            kind::ADMIN_LOGIN_FAILED,
+            Some(form.username.trim()),
+        )
+        .details(json!({"reason": "wrong username or password"}))
+        .client_ip(ip);
+        state.store.record_event(&event).await?;
+        return Ok(again(
+            "Wrong username or password.",
+            StatusCode::UNAUTHORIZED,
+            jar,
+        ));
+    };
+    let token = new_token();
+    let now_ms = now.timestamp_millis();
+    let expires = now_ms + (state.config.admin.session_max_hours.max(1) * 3_600_000) as i64;
+    let event = NewEvent::new(
+        now,
+        &Actor::Admin(admin.username.clone()),
+        kind::ADMIN_LOGIN_SUCCESS,
+        Some(&admin.username),
+    )
+    .client_ip(ip.clone());
+    state
+        .store
+        .insert_admin_session(
+            &token_hash(&token),
+            &admin.id,
+            &new_token(),
+            now_ms,
+            expires,
+            ip.as_deref(),
+            &event,
+        )
+        .await?;
+    let jar = jar
+        .remove(Cookie::build(LOGIN_COOKIE).path("/admin"))
+        .add(cookie(&state, ADMIN_COOKIE, token));
+    let target = if admin.must_change_password == 1 {
+        "/admin/password".to_string()
+    } else {
+        next
+    };
+    Ok((jar, Redirect::to(&target)).into_response())
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    jar: CookieJar,
+) -> Result<Response, AppError> {
+    if let Some(hash) = &admin.session_hash {
+        let event = NewEvent::new(Utc::now(), &admin.actor(), kind::ADMIN_LOGOUT, Some(&admin.name));
+        state.store.delete_admin_session(hash, Some(&event)).await?;
+    }
+    let jar = jar.remove(Cookie::build(ADMIN_COOKIE).path("/admin"));
+    let mut response = (jar, Redirect::to("/admin/login")).into_response();
+    // Nothing of the console stays in the browser.
+    response.headers_mut().insert(
+        "clear-site-data",
+        HeaderValue::from_static("\"cache\", \"storage\""),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[derive(Template)]
+#[template(path = "admin/password.html")]
+struct PasswordPage {
+    chrome: Chrome,
+    must_change: bool,
+    policy: String,
+}
+
+fn policy_text(state: &AppState) -> String {
+    let p = state.directory.policy();
+    format!(
+        "At least {} characters, three of: lowercase, uppercase, digits, symbols; not containing your username.",
+        p.min_length
+    )
+}
+
+async fn password_page(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    Notice(notice): Notice,
+) -> Response {
+    let page = PasswordPage {
+        chrome: Chrome::new(&admin, "").flash(notice),
+        must_change: admin.must_change_password,
+        policy: policy_text(&state),
+    };
+    render(StatusCode::OK, &page)
+}
+
+#[derive(Deserialize)]
+struct PasswordForm {
+    current: String,
+    new_password: String,
+    confirm: String,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    Form(form): Form<PasswordForm>,
+) -> Result<Response, AppError> {
+    let refuse = |message: String| {
+        let page = PasswordPage {
+            chrome: Chrome::new(&admin, "").error(Some(message)),
+            must_change: admin.must_change_password,
+            policy: policy_text(&state),
+        };
+        render(StatusCode::UNPROCESSABLE_ENTITY, &page)
+    };
+    if form.new_password != form.confirm {
+        return Ok(refuse("The two new passwords differ.".into()));
+    }
+    let current = SecretString::from(form.current.clone());
+    let Some(row) = state
+        .directory
+        .authenticate_admin(&admin.name, &current)
+        .await?
+    else {
+        let event = NewEvent::new(
+            Utc::now(),
+            &admin.actor(),
+            kind::ADMIN_LOGIN_FAILED,
+            Some(&admin.name),
+        )
+        .details(json!({"reason": "wrong current password at password change"}));
+        state.store.record_event(&event).await?;
+        return Ok(refuse("The current password is wrong.".into()));
+    };
+    if form.new_password == form.current {
+        return Ok(refuse("Choose a password different from the current one.".into()));
+    }
+    let new_password = SecretString::from(form.new_password.clone());
+    match state
+        .directory
+        .change_admin_password(&row, &new_password, admin.session_hash.as_deref(), Utc::now())
+        .await
+    {
+        Ok(()) => Ok(super::redirect_with_notice(
+            "/admin",
+            "Your password was changed. Your other sessions were signed out.",
+        )),
+        Err(crate::directory::DirectoryError::Policy(v)) => Ok(refuse(format!("Password rejected: {v}"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "admin/dashboard.html")]
+struct Dashboard {
+    chrome: Chrome,
+    users: i64,
+    counts: SyncCounts,
+    connection: String,
+    events: Vec<EventLine>,
+}
+
+/// An event as a table row.
+pub struct EventLine {
+    pub at: String,
+    pub event_type: String,
+    pub actor: String,
+    pub target: String,
+}
+
+async fn dashboard(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    Notice(notice): Notice,
+) -> Result<Response, AppError> {
+    let users = state.store.count_users().await?;
+    let counts = state.store.sync_counts().await?;
+    let connection = state
+        .m365
+        .status()
+        .await
+        .map(|s| s.state.replace('_', " "))
+        .unwrap_or_else(|_| "unknown".into());
+    let events = state
+        .store
+        .list_events(&EventFilter {
+            limit: 10,
+            ..EventFilter::default()
+        })
+        .await?
+        .into_iter()
+        .map(|e| EventLine {
+            at: display_time(Some(e.at)),
+            event_type: e.event_type,
+            actor: e.actor,
+            target: e.target.unwrap_or_default(),
+        })
+        .collect();
+    Ok(render(
+        StatusCode::OK,
+        &Dashboard {
+            chrome: Chrome::new(&admin, "").flash(notice),
+            users,
+            counts,
+            connection,
+            events,
+        },
+    ))
+}
