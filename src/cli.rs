@@ -335,8 +335,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .list_events(&EventFilter {
                     event_type,
                     target,
-                    actor: None,
                     limit,
+                    ..EventFilter::default()
                 })
                 .await
                 .map_err(fail)?;

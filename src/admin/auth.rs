@@ -192,7 +192,12 @@ async fn logout(
     jar: CookieJar,
 ) -> Result<Response, AppError> {
     if let Some(hash) = &admin.session_hash {
-        let event = NewEvent::new(Utc::now(), &admin.actor(), kind::ADMIN_LOGOUT, Some(&admin.name));
+        let event = NewEvent::new(
+            Utc::now(),
+            &admin.actor(),
+            kind::ADMIN_LOGOUT,
+            Some(&admin.name),
+        );
         state.store.delete_admin_session(hash, Some(&event)).await?;
     }
     let jar = jar.remove(Cookie::build(ADMIN_COOKIE).path("/admin"));
@@ -277,19 +282,28 @@ async fn change_password(
         return Ok(refuse("The current password is wrong.".into()));
     };
     if form.new_password == form.current {
-        return Ok(refuse("Choose a password different from the current one.".into()));
+        return Ok(refuse(
+            "Choose a password different from the current one.".into(),
+        ));
     }
     let new_password = SecretString::from(form.new_password.clone());
     match state
         .directory
-        .change_admin_password(&row, &new_password, admin.session_hash.as_deref(), Utc::now())
+        .change_admin_password(
+            &row,
+            &new_password,
+            admin.session_hash.as_deref(),
+            Utc::now(),
+        )
         .await
     {
         Ok(()) => Ok(super::redirect_with_notice(
             "/admin",
             "Your password was changed. Your other sessions were signed out.",
         )),
-        Err(crate::directory::DirectoryError::Policy(v)) => Ok(refuse(format!("Password rejected: {v}"))),
+        Err(crate::directory::DirectoryError::Policy(v)) => {
+            Ok(refuse(format!("Password rejected: {v}")))
+        }
         Err(e) => Err(e.into()),
     }
 }

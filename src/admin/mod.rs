@@ -22,7 +22,8 @@ use crate::web::session::{require_admin_session, require_api_key};
 use crate::web::AdminPrincipal;
 
 /// The console's Content-Security-Policy: no inline script, nothing from elsewhere.
-const CONSOLE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+const CONSOLE_CSP: &str =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
     form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 
 /// Console, API and callback routes.
@@ -134,7 +135,8 @@ pub const NOTICE_COOKIE: &str = "idbridge_notice";
 pub fn redirect_with_notice(path: &str, notice: &str) -> axum::response::Response {
     use axum::response::IntoResponse;
     let value = url::form_urlencoded::byte_serialize(notice.as_bytes()).collect::<String>();
-    let cookie = format!("{NOTICE_COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=60");
+    let cookie =
+        format!("{NOTICE_COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=60");
     let mut response = axum::response::Redirect::to(path).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, v);

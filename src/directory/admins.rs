@@ -5,8 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use super::{
-    generate_password, new_record_id, validate_username, verify_password, Directory,
-    DirectoryError,
+    generate_password, new_record_id, validate_username, verify_password, Directory, DirectoryError,
 };
 use crate::events::{kind, Actor, NewEvent};
 use crate::store::{AdminRow, ApiKeyRow, StoreError};

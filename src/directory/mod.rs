@@ -66,7 +66,6 @@ impl From<StoreError> for DirectoryError {
     }
 }
 
-
 /// The directory service used by the CLI, the SSO login and (later) the console and API.
 #[derive(Clone, Debug)]
 pub struct Directory {

@@ -202,18 +202,22 @@ impl Store {
 
     /// Removes expired console sessions.
     pub async fn purge_admin_sessions(&self, now_ms: i64, idle_ms: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "DELETE FROM admin_sessions WHERE expires_at < $1 OR last_seen_at < $2",
+        Ok(
+            sqlx::query("DELETE FROM admin_sessions WHERE expires_at < $1 OR last_seen_at < $2")
+                .bind(now_ms)
+                .bind(now_ms - idle_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
         )
-        .bind(now_ms)
-        .bind(now_ms - idle_ms)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
     }
 
     /// Stores a new API key (its hash) and records the event.
-    pub async fn insert_api_key(&self, key: &ApiKeyRow, event: &NewEvent) -> Result<(), StoreError> {
+    pub async fn insert_api_key(
+        &self,
+        key: &ApiKeyRow,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"

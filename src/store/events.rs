@@ -21,6 +21,12 @@ pub struct EventFilter {
     pub event_type: Option<String>,
     pub target: Option<String>,
     pub actor: Option<String>,
+    /// Only events at or after this time (ms).
+    pub since: Option<i64>,
+    /// Only events before this time (ms).
+    pub until: Option<i64>,
+    /// Keyset paging: only events with a smaller id (the last id of the previous page).
+    pub before_id: Option<i64>,
     pub limit: i64,
 }
 
@@ -75,18 +81,31 @@ impl Store {
         insert(&self.pool, event).await
     }
 
+    /// The distinct event types recorded (for filter menus).
+    pub async fn event_types(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT DISTINCT event_type FROM events ORDER BY event_type")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(t,)| t).collect())
+    }
+
     /// Lists events matching the filter, newest first.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
         let rows = sqlx::query_as::<_, EventRow>(
             "SELECT id, at, actor, event_type, target, details, client_ip FROM events \
              WHERE ($1 IS NULL OR event_type = $1) AND ($2 IS NULL OR target = $2) \
-               AND ($3 IS NULL OR actor = $3) \
+               AND ($3 IS NULL OR actor = $3) AND ($5 IS NULL OR at >= $5) \
+               AND ($6 IS NULL OR at < $6) AND ($7 IS NULL OR id < $7) \
              ORDER BY id DESC LIMIT $4",
         )
         .bind(&filter.event_type)
         .bind(&filter.target)
         .bind(&filter.actor)
         .bind(if filter.limit > 0 { filter.limit } else { 100 })
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(filter.before_id)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)

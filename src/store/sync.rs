@@ -657,6 +657,81 @@ impl Store {
     }
 }
 
+/// One line of the binding list: a user with its binding (if any) and sync trouble.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BindingListRow {
+    pub user_id: String,
+    pub username: String,
+    pub email: String,
+    pub firstname: String,
+    pub lastname: String,
+    pub user_state: String,
+    /// `unbound` when the user has no binding row.
+    pub binding_state: String,
+    pub immutable_id: Option<String>,
+    pub m365_object_id: Option<String>,
+    pub last_sync_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub queued_jobs: i64,
+    pub failed_jobs: i64,
+}
+
+/// Which users the binding list shows.
+#[derive(Debug, Clone, Default)]
+pub struct BindingListQuery {
+    /// `bound`, `pending`, `failed` (a failed bind or a failed change), `unbound`; None: all.
+    pub state: Option<String>,
+    pub search: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+const BINDING_LIST_FROM: &str = "FROM users u LEFT JOIN m365_bindings b ON b.user_id = u.id \
+    WHERE ($1 IS NULL OR u.username_key LIKE $1 ESCAPE '\\' OR u.email_key LIKE $1 ESCAPE '\\' \
+        OR LOWER(u.firstname || ' ' || u.lastname) LIKE $1 ESCAPE '\\') \
+    AND ($2 IS NULL \
+        OR ($2 = 'unbound' AND (b.state IS NULL OR b.state = 'unbound')) \
+        OR ($2 = 'failed' AND (b.state = 'failed' OR EXISTS (SELECT 1 FROM m365_outbox f \
+            WHERE f.user_id = u.id AND f.state = 'failed'))) \
+        OR ($2 NOT IN ('unbound', 'failed') AND b.state = $2))";
+
+impl Store {
+    /// A page of the binding list, ordered by username.
+    pub async fn binding_list(
+        &self,
+        query: &BindingListQuery,
+    ) -> Result<Vec<BindingListRow>, StoreError> {
+        let pattern = query.search.as_deref().map(super::like_pattern);
+        Ok(sqlx::query_as::<_, BindingListRow>(&format!(
+            "SELECT u.id AS user_id, u.username, u.email, u.firstname, u.lastname, \
+             u.state AS user_state, COALESCE(b.state, 'unbound') AS binding_state, \
+             b.immutable_id, b.m365_object_id, b.last_sync_at, b.last_error, \
+             (SELECT COUNT(*) FROM m365_outbox q WHERE q.user_id = u.id AND q.state = 'queued') \
+                AS queued_jobs, \
+             (SELECT COUNT(*) FROM m365_outbox f WHERE f.user_id = u.id AND f.state = 'failed') \
+                AS failed_jobs \
+             {BINDING_LIST_FROM} ORDER BY u.username_key LIMIT $3 OFFSET $4"
+        ))
+        .bind(pattern)
+        .bind(&query.state)
+        .bind(if query.limit > 0 { query.limit } else { 100 })
+        .bind(query.offset.max(0))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How many users the binding list query matches.
+    pub async fn count_binding_list(&self, query: &BindingListQuery) -> Result<i64, StoreError> {
+        let pattern = query.search.as_deref().map(super::like_pattern);
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) {BINDING_LIST_FROM}"))
+            .bind(pattern)
+            .bind(&query.state)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+}
+
 /// What a delivered job changes on the binding.
 #[derive(Debug, Clone)]
 pub enum JobEffect {

@@ -112,6 +112,20 @@ impl Store {
         Ok(rows)
     }
 
+    /// Counts users matching a search text (as [`Store::list_users`] filters them).
+    pub async fn count_matching_users(&self, search: Option<&str>) -> Result<i64, StoreError> {
+        let pattern = search.map(like_pattern);
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM users u WHERE ($1 IS NULL OR u.username_key LIKE $1 ESCAPE '\\' \
+               OR u.email_key LIKE $1 ESCAPE '\\' \
+               OR LOWER(u.firstname || ' ' || u.lastname) LIKE $1 ESCAPE '\\')",
+        )
+        .bind(pattern)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     /// Counts all users.
     pub async fn count_users(&self) -> Result<i64, StoreError> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")

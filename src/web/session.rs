@@ -177,7 +177,9 @@ pub async fn require_admin_session(
         // Shown once: the page that displayed it clears it.
         response.headers_mut().append(
             header::SET_COOKIE,
-            HeaderValue::from_static("idbridge_notice=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"),
+            HeaderValue::from_static(
+                "idbridge_notice=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0",
+            ),
         );
     }
     response
@@ -197,14 +199,21 @@ fn forbidden_page(title: &str, message: &str) -> Response {
 
 /// API guard: `Authorization: Bearer idb_…` with a live key; 401 without saying what was
 /// wrong, 403 for a read-only key on a write. Every refusal is an event.
-pub async fn require_api_key(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path().to_string();
     let ip = client_ip(&request);
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|v| v.trim().to_string());
     let key = match presented {
         Some(k) => state.directory.verify_api_key(&k).await,

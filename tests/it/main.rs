@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod console;
 mod directory;
 mod graph_fake_selftest;
 mod m365;

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod console;
 pub mod graph_fake;
 
 use std::path::PathBuf;
