@@ -166,12 +166,14 @@ async fn login(
     state
         .store
         .insert_admin_session(
-            &token_hash(&token),
-            &admin.id,
-            &new_token(),
-            now_ms,
-            expires,
-            ip.as_deref(),
+            &crate::store::NewAdminSession {
+                id_hash: &token_hash(&token),
+                admin_id: &admin.id,
+                csrf_token: &new_token(),
+                now_ms,
+                expires_at: expires,
+                client_ip: ip.as_deref(),
+            },
             &event,
         )
         .await?;

@@ -67,6 +67,17 @@ pub struct AdminSessionRow {
     pub must_change_password: i64,
 }
 
+/// A console session about to start.
+#[derive(Debug, Clone, Copy)]
+pub struct NewAdminSession<'a> {
+    pub id_hash: &'a str,
+    pub admin_id: &'a str,
+    pub csrf_token: &'a str,
+    pub now_ms: i64,
+    pub expires_at: i64,
+    pub client_ip: Option<&'a str>,
+}
+
 /// An API key (never the key itself).
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct ApiKeyRow {
@@ -131,14 +142,17 @@ impl Store {
     /// Starts a console session.
     pub async fn insert_admin_session(
         &self,
-        id_hash: &str,
-        admin_id: &str,
-        csrf_token: &str,
-        now_ms: i64,
-        expires_at: i64,
-        client_ip: Option<&str>,
+        session: &NewAdminSession<'_>,
         event: &NewEvent,
     ) -> Result<(), StoreError> {
+        let NewAdminSession {
+            id_hash,
+            admin_id,
+            csrf_token,
+            now_ms,
+            expires_at,
+            client_ip,
+        } = *session;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO admin_sessions (id_hash, admin_id, csrf_token, created_at, last_seen_at, \

@@ -13,7 +13,7 @@ mod sync;
 mod users;
 mod write_behind;
 
-pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow};
+pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
 pub use events::{EventFilter, EventRow};
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
