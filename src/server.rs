@@ -240,6 +240,10 @@ async fn purge_expired(state: AppState, token: CancellationToken) {
                 if let Err(err) = state.store.purge_expired_saml_state(now).await {
                     tracing::warn!(%err, "could not purge expired SAML state");
                 }
+                let idle_ms = (state.config.admin.session_idle_minutes.max(1) * 60_000) as i64;
+                if let Err(err) = state.store.purge_admin_sessions(now, idle_ms).await {
+                    tracing::warn!(%err, "could not purge expired console sessions");
+                }
             }
         }
     }

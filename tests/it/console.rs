@@ -280,3 +280,57 @@ async fn the_api_answers_401_without_saying_what_was_wrong() {
         .unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+/// Sessions end after the idle timeout and after the absolute lifetime, whatever the activity.
+#[tokio::test]
+async fn console_sessions_expire_when_idle_and_after_their_lifetime() {
+    let app = TestApp::spawn().await;
+    admin_browser(&app, "root", AdminRole::Admin).await;
+    let admin = app.store.find_admin("root").await.unwrap().unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let cases = [
+        // (last activity, expiry, still valid?)
+        (now - 60_000, now + 3_600_000, true),
+        (now - 31 * 60_000, now + 3_600_000, false),
+        (now - 60_000, now - 1, false),
+    ];
+    for (i, (last_seen, expires, valid)) in cases.into_iter().enumerate() {
+        let token = format!("{i:064}");
+        let hash = idbridge::web::token_hash(&token);
+        app.store
+            .insert_admin_session(
+                &idbridge::store::NewAdminSession {
+                    id_hash: &hash,
+                    admin_id: &admin.id,
+                    csrf_token: "csrf",
+                    now_ms: last_seen,
+                    expires_at: expires,
+                    client_ip: None,
+                },
+                &idbridge::events::NewEvent::new(
+                    chrono::Utc::now(),
+                    &idbridge::events::Actor::System,
+                    "test_session",
+                    None,
+                ),
+            )
+            .await
+            .unwrap();
+        let r = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(app.url("/admin"))
+            .header("cookie", format!("idbridge_admin={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status() == 200, valid, "case {i}: {}", r.status());
+        if !valid {
+            assert!(
+                app.store.find_admin_session(&hash).await.unwrap().is_none(),
+                "ended"
+            );
+        }
+    }
+}
