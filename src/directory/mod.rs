@@ -114,11 +114,15 @@ impl Directory {
         self.outbox_signal.notify_one();
     }
 
-    fn password_job(&self, password: &SecretString) -> Result<Option<OutboxJob>, DirectoryError> {
+    fn password_job(
+        &self,
+        password: &SecretString,
+        end_sessions: bool,
+    ) -> Result<Option<OutboxJob>, DirectoryError> {
         match &self.sealer {
             Some(sealer) => sealer
                 .seal(password, OUTBOX_PASSWORD_CONTEXT)
-                .map(|sealed| Some(OutboxJob::password(sealed)))
+                .map(|sealed| Some(OutboxJob::password(sealed, end_sessions)))
                 .map_err(|e| DirectoryError::Seal(e.to_string())),
             None => Ok(None),
         }
@@ -143,7 +147,7 @@ impl Directory {
         if pushed || self.store.has_queued_password(&user.id).await? {
             return Ok(false);
         }
-        let Some(job) = self.password_job(password)? else {
+        let Some(job) = self.password_job(password, false)? else {
             return Ok(false);
         };
         self.store
@@ -381,7 +385,8 @@ impl Directory {
         }
         let hash = self.hash(password).await?;
         let event = NewEvent::new(now, actor, kind::USER_PASSWORD_SET, Some(&user.username));
-        let job = self.password_job(password)?;
+        // Seed 003: a new password here signs the user out of Microsoft 365.
+        let job = self.password_job(password, true)?;
         self.store
             .set_password(
                 &user.id,

@@ -6,6 +6,7 @@
 //! folder because their DDL differs (auto-increment keys).
 
 mod admins;
+mod api;
 mod events;
 mod m365;
 mod saml;
@@ -17,7 +18,10 @@ pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
 pub use events::{EventFilter, EventRow};
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
-pub use sync::{BindOutcome, BindRequest, BindingRow, JobEffect, OutboxJob, OutboxRow, SyncCounts};
+pub use sync::{
+    BindOutcome, BindRequest, BindingListQuery, BindingListRow, BindingRow, JobEffect, OutboxJob,
+    OutboxRow, SyncCounts, REVOKE_SESSIONS,
+};
 pub use users::{UserListQuery, UserRow, UserWrite};
 pub use write_behind::WriteBehind;
 

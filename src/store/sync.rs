@@ -10,6 +10,9 @@ use crate::events::NewEvent;
 /// while it waits are queued behind it.
 const SYNCED_STATES: &str = "('bound', 'pending')";
 
+/// The `fields` marker of a password job that also ends the user's Microsoft 365 sessions.
+pub const REVOKE_SESSIONS: &str = "revokeSignInSessions";
+
 /// A change to deliver, written in the transaction of the change itself.
 #[derive(Debug, Clone)]
 pub struct OutboxJob {
@@ -40,11 +43,12 @@ impl OutboxJob {
         }
     }
 
-    /// A `password` job carrying the sealed password.
-    pub fn password(sealed: String) -> Self {
+    /// A `password` job carrying the sealed password; `end_sessions` also signs the user out
+    /// of Microsoft 365 (a password change, seed 003), unlike the first push at sign-in.
+    pub fn password(sealed: String, end_sessions: bool) -> Self {
         Self {
             kind: "password",
-            fields: None,
+            fields: end_sessions.then(|| serde_json::json!([REVOKE_SESSIONS]).to_string()),
             secret_enc: Some(sealed),
         }
     }

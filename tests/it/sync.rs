@@ -584,6 +584,12 @@ async fn the_password_reaches_m365_at_the_next_sign_in_and_on_every_change() {
             .password_pushed
     );
 
+    // The first push happens as the user signs in: their sessions stay.
+    assert_eq!(
+        prop(&fake, "kim@contoso.com", "signInSessionsValidFromDateTime"),
+        Value::Null
+    );
+
     // A change here is pushed, encrypted while it waits, and erased once delivered.
     fake.fail_next(3, 500);
     let new_password = "An0ther-Secret-Phrase";
@@ -611,8 +617,11 @@ async fn the_password_reaches_m365_at_the_next_sign_in_and_on_every_change() {
     })
     .await;
     settled(&app, "kim", "bound").await;
+    // Seed 003: a password change here signs the user out of Microsoft 365.
+    assert!(prop(&fake, "kim@contoso.com", "signInSessionsValidFromDateTime").is_string());
     assert!(app.store.queued_jobs(&kim.id).await.unwrap().is_empty());
-    assert!(app.store.failed_jobs(None).await.unwrap().is_empty());
+    let failed = app.store.failed_jobs(None).await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
 }
 
 fn sp_m365(app: &TestApp) -> std::sync::Arc<idbridge::sso::ServiceProvider> {

@@ -19,7 +19,7 @@ use crate::m365::graph::{
     BatchRequest, BatchResponse, GraphDomain, GraphError, GraphUser, USER_SELECT,
 };
 use crate::m365::M365Error;
-use crate::store::{BindOutcome, BindingRow, JobEffect, OutboxRow};
+use crate::store::{BindOutcome, BindingRow, JobEffect, OutboxRow, REVOKE_SESSIONS};
 
 /// How long a claimed job is reserved for this worker (a crashed node's jobs come back after).
 const LEASE_MS: i64 = 5 * 60 * 1000;
@@ -634,7 +634,7 @@ impl M365Sync {
         Ok(())
     }
 
-    /// Sends secondary requests (manager references) and marks their jobs' failures.
+    /// Sends secondary requests (manager references, session revocations) and marks their jobs' failures.
     async fn apply_secondary(&self, requests: Vec<BatchRequest>, failed: &mut [Option<Outcome>]) {
         if requests.is_empty() {
             return;
@@ -702,6 +702,7 @@ impl M365Sync {
     ) -> Vec<(Work, Outcome)> {
         let mut patches = Vec::new();
         let mut managers = Vec::new();
+        let mut revokes = Vec::new();
         let mut effects: Vec<Option<JobEffect>> = vec![None; updates.len()];
         let mut failed: Vec<Option<Outcome>> = vec![None; updates.len()];
         let mut federated_domains: Option<Vec<GraphDomain>> = None;
@@ -782,6 +783,21 @@ impl M365Sync {
                     );
                     // A new password here lifts an expiry block (seed 003).
                     p.insert("accountEnabled".into(), Value::Bool(enabled));
+                    if work
+                        .job
+                        .fields
+                        .as_deref()
+                        .is_some_and(|f| f.contains(REVOKE_SESSIONS))
+                    {
+                        // Seed 003: the change signs the user out of Microsoft 365.
+                        revokes.push(BatchRequest {
+                            id: i.to_string(),
+                            method: Method::POST,
+                            url: format!("/users/{object_id}/revokeSignInSessions"),
+                            // Graph refuses write requests in a batch without a body.
+                            body: Some(json!({})),
+                        });
+                    }
                     p
                 }
                 _ => {
@@ -827,6 +843,11 @@ impl M365Sync {
                 }
             }
         }
+        managers.extend(
+            revokes
+                .into_iter()
+                .filter(|r| r.id.parse::<usize>().is_ok_and(|i| failed[i].is_none())),
+        );
         self.apply_secondary(managers, &mut failed).await;
         let mut results = Vec::new();
         for (i, work) in updates.into_iter().enumerate() {

@@ -2305,6 +2305,12 @@ fn route(
             "GET" => get_manager(st, caller, &segs[1], &q),
             _ => method_not_allowed(),
         },
+        ["users", _, "revokesigninsessions" | "microsoft.graph.revokesigninsessions"] => {
+            match method {
+                "POST" => revoke_sign_in_sessions(st, caller, &segs[1]),
+                _ => method_not_allowed(),
+            }
+        }
         ["users", _, "manager", "$ref"] => match method {
             "PUT" => set_manager(st, caller, &segs[1], body),
             "DELETE" => delete_manager(st, caller, &segs[1]),
@@ -4409,6 +4415,28 @@ fn set_manager(st: &mut State, caller: &Caller, key: &str, body: Option<Value>) 
     let seq = st.bump();
     st.set_manager_link(&uid, Some(mid), seq);
     gnone(204)
+}
+
+/// POST /users/{id|upn}/revokeSignInSessions (api-reference/v1.0/api/user-revokesigninsessions.md):
+/// resets `signInSessionsValidFromDateTime` to now; 200 with `{"value": true}`.
+fn revoke_sign_in_sessions(st: &mut State, caller: &Caller, key: &str) -> GraphOut {
+    if !caller.has_any(UPDATE_USERS) {
+        return denied();
+    }
+    let Some(idx) = st.find_user(key) else {
+        return not_found(key);
+    };
+    st.users[idx].insert(
+        "signInSessionsValidFromDateTime".into(),
+        Value::String(now_iso()),
+    );
+    gok(
+        200,
+        json!({
+            "@odata.context": format!("{}/$metadata#Edm.Boolean", st.graph_base()),
+            "value": true,
+        }),
+    )
 }
 
 fn delete_manager(st: &mut State, caller: &Caller, key: &str) -> GraphOut {
