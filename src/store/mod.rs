@@ -11,6 +11,7 @@ mod events;
 mod m365;
 mod saml;
 mod sync;
+mod sync_round;
 mod users;
 mod write_behind;
 

@@ -149,7 +149,40 @@ impl M365Sync {
         keys: &[String],
         now: DateTime<Utc>,
     ) -> Result<BindReport, SyncError> {
-        let tenant_id = self.m365.tenant_id().await?;
+        let tenant_id = self.connected_tenant().await?;
+        let mut report = BindReport::default();
+        let mut users = Vec::new();
+        for key in keys {
+            match self.directory.get_user(key).await {
+                Ok(u) => users.push(u),
+                Err(DirectoryError::NotFound(_)) => report
+                    .skipped
+                    .push((key.clone(), "no such user in the directory".into())),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.bind_users(actor, &tenant_id, users, report, now).await
+    }
+
+    /// Binds every user not bound yet.
+    pub async fn bind_all(
+        &self,
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<BindReport, SyncError> {
+        let tenant_id = self.connected_tenant().await?;
+        let ids = self.store.unbound_user_ids().await?;
+        let mut users = Vec::with_capacity(ids.len());
+        for row in self.store.users_by_ids(&ids).await? {
+            users.push(User::from_row(row)?);
+        }
+        users.sort_by(|a, b| a.username.cmp(&b.username));
+        self.bind_users(actor, &tenant_id, users, BindReport::default(), now)
+            .await
+    }
+
+    /// The tenant of a usable connection, or why there is none.
+    async fn connected_tenant(&self) -> Result<String, SyncError> {
         let status = self.m365.status().await?;
         match status.state.as_str() {
             "connected" => {}
@@ -159,20 +192,30 @@ impl M365Sync {
             }
             _ => return Err(M365Error::NotConnected.into()),
         }
-        let mut report = BindReport::default();
+        Ok(self.m365.tenant_id().await?)
+    }
+
+    async fn bind_users(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        users: Vec<User>,
+        mut report: BindReport,
+        now: DateTime<Utc>,
+    ) -> Result<BindReport, SyncError> {
+        let ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
+        let mut links: std::collections::HashMap<String, crate::store::LinkRow> = self
+            .store
+            .links_by_user_ids(&ids)
+            .await?
+            .into_iter()
+            // A link to another tenant (reconnected elsewhere) is not this tenant's user.
+            .filter(|l| l.tenant_id.eq_ignore_ascii_case(tenant_id))
+            .map(|l| (l.user_id.clone(), l))
+            .collect();
         let mut requests = Vec::new();
         let mut events = Vec::new();
-        for key in keys {
-            let user = match self.directory.get_user(key).await {
-                Ok(u) => u,
-                Err(DirectoryError::NotFound(_)) => {
-                    report
-                        .skipped
-                        .push((key.clone(), "no such user in the directory".into()));
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
+        for user in users {
             if let Some(b) = &user.m365 {
                 if matches!(b.state.as_str(), "bound" | "pending") {
                     report
@@ -181,11 +224,7 @@ impl M365Sync {
                     continue;
                 }
             }
-            let link = self
-                .store
-                .m365_link(&user.id)
-                .await?
-                .filter(|l| l.tenant_id.eq_ignore_ascii_case(&tenant_id));
+            let link = links.remove(&user.id);
             let candidate = link
                 .as_ref()
                 .and_then(|l| l.immutable_id.clone())
@@ -212,16 +251,6 @@ impl M365Sync {
             self.signal.notify_one();
         }
         Ok(report)
-    }
-
-    /// Binds every user not bound yet.
-    pub async fn bind_all(
-        &self,
-        actor: &Actor,
-        now: DateTime<Utc>,
-    ) -> Result<BindReport, SyncError> {
-        let keys = self.store.unbound_user_ids().await?;
-        self.bind(actor, &keys, now).await
     }
 
     /// Unbinds users: SAML sign-in is refused at once and their M365 accounts are blocked from

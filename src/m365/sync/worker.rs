@@ -125,28 +125,27 @@ impl M365Sync {
         let mut outcomes: Vec<(OutboxRow, Outcome, Option<String>)> = Vec::new();
         let mut binds = Vec::new();
         let mut updates = Vec::new();
+        // The round's users and bindings in two queries, not two per job.
+        let ids: Vec<String> = jobs.iter().map(|j| j.user_id.clone()).collect();
+        let context = match self.round_context(&ids).await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the users of a sync round");
+                for job in jobs {
+                    outcomes.push((job, Outcome::Retry(err.to_string()), None));
+                }
+                self.record(outcomes, now, &mut report).await;
+                return report;
+            }
+        };
+        let (mut users, mut bindings) = context;
         for job in jobs {
-            let user = match self.directory.get_user(&job.user_id).await {
-                Ok(u) => u,
-                Err(DirectoryError::NotFound(_)) => {
-                    outcomes.push((job, Outcome::Done(JobEffect::Nothing, None), None));
-                    continue;
-                }
-                Err(err) => {
-                    outcomes.push((job, Outcome::Retry(err.to_string()), None));
-                    continue;
-                }
-            };
-            let binding = match self.store.binding(&user.id).await {
-                Ok(Some(b)) => b,
-                Ok(None) => {
-                    outcomes.push((job, Outcome::Done(JobEffect::Nothing, None), None));
-                    continue;
-                }
-                Err(err) => {
-                    outcomes.push((job, Outcome::Retry(err.to_string()), None));
-                    continue;
-                }
+            // A deleted user, or a binding cleared by deactivation: nothing left to send.
+            let (Some(user), Some(binding)) =
+                (users.remove(&job.user_id), bindings.remove(&job.user_id))
+            else {
+                outcomes.push((job, Outcome::Done(JobEffect::Nothing, None), None));
+                continue;
             };
             let work = Work { job, user, binding };
             if work.job.kind == "bind" {
@@ -176,6 +175,26 @@ impl M365Sync {
             "Microsoft 365 sync round"
         );
         report
+    }
+
+    /// Users and bindings by user id for a round (one job per user per round).
+    async fn round_context(
+        &self,
+        ids: &[String],
+    ) -> Result<(HashMap<String, User>, HashMap<String, BindingRow>), DirectoryError> {
+        let mut users = HashMap::new();
+        for row in self.store.users_by_ids(ids).await? {
+            let user = User::from_row(row)?;
+            users.insert(user.id.clone(), user);
+        }
+        let bindings = self
+            .store
+            .bindings_by_user_ids(ids)
+            .await?
+            .into_iter()
+            .map(|b| (b.user_id.clone(), b))
+            .collect();
+        Ok((users, bindings))
     }
 
     /// Stores the outcomes: delivered jobs in one transaction, the rest one by one.
