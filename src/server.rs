@@ -87,6 +87,10 @@ impl App {
             store.record_event(&event).await?;
         }
         if store.backend() == crate::store::Backend::Sqlite {
+            // One process owns an SQLite database: runs and leases it left are nobody's.
+            store
+                .fail_interrupted_import_runs(chrono::Utc::now().timestamp_millis())
+                .await?;
             let released = store.release_outbox_leases().await?;
             if released > 0 {
                 tracing::info!(

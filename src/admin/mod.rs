@@ -21,13 +21,23 @@ use crate::server::AppState;
 use crate::web::session::{require_admin_session, require_api_key};
 use crate::web::AdminPrincipal;
 
-/// The console's Content-Security-Policy: no inline script, nothing from elsewhere.
-const CONSOLE_CSP: &str =
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-    form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
+/// The console's Content-Security-Policy: no inline script, nothing from elsewhere. Forms may
+/// only post here, and to Microsoft's sign-in host (the consent redirect follows a form).
+fn console_csp(login_base_url: &str) -> HeaderValue {
+    let login = url::Url::parse(login_base_url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
+    let policy = format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         form-action 'self' {login}; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    );
+    HeaderValue::from_str(&policy)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'"))
+}
 
 /// Console, API and callback routes.
 pub fn router(state: AppState) -> Router<AppState> {
+    let csp = console_csp(&state.config.m365.login_base_url);
     let console = Router::new()
         .merge(auth::router())
         .merge(users::router())
@@ -48,7 +58,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(public_console)
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CONSOLE_CSP),
+            csp,
         ));
     let api = api::router().route_layer(middleware::from_fn_with_state(state, require_api_key));
     Router::new()

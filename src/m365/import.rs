@@ -3,6 +3,7 @@
 //! here fails with that reason while the others import.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -112,9 +113,111 @@ impl M365 {
         actor: &Actor,
         selection: &ImportSelection,
         now: DateTime<Utc>,
-        mut progress: impl FnMut(ImportProgress),
+        progress: impl FnMut(ImportProgress),
     ) -> Result<ImportReport, M365Error> {
         let tenant_id = self.tenant_id().await?;
+        let (chosen, already_imported) = self.choose(selection).await?;
+        let run = new_run(actor, now, chosen.len());
+        self.store().insert_import_run(&run).await?;
+        self.import_chosen(
+            directory,
+            actor,
+            &run.id,
+            &tenant_id,
+            chosen,
+            already_imported,
+            progress,
+        )
+        .await
+    }
+
+    /// Starts an import in the background and returns its run id at once. The run's counters
+    /// and per-user results are stored as it goes (`Store::import_run`, `import_results`), so
+    /// a page can show live progress; a run that cannot go on ends `failed` with the reason.
+    pub async fn start_import(
+        self: &Arc<Self>,
+        directory: &Directory,
+        actor: &Actor,
+        selection: ImportSelection,
+        now: DateTime<Utc>,
+    ) -> Result<String, M365Error> {
+        // Refused at once (not in the background) when there is nothing to import from.
+        let status = self.status().await?;
+        match status.state.as_str() {
+            "connected" => {}
+            "deactivated" => return Err(M365Error::Deactivated),
+            "reconnect" => return Err(M365Error::Reconnect(status.last_error.unwrap_or_default())),
+            _ => return Err(M365Error::NotConnected),
+        }
+        let guess = match &selection {
+            ImportSelection::All => 0,
+            ImportSelection::Users(keys) => keys.len(),
+        };
+        let run = new_run(actor, now, guess);
+        self.store().insert_import_run(&run).await?;
+        let this = Arc::clone(self);
+        let directory = directory.clone();
+        let actor = actor.clone();
+        let run_id = run.id.clone();
+        tokio::spawn(async move {
+            this.run_in_background(&directory, &actor, &selection, &run_id)
+                .await;
+        });
+        Ok(run.id)
+    }
+
+    async fn run_in_background(
+        &self,
+        directory: &Directory,
+        actor: &Actor,
+        selection: &ImportSelection,
+        run_id: &str,
+    ) {
+        let outcome = async {
+            let tenant_id = self.tenant_id().await?;
+            let (chosen, already_imported) = self.choose(selection).await?;
+            self.store()
+                .set_import_run_total(run_id, chosen.len() as i64)
+                .await?;
+            self.import_chosen(
+                directory,
+                actor,
+                run_id,
+                &tenant_id,
+                chosen,
+                already_imported,
+                |_| {},
+            )
+            .await
+        }
+        .await;
+        if let Err(err) = outcome {
+            tracing::warn!(%err, run_id, "import run failed");
+            let reason = err.to_string();
+            let event = NewEvent::new(Utc::now(), actor, kind::M365_IMPORT, None)
+                .details(json!({"runId": run_id, "error": reason}));
+            if let Err(err) = self
+                .store()
+                .finish_import_run(
+                    run_id,
+                    "failed",
+                    Some(&reason),
+                    Utc::now().timestamp_millis(),
+                    &event,
+                )
+                .await
+            {
+                tracing::warn!(%err, run_id, "could not record the end of an import run");
+            }
+        }
+    }
+
+    /// The tenant users the selection names (a key matching nobody stays as an error), minus
+    /// those imported before, and how many of those there were.
+    async fn choose(
+        &self,
+        selection: &ImportSelection,
+    ) -> Result<(Vec<Result<TenantUser, String>>, usize), M365Error> {
         let tenant = self.tenant_users().await?;
         let mut chosen: Vec<Result<TenantUser, String>> = match selection {
             ImportSelection::All => tenant.into_iter().map(Ok).collect(),
@@ -141,19 +244,22 @@ impl M365 {
             .filter(|c| c.as_ref().is_ok_and(|u| u.imported))
             .count();
         chosen.retain(|c| !c.as_ref().is_ok_and(|u| u.imported));
+        Ok((chosen, already_imported))
+    }
 
-        let run = ImportRunRow {
-            id: crate::directory::new_record_id(),
-            started_by: actor.to_string(),
-            started_at: now.timestamp_millis(),
-            finished_at: None,
-            state: "running".into(),
-            total: chosen.len() as i64,
-            imported: 0,
-            failed: 0,
-            message: None,
-        };
-        self.store().insert_import_run(&run).await?;
+    /// Imports the chosen users into the run `run_id` (already stored), one result and counter
+    /// update per user, then finishes the run with its event.
+    #[allow(clippy::too_many_arguments)]
+    async fn import_chosen(
+        &self,
+        directory: &Directory,
+        actor: &Actor,
+        run_id: &str,
+        tenant_id: &str,
+        chosen: Vec<Result<TenantUser, String>>,
+        already_imported: usize,
+        mut progress: impl FnMut(ImportProgress),
+    ) -> Result<ImportReport, M365Error> {
         let mut state = ImportProgress {
             done: 0,
             total: chosen.len(),
@@ -164,13 +270,13 @@ impl M365 {
         for candidate in chosen {
             let result = match candidate {
                 Err(key) => failure(
-                    &run.id,
+                    run_id,
                     &key,
                     None,
                     "no such user in the Microsoft 365 tenant",
                 ),
                 Ok(tenant_user) => {
-                    self.import_one(directory, actor, &run.id, &tenant_id, &tenant_user.user)
+                    self.import_one(directory, actor, run_id, tenant_id, &tenant_user.user)
                         .await?
                 }
             };
@@ -184,7 +290,7 @@ impl M365 {
                     kind::M365_IMPORT_USER_FAILED,
                     result.user_principal_name.as_deref(),
                 )
-                .details(json!({"runId": run.id, "reason": result.message}));
+                .details(json!({"runId": run_id, "reason": result.message}));
                 self.store().record_event(&event).await?;
             }
             self.store().add_import_result(&result).await?;
@@ -192,29 +298,32 @@ impl M365 {
             progress(state);
         }
         let event =
-            NewEvent::new(Utc::now(), actor, kind::M365_IMPORT, Some(&tenant_id)).details(json!({
-                "runId": run.id,
+            NewEvent::new(Utc::now(), actor, kind::M365_IMPORT, Some(tenant_id)).details(json!({
+                "runId": run_id,
                 "selected": state.total + already_imported,
                 "imported": state.imported,
                 "failed": state.failed,
                 "alreadyImported": already_imported,
             }));
+        let message = (already_imported > 0).then(|| {
+            format!("{already_imported} selected user(s) were imported before and were skipped")
+        });
         self.store()
             .finish_import_run(
-                &run.id,
+                run_id,
                 "finished",
-                None,
+                message.as_deref(),
                 Utc::now().timestamp_millis(),
                 &event,
             )
             .await?;
         Ok(ImportReport {
-            run_id: run.id.clone(),
+            run_id: run_id.to_string(),
             total: state.total,
             imported: state.imported,
             failed: state.failed,
             already_imported,
-            results: self.store().import_results(&run.id).await?,
+            results: self.store().import_results(run_id).await?,
         })
     }
 
@@ -277,6 +386,21 @@ impl M365 {
             Err(DirectoryError::Store(e)) => Err(e.into()),
             Err(other) => Ok(failure(run_id, &user.id, Some(upn), &other.to_string())),
         }
+    }
+}
+
+/// A new run record in state `running`.
+fn new_run(actor: &Actor, now: DateTime<Utc>, total: usize) -> ImportRunRow {
+    ImportRunRow {
+        id: crate::directory::new_record_id(),
+        started_by: actor.to_string(),
+        started_at: now.timestamp_millis(),
+        finished_at: None,
+        state: "running".into(),
+        total: total as i64,
+        imported: 0,
+        failed: 0,
+        message: None,
     }
 }
 

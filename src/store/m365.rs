@@ -327,3 +327,40 @@ impl Store {
         .await?)
     }
 }
+
+impl Store {
+    /// Sets an import run's total: a background run is created before the tenant is listed,
+    /// so its total is known only once the selection is resolved.
+    pub async fn set_import_run_total(&self, run_id: &str, total: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE m365_import_runs SET total = $2 WHERE id = $1")
+            .bind(run_id)
+            .bind(total)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest import runs, newest first.
+    pub async fn recent_import_runs(&self, limit: i64) -> Result<Vec<ImportRunRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ImportRunRow>(
+            "SELECT id, started_by, started_at, finished_at, state, total, imported, failed, message \
+             FROM m365_import_runs ORDER BY started_at DESC, id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Marks runs left `running` by a stopped server as failed (their task is gone).
+    pub async fn fail_interrupted_import_runs(&self, now_ms: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE m365_import_runs SET state = 'failed', finished_at = $1, \
+             message = 'interrupted by a server stop; start the import again (users already imported are skipped)' \
+             WHERE state = 'running'",
+        )
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}

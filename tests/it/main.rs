@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod console;
+mod console_m365;
 mod directory;
 mod graph_fake_selftest;
 mod m365;
