@@ -191,13 +191,20 @@ impl Store {
         .await?)
     }
 
-    /// (M365 object ID, local username, bound?) for every linked user, in one query.
+    /// (M365 object ID, local username, bound?) for every M365 user known here (imported, or
+    /// created by binding), in one query.
     pub async fn m365_link_summary(&self) -> Result<Vec<(String, String, bool)>, StoreError> {
+        // Imported users, and users whose M365 account binding created (they have no link).
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT l.m365_object_id, u.username, \
-             CASE WHEN b.user_id IS NULL THEN 0 ELSE 1 END \
+             CASE WHEN b.state = 'bound' THEN 1 ELSE 0 END \
              FROM m365_links l JOIN users u ON u.id = l.user_id \
-             LEFT JOIN m365_bindings b ON b.user_id = l.user_id",
+             LEFT JOIN m365_bindings b ON b.user_id = l.user_id \
+             UNION ALL \
+             SELECT b.m365_object_id, u.username, CASE WHEN b.state = 'bound' THEN 1 ELSE 0 END \
+             FROM m365_bindings b JOIN users u ON u.id = b.user_id \
+             WHERE b.m365_object_id IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM m365_links l WHERE l.user_id = b.user_id)",
         )
         .fetch_all(&self.pool)
         .await?;
