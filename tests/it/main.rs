@@ -2,6 +2,7 @@
 
 mod support;
 
+mod api;
 mod cli;
 mod console;
 mod console_m365;
