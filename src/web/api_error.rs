@@ -16,7 +16,8 @@ use crate::store::StoreError;
 pub struct ApiError {
     pub status: StatusCode,
     /// Stable, for programs: `unauthorized`, `forbidden`, `not_found`, `validation_failed`,
-    /// `conflict`, `bad_request`, `m365_not_connected`, `m365_unavailable`, `internal`.
+    /// `conflict`, `bad_request`, `method_not_allowed`, `m365_not_connected`, `m365_unavailable`,
+    /// `internal`.
     pub code: &'static str,
     /// For people; may change between versions.
     pub message: String,
