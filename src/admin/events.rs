@@ -1,10 +1,351 @@
-//! Console pages: events.
+//! Console page: Directory Insights, the event log (filters, keyset paging, JSON lines export).
 
-use axum::Router;
+use askama::Template;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use chrono::{NaiveDateTime, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
+use super::Chrome;
 use crate::server::AppState;
+use crate::store::{EventFilter, EventRow, Store, StoreError};
+use crate::web::{render, AdminPrincipal, AppError};
+
+/// Events per page of the console.
+const PAGE: i64 = 100;
+/// Events per database round trip of the export.
+const EXPORT_PAGE: i64 = 1000;
+/// The most events one export holds (narrow the filters for more).
+const EXPORT_MAX: i64 = 1_000_000;
 
 /// Console routes of this page (behind the admin session guard).
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/admin/events", get(page))
+        .route("/admin/events.jsonl", get(export))
+}
+
+/// A time with seconds for event lists: `2026-11-23 11:15:42 UTC`.
+pub(super) fn display_seconds(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// The filters as the page's form sends them (empty fields mean "any").
+#[derive(Debug, Default, Deserialize)]
+struct EventQuery {
+    #[serde(default, rename = "type")]
+    event_type: String,
+    /// The target: the username for user events.
+    #[serde(default)]
+    user: String,
+    /// The actor: `root` (an admin) or a full actor such as `apikey:HR sync`.
+    #[serde(default)]
+    admin: String,
+    /// `datetime-local` values, read as UTC.
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    /// Keyset cursor: only events older than this id.
+    #[serde(default)]
+    before: String,
+}
+
+/// A refused filter: the field and what is wrong with it.
+struct BadFilter {
+    field: &'static str,
+    message: String,
+}
+
+/// Reads a `datetime-local` value (`2026-11-23T11:15`, seconds optional) as UTC; returns the
+/// time in ms and the length of the period it names (a minute, or a second with seconds).
+fn parse_local(field: &'static str, text: &str) -> Result<(i64, i64), BadFilter> {
+    let text = text.trim();
+    let formats = [
+        ("%Y-%m-%dT%H:%M", 60_000),
+        ("%Y-%m-%d %H:%M", 60_000),
+        ("%Y-%m-%dT%H:%M:%S", 1_000),
+        ("%Y-%m-%d %H:%M:%S", 1_000),
+        ("%Y-%m-%dT%H:%M:%S%.f", 1),
+    ];
+    formats
+        .iter()
+        .find_map(|(format, period)| {
+            NaiveDateTime::parse_from_str(text, format)
+                .ok()
+                .map(|t| (t.and_utc().timestamp_millis(), *period))
+        })
+        .ok_or_else(|| BadFilter {
+            field,
+            message: format!(
+                "{field}: {text:?} is not a date and time such as 2026-11-23T11:15 (UTC)"
+            ),
+        })
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+impl EventQuery {
+    fn filter(&self) -> Result<EventFilter, BadFilter> {
+        let since = non_empty(&self.from)
+            .map(|t| parse_local("from", &t).map(|(ms, _)| ms))
+            .transpose()?;
+        // "To 11:15" includes events during 11:15 itself.
+        let until = non_empty(&self.to)
+            .map(|t| parse_local("to", &t).map(|(ms, period)| ms + period))
+            .transpose()?;
+        let before_id = non_empty(&self.before)
+            .map(|b| {
+                b.parse::<i64>().map_err(|_| BadFilter {
+                    field: "before",
+                    message: format!("before: {b:?} is not an event id"),
+                })
+            })
+            .transpose()?;
+        // A bare name is an admin; anything else is given in full (`apikey:…`, `cli:…`,
+        // `user:…`, `system`, `anonymous`).
+        let actor = non_empty(&self.admin).map(|a| {
+            if a.contains(':') || a == "system" || a == "anonymous" {
+                a
+            } else {
+                format!("admin:{a}")
+            }
+        });
+        Ok(EventFilter {
+            event_type: non_empty(&self.event_type),
+            target: non_empty(&self.user),
+            actor,
+            since,
+            until,
+            before_id,
+            limit: PAGE,
+        })
+    }
+
+    /// The filters as a query string, with an optional `before` cursor.
+    fn query_string(&self, before: Option<i64>) -> String {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [
+            ("type", &self.event_type),
+            ("user", &self.user),
+            ("admin", &self.admin),
+            ("from", &self.from),
+            ("to", &self.to),
+        ] {
+            if !value.trim().is_empty() {
+                query.append_pair(name, value.trim());
+            }
+        }
+        if let Some(id) = before {
+            query.append_pair("before", &id.to_string());
+        }
+        query.finish()
+    }
+}
+
+fn with_query(path: &str, query: String) -> String {
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
+struct EventLine {
+    at: String,
+    event_type: String,
+    actor: String,
+    target: String,
+    /// The events of the same target.
+    target_url: String,
+    client_ip: String,
+    details: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/events.html")]
+struct EventsPage {
+    chrome: Chrome,
+    types: Vec<String>,
+    event_type: String,
+    user: String,
+    admin: String,
+    from: String,
+    to: String,
+    /// The field a refused filter is about.
+    invalid: &'static str,
+    events: Vec<EventLine>,
+    paged: bool,
+    newest: String,
+    older: Option<String>,
+    export: String,
+}
+
+/// The page with the filters filled in and no events yet.
+fn events_page(chrome: Chrome, types: Vec<String>, query: &EventQuery) -> EventsPage {
+    EventsPage {
+        chrome,
+        types,
+        event_type: query.event_type.trim().to_string(),
+        user: query.user.trim().to_string(),
+        admin: query.admin.trim().to_string(),
+        from: query.from.trim().to_string(),
+        to: query.to.trim().to_string(),
+        invalid: "",
+        events: Vec::new(),
+        paged: non_empty(&query.before).is_some(),
+        newest: with_query("/admin/events", query.query_string(None)),
+        older: None,
+        export: with_query("/admin/events.jsonl", query.query_string(None)),
+    }
+}
+
+/// The page again with a refused filter named (status 422).
+fn refuse(mut page: EventsPage, bad: BadFilter) -> Response {
+    page.invalid = bad.field;
+    page.chrome = page.chrome.error(Some(bad.message));
+    render(StatusCode::UNPROCESSABLE_ENTITY, &page)
+}
+
+async fn page(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    Query(query): Query<EventQuery>,
+) -> Result<Response, AppError> {
+    let types = state.store.event_types().await?;
+    let mut page = events_page(Chrome::new(&admin, "events"), types, &query);
+    let mut filter = match query.filter() {
+        Ok(filter) => filter,
+        Err(bad) => return Ok(refuse(page, bad)),
+    };
+    // One more than shown tells whether an older page exists.
+    filter.limit = PAGE + 1;
+    let mut rows = state.store.list_events(&filter).await?;
+    let more = rows.len() as i64 > PAGE;
+    rows.truncate(PAGE as usize);
+    page.older = more
+        .then(|| rows.last())
+        .flatten()
+        .map(|last| with_query("/admin/events", query.query_string(Some(last.id))));
+    page.events = rows
+        .into_iter()
+        .map(|e| EventLine {
+            at: display_seconds(e.at),
+            target_url: e
+                .target
+                .as_deref()
+                .map(|t| {
+                    let q = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("user", t)
+                        .finish();
+                    format!("/admin/events?{q}")
+                })
+                .unwrap_or_default(),
+            target: e.target.unwrap_or_default(),
+            event_type: e.event_type,
+            actor: e.actor,
+            client_ip: e.client_ip.unwrap_or_default(),
+            details: e.details,
+        })
+        .collect();
+    Ok(render(StatusCode::OK, &page))
+}
+
+/// One exported event: the API's event shape (details as a JSON object, times RFC 3339).
+fn event_line(row: EventRow) -> Value {
+    let at = Utc
+        .timestamp_millis_opt(row.at)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    json!({
+        "id": row.id,
+        "at": at,
+        "actor": row.actor,
+        "type": row.event_type,
+        "target": row.target,
+        "clientIp": row.client_ip,
+        "details": serde_json::from_str::<Value>(&row.details).unwrap_or(Value::String(row.details)),
+    })
+}
+
+/// One page of the export as JSON lines, with how many rows it had and the last id.
+async fn export_page(
+    store: &Store,
+    filter: &EventFilter,
+) -> Result<(Bytes, i64, Option<i64>), StoreError> {
+    let rows = store.list_events(filter).await?;
+    let count = rows.len() as i64;
+    let last_id = rows.last().map(|r| r.id);
+    let mut out = Vec::with_capacity(rows.len() * 200);
+    for row in rows {
+        // A `Value` always serializes.
+        if serde_json::to_writer(&mut out, &event_line(row)).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    Ok((Bytes::from(out), count, last_id))
+}
+
+/// The filtered events as JSON lines, newest first, streamed a page at a time so the whole log
+/// (up to `EXPORT_MAX` events) leaves without being held in memory.
+async fn export(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    Query(query): Query<EventQuery>,
+) -> Result<Response, AppError> {
+    let filter = match query.filter() {
+        Ok(filter) => filter,
+        Err(bad) => {
+            let types = state.store.event_types().await?;
+            let page = events_page(Chrome::new(&admin, "events"), types, &query);
+            return Ok(refuse(page, bad));
+        }
+    };
+    let store = state.store.clone();
+    let stream =
+        futures_util::stream::unfold(Some((store, filter, EXPORT_MAX)), |cursor| async move {
+            let (store, mut filter, remaining) = cursor?;
+            filter.limit = remaining.min(EXPORT_PAGE);
+            match export_page(&store, &filter).await {
+                Ok((bytes, count, last_id)) if count > 0 => {
+                    let left = remaining - count;
+                    let next = (count == filter.limit && left > 0).then(|| {
+                        filter.before_id = last_id;
+                        (store, filter, left)
+                    });
+                    Some((Ok::<_, std::io::Error>(bytes), next))
+                }
+                Ok(_) => None,
+                // The status line has gone out: cutting the body short is all that is left,
+                // and the download shows as failed.
+                Err(err) => {
+                    tracing::error!(%err, "the event export stopped");
+                    Some((Err(std::io::Error::other(err.to_string())), None))
+                }
+            }
+        });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"idbridge-events.jsonl\"",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }

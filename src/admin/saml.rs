@@ -1,10 +1,220 @@
-//! Console pages: saml.
+//! Console page: SAML, with the values to paste into Microsoft's federation settings, the
+//! signing certificate and the registered service providers.
 
-use axum::Router;
+use askama::Template;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
+use chrono::{DateTime, Utc};
+use serde_json::json;
 
+use super::{display_time, Chrome};
 use crate::server::AppState;
+use crate::sso::NameIdSource;
+use crate::web::{render, AdminPrincipal};
+
+/// Warn this many days before the signing certificate expires (Microsoft refuses assertions
+/// signed with an expired one, and a new certificate must be given to Microsoft first).
+const EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// Console routes of this page (behind the admin session guard).
 pub fn router() -> Router<AppState> {
-    Router::new()
+    Router::new().route("/admin/saml", get(page))
+}
+
+/// The warning for a certificate valid until `not_after`, if it expires within
+/// [`EXPIRY_WARNING_DAYS`] of `now` (or has expired).
+fn expiry_warning(not_after: DateTime<Utc>, now: DateTime<Utc>) -> Option<String> {
+    let left = not_after - now;
+    if left <= chrono::Duration::zero() {
+        Some(format!(
+            "The signing certificate expired on {}: Microsoft 365 refuses every sign-in. \
+             Create a new certificate and give it to Microsoft (signingCertificate).",
+            display_time(Some(not_after.timestamp_millis()))
+        ))
+    } else if left < chrono::Duration::days(EXPIRY_WARNING_DAYS) {
+        Some(format!(
+            "The signing certificate expires in {} days ({}). Create the next one now and give it \
+             to Microsoft (nextSigningCertificate, then signingCertificate), or sign-ins to \
+             Microsoft 365 stop when it expires.",
+            left.num_days(),
+            display_time(Some(not_after.timestamp_millis()))
+        ))
+    } else {
+        None
+    }
+}
+
+struct SpLine {
+    name: String,
+    entity_id: String,
+    acs_urls: Vec<String>,
+    slo_url: String,
+    name_id: &'static str,
+    name_id_format: &'static str,
+    requires_binding: bool,
+}
+
+/// The federation settings of one domain, as Graph's JSON and as PowerShell.
+struct Federation {
+    domain: String,
+    issuer: String,
+    graph_body: String,
+    powershell: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/saml.html")]
+struct SamlPage {
+    chrome: Chrome,
+    https: bool,
+    metadata_url: String,
+    issuer: String,
+    sign_in_url: String,
+    sign_out_url: String,
+    domain_issuers: Vec<(String, String)>,
+    algorithm: String,
+    subject: String,
+    fingerprint: String,
+    not_before: String,
+    not_after: String,
+    key_bits: u32,
+    expiry_warning: Option<String>,
+    certificate: String,
+    service_providers: Vec<SpLine>,
+    federations: Vec<Federation>,
+    /// The domain of the examples when no per-domain issuer is configured.
+    placeholder_domain: bool,
+}
+
+/// Graph's `internalDomainFederation` body and the PowerShell equivalent for one domain.
+fn federation(
+    domain: &str,
+    issuer: &str,
+    sign_in: &str,
+    sign_out: &str,
+    certificate: &str,
+) -> Federation {
+    let body = json!({
+        "@odata.type": "#microsoft.graph.internalDomainFederation",
+        "displayName": "idbridge",
+        "issuerUri": issuer,
+        "passiveSignInUri": sign_in,
+        "signOutUri": sign_out,
+        "preferredAuthenticationProtocol": "saml",
+        "signingCertificate": certificate,
+        "federatedIdpMfaBehavior": "acceptIfMfaDoneByFederatedIdp",
+    });
+    // PowerShell double-quoted strings expand `$` and backticks; none of these values has
+    // them (URLs, base64, a domain name), so they are pasted as they are.
+    let powershell = format!(
+        "Connect-MgGraph -Scopes \"Domain-InternalFederation.ReadWrite.All\"\n\
+         New-MgDomainFederationConfiguration -DomainId \"{domain}\" `\n  \
+         -DisplayName \"idbridge\" `\n  \
+         -IssuerUri \"{issuer}\" `\n  \
+         -PassiveSignInUri \"{sign_in}\" `\n  \
+         -SignOutUri \"{sign_out}\" `\n  \
+         -PreferredAuthenticationProtocol \"saml\" `\n  \
+         -SigningCertificate \"{certificate}\" `\n  \
+         -FederatedIdpMfaBehavior \"acceptIfMfaDoneByFederatedIdp\""
+    );
+    Federation {
+        domain: domain.to_string(),
+        issuer: issuer.to_string(),
+        graph_body: serde_json::to_string_pretty(&body).unwrap_or_default(),
+        powershell,
+    }
+}
+
+async fn page(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+) -> Response {
+    let config = &state.config;
+    let base = config.base_url.trim_end_matches('/');
+    let sign_in_url = format!("{base}/saml/sso");
+    let sign_out_url = format!("{base}/saml/slo");
+    let signing = state.idp.signing();
+    let certificate = signing.certificate_der_base64().to_string();
+    let issuer = config.saml_issuer().to_string();
+    let domain_issuers: Vec<(String, String)> = config
+        .saml
+        .domain_issuers
+        .iter()
+        .map(|(d, i)| (d.clone(), i.clone()))
+        .collect();
+    let federations = if domain_issuers.is_empty() {
+        vec![federation(
+            "contoso.com",
+            &issuer,
+            &sign_in_url,
+            &sign_out_url,
+            &certificate,
+        )]
+    } else {
+        domain_issuers
+            .iter()
+            .map(|(domain, issuer)| {
+                federation(domain, issuer, &sign_in_url, &sign_out_url, &certificate)
+            })
+            .collect()
+    };
+    let service_providers = state
+        .idp
+        .service_providers()
+        .all()
+        .iter()
+        .map(|sp| SpLine {
+            name: sp.name.clone(),
+            entity_id: sp.entity_id.clone(),
+            acs_urls: sp.acs_urls.clone(),
+            slo_url: sp.slo_url.clone().unwrap_or_default(),
+            name_id: match sp.name_id {
+                NameIdSource::ImmutableId => "immutable ID",
+                NameIdSource::Username => "username",
+                NameIdSource::Email => "email",
+            },
+            name_id_format: sp.name_id.format(),
+            requires_binding: sp.requires_m365_binding,
+        })
+        .collect();
+    let page = SamlPage {
+        chrome: Chrome::new(&admin, "saml"),
+        https: config.is_https(),
+        metadata_url: format!("{base}/saml/metadata"),
+        placeholder_domain: domain_issuers.is_empty(),
+        issuer,
+        sign_in_url,
+        sign_out_url,
+        domain_issuers,
+        algorithm: config.saml.signature_algorithm.clone(),
+        subject: signing.subject(),
+        fingerprint: signing.fingerprint_sha256(),
+        not_before: display_time(Some(signing.not_before().timestamp_millis())),
+        not_after: display_time(Some(signing.not_after().timestamp_millis())),
+        key_bits: signing.key_bits(),
+        expiry_warning: expiry_warning(signing.not_after(), Utc::now()),
+        certificate,
+        service_providers,
+        federations,
+    };
+    render(StatusCode::OK, &page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_within_thirty_days_of_expiry_and_after_it() {
+        let now = Utc::now();
+        assert!(expiry_warning(now + chrono::Duration::days(365), now).is_none());
+        assert!(expiry_warning(now + chrono::Duration::days(31), now).is_none());
+        let soon = expiry_warning(now + chrono::Duration::days(10), now).unwrap();
+        assert!(soon.contains("expires in 9 days") || soon.contains("expires in 10 days"));
+        let gone = expiry_warning(now - chrono::Duration::days(1), now).unwrap();
+        assert!(gone.contains("expired"), "{gone}");
+    }
 }

@@ -90,6 +90,24 @@ impl Store {
         Ok(rows.into_iter().map(|(t,)| t).collect())
     }
 
+    /// The newest events about one target (a user's page). Answered from the `(target, at)`
+    /// index, so it stays fast however long the log grows.
+    pub async fn recent_events_for(
+        &self,
+        target: &str,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT id, at, actor, event_type, target, details, client_ip FROM events \
+             WHERE target = $1 ORDER BY at DESC, id DESC LIMIT $2",
+        )
+        .bind(target)
+        .bind(limit.max(1))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// Lists events matching the filter, newest first.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
         let rows = sqlx::query_as::<_, EventRow>(

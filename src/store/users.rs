@@ -79,6 +79,60 @@ fn select_user() -> String {
     format!("SELECT {USER_COLUMNS} FROM users u {USER_JOINS}")
 }
 
+/// Search text shorter than this matches only the start of usernames and emails, which the
+/// unique indexes answer directly; longer text matches anywhere in the username, email or name.
+const USER_SEARCH_CONTAINS_MIN: usize = 3;
+
+/// Builds the SQL of [`Store::user_page`] and its text parameters (numbered from `$1`; the
+/// limit comes after them).
+struct UserPageSql {
+    sqlite: bool,
+    binds: Vec<String>,
+}
+
+impl UserPageSql {
+    /// A new numbered parameter.
+    fn param(&mut self, value: String) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    /// The column as SQLite must not use an index for it (a unary `+`), to keep the plan a
+    /// sequential scan where walking an index would cost a table seek per row. PostgreSQL
+    /// plans by statistics and has no unary `+` for text.
+    fn unindexed(&self, column: &str) -> String {
+        if self.sqlite {
+            format!("+{column}")
+        } else {
+            column.to_string()
+        }
+    }
+
+    /// `AND key > after` / `AND key < before` on `key`.
+    fn cursor(&mut self, key: &str, after: Option<&str>, before: Option<&str>) -> String {
+        let mut out = String::new();
+        if let Some(after) = after {
+            let p = self.param(after.to_lowercase());
+            out.push_str(&format!(" AND {key} > {p}"));
+        }
+        if let Some(before) = before {
+            let p = self.param(before.to_lowercase());
+            out.push_str(&format!(" AND {key} < {p}"));
+        }
+        out
+    }
+
+    /// A case-insensitive LIKE on a text column (SQLite's LIKE already ignores ASCII case, and
+    /// its LOWER folds nothing more).
+    fn like(&self, column: &str, pattern: &str) -> String {
+        if self.sqlite {
+            format!("{column} LIKE {pattern} ESCAPE '\\'")
+        } else {
+            format!("LOWER({column}) LIKE {pattern} ESCAPE '\\'")
+        }
+    }
+}
+
 impl Store {
     /// Finds a user by id, username or email (case-insensitive for the last two).
     pub async fn find_user(&self, key: &str) -> Result<Option<UserRow>, StoreError> {
@@ -109,6 +163,99 @@ impl Store {
         .bind(query.offset.max(0))
         .fetch_all(&self.pool)
         .await?;
+        Ok(rows)
+    }
+
+    /// A page of users ordered by username, for lists that must stay fast at any size: keyset
+    /// paging on the unique username key, no `OFFSET` and no count.
+    ///
+    /// `after` gives the page following that username, `before` the page preceding it (rows
+    /// still in ascending order). A search text of one or two characters matches the start of
+    /// the username or email (two index ranges); three or more match anywhere in the
+    /// username, email, first, last or "first last" name (one sequential scan of the users,
+    /// which costs the same on every page and for rare text; walking the username index
+    /// instead would seek the table once per user). Ask for one row more than shown to learn
+    /// whether another page follows.
+    pub async fn user_page(
+        &self,
+        search: Option<&str>,
+        after: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<UserRow>, StoreError> {
+        // Paging backwards reads in reverse and flips the rows afterwards.
+        let backwards = before.is_some() && after.is_none();
+        let order = if backwards { "DESC" } else { "ASC" };
+        let text = search.map(|s| s.trim().to_lowercase()).unwrap_or_default();
+        let mut q = UserPageSql {
+            sqlite: self.backend == super::Backend::Sqlite,
+            binds: Vec::new(),
+        };
+        // The page's rows are chosen by id first, narrowly, so the joins run for them only.
+        // `$limit` stands for the limit's parameter, numbered after the others.
+        let ids = if text.is_empty() {
+            None
+        } else if text.chars().count() < USER_SEARCH_CONTAINS_MIN {
+            let low = q.param(text.clone());
+            // Keys are ASCII (see `validate_username` / `validate_email`): U+10FFFF sorts after
+            // every key starting with the text. The LIKE keeps the match exact whatever the
+            // collation.
+            let high = q.param(format!("{text}\u{10FFFF}"));
+            let prefix = q.param(like_pattern(&text)[1..].to_string());
+            let by_username = q.cursor("u.username_key", after, before);
+            let key = q.unindexed("u.username_key");
+            let by_email = q.cursor(&key, after, before);
+            Some(format!(
+                "SELECT id FROM (SELECT u.id FROM users u WHERE u.username_key >= {low} \
+                   AND u.username_key < {high} AND u.username_key LIKE {prefix} ESCAPE '\\'\
+                   {by_username} ORDER BY u.username_key {order} LIMIT $limit) AS by_username \
+                 UNION SELECT id FROM (SELECT u.id FROM users u WHERE u.email_key >= {low} \
+                   AND u.email_key < {high} AND u.email_key LIKE {prefix} ESCAPE '\\'\
+                   {by_email} ORDER BY {key} {order} LIMIT $limit) AS by_email"
+            ))
+        } else {
+            let pattern = q.param(like_pattern(&text));
+            let mut any = vec![
+                q.like("u.username_key", &pattern),
+                q.like("u.email_key", &pattern),
+                q.like("u.firstname", &pattern),
+                q.like("u.lastname", &pattern),
+            ];
+            // Without a space the text cannot span first and last name.
+            if text.contains(' ') {
+                any.push(q.like("(u.firstname || ' ' || u.lastname)", &pattern));
+            }
+            let key = q.unindexed("u.username_key");
+            let cursor = q.cursor(&key, after, before);
+            Some(format!(
+                "SELECT u.id FROM users u WHERE ({}){cursor} ORDER BY {key} {order} LIMIT $limit",
+                any.join(" OR ")
+            ))
+        };
+        let filter = match ids {
+            Some(ids) => format!("WHERE u.id IN ({ids})"),
+            None => {
+                let cursor = q.cursor("u.username_key", after, before);
+                cursor
+                    .strip_prefix(" AND ")
+                    .map(|c| format!("WHERE {c}"))
+                    .unwrap_or_default()
+            }
+        };
+        let limit_param = format!("${}", q.binds.len() + 1);
+        let sql = format!(
+            "{} {filter} ORDER BY u.username_key {order} LIMIT $limit",
+            select_user()
+        )
+        .replace("$limit", &limit_param);
+        let mut query = sqlx::query_as::<_, UserRow>(&sql);
+        for value in q.binds {
+            query = query.bind(value);
+        }
+        let mut rows = query.bind(limit.max(1)).fetch_all(&self.pool).await?;
+        if backwards {
+            rows.reverse();
+        }
         Ok(rows)
     }
 

@@ -3,9 +3,11 @@
 mod support;
 
 mod api;
+mod browser;
 mod cli;
 mod console;
 mod console_m365;
+mod console_pages;
 mod directory;
 mod graph_fake_selftest;
 mod m365;

@@ -1,0 +1,94 @@
+// Full-page screenshots of every console page, for anyone to look at (target/screenshots/*.png).
+// tests/it/browser.rs fills the directory first (bound, failed and unbound users, a tenant to
+// import from) and checks the files afterwards.
+
+import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { atPath, firstSignIn, run, settings } from './lib.mjs';
+
+const s = settings();
+mkdirSync(s.screenshots, { recursive: true });
+
+/** Pages wider than the window (a long unbroken value pushes the layout sideways). */
+const overflowing = [];
+
+/** Saves the page as `<name>.png`, noting whether it fits the window's width. */
+async function shoot(page, name) {
+  await page.waitForLoadState('load');
+  await page.screenshot({ path: join(s.screenshots, `${name}.png`), fullPage: true });
+  const window = page.viewportSize().width;
+  // The page's width, and the outermost elements that stick out (to name the culprit).
+  const { width, culprits } = await page.evaluate((limit) => {
+    const out = [];
+    for (const el of document.body.querySelectorAll('*')) {
+      if (el.getBoundingClientRect().right > limit && !out.some((o) => o.contains(el))) {
+        out.push(el);
+      }
+    }
+    const tag = (el) =>
+      el.tagName.toLowerCase() + (el.id ? `#${el.id}` : '') +
+      (el.className && typeof el.className === 'string' ? `.${el.className.split(' ').join('.')}` : '');
+    const describe = (el) =>
+      `${tag(el.parentElement)} > ${tag(el)} "${(el.textContent || '').replace(/\s+/g, ' ').trim().slice(0, 40)}…"`;
+    return { width: document.documentElement.scrollWidth, culprits: out.slice(0, 3).map(describe) };
+  }, window);
+  if (width > window) {
+    overflowing.push(`${name} is ${width} px wide in a ${window} px window (${culprits.join(', ')})`);
+  }
+}
+
+/** Opens a console page; it must answer 200 and show its heading. */
+async function open(page, path, heading) {
+  const response = await page.goto(`${s.base}${path}`);
+  if (response.status() !== 200) {
+    throw new Error(`${path} answered ${response.status()}`);
+  }
+  await page.getByRole('heading', { level: 1, name: heading }).waitFor();
+}
+
+await run('screenshots', async (page, step) => {
+  await step('login page', async () => {
+    await page.goto(`${s.base}/admin/login`);
+    await page.getByRole('heading', { name: 'Admin console' }).waitFor();
+    await shoot(page, 'login');
+  });
+  await firstSignIn(page, step, s, () => shoot(page, 'password'));
+  await step('overview', async () => {
+    await atPath(page, '/admin');
+    await shoot(page, 'overview');
+  });
+  await step('users list', async () => {
+    await open(page, '/admin/users', 'Users');
+    await shoot(page, 'users');
+  });
+  await step('user detail', async () => {
+    await page.getByRole('link', { name: 'alice', exact: true }).first().click();
+    await page.getByRole('heading', { level: 1 }).filter({ hasText: 'alice' }).waitFor();
+    await shoot(page, 'user');
+  });
+  await step('binding page', async () => {
+    await open(page, '/admin/binding', /Binding/);
+    await shoot(page, 'binding');
+  });
+  await step('Microsoft 365 page', async () => {
+    await open(page, '/admin/m365', 'Microsoft 365');
+    await shoot(page, 'm365');
+  });
+  await step('SAML page', async () => {
+    await open(page, '/admin/saml', /SAML/);
+    await shoot(page, 'saml');
+  });
+  await step('events page', async () => {
+    await open(page, '/admin/events', /Events|Directory Insights/);
+    await shoot(page, 'events');
+  });
+  await step('settings page', async () => {
+    await open(page, '/admin/settings', 'Admins & API keys');
+    await shoot(page, 'settings');
+  });
+  await step('every page fits the window\'s width', async () => {
+    if (overflowing.length) {
+      throw new Error(overflowing.join('; '));
+    }
+  });
+});

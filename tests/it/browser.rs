@@ -1,0 +1,302 @@
+//! Browser tests of the admin console: the real server, connected to the Graph fake, driven by
+//! headless Chromium through the playwright scripts in `tests/browser/` (one browser per test).
+//! `./scripts/test` installs Chromium and the scripts' npm packages; without them these tests
+//! fail and say so, rather than skip.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use idbridge::directory::{AdminRole, UserChanges};
+use idbridge::events::Actor;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::support::graph_fake::{FakeUserSpec, GraphFake};
+use crate::support::TestApp;
+
+/// The password the scripts choose at the admin's first sign-in.
+const NEW_PASSWORD: &str = "Browser-Passw0rd-2026";
+
+/// A hung browser must not hang the suite.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("IDBRIDGE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// Where the screenshots go, for anyone to look at the pages.
+fn screenshot_dir() -> PathBuf {
+    repo().join("target/screenshots")
+}
+
+/// Fails (never skips) when the browser tooling is missing, naming the command that installs it.
+fn require_browser_tooling() {
+    let chromium = chromium();
+    assert!(
+        chromium.exists(),
+        "Chromium is missing at {}: run ./scripts/test, which installs it (Debian package chromium)",
+        chromium.display()
+    );
+    assert!(
+        repo()
+            .join("tests/browser/node_modules/playwright-core")
+            .is_dir(),
+        "tests/browser/node_modules is missing: run ./scripts/test, which runs \
+         `npm ci --prefix tests/browser`"
+    );
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: install Node.js 20 or newer (Debian/Ubuntu: apt-get install nodejs npm), \
+         then run ./scripts/test"
+    );
+}
+
+/// A server connected (client credentials) to a fake tenant whose default domain is
+/// contoso.com; sync retries are quick so bindings settle within a second.
+async fn connected() -> (TestApp, GraphFake) {
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    let settings = format!(
+        "[m365]\nlogin_base_url = \"{}\"\ngraph_base_url = \"{}\"\nclient_id = \"{}\"\n\
+         client_secret = \"{}\"\ntenant = \"{}\"\n[m365.sync]\npoll_interval_ms = 50\n\
+         retry_base_ms = 30\nretry_max_seconds = 1\ngraph_retry_base_ms = 5\n\
+         import_interval_seconds = 3600\n",
+        fake.login_base_url(),
+        fake.graph_base_url(),
+        GraphFake::CLIENT_ID,
+        GraphFake::CLIENT_SECRET,
+        GraphFake::TENANT_ID,
+    );
+    let app = TestApp::spawn_with(&settings).await;
+    app.state()
+        .m365
+        .connect_application(&Actor::cli(), Utc::now())
+        .await
+        .expect("connected");
+    (app, fake)
+}
+
+/// Waits (up to 15 s) until the user's binding has `state` and nothing is queued for them.
+async fn settled(app: &TestApp, key: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let user = app.state().directory.get_user(key).await.unwrap();
+        let queued = app.store.has_queued_jobs(&user.id).await.unwrap();
+        if user.m365.as_ref().map(|b| b.state.as_str()) == Some(state) && !queued {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {key} to be {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates the full admin `name` and returns its one-time password.
+async fn one_time_admin(app: &TestApp, name: &str) -> SecretString {
+    app.state()
+        .directory
+        .create_admin(&Actor::System, name, AdminRole::Admin, Utc::now())
+        .await
+        .expect("admin created")
+}
+
+/// Runs `node tests/browser/<script>` against `app` as admin `name` and asserts it passed,
+/// printing its output (step by step, with timings) when it did not.
+async fn run_script(app: &TestApp, script: &str, name: &str, one_time: &SecretString) {
+    let started = Instant::now();
+    let child = tokio::process::Command::new("node")
+        .arg(repo().join("tests/browser").join(script))
+        .current_dir(repo().join("tests/browser"))
+        .env("IDBRIDGE_URL", &app.base_url)
+        .env("IDBRIDGE_ADMIN", name)
+        .env("IDBRIDGE_ADMIN_ONE_TIME_PASSWORD", one_time.expose_secret())
+        .env("IDBRIDGE_ADMIN_NEW_PASSWORD", NEW_PASSWORD)
+        .env("IDBRIDGE_SCREENSHOT_DIR", screenshot_dir())
+        .env("IDBRIDGE_CHROMIUM", chromium())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_TIMEOUT:?}"))
+        .expect("node ran");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!(
+        "{script} ({:.1} s):\n{text}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n{text}",
+        output.status
+    );
+}
+
+#[tokio::test]
+async fn an_admin_signs_in_creates_and_binds_a_user_changes_the_export_and_signs_out() {
+    require_browser_tooling();
+    let (app, fake) = connected().await;
+    let one_time = one_time_admin(&app, "root").await;
+    // The bind's first Graph request is throttled (Retry-After 1.5 s), so the binding page shows
+    // the user pending and must refresh its rows by itself to show them bound.
+    fake.throttle_next(1, "1.5");
+
+    run_script(&app, "console_flows.mjs", "root", &one_time).await;
+
+    let dana = app.state().directory.get_user("dana").await.expect("dana");
+    assert_eq!(
+        (dana.email.as_str(), dana.firstname.as_str()),
+        ("dana@contoso.com", "Dana")
+    );
+    assert_eq!(dana.m365.map(|b| b.state).as_deref(), Some("bound"));
+    let m365 = fake.user("dana@contoso.com").expect("created in M365");
+    assert_eq!(m365["givenName"], "Dana");
+    let table = app.state().sync.attribute_table().await.unwrap();
+    let department = table
+        .iter()
+        .find(|(m, _)| m.attribute == "department")
+        .map(|(_, d)| d.as_str());
+    assert_eq!(department, Some("export"));
+
+    let admin = app.store.find_admin("root").await.unwrap().expect("root");
+    assert_eq!(
+        admin.must_change_password, 0,
+        "the one-time password was replaced"
+    );
+    let key = app
+        .store
+        .list_api_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.name == "browser test")
+        .expect("the key created in the browser");
+    assert_eq!(key.role, "read_only");
+    assert_eq!(key.created_by, "admin:root");
+    assert_eq!(key.revoked_by.as_deref(), Some("admin:root"));
+    for event_type in [
+        "user_create",
+        "m365_bind",
+        "integrationattribute_include",
+        "admin_login_success",
+        "admin_password_change",
+        "api_key_create",
+        "api_key_revoke",
+        "admin_logout",
+    ] {
+        let events = app.events(event_type).await;
+        assert!(
+            events.iter().any(|e| e.actor == "admin:root"),
+            "{event_type} by admin:root: {events:?}"
+        );
+    }
+}
+
+/// The pages `screenshots.mjs` saves, by file name.
+const SCREENSHOTS: [&str; 10] = [
+    "login", "password", "overview", "users", "user", "binding", "m365", "saml", "events",
+    "settings",
+];
+
+#[tokio::test]
+async fn screenshots_of_every_console_page() {
+    require_browser_tooling();
+    let (app, fake) = connected().await;
+    // Something on every page: a bound user with every attribute, a failed binding (a federated
+    // domain's account without an immutable ID), an unbound user, and tenant users to import.
+    fake.add_domain("fed.example", true, false);
+    fake.add_user(FakeUserSpec {
+        upn: "erin@fed.example".into(),
+        account_enabled: true,
+        ..FakeUserSpec::default()
+    });
+    for (upn, given, surname) in [
+        ("frank@contoso.com", "Frank", "Miller"),
+        ("grace@contoso.com", "Grace", "Hopper"),
+    ] {
+        fake.add_user(FakeUserSpec {
+            upn: upn.into(),
+            given_name: Some(given.into()),
+            surname: Some(surname.into()),
+            account_enabled: true,
+            ..FakeUserSpec::default()
+        });
+    }
+    let alice = UserChanges {
+        username: Some("alice".into()),
+        email: Some("alice@contoso.com".into()),
+        firstname: Some("Alice".into()),
+        lastname: Some("Andersson".into()),
+        alternate_email: Some("alice.a@example.org".into()),
+        job_title: Some("Head of Finance".into()),
+        department: Some("Finance".into()),
+        location: Some("Stockholm".into()),
+        work_street_address: Some("Kungsgatan 1".into()),
+        work_locality: Some("Stockholm".into()),
+        work_postal_code: Some("111 43".into()),
+        work_country: Some("SE".into()),
+        phone_work: Some("+46 8 123 456".into()),
+        phone_mobile: Some("+46 70 123 4567".into()),
+        ..UserChanges::default()
+    };
+    app.state()
+        .directory
+        .create_user(&Actor::System, &alice, None, Utc::now())
+        .await
+        .expect("alice");
+    app.create_user("bob", "bob@contoso.com", "Corr3ct-Horse-Battery")
+        .await;
+    app.create_user("carol", "carol@contoso.com", "Corr3ct-Horse-Battery")
+        .await;
+    app.create_user("erin", "erin@fed.example", "Corr3ct-Horse-Battery")
+        .await;
+    let keys = ["alice", "bob", "erin"].map(String::from);
+    app.state()
+        .sync
+        .bind(&Actor::Admin("root".into()), &keys, Utc::now())
+        .await
+        .expect("bind accepted");
+    settled(&app, "alice", "bound").await;
+    settled(&app, "bob", "bound").await;
+    settled(&app, "erin", "failed").await;
+    let one_time = one_time_admin(&app, "root").await;
+    for name in SCREENSHOTS {
+        let _ = std::fs::remove_file(screenshot_dir().join(format!("{name}.png")));
+    }
+
+    run_script(&app, "screenshots.mjs", "root", &one_time).await;
+
+    for name in SCREENSHOTS {
+        let path = screenshot_dir().join(format!("{name}.png"));
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()));
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{} is not a PNG",
+            path.display()
+        );
+        assert!(
+            bytes.len() > 5_000,
+            "{} is suspiciously small ({} bytes): a blank page?",
+            path.display(),
+            bytes.len()
+        );
+    }
+}
