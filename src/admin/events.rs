@@ -1,7 +1,6 @@
 //! Console page: Directory Insights, the event log (filters, keyset paging, JSON lines export).
 
 use askama::Template;
-use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -9,17 +8,14 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use chrono::{NaiveDateTime, TimeZone, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::Chrome;
 use crate::server::AppState;
-use crate::store::{EventFilter, EventRow, Store, StoreError};
+use crate::store::EventFilter;
 use crate::web::{render, AdminPrincipal, AppError};
 
 /// Events per page of the console.
 const PAGE: i64 = 100;
-/// Events per database round trip of the export.
-const EXPORT_PAGE: i64 = 1000;
 /// The most events one export holds (narrow the filters for more).
 const EXPORT_MAX: i64 = 1_000_000;
 
@@ -262,42 +258,6 @@ async fn page(
     Ok(render(StatusCode::OK, &page))
 }
 
-/// One exported event: the API's event shape (details as a JSON object, times RFC 3339).
-fn event_line(row: EventRow) -> Value {
-    let at = Utc
-        .timestamp_millis_opt(row.at)
-        .single()
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default();
-    json!({
-        "id": row.id,
-        "at": at,
-        "actor": row.actor,
-        "type": row.event_type,
-        "target": row.target,
-        "clientIp": row.client_ip,
-        "details": serde_json::from_str::<Value>(&row.details).unwrap_or(Value::String(row.details)),
-    })
-}
-
-/// One page of the export as JSON lines, with how many rows it had and the last id.
-async fn export_page(
-    store: &Store,
-    filter: &EventFilter,
-) -> Result<(Bytes, i64, Option<i64>), StoreError> {
-    let rows = store.list_events(filter).await?;
-    let count = rows.len() as i64;
-    let last_id = rows.last().map(|r| r.id);
-    let mut out = Vec::with_capacity(rows.len() * 200);
-    for row in rows {
-        // A `Value` always serializes.
-        if serde_json::to_writer(&mut out, &event_line(row)).is_ok() {
-            out.push(b'\n');
-        }
-    }
-    Ok((Bytes::from(out), count, last_id))
-}
-
 /// The filtered events as JSON lines, newest first, streamed a page at a time so the whole log
 /// (up to `EXPORT_MAX` events) leaves without being held in memory.
 async fn export(
@@ -313,29 +273,7 @@ async fn export(
             return Ok(refuse(page, bad));
         }
     };
-    let store = state.store.clone();
-    let stream =
-        futures_util::stream::unfold(Some((store, filter, EXPORT_MAX)), |cursor| async move {
-            let (store, mut filter, remaining) = cursor?;
-            filter.limit = remaining.min(EXPORT_PAGE);
-            match export_page(&store, &filter).await {
-                Ok((bytes, count, last_id)) if count > 0 => {
-                    let left = remaining - count;
-                    let next = (count == filter.limit && left > 0).then(|| {
-                        filter.before_id = last_id;
-                        (store, filter, left)
-                    });
-                    Some((Ok::<_, std::io::Error>(bytes), next))
-                }
-                Ok(_) => None,
-                // The status line has gone out: cutting the body short is all that is left,
-                // and the download shows as failed.
-                Err(err) => {
-                    tracing::error!(%err, "the event export stopped");
-                    Some((Err(std::io::Error::other(err.to_string())), None))
-                }
-            }
-        });
+    let body = crate::admin::api::events::jsonl_body(state.store.clone(), filter, EXPORT_MAX);
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
@@ -345,7 +283,7 @@ async fn export(
             ),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        Body::from_stream(stream),
+        body,
     )
         .into_response())
 }

@@ -169,28 +169,7 @@ async fn export_events(
 ) -> Result<Response, ApiError> {
     let remaining = int_param("limit", params.limit.as_deref(), i64::MAX, 1, i64::MAX)?;
     let filter = params.filter()?;
-    let store = state.store.clone();
-    let stream =
-        futures_util::stream::unfold(Some((store, filter, remaining)), |page| async move {
-            let (store, mut filter, remaining) = page?;
-            filter.limit = remaining.min(EXPORT_PAGE);
-            match export_page(&store, &filter).await {
-                Ok((bytes, count, last_id)) if count > 0 => {
-                    let left = remaining - count;
-                    let next = (count == filter.limit && left > 0).then(|| {
-                        filter.before_id = last_id;
-                        (store, filter, left)
-                    });
-                    Some((Ok(bytes), next))
-                }
-                Ok(_) => None,
-                // The status line is gone: ending the body early is all that is left.
-                Err(err) => {
-                    tracing::error!(%err, "the event export stopped");
-                    Some((Err(std::io::Error::other(err.to_string())), None))
-                }
-            }
-        });
+    let body = jsonl_body(state.store.clone(), filter, remaining);
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
@@ -199,9 +178,37 @@ async fn export_events(
                 "attachment; filename=\"events.jsonl\"",
             ),
         ],
-        Body::from_stream(stream),
+        body,
     )
         .into_response())
+}
+
+/// The events matching `filter` as a streamed JSON-lines body (one [`Event`] per line, newest
+/// first, at most `max`), read a page at a time so the whole log leaves without being held in
+/// memory. The console's export uses it too.
+pub(crate) fn jsonl_body(store: Store, filter: EventFilter, max: i64) -> Body {
+    let stream = futures_util::stream::unfold(Some((store, filter, max)), |page| async move {
+        let (store, mut filter, remaining) = page?;
+        filter.limit = remaining.min(EXPORT_PAGE);
+        match export_page(&store, &filter).await {
+            Ok((bytes, count, last_id)) if count > 0 => {
+                let left = remaining - count;
+                let next = (count == filter.limit && left > 0).then(|| {
+                    filter.before_id = last_id;
+                    (store, filter, left)
+                });
+                Some((Ok(bytes), next))
+            }
+            Ok(_) => None,
+            // The status line is gone: ending the body early is all that is left, and the
+            // download shows as failed.
+            Err(err) => {
+                tracing::error!(%err, "the event export stopped");
+                Some((Err(std::io::Error::other(err.to_string())), None))
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// One page of the export: its lines, how many, and the last id.

@@ -8,7 +8,7 @@
 //! 403 on writes, 500) are added to the document by `schema::GuardResponses`.
 
 mod bindings;
-mod events;
+pub(crate) mod events;
 mod extract;
 mod m365;
 mod schema;
