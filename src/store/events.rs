@@ -109,23 +109,53 @@ impl Store {
     }
 
     /// Lists events matching the filter, newest first.
+    ///
+    /// The WHERE clause names only the filters given (not `$n IS NULL OR …`), so the planner can
+    /// use the (type|target|actor, id) indexes and stop after one page.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
-        let rows = sqlx::query_as::<_, EventRow>(
-            "SELECT id, at, actor, event_type, target, details, client_ip FROM events \
-             WHERE ($1 IS NULL OR event_type = $1) AND ($2 IS NULL OR target = $2) \
-               AND ($3 IS NULL OR actor = $3) AND ($5 IS NULL OR at >= $5) \
-               AND ($6 IS NULL OR at < $6) AND ($7 IS NULL OR id < $7) \
-             ORDER BY id DESC LIMIT $4",
-        )
-        .bind(&filter.event_type)
-        .bind(&filter.target)
-        .bind(&filter.actor)
-        .bind(if filter.limit > 0 { filter.limit } else { 100 })
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(filter.before_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let mut conditions: Vec<String> = Vec::new();
+        let mut texts: Vec<&str> = Vec::new();
+        let mut numbers: Vec<i64> = Vec::new();
+        for (column, value) in [
+            ("event_type", &filter.event_type),
+            ("target", &filter.target),
+            ("actor", &filter.actor),
+        ] {
+            if let Some(v) = value {
+                texts.push(v);
+                conditions.push(format!("{column} = ${}", texts.len()));
+            }
+        }
+        let mut numbered = |column_op: &str, value: Option<i64>| {
+            if let Some(v) = value {
+                numbers.push(v);
+                conditions.push(format!("{column_op} ${}", texts.len() + numbers.len()));
+            }
+        };
+        numbered("at >=", filter.since);
+        numbered("at <", filter.until);
+        numbered("id <", filter.before_id);
+        let limit_param = texts.len() + numbers.len() + 1;
+        let sql = format!(
+            "SELECT id, at, actor, event_type, target, details, client_ip FROM events {} \
+             ORDER BY id DESC LIMIT ${limit_param}",
+            if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            }
+        );
+        let mut query = sqlx::query_as::<_, EventRow>(&sql);
+        for t in texts {
+            query = query.bind(t);
+        }
+        for n in numbers {
+            query = query.bind(n);
+        }
+        let rows = query
+            .bind(if filter.limit > 0 { filter.limit } else { 100 })
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows)
     }
 }
