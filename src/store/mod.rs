@@ -6,7 +6,6 @@
 //! folder because their DDL differs (auto-increment keys).
 
 mod admins;
-mod api;
 mod events;
 mod m365;
 mod saml;

@@ -222,7 +222,8 @@ impl From<UserSyncStatus> for SyncStatus {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct UserListParams {
-    /// Part of the username, email or name (case-insensitive).
+    /// Case-insensitive: one or two characters match the start of the username or email;
+    /// three or more match anywhere in the username, email or name.
     search: Option<String>,
     /// Users per page, 1 to 1000 (default 100).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
@@ -258,7 +259,12 @@ async fn list_users(
     // One more than asked tells whether another page follows.
     let rows = state
         .store
-        .list_users_after(params.search.as_deref(), params.after.as_deref(), limit + 1)
+        .user_page(
+            params.search.as_deref(),
+            params.after.as_deref(),
+            None,
+            limit + 1,
+        )
         .await?;
     let more = rows.len() as i64 > limit;
     let users = rows
