@@ -2,8 +2,6 @@
 //! checked against what the server really does.
 
 use std::collections::{BTreeSet, HashSet};
-use std::future::Future;
-use std::time::Duration;
 
 use chrono::Utc;
 use idbridge::directory::AdminRole;
@@ -13,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::support::console::{api_client, api_key};
 use crate::support::graph_fake::{FakeUserSpec, GraphFake};
+use crate::support::m365::eventually;
 use crate::support::TestApp;
 
 const PASSWORD: &str = "Corr3ct-Horse-Battery";
@@ -49,64 +48,14 @@ const OPERATIONS: &[(&str, &str)] = &[
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 
-// ---- helpers (connected()/settled() as in sync.rs) ----
-
-fn settings(fake: &GraphFake) -> String {
-    format!(
-        "[m365]\nlogin_base_url = \"{}\"\ngraph_base_url = \"{}\"\nclient_id = \"{}\"\n\
-         client_secret = \"{}\"\ntenant = \"{}\"\n[m365.sync]\npoll_interval_ms = 50\n\
-         retry_base_ms = 30\nretry_max_seconds = 1\ngraph_retry_base_ms = 5\n\
-         import_interval_seconds = 3600\n",
-        fake.login_base_url(),
-        fake.graph_base_url(),
-        GraphFake::CLIENT_ID,
-        GraphFake::CLIENT_SECRET,
-        GraphFake::TENANT_ID,
-    )
-}
-
 /// A server connected (client credentials) to a fake tenant whose default domain is
 /// contoso.com.
 async fn connected() -> (TestApp, GraphFake) {
-    let fake = GraphFake::start().await;
-    fake.add_domain("contoso.com", false, true);
-    let app = TestApp::spawn_with(&settings(&fake)).await;
-    fake.register_redirect_uri(&app.url("/m365/callback"));
-    app.state()
-        .m365
-        .connect_application(&Actor::cli(), Utc::now())
-        .await
-        .expect("connected");
-    (app, fake)
+    crate::support::m365::connected("", "").await
 }
 
-/// Polls `check` until it returns Some, for up to 15 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until the user's binding has `state` and nothing is queued for them.
 async fn settled(app: &TestApp, key: &str, state: &str) {
-    eventually(&format!("{key} {state} and synced"), || async {
-        let u = app.state().directory.get_user(key).await.unwrap();
-        let queued = app.store.has_queued_jobs(&u.id).await.unwrap();
-        (u.m365.as_ref().map(|b| b.state.as_str()) == Some(state) && !queued).then_some(())
-    })
-    .await
+    crate::support::m365::settled(app, key, state).await;
 }
 
 /// An API caller: a client with a key, and the server.

@@ -62,43 +62,11 @@ fn require_browser_tooling() {
 /// A server connected (client credentials) to a fake tenant whose default domain is
 /// contoso.com; sync retries are quick so bindings settle within a second.
 async fn connected() -> (TestApp, GraphFake) {
-    let fake = GraphFake::start().await;
-    fake.add_domain("contoso.com", false, true);
-    let settings = format!(
-        "[m365]\nlogin_base_url = \"{}\"\ngraph_base_url = \"{}\"\nclient_id = \"{}\"\n\
-         client_secret = \"{}\"\ntenant = \"{}\"\n[m365.sync]\npoll_interval_ms = 50\n\
-         retry_base_ms = 30\nretry_max_seconds = 1\ngraph_retry_base_ms = 5\n\
-         import_interval_seconds = 3600\n",
-        fake.login_base_url(),
-        fake.graph_base_url(),
-        GraphFake::CLIENT_ID,
-        GraphFake::CLIENT_SECRET,
-        GraphFake::TENANT_ID,
-    );
-    let app = TestApp::spawn_with(&settings).await;
-    app.state()
-        .m365
-        .connect_application(&Actor::cli(), Utc::now())
-        .await
-        .expect("connected");
-    (app, fake)
+    crate::support::m365::connected("", "").await
 }
 
-/// Waits (up to 15 s) until the user's binding has `state` and nothing is queued for them.
 async fn settled(app: &TestApp, key: &str, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let user = app.state().directory.get_user(key).await.unwrap();
-        let queued = app.store.has_queued_jobs(&user.id).await.unwrap();
-        if user.m365.as_ref().map(|b| b.state.as_str()) == Some(state) && !queued {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {key} to be {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::m365::settled(app, key, state).await;
 }
 
 /// Creates the full admin `name` and returns its one-time password.

@@ -1,40 +1,20 @@
 //! The console's binding page and Microsoft 365 page, over real HTTP against the Graph fake.
 
-use std::future::Future;
-use std::time::Duration;
-
 use chrono::Utc;
 use idbridge::directory::AdminRole;
 use idbridge::events::Actor;
 
 use crate::support::console::{admin_browser, AdminBrowser};
 use crate::support::graph_fake::{FakeUserSpec, GraphFake};
+use crate::support::m365::eventually;
 use crate::support::{html_unescape, TestApp};
 
 const PASSWORD: &str = "Corr3ct-Horse-Battery";
 
-/// [m365] settings pointing at the fake (client secret, one tenant) with quick sync retries.
-fn settings(fake: &GraphFake) -> String {
-    format!(
-        "[m365]\nlogin_base_url = \"{}\"\ngraph_base_url = \"{}\"\nclient_id = \"{}\"\n\
-         client_secret = \"{}\"\ntenant = \"{}\"\n[m365.sync]\npoll_interval_ms = 50\n\
-         retry_base_ms = 30\nretry_max_seconds = 1\ngraph_retry_base_ms = 5\n\
-         import_interval_seconds = 3600\n",
-        fake.login_base_url(),
-        fake.graph_base_url(),
-        GraphFake::CLIENT_ID,
-        GraphFake::CLIENT_SECRET,
-        GraphFake::TENANT_ID,
-    )
-}
-
 /// A server configured for the fake tenant (default domain contoso.com), not yet connected,
 /// and a signed-in full admin `root`.
 async fn unconnected() -> (TestApp, GraphFake, AdminBrowser) {
-    let fake = GraphFake::start().await;
-    fake.add_domain("contoso.com", false, true);
-    let app = TestApp::spawn_with(&settings(&fake)).await;
-    fake.register_redirect_uri(&app.url("/m365/callback"));
+    let (app, fake) = crate::support::m365::configured("", "").await;
     let admin = admin_browser(&app, "root", AdminRole::Admin).await;
     (app, fake, admin)
 }
@@ -48,25 +28,6 @@ async fn connected() -> (TestApp, GraphFake, AdminBrowser) {
         .await
         .expect("connected");
     (app, fake, admin)
-}
-
-/// Polls `check` until it returns Some, for up to 15 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The binding state shown for `username` in a binding table.

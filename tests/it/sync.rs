@@ -1,8 +1,5 @@
 //! Binding users to Microsoft 365 and keeping them in sync, against the Graph fake.
 
-use std::future::Future;
-use std::time::Duration;
-
 use chrono::Utc;
 use idbridge::directory::{User, UserChanges};
 use idbridge::events::Actor;
@@ -10,6 +7,9 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use crate::support::graph_fake::{FakeUserSpec, GraphFake};
+use crate::support::m365::{
+    connected as support_connected, eventually, m365_settings as settings_with, settled,
+};
 use crate::support::TestApp;
 
 const PASSWORD: &str = "Corr3ct-Horse-Battery";
@@ -18,68 +18,16 @@ fn admin() -> Actor {
     Actor::Admin("root".into())
 }
 
-/// Settings that make retries quick; `extra` adds TOML (whole tables, or keys for
-/// `[m365.sync]` when `sync_keys` is given).
-fn settings(fake: &GraphFake, sync_keys: &str, extra: &str) -> String {
-    format!(
-        "{extra}\n[m365]\nlogin_base_url = \"{}\"\ngraph_base_url = \"{}\"\nclient_id = \"{}\"\n\
-         client_secret = \"{}\"\ntenant = \"{}\"\n[m365.sync]\npoll_interval_ms = 50\n\
-         retry_base_ms = 30\nretry_max_seconds = 1\ngraph_retry_base_ms = 5\n\
-         import_interval_seconds = 3600\n{sync_keys}\n",
-        fake.login_base_url(),
-        fake.graph_base_url(),
-        GraphFake::CLIENT_ID,
-        GraphFake::CLIENT_SECRET,
-        GraphFake::TENANT_ID,
-    )
-}
-
 /// A server connected (client credentials) to a fake tenant whose default domain is
 /// contoso.com (managed) and which also has fed.example (federated).
 async fn connected(sync_keys: &str, extra: &str) -> (TestApp, GraphFake) {
-    let fake = GraphFake::start().await;
-    fake.add_domain("contoso.com", false, true);
+    let (app, fake) = support_connected(sync_keys, extra).await;
     fake.add_domain("fed.example", true, false);
-    let app = TestApp::spawn_with(&settings(&fake, sync_keys, extra)).await;
-    app.state()
-        .m365
-        .connect_application(&Actor::cli(), Utc::now())
-        .await
-        .expect("connected");
     (app, fake)
-}
-
-/// Polls `check` until it returns Some, for up to 15 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn user(app: &TestApp, key: &str) -> User {
     app.state().directory.get_user(key).await.unwrap()
-}
-
-/// Waits until the user's binding has `state` and nothing is queued for them.
-async fn settled(app: &TestApp, key: &str, state: &str) -> User {
-    eventually(&format!("{key} {state} and synced"), || async {
-        let u = user(app, key).await;
-        let queued = app.store.has_queued_jobs(&u.id).await.unwrap();
-        (u.m365.as_ref().map(|b| b.state.as_str()) == Some(state) && !queued).then_some(u)
-    })
-    .await
 }
 
 async fn bind(app: &TestApp, keys: &[&str]) {
@@ -914,7 +862,7 @@ async fn deactivating_the_connection_clears_bindings_and_the_outbox() {
 async fn a_refused_token_pauses_sync_shows_reconnect_and_reconnecting_resumes_it() {
     let fake = GraphFake::start().await;
     fake.add_domain("contoso.com", false, true);
-    let app = TestApp::spawn_with(&settings(&fake, "", "")).await;
+    let app = TestApp::spawn_with(&settings_with(&fake, "", "")).await;
     fake.register_redirect_uri(&app.url("/m365/callback"));
     let (status, page) = crate::m365::consent(&app).await;
     assert_eq!(status, 200, "{page}");

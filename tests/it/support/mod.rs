@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod graph_fake;
+pub mod m365;
 
 use std::path::PathBuf;
 
