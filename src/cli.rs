@@ -379,12 +379,17 @@ async fn serve(config: Config) -> Result<(), CliError> {
             .await
             .map_err(fail)?;
         print_one_time_password("admin", &password);
+        println!(
+            "  Sign in to the admin console at {}/admin\n",
+            state.config.base_url
+        );
     }
     let listener = crate::server::bind(&state.config).await.map_err(fail)?;
     tracing::info!(
         listen = %state.config.listen,
         base_url = %state.config.base_url,
         metadata = %format!("{}/saml/metadata", state.config.base_url),
+        console = %format!("{}/admin", state.config.base_url),
         "idbridge is serving"
     );
     crate::server::run(app, listener, crate::server::shutdown_signal())
