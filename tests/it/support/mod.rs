@@ -28,6 +28,35 @@ pub struct TestApp {
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
+/// With `TEST_POSTGRES_URL` set to a server URL (`postgres://user:pw@127.0.0.1`), each test
+/// server gets its own PostgreSQL database instead of SQLite, named after its directory so a
+/// restart in the same directory finds it again. Unset (the default), tests use SQLite. (Not an
+/// `IDBRIDGE_…` name: the binary the CLI tests run would read that as a setting.)
+async fn postgres_database(dir: &std::path::Path) -> Option<String> {
+    use sqlx::Connection;
+    let server = std::env::var("TEST_POSTGRES_URL").ok()?;
+    let server = server.trim_end_matches('/');
+    let name = format!(
+        "idb_test_{}",
+        &idbridge::web::token_hash(&dir.display().to_string())[..16]
+    );
+    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("TEST_POSTGRES_URL reachable");
+    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("pg_database");
+    if exists.is_none() {
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+    }
+    Some(format!("{server}/{name}"))
+}
+
 /// Config for a test in `dir`; `extra` is TOML merged over it.
 pub fn test_config(dir: &std::path::Path, extra: &str) -> Config {
     // `extra` goes before the [certs] table so its top-level keys stay top-level.
@@ -62,6 +91,9 @@ impl TestApp {
         let port = listener.local_addr().expect("addr").port();
         let base_url = format!("http://127.0.0.1:{port}");
         let mut config = test_config(dir.path(), extra);
+        if let Some(url) = postgres_database(dir.path()).await {
+            config.database_url = Some(url);
+        }
         if !extra
             .lines()
             .any(|l| l.trim_start().starts_with("base_url"))
