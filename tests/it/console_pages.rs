@@ -588,8 +588,8 @@ async fn the_detail_page_shows_attributes_binding_the_last_error_and_events() {
         "<code>ErinImmutable123</code>",
         "<span class=\"badge failed\">failed</span>",
         "Resource &#39;erin@contoso.com&#39; does not exist &lt;Graph&gt;",
-        "<code>user_create</code>",
-        "<code>test_bind</code>",
+        "<code class=\"nowrap\">user_create</code>",
+        "<code class=\"nowrap\">test_bind</code>",
         "href=\"/admin/events?user=erin\"",
         "Password last changed",
     ] {
