@@ -69,6 +69,10 @@ pub struct AdminConfig {
     pub session_idle_minutes: u64,
     /// A console session ends this many hours after sign-in, active or not.
     pub session_max_hours: u64,
+    /// Failed sign-ins for one admin name before sign-in is refused for a while (0: never).
+    pub login_max_failures: u32,
+    /// How long failures count, and how long sign-in stays refused after too many.
+    pub login_lockout_minutes: u64,
 }
 
 impl Default for AdminConfig {
@@ -76,6 +80,8 @@ impl Default for AdminConfig {
         Self {
             session_idle_minutes: 30,
             session_max_hours: 12,
+            login_max_failures: 5,
+            login_lockout_minutes: 15,
         }
     }
 }

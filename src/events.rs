@@ -51,6 +51,8 @@ pub mod kind {
     pub const ADMIN_CREATE: &str = "admin_create";
     pub const ADMIN_LOGIN_SUCCESS: &str = "admin_login_success";
     pub const ADMIN_LOGIN_FAILED: &str = "admin_login_failed";
+    /// Admin sign-in refused after too many failures (password guessing).
+    pub const ADMIN_LOGIN_THROTTLED: &str = "admin_login_throttled";
     pub const ADMIN_LOGOUT: &str = "admin_logout";
     pub const ADMIN_PASSWORD_CHANGE: &str = "admin_password_change";
     /// A console or API request refused: CSRF, read-only role, bad API key.

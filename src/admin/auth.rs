@@ -132,6 +132,38 @@ async fn login(
             jar,
         ));
     }
+    // Password guessing: after too many failures for one name (existing or not, so this says
+    // nothing about which names exist), refuse without checking the password for a while.
+    let name = form.username.trim().to_lowercase();
+    let settings = &state.config.admin;
+    let window_ms = (settings.login_lockout_minutes.max(1) * 60_000) as i64;
+    let failures = state
+        .store
+        .count_events_since(
+            kind::ADMIN_LOGIN_FAILED,
+            &name,
+            now.timestamp_millis() - window_ms,
+        )
+        .await?;
+    if settings.login_max_failures > 0 && failures >= i64::from(settings.login_max_failures) {
+        let event = NewEvent::new(
+            now,
+            &Actor::Anonymous,
+            kind::ADMIN_LOGIN_THROTTLED,
+            Some(&name),
+        )
+        .details(json!({"failures": failures, "minutes": settings.login_lockout_minutes}))
+        .client_ip(ip);
+        state.store.record_event(&event).await?;
+        return Ok(again(
+            &format!(
+                "Too many failed sign-ins for this account. Try again in {} minutes.",
+                settings.login_lockout_minutes
+            ),
+            StatusCode::TOO_MANY_REQUESTS,
+            jar,
+        ));
+    }
     let password = SecretString::from(form.password.clone());
     let admin = state
         .directory
@@ -142,7 +174,7 @@ async fn login(
             now,
             &Actor::Anonymous,
             kind::ADMIN_LOGIN_FAILED,
-            Some(form.username.trim()),
+            Some(&name),
         )
         .details(json!({"reason": "wrong username or password"}))
         .client_ip(ip);

@@ -81,6 +81,25 @@ impl Store {
         insert(&self.pool, event).await
     }
 
+    /// How many events of a type for a target happened at or after `since_ms` (reads the
+    /// (target, at) index).
+    pub async fn count_events_since(
+        &self,
+        event_type: &str,
+        target: &str,
+        since_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM events WHERE target = $1 AND at >= $2 AND event_type = $3",
+        )
+        .bind(target)
+        .bind(since_ms)
+        .bind(event_type)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     /// The distinct event types recorded (for filter menus).
     pub async fn event_types(&self) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> =

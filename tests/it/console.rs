@@ -334,3 +334,44 @@ async fn console_sessions_expire_when_idle_and_after_their_lifetime() {
         }
     }
 }
+
+#[tokio::test]
+async fn repeated_failed_sign_ins_lock_the_name_for_a_while_whether_or_not_it_exists() {
+    let app =
+        TestApp::spawn_with("[admin]\nlogin_max_failures = 3\nlogin_lockout_minutes = 15\n").await;
+    admin_browser(&app, "root", AdminRole::Admin).await;
+    let attempt = |user: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            let client = app.browser();
+            let token = login_form(app, &client).await;
+            let r = client
+                .post(app.url("/admin/login"))
+                .form(&[
+                    ("csrf", token.as_str()),
+                    ("username", user),
+                    ("password", password),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for name in ["root", "ghost"] {
+        for _ in 0..3 {
+            assert_eq!(attempt(name, "Wrong-Passw0rd!").await.0, 401);
+        }
+    }
+    // Now even the right password is refused, without being checked.
+    let (status, page) = attempt("root", ADMIN_PASSWORD).await;
+    assert_eq!(status, 429);
+    assert!(page.contains("Too many failed sign-ins"), "{page}");
+    // A name that does not exist behaves the same (no hint which names exist).
+    assert_eq!(attempt("ghost", "Wrong-Passw0rd!").await.0, 429);
+    let throttled = app.events("admin_login_throttled").await;
+    assert_eq!(throttled.len(), 2);
+    assert!(throttled.iter().all(|e| e.client_ip.is_some()));
+    // Other admins are not affected.
+    admin_browser(&app, "other", AdminRole::ReadOnly).await;
+}
