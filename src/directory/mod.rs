@@ -136,15 +136,15 @@ impl Directory {
         password: &SecretString,
         now: DateTime<Utc>,
     ) -> Result<bool, DirectoryError> {
-        if user.m365.as_ref().is_none_or(|b| b.state != "bound") {
+        // The binding comes with the user (one join), so most sign-ins cost no extra query.
+        if user
+            .m365
+            .as_ref()
+            .is_none_or(|b| b.state != "bound" || b.password_pushed)
+        {
             return Ok(false);
         }
-        let pushed = self
-            .store
-            .binding(&user.id)
-            .await?
-            .is_none_or(|b| b.password_pushed == 1 || b.state != "bound");
-        if pushed || self.store.has_queued_password(&user.id).await? {
+        if self.store.has_queued_password(&user.id).await? {
             return Ok(false);
         }
         let Some(job) = self.password_job(password, false)? else {

@@ -31,6 +31,8 @@ pub struct M365Binding {
     pub immutable_id: String,
     pub user_principal_name: String,
     pub state: String,
+    /// The user's real password has reached Microsoft 365 (seed 000).
+    pub password_pushed: bool,
 }
 
 /// A user of the directory.
@@ -184,6 +186,7 @@ impl User {
                 immutable_id,
                 user_principal_name,
                 state: row.binding_state.unwrap_or_else(|| "bound".into()),
+                password_pushed: row.password_pushed == Some(1),
             }),
             _ => None,
         };

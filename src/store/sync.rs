@@ -641,24 +641,6 @@ impl Store {
         .await?;
         Ok(row.and_then(|(id,)| id))
     }
-
-    /// Bindings by state for the binding list (`None`: all), with usernames, paged.
-    pub async fn bindings(
-        &self,
-        state: Option<&str>,
-        limit: i64,
-        offset: i64,
-    ) -> Result<Vec<BindingRow>, StoreError> {
-        Ok(sqlx::query_as::<_, BindingRow>(&format!(
-            "SELECT {BINDING_COLUMNS} FROM m365_bindings WHERE ($1 IS NULL OR state = $1) \
-             ORDER BY user_principal_name LIMIT $2 OFFSET $3"
-        ))
-        .bind(state)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?)
-    }
 }
 
 /// One line of the binding list: a user with its binding (if any) and sync trouble.

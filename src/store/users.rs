@@ -31,6 +31,8 @@ pub struct UserRow {
     pub immutable_id: Option<String>,
     pub user_principal_name: Option<String>,
     pub binding_state: Option<String>,
+    /// Whether the user's real password has reached Microsoft 365 (NULL without a binding).
+    pub password_pushed: Option<i64>,
 }
 
 /// Every stored attribute of a user, written whole on create and update.
@@ -70,7 +72,7 @@ pub(super) const USER_COLUMNS: &str = "u.id, u.username, u.email, u.firstname, u
     m.username AS manager_username, u.work_street_address, u.work_locality, u.work_region, \
     u.work_postal_code, u.work_country, u.phone_work, u.phone_mobile, u.state, u.password_hash, \
     u.password_changed_at, u.created_at, u.updated_at, b.immutable_id, b.user_principal_name, \
-    b.state AS binding_state";
+    b.state AS binding_state, b.password_pushed";
 /// Joins that [`USER_COLUMNS`] needs, after `FROM users u`.
 pub(super) const USER_JOINS: &str = "LEFT JOIN users m ON m.id = u.manager_id \
     LEFT JOIN m365_bindings b ON b.user_id = u.id";
