@@ -192,7 +192,7 @@ impl M365Sync {
             }
             _ => return Err(M365Error::NotConnected.into()),
         }
-        Ok(self.m365.tenant_id().await?)
+        Ok(status.tenant_id.ok_or(M365Error::NotConnected)?)
     }
 
     async fn bind_users(
