@@ -840,6 +840,18 @@ fn print_status(s: &crate::m365::ConnectionStatus) {
     if let Some(e) = &s.last_error {
         println!("last error:     {e}");
     }
+    if s.state == "connected" {
+        match &s.granted_permissions {
+            Some(granted) => println!("granted:        {}", granted.join(" ")),
+            None => println!("granted:        unknown (Microsoft's token could not be read)"),
+        }
+        for missing in &s.missing_permissions {
+            println!(
+                "missing:        {}: without it, no {} (grant it to the app registration in the Entra admin center, then run `idbridge m365 connect` again)",
+                missing.name, missing.needed_for
+            );
+        }
+    }
     match s.state.as_str() {
         "reconnect" => println!("fix:            run `idbridge m365 connect` again"),
         "not_connected" | "deactivated" => println!("fix:            run `idbridge m365 connect`"),

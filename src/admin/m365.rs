@@ -122,6 +122,10 @@ struct ConnectionView {
     default_domain: String,
     connected_at: String,
     connected_by: String,
+    /// The Graph permissions the token grants, space-separated ("" when unknown).
+    granted: String,
+    /// (permission, what stops working without it).
+    missing: Vec<(String, String)>,
 }
 
 impl ConnectionView {
@@ -153,6 +157,15 @@ impl ConnectionView {
             default_domain: status.default_domain.unwrap_or_default(),
             connected_by: status.connected_by.unwrap_or_default(),
             connected_at,
+            granted: status
+                .granted_permissions
+                .map(|g| g.join(" "))
+                .unwrap_or_default(),
+            missing: status
+                .missing_permissions
+                .into_iter()
+                .map(|m| (m.name, m.needed_for))
+                .collect(),
             state: status.state,
         }
     }

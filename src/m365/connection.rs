@@ -24,17 +24,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::graph::{GraphClient, GraphError, RetryPolicy};
+use super::permissions::{self, GrantMode, MissingPermission};
 use crate::config::Config;
 use crate::events::{kind, Actor, NewEvent};
 use crate::secrets::{SecretBox, SecretError};
 use crate::store::{ConnectionRow, Store, StoreError};
 use crate::web::token_hash;
 
-/// Delegated Graph permissions asked for at consent (least privilege for import, bind, sync).
-const DELEGATED_PERMISSIONS: &[&str] = &[
-    "User.ReadWrite.All",
-    "User-PasswordProfile.ReadWrite.All",
-    "Domain.Read.All",
+/// Delegated Graph permissions asked for at consent: every permission idbridge uses (least
+/// privilege for import, bind, sync and session revocation).
+const DELEGATED_PERMISSIONS: [&str; 4] = [
+    permissions::USER_READ_WRITE.name,
+    permissions::PASSWORD_PROFILE.name,
+    permissions::DOMAIN_READ.name,
+    permissions::REVOKE_SESSIONS.name,
 ];
 /// How long an admin has to finish consent at Microsoft.
 const CONSENT_WINDOW_MINUTES: i64 = 10;
@@ -97,6 +100,10 @@ pub struct ConnectionStatus {
     pub connected_at: Option<String>,
     pub connected_by: Option<String>,
     pub last_error: Option<String>,
+    /// The Graph permissions the token grants; `None` when they could not be read.
+    pub granted_permissions: Option<Vec<String>>,
+    /// Permissions idbridge uses that the token lacks, with what stops working without each.
+    pub missing_permissions: Vec<MissingPermission>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -547,7 +554,9 @@ impl M365 {
                 None
             }
         };
+        let granted = granted_of(response);
         let row = ConnectionRow {
+            granted_permissions: granted,
             mode: mode.into(),
             state: "connected".into(),
             tenant_id: Some(tenant_id.to_string()),
@@ -607,7 +616,20 @@ impl M365 {
                 connected_at: None,
                 connected_by: None,
                 last_error: None,
+                granted_permissions: None,
+                missing_permissions: Vec::new(),
             });
+        };
+        let granted: Option<Vec<String>> = row
+            .granted_permissions
+            .as_deref()
+            .map(|g| g.split_whitespace().map(str::to_string).collect());
+        // Only a live connection lacks anything: a dropped one has no token to read.
+        let missing = match (&granted, row.state.as_str()) {
+            (Some(g), "connected") => {
+                permissions::missing_permissions(g, GrantMode::from_mode(&row.mode))
+            }
+            _ => Vec::new(),
         };
         Ok(ConnectionStatus {
             state: match row.state.as_str() {
@@ -620,6 +642,8 @@ impl M365 {
             connected_at: row.connected_at.map(crate::directory::millis_to_rfc3339),
             connected_by: row.connected_by,
             last_error: row.last_error,
+            granted_permissions: granted,
+            missing_permissions: missing,
         })
     }
 
@@ -717,6 +741,8 @@ impl M365 {
             None => row.refresh_token_enc.clone(),
         };
         let updated = ConnectionRow {
+            // Consent or app permissions may have changed since the last token.
+            granted_permissions: granted_of(&response).or(row.granted_permissions.clone()),
             access_token_enc: Some(self.secrets.seal(&access, "m365.access_token")?),
             access_token_expires_at: Some(expires_at),
             refresh_token_enc: refresh_enc,
@@ -807,6 +833,20 @@ fn expiry(response: &MsTokenResponse, now: DateTime<Utc>) -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(3600);
     now.timestamp_millis() + seconds * 1000
+}
+
+/// The permissions a token response grants, space-separated (see
+/// [`permissions::granted_permissions`]).
+fn granted_of(response: &MsTokenResponse) -> Option<String> {
+    let scope = response.scopes().map(|scopes| {
+        scopes
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    permissions::granted_permissions(response.access_token().secret(), scope.as_deref())
+        .map(|g| g.join(" "))
 }
 
 /// The `tid` claim of an ID token received directly from the token endpoint over TLS (OpenID

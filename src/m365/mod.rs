@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod graph;
 pub mod import;
+pub mod permissions;
 pub mod sync;
 
 pub use connection::{data_key, ConnectionStatus, M365Error, M365SetupError, M365};

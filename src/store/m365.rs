@@ -18,6 +18,8 @@ pub struct ConnectionRow {
     pub refresh_token_enc: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: i64,
+    /// Space-separated Graph permissions the token grants; `None` when unreadable.
+    pub granted_permissions: Option<String>,
 }
 
 /// A local user's link to the M365 user it was imported from.
@@ -58,7 +60,8 @@ pub struct ImportResultRow {
 }
 
 const CONNECTION_COLUMNS: &str = "mode, state, tenant_id, default_domain, connected_at, \
-    connected_by, access_token_enc, access_token_expires_at, refresh_token_enc, last_error, updated_at";
+    connected_by, access_token_enc, access_token_expires_at, refresh_token_enc, last_error, updated_at, \
+    granted_permissions";
 
 impl Store {
     /// The connection row, if the tenant was ever connected.
@@ -80,10 +83,11 @@ impl Store {
         sqlx::query(
             "INSERT INTO m365_connection (id, mode, state, tenant_id, default_domain, connected_at, \
              connected_by, access_token_enc, access_token_expires_at, refresh_token_enc, last_error, \
-             updated_at) VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             updated_at, granted_permissions) VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (id) DO UPDATE SET mode = $1, state = $2, tenant_id = $3, \
              default_domain = $4, connected_at = $5, connected_by = $6, access_token_enc = $7, \
-             access_token_expires_at = $8, refresh_token_enc = $9, last_error = $10, updated_at = $11",
+             access_token_expires_at = $8, refresh_token_enc = $9, last_error = $10, updated_at = $11, \
+             granted_permissions = $12",
         )
         .bind(&row.mode)
         .bind(&row.state)
@@ -96,6 +100,7 @@ impl Store {
         .bind(&row.refresh_token_enc)
         .bind(&row.last_error)
         .bind(row.updated_at)
+        .bind(&row.granted_permissions)
         .execute(&mut *tx)
         .await?;
         if let Some(event) = event {

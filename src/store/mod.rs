@@ -19,8 +19,9 @@ pub use events::{EventFilter, EventRow};
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
 pub use sync::{
-    BindOutcome, BindRequest, BindingListQuery, BindingListRow, BindingRow, JobEffect, OutboxJob,
-    OutboxRow, SyncCounts, REVOKE_SESSIONS,
+    BindOutcome, BindRequest, BindingListQuery, BindingListRow, BindingRow, Completion,
+    DirectionEffects, FollowUp, JobEffect, JobKind, OutboxJob, OutboxRow, SyncCounts,
+    REVOKE_SESSIONS, WORKER_IMPORT,
 };
 pub use users::{UserListQuery, UserRow, UserWrite};
 pub use write_behind::WriteBehind;

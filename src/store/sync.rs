@@ -13,11 +13,58 @@ const SYNCED_STATES: &str = "('bound', 'pending')";
 /// The `fields` marker of a password job that also ends the user's Microsoft 365 sessions.
 pub const REVOKE_SESSIONS: &str = "revokeSignInSessions";
 
+/// What a sync job delivers to Microsoft 365.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Create or adopt the user's M365 account (then everything is sent).
+    Bind,
+    /// Changed attributes (their names in `fields`).
+    Attributes,
+    /// A new password (sealed in `secret_enc`); for a federated user only what a password
+    /// change means besides the password (unblocking, signing out).
+    Password,
+    /// `accountEnabled` as it should now be (suspension, unbind, expiry).
+    Account,
+    /// Sign the user out of Microsoft 365 (`revokeSignInSessions`), on its own: a retry of
+    /// the part of a password change that failed.
+    RevokeSessions,
+}
+
+impl JobKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Bind => "bind",
+            JobKind::Attributes => "attributes",
+            JobKind::Password => "password",
+            JobKind::Account => "account",
+            JobKind::RevokeSessions => "revoke_sessions",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "bind" => JobKind::Bind,
+            "attributes" => JobKind::Attributes,
+            "password" => JobKind::Password,
+            "account" => JobKind::Account,
+            "revoke_sessions" => JobKind::RevokeSessions,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A change to deliver, written in the transaction of the change itself.
 #[derive(Debug, Clone)]
 pub struct OutboxJob {
-    /// `bind`, `attributes`, `password` or `account`.
-    pub kind: &'static str,
+    pub kind: JobKind,
     /// For `attributes`: the changed attribute names (JSON array).
     pub fields: Option<String>,
     /// For `password`: the new password, sealed.
@@ -28,7 +75,7 @@ impl OutboxJob {
     /// An `attributes` job for these attribute names.
     pub fn attributes(fields: &[&str]) -> Self {
         Self {
-            kind: "attributes",
+            kind: JobKind::Attributes,
             fields: Some(serde_json::Value::from(fields.to_vec()).to_string()),
             secret_enc: None,
         }
@@ -37,7 +84,25 @@ impl OutboxJob {
     /// An `account` job: send accountEnabled as it should now be.
     pub fn account() -> Self {
         Self {
-            kind: "account",
+            kind: JobKind::Account,
+            fields: None,
+            secret_enc: None,
+        }
+    }
+
+    /// A `revoke_sessions` job: sign the user out of Microsoft 365.
+    pub fn revoke_sessions() -> Self {
+        Self {
+            kind: JobKind::RevokeSessions,
+            fields: None,
+            secret_enc: None,
+        }
+    }
+
+    /// A `bind` job.
+    pub fn bind() -> Self {
+        Self {
+            kind: JobKind::Bind,
             fields: None,
             secret_enc: None,
         }
@@ -47,11 +112,40 @@ impl OutboxJob {
     /// of Microsoft 365 (a password change, seed 003), unlike the first push at sign-in.
     pub fn password(sealed: String, end_sessions: bool) -> Self {
         Self {
-            kind: "password",
+            kind: JobKind::Password,
             fields: end_sessions.then(|| serde_json::json!([REVOKE_SESSIONS]).to_string()),
             secret_enc: Some(sealed),
         }
     }
+}
+
+/// A part of a delivered job that still has to reach Microsoft 365 on its own (the manager
+/// of a bound user, the session revocation of a password change), or that Graph refused:
+/// written as its own job when the job it came from is completed.
+#[derive(Debug, Clone)]
+pub struct FollowUp {
+    /// Whose job it is (a manager's bind queues jobs for their reports).
+    pub user_id: String,
+    pub job: OutboxJob,
+    /// Why the part failed; `None` for a part that was not tried yet.
+    pub error: Option<String>,
+    /// Failed for good (shown as a failed change, with the event), not retried by itself.
+    pub failed: bool,
+    /// Deliveries already spent on it.
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    /// The `m365_sync_failed` event of a failed part.
+    pub event: Option<NewEvent>,
+}
+
+/// A delivered job, with what it changes and the parts it leaves.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub job_id: i64,
+    pub user_id: String,
+    pub effect: JobEffect,
+    pub event: Option<NewEvent>,
+    pub follow_ups: Vec<FollowUp>,
 }
 
 /// A queued or failed job, as the worker and the status views read it.
@@ -59,6 +153,7 @@ impl OutboxJob {
 pub struct OutboxRow {
     pub id: i64,
     pub user_id: String,
+    /// The stored [`JobKind`] name.
     pub kind: String,
     pub fields: Option<String>,
     pub secret_enc: Option<String>,
@@ -67,6 +162,13 @@ pub struct OutboxRow {
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
     pub created_at: i64,
+}
+
+impl OutboxRow {
+    /// The job's kind; `None` for a name this version does not know.
+    pub fn job_kind(&self) -> Option<JobKind> {
+        JobKind::parse(&self.kind)
+    }
 }
 
 /// A user's binding with what sync needs to know.
@@ -135,7 +237,7 @@ pub(super) async fn enqueue_if_bound<'e, E: Executor<'e, Database = Any>>(
          WHERE user_id = $1 AND state IN {SYNCED_STATES}"
     ))
     .bind(user_id)
-    .bind(job.kind)
+    .bind(job.kind.as_str())
     .bind(&job.fields)
     .bind(&job.secret_enc)
     .bind(now_ms)
@@ -155,7 +257,7 @@ async fn enqueue<'e, E: Executor<'e, Database = Any>>(
          updated_at) VALUES ($1, $2, $3, $4, $5, $5, $5)",
     )
     .bind(user_id)
-    .bind(job.kind)
+    .bind(job.kind.as_str())
     .bind(&job.fields)
     .bind(&job.secret_enc)
     .bind(now_ms)
@@ -233,12 +335,7 @@ impl Store {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-            let job = OutboxJob {
-                kind: "bind",
-                fields: None,
-                secret_enc: None,
-            };
-            enqueue(&mut *tx, &request.user_id, &job, now_ms).await?;
+            enqueue(&mut *tx, &request.user_id, &OutboxJob::bind(), now_ms).await?;
         }
         for event in events {
             events::insert(&mut *tx, event).await?;
@@ -335,7 +432,8 @@ impl Store {
     /// Whether a password job is already waiting for the user.
     pub async fn has_queued_password(&self, user_id: &str) -> Result<bool, StoreError> {
         let (n,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM m365_outbox WHERE user_id = $1 AND state = 'queued'              AND kind = 'password'",
+            "SELECT COUNT(*) FROM m365_outbox WHERE user_id = $1 AND state = 'queued' \
+             AND kind = 'password'",
         )
         .bind(user_id)
         .fetch_one(&self.pool)
@@ -354,22 +452,89 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// A job was delivered (or had nothing to do): it is deleted, with any sealed password, and
-    /// the binding records the sync.
-    pub async fn complete_jobs(
-        &self,
-        done: &[(i64, String, JobEffect, Option<NewEvent>)],
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    /// Jobs were delivered (or had nothing to do): each is deleted, with any sealed password,
+    /// the binding records the sync, and the parts left are written as jobs of their own, in
+    /// one transaction.
+    pub async fn complete_jobs(&self, done: &[Completion], now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for (job_id, user_id, effect, event) in done {
-            complete_one(&mut tx, *job_id, user_id, effect, now_ms).await?;
-            if let Some(event) = event {
+        for completion in done {
+            complete_one(
+                &mut tx,
+                completion.job_id,
+                &completion.user_id,
+                &completion.effect,
+                now_ms,
+            )
+            .await?;
+            if let Some(event) = &completion.event {
                 events::insert(&mut *tx, event).await?;
+            }
+            for follow_up in &completion.follow_ups {
+                insert_follow_up(&mut tx, follow_up, now_ms).await?;
             }
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Bound users whose manager is one of `manager_ids`: (user id, manager id).
+    pub async fn bound_reports_of(
+        &self,
+        manager_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if manager_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=manager_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT u.id, u.manager_id FROM users u JOIN m365_bindings b ON b.user_id = u.id \
+             WHERE b.state = 'bound' AND u.manager_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for id in manager_ids {
+            query = query.bind(id);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
+    /// How many bind jobs wait (all users): large binds read the tenant's user list instead
+    /// of looking users up one by one.
+    pub async fn queued_bind_count(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM m365_outbox WHERE state = 'queued' AND kind = 'bind'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
+    /// How many M365 users idbridge knows of (imported or bound): a first estimate of the
+    /// tenant's size before it was ever listed.
+    pub async fn known_m365_user_count(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM m365_links) + (SELECT COUNT(*) FROM m365_bindings)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
+    /// Asks whichever server process or node sees it first to run `name` (e.g. `import`).
+    pub async fn request_worker(&self, name: &str, now_ms: i64) -> Result<(), StoreError> {
+        request_worker(&self.pool, name, now_ms).await
+    }
+
+    /// Takes a request made with [`Store::request_worker`]: true for exactly one taker.
+    pub async fn take_worker_request(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM m365_worker_requests WHERE name = $1")
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
     }
 
     /// A delivery failed but may work later: the lease is released and the job waits.
@@ -415,7 +580,7 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        let binding_state = if job.kind == "bind" {
+        let binding_state = if job.job_kind() == Some(JobKind::Bind) {
             "CASE WHEN state = 'pending' THEN 'failed' ELSE state END"
         } else {
             "state"
@@ -566,7 +731,7 @@ impl Store {
         attribute: &str,
         direction: &str,
         actor: &str,
-        export_to_bound: bool,
+        effects: DirectionEffects,
         now_ms: i64,
         event: &NewEvent,
     ) -> Result<u64, StoreError> {
@@ -583,19 +748,23 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let mut queued = 0;
-        if export_to_bound {
+        if effects.export_to_bound {
             let job = OutboxJob::attributes(&[attribute]);
             queued = sqlx::query(
                 "INSERT INTO m365_outbox (user_id, kind, fields, next_attempt_at, created_at, \
                  updated_at) SELECT user_id, $1, $2, $3, $3, $3 FROM m365_bindings \
                  WHERE state = 'bound'",
             )
-            .bind(job.kind)
+            .bind(job.kind.as_str())
             .bind(&job.fields)
             .bind(now_ms)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        }
+        if effects.import_now {
+            // In the same transaction: whichever server runs the worker imports at once.
+            request_worker(&mut *tx, WORKER_IMPORT, now_ms).await?;
         }
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
@@ -730,6 +899,68 @@ pub enum JobEffect {
     },
     /// The bind is done.
     Bound(BindOutcome),
+}
+
+/// What a new attribute direction sets off, in the transaction that stores it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectionEffects {
+    /// Queue an `attributes` job for every bound user (Export overwrites M365 at once).
+    pub export_to_bound: bool,
+    /// Ask the worker to import at once (Import).
+    pub import_now: bool,
+}
+
+/// The worker request that runs the delta import of attributes set to Import.
+pub const WORKER_IMPORT: &str = "import";
+
+async fn request_worker<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    name: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO m365_worker_requests (name, requested_at) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET requested_at = $2",
+    )
+    .bind(name)
+    .bind(now_ms)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+async fn insert_follow_up(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    follow_up: &FollowUp,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let state = if follow_up.failed { "failed" } else { "queued" };
+    sqlx::query(
+        "INSERT INTO m365_outbox (user_id, kind, fields, secret_enc, state, attempts, \
+         next_attempt_at, last_error, created_at, updated_at) \
+         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $8)",
+    )
+    .bind(&follow_up.user_id)
+    .bind(follow_up.job.kind.as_str())
+    .bind(&follow_up.job.fields)
+    .bind(state)
+    .bind(follow_up.attempts)
+    .bind(follow_up.next_attempt_at)
+    .bind(&follow_up.error)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    if follow_up.failed {
+        sqlx::query("UPDATE m365_bindings SET last_error = $2 WHERE user_id = $1")
+            .bind(&follow_up.user_id)
+            .bind(&follow_up.error)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some(event) = &follow_up.event {
+        events::insert(&mut **tx, event).await?;
+    }
+    Ok(())
 }
 
 async fn complete_one(

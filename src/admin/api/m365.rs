@@ -21,6 +21,7 @@ use crate::web::{AdminPrincipal, ApiError};
 /// The Microsoft 365 routes.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(integration))
         .routes(routes!(connection, connect, deactivate))
         .routes(routes!(tenant_users))
         .routes(routes!(list_imports, start_import))
@@ -46,6 +47,21 @@ pub struct Connection {
     pub connected_by: Option<String>,
     /// Microsoft's message when the connection needs an admin.
     pub last_error: Option<String>,
+    /// The Microsoft Graph permissions the connection's token grants (its `roles` or `scp`);
+    /// absent when the token could not be read.
+    pub granted_permissions: Option<Vec<String>>,
+    /// Permissions idbridge uses that the token lacks, each with what stops working.
+    pub missing_permissions: Vec<MissingPermissionItem>,
+}
+
+/// A Graph permission idbridge uses that the connection lacks.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MissingPermissionItem {
+    /// The permission to grant, e.g. `User.RevokeSessions.All`.
+    pub name: String,
+    /// What does not work without it.
+    pub needed_for: String,
 }
 
 /// Connection states.
@@ -69,11 +85,20 @@ impl From<ConnectionStatus> for Connection {
             connected_at: s.connected_at,
             connected_by: s.connected_by,
             last_error: s.last_error,
+            granted_permissions: s.granted_permissions,
+            missing_permissions: s
+                .missing_permissions
+                .into_iter()
+                .map(|m| MissingPermissionItem {
+                    name: m.name,
+                    needed_for: m.needed_for,
+                })
+                .collect(),
         }
     }
 }
 
-/// The connection state, tenant and default domain.
+/// The connection state, tenant, default domain, and the Graph permissions granted and missing.
 #[utoipa::path(
     get,
     path = "/api/v1/m365/connection",
@@ -81,6 +106,17 @@ impl From<ConnectionStatus> for Connection {
     responses((status = 200, description = "The connection", body = Connection))
 )]
 async fn connection(State(state): State<AppState>) -> Result<Json<Connection>, ApiError> {
+    Ok(Json(state.m365.status().await?.into()))
+}
+
+/// The Microsoft 365 integration at a glance: the same as `/api/v1/m365/connection`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/m365",
+    tag = "m365",
+    responses((status = 200, description = "The connection", body = Connection))
+)]
+async fn integration(State(state): State<AppState>) -> Result<Json<Connection>, ApiError> {
     Ok(Json(state.m365.status().await?.into()))
 }
 

@@ -23,7 +23,9 @@ use crate::events::{kind, Actor, NewEvent};
 use crate::m365::graph::GraphDomain;
 use crate::m365::{M365Error, M365};
 use crate::secrets::SecretBox;
-use crate::store::{BindRequest, OutboxRow, Store, StoreError, SyncCounts};
+use crate::store::{
+    BindRequest, DirectionEffects, OutboxRow, Store, StoreError, SyncCounts, WORKER_IMPORT,
+};
 
 pub use attributes::{AttributeMapping, Direction, Directions, MAPPINGS};
 pub use worker::RoundReport;
@@ -100,10 +102,10 @@ pub struct M365Sync {
     sealer: SecretBox,
     settings: SyncConfig,
     signal: Arc<Notify>,
-    /// Set when an attribute was switched to Import: the worker imports at once.
-    import_requested: std::sync::atomic::AtomicBool,
     /// The tenant's domains, cached briefly (federated or not decides immutable ID rules).
     domains: tokio::sync::Mutex<Option<(Instant, Vec<GraphDomain>)>>,
+    /// The tenant's users as last listed for a large bind.
+    tenant_listing: tokio::sync::Mutex<Option<worker::TenantListing>>,
 }
 
 impl std::fmt::Debug for M365Sync {
@@ -136,8 +138,8 @@ impl M365Sync {
             sealer,
             settings,
             signal,
-            import_requested: std::sync::atomic::AtomicBool::new(true),
             domains: tokio::sync::Mutex::new(None),
+            tenant_listing: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -351,15 +353,15 @@ impl M365Sync {
                 mapping.attribute,
                 to.as_str(),
                 &actor.to_string(),
-                to == Direction::Export,
+                DirectionEffects {
+                    export_to_bound: to == Direction::Export,
+                    // Durable, so a server imports at once whichever process made the switch.
+                    import_now: to == Direction::Import,
+                },
                 now.timestamp_millis(),
                 &event,
             )
             .await?;
-        if to == Direction::Import {
-            self.import_requested
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        }
         self.signal.notify_one();
         Ok(from)
     }
@@ -435,6 +437,8 @@ impl M365Sync {
         let poll = Duration::from_millis(self.settings.poll_interval_ms.max(10));
         let import_every = Duration::from_secs(self.settings.import_interval_seconds.max(1));
         let mut last_import = Instant::now();
+        // A fresh start imports at once (changes in Microsoft 365 while no server ran).
+        let mut import_due = true;
         let mut last_expiry_scan = Instant::now() - Duration::from_secs(3600);
         let mut paused_until: Option<Instant> = None;
         loop {
@@ -473,10 +477,15 @@ impl M365Sync {
             if paused_until.is_some() {
                 continue;
             }
-            let requested = self
-                .import_requested
-                .swap(false, std::sync::atomic::Ordering::SeqCst);
-            if requested || last_import.elapsed() >= import_every {
+            let requested = match self.store.take_worker_request(WORKER_IMPORT).await {
+                Ok(taken) => taken,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot read the sync worker's requests");
+                    false
+                }
+            };
+            if std::mem::take(&mut import_due) || requested || last_import.elapsed() >= import_every
+            {
                 last_import = Instant::now();
                 if let Err(err) = self.import_round(Utc::now()).await {
                     tracing::warn!(%err, "importing attribute changes from Microsoft 365 failed");

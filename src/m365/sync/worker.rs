@@ -1,7 +1,12 @@
 //! Delivering the outbox: one round claims due jobs (the oldest of each user), sends them to
 //! Graph in `$batch`es of 20, and records each job's outcome.
+//!
+//! A job can have several parts (a password change: the password, then signing the user out;
+//! a bind: the account, then the manager). Each part has its own outcome: when the main part
+//! reached Microsoft 365 and a later part did not, the job is recorded as delivered and the
+//! part left is written as a job of its own, failed with Graph's refusal or queued to retry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -18,13 +23,23 @@ use crate::events::{kind, Actor, NewEvent};
 use crate::m365::graph::{
     BatchRequest, BatchResponse, GraphDomain, GraphError, GraphUser, USER_SELECT,
 };
+use crate::m365::permissions::GraphCall;
 use crate::m365::M365Error;
-use crate::store::{BindOutcome, BindingRow, JobEffect, OutboxRow, REVOKE_SESSIONS};
+use crate::store::{
+    BindOutcome, BindingRow, Completion, FollowUp, JobEffect, JobKind, OutboxJob, OutboxRow,
+    REVOKE_SESSIONS,
+};
 
 /// How long a claimed job is reserved for this worker (a crashed node's jobs come back after).
 const LEASE_MS: i64 = 5 * 60 * 1000;
 /// How long the tenant's domain list is reused.
 const DOMAIN_CACHE: Duration = Duration::from_secs(300);
+/// How long a listing of the tenant's users answers binds' look-ups.
+const TENANT_LISTING_TTL: Duration = Duration::from_secs(60);
+/// Users per page of the tenant listing (Graph's maximum `$top` for users).
+const LISTING_PAGE: u32 = 999;
+/// Sub-requests per `$batch` (Graph's limit), for comparing costs.
+const BATCH_SIZE: i64 = 20;
 
 /// What one delivery round did.
 #[derive(Debug, Clone, Default)]
@@ -44,7 +59,12 @@ pub struct RoundReport {
 /// How one job ended in this round.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Done(JobEffect, Option<&'static str>),
+    /// Delivered: what it changes on the binding, its event, and the parts it leaves.
+    Done {
+        effect: JobEffect,
+        event: Option<&'static str>,
+        follow_ups: Vec<FollowUp>,
+    },
     /// Transient: try again later.
     Retry(String),
     /// Permanent: Graph refused it (its message), or retries ran out.
@@ -60,26 +80,107 @@ struct Work {
     binding: BindingRow,
 }
 
+/// A later part of a job: sent only once the main part reached Microsoft 365.
+struct Part {
+    call: GraphCall,
+    request: BatchRequest,
+    /// The job that delivers this part alone, if it has to be retried or fails.
+    retry_as: OutboxJob,
+}
+
+/// The tenant's users as listed at one moment, answering binds' look-ups for a while (a
+/// large bind reads 999 users per request instead of 20 per `$batch` of look-ups).
+pub(super) struct TenantListing {
+    taken: Instant,
+    size: usize,
+    by_id: HashMap<String, GraphUser>,
+    by_upn: HashMap<String, GraphUser>,
+    /// Ids and UPNs (lower case) already answered once: idbridge may have changed them
+    /// since, so a second look-up goes to Graph.
+    answered: HashSet<String>,
+}
+
+impl TenantListing {
+    fn new(users: Vec<GraphUser>, taken: Instant) -> Self {
+        let size = users.len();
+        let mut by_id = HashMap::with_capacity(size);
+        let mut by_upn = HashMap::with_capacity(size);
+        for user in users {
+            if let Some(upn) = &user.user_principal_name {
+                by_upn.insert(upn.to_lowercase(), user.clone());
+            }
+            by_id.insert(user.id.to_lowercase(), user);
+        }
+        Self {
+            taken,
+            size,
+            by_id,
+            by_upn,
+            answered: HashSet::new(),
+        }
+    }
+
+    fn fresh(&self) -> bool {
+        self.taken.elapsed() < TENANT_LISTING_TTL
+    }
+
+    /// The M365 user for a bind (by object id, else by UPN): `None` when the listing cannot
+    /// answer (already answered once), `Some(None)` when the tenant has no such user.
+    fn answer(&mut self, object_id: Option<&str>, upn: &str) -> Option<Option<GraphUser>> {
+        let keys: Vec<String> = object_id
+            .map(str::to_lowercase)
+            .into_iter()
+            .chain(std::iter::once(upn.to_lowercase()))
+            .collect();
+        if keys.iter().any(|k| self.answered.contains(k)) {
+            return None;
+        }
+        let found = object_id
+            .and_then(|id| self.by_id.get(&id.to_lowercase()))
+            .or_else(|| self.by_upn.get(&upn.to_lowercase()))
+            .cloned();
+        self.answered.extend(keys);
+        if let Some(user) = &found {
+            self.answered.insert(user.id.to_lowercase());
+            if let Some(current) = &user.user_principal_name {
+                self.answered.insert(current.to_lowercase());
+            }
+        }
+        Some(found)
+    }
+}
+
 impl Outcome {
-    fn from_graph(error: &GraphError) -> Outcome {
+    fn done(effect: JobEffect) -> Outcome {
+        Outcome::Done {
+            effect,
+            event: None,
+            follow_ups: Vec::new(),
+        }
+    }
+
+    /// A failed Graph call: transient failures are retried, refusals fail the job with a
+    /// message naming the call and, for a 403, the permission to grant.
+    fn from_graph(call: GraphCall, error: &GraphError) -> Outcome {
+        let message = call.explain(error);
         match error {
             // Refused even after a fresh token: counted, so it ends as a visible failure.
-            GraphError::Unauthorized { .. } => Outcome::Retry(error.to_string()),
+            GraphError::Unauthorized { .. } => Outcome::Retry(message),
             GraphError::Api { status, .. }
                 if *status == 429 || *status >= 500 || *status == 408 =>
             {
-                Outcome::Retry(error.to_string())
+                Outcome::Retry(message)
             }
-            GraphError::Api { .. } => Outcome::Fail(error.to_string()),
+            GraphError::Api { .. } => Outcome::Fail(message),
             GraphError::Exhausted { .. } | GraphError::Network(_) | GraphError::Decode(_) => {
-                Outcome::Retry(error.to_string())
+                Outcome::Retry(message)
             }
         }
     }
 
-    fn from_connection(error: M365Error) -> Outcome {
+    fn from_connection(call: GraphCall, error: M365Error) -> Outcome {
         match error {
-            M365Error::Graph(g) => Outcome::from_graph(&g),
+            M365Error::Graph(g) => Outcome::from_graph(call, &g),
             M365Error::NotConfigured(_)
             | M365Error::NotConnected
             | M365Error::Deactivated
@@ -87,6 +188,11 @@ impl Outcome {
             other => Outcome::Retry(other.to_string()),
         }
     }
+}
+
+/// Parses a sub-request id `"{job}"` or `"{job}:{part}"` into the job's position.
+fn job_index(id: &str) -> Option<usize> {
+    id.split(':').next()?.parse().ok()
 }
 
 impl M365Sync {
@@ -144,11 +250,11 @@ impl M365Sync {
             let (Some(user), Some(binding)) =
                 (users.remove(&job.user_id), bindings.remove(&job.user_id))
             else {
-                outcomes.push((job, Outcome::Done(JobEffect::Nothing, None), None));
+                outcomes.push((job, Outcome::done(JobEffect::Nothing), None));
                 continue;
             };
             let work = Work { job, user, binding };
-            if work.job.kind == "bind" {
+            if work.job.job_kind() == Some(JobKind::Bind) {
                 binds.push(work);
             } else {
                 updates.push(work);
@@ -208,7 +314,11 @@ impl M365Sync {
         let mut done = Vec::new();
         for (job, outcome, username) in outcomes {
             match outcome {
-                Outcome::Done(effect, event_type) => {
+                Outcome::Done {
+                    effect,
+                    event: event_type,
+                    follow_ups,
+                } => {
                     let event = event_type.map(|t| {
                         let details = match &effect {
                             JobEffect::Bound(b) => json!({
@@ -220,7 +330,19 @@ impl M365Sync {
                         };
                         NewEvent::new(now, &Actor::System, t, username.as_deref()).details(details)
                     });
-                    done.push((job.id, job.user_id.clone(), effect, event));
+                    for part in follow_ups.iter().filter(|f| f.failed) {
+                        tracing::warn!(job = job.id, part = %part.job.kind,
+                            user = username.as_deref().unwrap_or(&job.user_id),
+                            error = part.error.as_deref().unwrap_or(""),
+                            "part of a Microsoft 365 change failed; the rest was delivered");
+                    }
+                    done.push(Completion {
+                        job_id: job.id,
+                        user_id: job.user_id.clone(),
+                        effect,
+                        event,
+                        follow_ups,
+                    });
                     report.done += 1;
                 }
                 Outcome::Pause(message) => {
@@ -264,22 +386,22 @@ impl M365Sync {
                     Ok(()) => {}
                     Err(crate::store::StoreError::Conflict(field)) => {
                         // E.g. the adopted M365 user's immutable ID is another binding's.
-                        let (job_id, user_id, effect, _) = item;
-                        let message = match &effect {
+                        let message = match &item.effect {
                             JobEffect::Bound(b) => format!(
                                 "the Microsoft 365 user {} has the {field} {:?}, which another idbridge user's binding already uses",
                                 b.user_principal_name, b.immutable_id
                             ),
                             _ => format!("another binding already has this {field}"),
                         };
+                        let kind = if matches!(item.effect, JobEffect::Bound(_)) {
+                            JobKind::Bind
+                        } else {
+                            JobKind::Attributes
+                        };
                         let row = OutboxRow {
-                            id: job_id,
-                            user_id,
-                            kind: if matches!(effect, JobEffect::Bound(_)) {
-                                "bind".into()
-                            } else {
-                                "update".into()
-                            },
+                            id: item.job_id,
+                            user_id: item.user_id,
+                            kind: kind.as_str().into(),
                             fields: None,
                             secret_enc: None,
                             state: "queued".into(),
@@ -327,6 +449,48 @@ impl M365Sync {
             .await
         {
             tracing::warn!(%err, job = job.id, "could not record a failed sync job");
+        }
+    }
+
+    /// The job left by a part that did not reach Microsoft 365: failed for good (with the
+    /// `m365_sync_failed` event naming the part) or queued to retry.
+    fn follow_up(
+        &self,
+        work: &Work,
+        part: OutboxJob,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> FollowUp {
+        let now_ms = now.timestamp_millis();
+        let (error, failed, attempts, at) = match outcome {
+            Outcome::Fail(message) => (Some(message), true, 1, now_ms),
+            Outcome::Retry(message) => (Some(message), false, 1, now_ms + self.backoff(1)),
+            Outcome::Pause(message) => (Some(message), false, 0, now_ms),
+            Outcome::Done { .. } => (None, false, 0, now_ms),
+        };
+        let event = failed.then(|| {
+            NewEvent::new(
+                now,
+                &Actor::System,
+                kind::M365_SYNC_FAILED,
+                Some(&work.user.username),
+            )
+            .details(json!({
+                "job": part.kind.as_str(),
+                "partOf": work.job.kind,
+                "error": error,
+                "attempts": 1,
+                "delivered": "the rest of the change reached Microsoft 365",
+            }))
+        });
+        FollowUp {
+            user_id: work.user.id.clone(),
+            job: part,
+            error,
+            failed,
+            attempts,
+            next_attempt_at: at,
+            event,
         }
     }
 
@@ -379,9 +543,74 @@ impl M365Sync {
             .await
     }
 
-    /// Binds: look every user up (object id first, else UPN), then create the missing ones and
-    /// overwrite the found ones, then set managers: three `$batch` round trips for up to 20
-    /// users each.
+    /// Answers binds' look-ups from a listing of the tenant's users where that costs fewer
+    /// Graph requests than looking the waiting binds up 20 per `$batch`. Fills `found` and
+    /// returns which jobs it answered; retried jobs are always looked up (an earlier attempt
+    /// may have created the user after the listing was taken).
+    async fn lookup_in_listing(
+        &self,
+        active: &[Work],
+        found: &mut [Option<GraphUser>],
+    ) -> Result<Vec<bool>, Outcome> {
+        let mut answered = vec![false; active.len()];
+        let first_tries: Vec<usize> = (0..active.len())
+            .filter(|&i| active[i].job.attempts == 0)
+            .collect();
+        if first_tries.is_empty() {
+            return Ok(answered);
+        }
+        let mut listing = self.tenant_listing.lock().await;
+        if !listing.as_ref().is_some_and(TenantListing::fresh) {
+            let waiting = self
+                .store
+                .queued_bind_count()
+                .await
+                .unwrap_or(0)
+                .max(first_tries.len() as i64);
+            let tenant_size = match listing.as_ref() {
+                Some(previous) => previous.size as i64,
+                None => self.store.known_m365_user_count().await.unwrap_or(i64::MAX),
+            };
+            let listing_cost = tenant_size.saturating_add(1) / i64::from(LISTING_PAGE) + 1;
+            let lookup_cost = (waiting + BATCH_SIZE - 1) / BATCH_SIZE;
+            if listing_cost >= lookup_cost {
+                return Ok(answered);
+            }
+            let graph = self.m365.graph();
+            let users = self
+                .m365
+                .call(|t| async move {
+                    let mut all = Vec::new();
+                    graph
+                        .list_all_users(t.expose_secret(), LISTING_PAGE, |page| all.extend(page))
+                        .await?;
+                    Ok(all)
+                })
+                .await
+                .map_err(|e| Outcome::from_connection(GraphCall::ReadUsers, e))?;
+            tracing::debug!(
+                users = users.len(),
+                binds = waiting,
+                "listed the tenant's users to bind"
+            );
+            *listing = Some(TenantListing::new(users, Instant::now()));
+        }
+        if let Some(listing) = listing.as_mut() {
+            for i in first_tries {
+                let work = &active[i];
+                if let Some(answer) =
+                    listing.answer(work.binding.m365_object_id.as_deref(), &work.user.email)
+                {
+                    found[i] = answer;
+                    answered[i] = true;
+                }
+            }
+        }
+        Ok(answered)
+    }
+
+    /// Binds: look every user up (object id first, else UPN; from a tenant listing for large
+    /// binds), create the missing ones and overwrite the found ones, then set managers.
     async fn deliver_binds(
         &self,
         binds: Vec<Work>,
@@ -393,7 +622,7 @@ impl M365Sync {
         for work in binds {
             // Unbound while the bind waited: nothing to create.
             if work.binding.state == "unbound" {
-                results.push((work, Outcome::Done(JobEffect::Nothing, None)));
+                results.push((work, Outcome::done(JobEffect::Nothing)));
             } else {
                 active.push(work);
             }
@@ -404,7 +633,7 @@ impl M365Sync {
         let domains = match self.domains().await {
             Ok(d) => d,
             Err(err) => {
-                let outcome = Outcome::from_connection(err);
+                let outcome = Outcome::from_connection(GraphCall::ListDomains, err);
                 results.extend(active.into_iter().map(|w| (w, outcome.clone())));
                 return results;
             }
@@ -417,16 +646,26 @@ impl M365Sync {
             })
         };
 
-        // 1. Look up: by the known object id, then (if gone) by UPN.
+        // 1. Look up: from the tenant listing where cheaper, else by the known object id,
+        //    then (if gone) by UPN.
         let mut found: Vec<Option<GraphUser>> = vec![None; active.len()];
         let mut failed: Vec<Option<Outcome>> = vec![None; active.len()];
-        let by_id: Vec<usize> = (0..active.len())
-            .filter(|&i| active[i].binding.m365_object_id.is_some())
-            .collect();
-        let lookups: Vec<BatchRequest> = by_id
+        let answered = match self.lookup_in_listing(&active, &mut found).await {
+            Ok(a) => a,
+            Err(outcome) => {
+                results.extend(active.into_iter().map(|w| (w, outcome.clone())));
+                return results;
+            }
+        };
+        let lookups: Vec<BatchRequest> = active
             .iter()
-            .map(|&i| {
-                get_user_request(i, active[i].binding.m365_object_id.as_deref().unwrap_or(""))
+            .enumerate()
+            .filter(|(i, _)| !answered[*i])
+            .filter_map(|(i, w)| {
+                w.binding
+                    .m365_object_id
+                    .as_deref()
+                    .map(|id| get_user_request(i, id))
             })
             .collect();
         if let Err(outcome) = self.lookup(lookups, &mut found, &mut failed).await {
@@ -434,7 +673,7 @@ impl M365Sync {
             return results;
         }
         let by_upn: Vec<BatchRequest> = (0..active.len())
-            .filter(|&i| found[i].is_none() && failed[i].is_none())
+            .filter(|&i| !answered[i] && found[i].is_none() && failed[i].is_none())
             .map(|i| get_user_request(i, &active[i].user.email))
             .collect();
         if let Err(outcome) = self.lookup(by_upn, &mut found, &mut failed).await {
@@ -535,48 +774,53 @@ impl M365Sync {
         match self.batch(writes).await {
             Ok(responses) => {
                 for response in responses {
-                    let Ok(i) = response.id.parse::<usize>() else {
+                    let Some(i) = job_index(&response.id) else {
                         continue;
+                    };
+                    let created = plans[i].as_ref().is_some_and(|p| p.created);
+                    let call = if created {
+                        GraphCall::CreateUser
+                    } else {
+                        GraphCall::UpdateUser
                     };
                     match response.result {
                         Ok(body) => {
-                            if let Some(plan) = plans[i].as_mut() {
-                                if plan.created {
-                                    match body
-                                        .as_ref()
-                                        .and_then(|b| b.get("id"))
-                                        .and_then(Value::as_str)
-                                    {
-                                        Some(id) => plan.m365_object_id = id.to_string(),
-                                        None => {
-                                            failed[i] = Some(Outcome::Retry(
-                                                "Graph created the user but sent no id".into(),
-                                            ))
-                                        }
+                            if let Some(plan) = plans[i].as_mut().filter(|p| p.created) {
+                                match body
+                                    .as_ref()
+                                    .and_then(|b| b.get("id"))
+                                    .and_then(Value::as_str)
+                                {
+                                    Some(id) => plan.m365_object_id = id.to_string(),
+                                    None => {
+                                        failed[i] = Some(Outcome::Retry(
+                                            "POST /users (creating the Microsoft 365 user): Graph created the user but sent no id".into(),
+                                        ))
                                     }
                                 }
                             }
                         }
                         Err(error) => {
-                            let created = plans[i].as_ref().is_some_and(|p| p.created);
                             failed[i] = Some(if created && error.is_conflict() {
-                                // Nobody has the address (the lookup found none), so a deleted
-                                // user still holds it: Microsoft releases it later (seed 003).
+                                // Nobody had the address when looked up, so a deleted user
+                                // still holds it (Microsoft releases it later, seed 003), or
+                                // it was created meanwhile: the retry looks the user up.
                                 Outcome::Retry(format!(
-                                    "{error}. Microsoft 365 may still hold this address for a recently deleted \
-                                     user (it can take up to 24 hours); idbridge keeps retrying"
+                                    "{}. Microsoft 365 may still hold this address for a recently deleted \
+                                     user (it can take up to 24 hours); idbridge keeps retrying",
+                                    call.explain(&error)
                                 ))
                             } else if !created && error.is_not_found() {
-                                Outcome::Retry(error.to_string())
+                                Outcome::Retry(call.explain(&error))
                             } else {
-                                Outcome::from_graph(&error)
+                                Outcome::from_graph(call, &error)
                             });
                         }
                     }
                 }
             }
             Err(err) => {
-                let outcome = Outcome::from_connection(err);
+                let outcome = Outcome::from_connection(GraphCall::CreateUser, err);
                 for (i, plan) in plans.iter().enumerate() {
                     if plan.is_some() && failed[i].is_none() {
                         failed[i] = Some(outcome.clone());
@@ -585,24 +829,82 @@ impl M365Sync {
             }
         }
 
-        // 3. Managers, for those written.
-        let mut manager_requests = Vec::new();
+        // 3. Managers, for the users written. The round's own new accounts count: a manager
+        //    bound in the same round is set at once.
+        let mut parts: Vec<Vec<Part>> = (0..active.len()).map(|_| Vec::new()).collect();
+        let mut follow_ups: Vec<Vec<FollowUp>> = (0..active.len()).map(|_| Vec::new()).collect();
         if directions.exports("manager") {
+            let round_objects: HashMap<&str, &str> = active
+                .iter()
+                .zip(&plans)
+                .enumerate()
+                .filter(|(i, _)| failed[*i].is_none())
+                .filter_map(|(_, (w, p))| {
+                    p.as_ref()
+                        .map(|p| (w.user.id.as_str(), p.m365_object_id.as_str()))
+                })
+                .collect();
             for (i, work) in active.iter().enumerate() {
                 if failed[i].is_some() {
                     continue;
                 }
-                if let Some(plan) = &plans[i] {
-                    if let Some(request) = self
-                        .manager_request(i, &plan.m365_object_id, &work.user)
-                        .await
-                    {
-                        manager_requests.push(request);
-                    }
+                let Some(plan) = &plans[i] else {
+                    continue;
+                };
+                let manager_object = match &work.user.manager_id {
+                    Some(m) => match round_objects.get(m.as_str()) {
+                        Some(object) => Some(object.to_string()),
+                        None => self.store.object_id_of_user(m).await.ok().flatten(),
+                    },
+                    None => None,
+                };
+                if let Some(request) = self.manager_request(
+                    i,
+                    &plan.m365_object_id,
+                    &work.user,
+                    manager_object.as_deref(),
+                    plan.created,
+                ) {
+                    parts[i].push(Part {
+                        call: GraphCall::SetManager,
+                        request,
+                        retry_as: OutboxJob::attributes(&["manager"]),
+                    });
                 }
             }
+            // Reports bound before their manager get their manager now.
+            let new_managers: Vec<String> = active
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| failed[*i].is_none() && plans[*i].is_some())
+                .map(|(_, w)| w.user.id.clone())
+                .collect();
+            match self.store.bound_reports_of(&new_managers).await {
+                Ok(reports) => {
+                    let position: HashMap<&str, usize> = active
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| (w.user.id.as_str(), i))
+                        .collect();
+                    for (report, manager) in reports {
+                        if let Some(&i) = position.get(manager.as_str()) {
+                            follow_ups[i].push(FollowUp {
+                                user_id: report,
+                                job: OutboxJob::attributes(&["manager"]),
+                                error: None,
+                                failed: false,
+                                attempts: 0,
+                                next_attempt_at: now.timestamp_millis(),
+                                event: None,
+                            });
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "cannot read the reports of newly bound managers"),
+            }
         }
-        self.apply_secondary(manager_requests, &mut failed).await;
+        self.send_parts(&active, parts, &failed, &mut follow_ups, now)
+            .await;
 
         for (i, work) in active.into_iter().enumerate() {
             let outcome = match (failed[i].take(), plans[i].take()) {
@@ -613,7 +915,11 @@ impl M365Sync {
                     } else {
                         kind::M365_USER_ADOPTED
                     };
-                    Outcome::Done(JobEffect::Bound(plan), Some(event))
+                    Outcome::Done {
+                        effect: JobEffect::Bound(plan),
+                        event: Some(event),
+                        follow_ups: std::mem::take(&mut follow_ups[i]),
+                    }
                 }
                 (None, None) => Outcome::Retry("nothing was sent".into()),
             };
@@ -633,76 +939,122 @@ impl M365Sync {
         let responses = self
             .batch(requests)
             .await
-            .map_err(Outcome::from_connection)?;
+            .map_err(|e| Outcome::from_connection(GraphCall::ReadUsers, e))?;
         for response in responses {
-            let Ok(i) = response.id.parse::<usize>() else {
+            let Some(i) = job_index(&response.id) else {
                 continue;
             };
             match response.result {
                 Ok(Some(body)) => match serde_json::from_value::<GraphUser>(body) {
                     Ok(user) => found[i] = Some(user),
                     Err(e) => {
-                        failed[i] = Some(Outcome::Retry(format!("unreadable user from Graph: {e}")))
+                        failed[i] = Some(Outcome::Retry(format!(
+                            "GET /users/{{id}} (reading the Microsoft 365 user): unreadable answer: {e}"
+                        )))
                     }
                 },
-                Ok(None) => failed[i] = Some(Outcome::Retry("Graph sent an empty user".into())),
+                Ok(None) => {
+                    failed[i] = Some(Outcome::Retry(
+                        "GET /users/{id} (reading the Microsoft 365 user): Graph sent an empty user"
+                            .into(),
+                    ))
+                }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => failed[i] = Some(Outcome::from_graph(&e)),
+                Err(e) => failed[i] = Some(Outcome::from_graph(GraphCall::ReadUsers, &e)),
             }
         }
         Ok(())
     }
 
-    /// Sends secondary requests (manager references, session revocations) and marks their jobs' failures.
-    async fn apply_secondary(&self, requests: Vec<BatchRequest>, failed: &mut [Option<Outcome>]) {
+    /// Sends the later parts of jobs whose main part reached Microsoft 365 (`failed` is
+    /// empty for them); a part that does not get through becomes a follow-up job of its own.
+    async fn send_parts(
+        &self,
+        works: &[Work],
+        parts: Vec<Vec<Part>>,
+        failed: &[Option<Outcome>],
+        follow_ups: &mut [Vec<FollowUp>],
+        now: DateTime<Utc>,
+    ) {
+        let mut requests = Vec::new();
+        let mut sent: HashMap<String, (usize, GraphCall, OutboxJob)> = HashMap::new();
+        for (i, job_parts) in parts.into_iter().enumerate() {
+            if failed[i].is_some() {
+                continue;
+            }
+            for (k, part) in job_parts.into_iter().enumerate() {
+                let id = format!("{i}:{k}");
+                let mut request = part.request;
+                request.id = id.clone();
+                requests.push(request);
+                sent.insert(id, (i, part.call, part.retry_as));
+            }
+        }
         if requests.is_empty() {
             return;
         }
-        let ids: Vec<usize> = requests.iter().filter_map(|r| r.id.parse().ok()).collect();
-        match self.batch(requests).await {
-            Ok(responses) => {
-                for response in responses {
-                    let Ok(i) = response.id.parse::<usize>() else {
-                        continue;
-                    };
-                    if let Err(e) = response.result {
+        let outcomes: Vec<(String, Option<Outcome>)> = match self.batch(requests).await {
+            Ok(responses) => responses
+                .into_iter()
+                .map(|r| {
+                    let outcome = match (&r.result, sent.get(&r.id)) {
+                        (Ok(_), _) => None,
                         // Removing a manager the user does not have is fine.
-                        if !e.is_not_found() {
-                            failed[i] = Some(Outcome::from_graph(&e));
-                        }
-                    }
-                }
-            }
+                        (Err(e), Some((_, GraphCall::SetManager, _))) if e.is_not_found() => None,
+                        (Err(e), Some((_, call, _))) => Some(Outcome::from_graph(*call, e)),
+                        (Err(_), None) => None,
+                    };
+                    (r.id, outcome)
+                })
+                .collect(),
             Err(err) => {
-                let outcome = Outcome::from_connection(err);
-                for i in ids {
-                    failed[i] = Some(outcome.clone());
+                let ids: Vec<String> = sent.keys().cloned().collect();
+                ids.into_iter()
+                    .map(|id| {
+                        let call = sent.get(&id).map_or(GraphCall::UpdateUser, |s| s.1);
+                        (id, Some(Outcome::from_connection(call, err_clone(&err))))
+                    })
+                    .collect()
+            }
+        };
+        for (id, outcome) in outcomes {
+            let (Some(outcome), Some((i, _, job))) = (outcome, sent.remove(&id)) else {
+                continue;
+            };
+            if let Some(work) = works.get(i) {
+                let follow_up = self.follow_up(work, job, outcome, now);
+                if let Some(list) = follow_ups.get_mut(i) {
+                    list.push(follow_up);
                 }
             }
         }
     }
 
-    /// The manager reference to write for `user` (set to the manager's M365 user, or removed);
-    /// `None` when the manager is not bound (there is nothing in M365 to point at).
-    async fn manager_request(
+    /// The manager reference to write for `user`: set to the manager's M365 user when the
+    /// manager is bound (`manager_object`), else removed, except on a user just created
+    /// (it has no manager, and a removal would spend a Graph write for nothing).
+    fn manager_request(
         &self,
         i: usize,
         object_id: &str,
         user: &User,
+        manager_object: Option<&str>,
+        created: bool,
     ) -> Option<BatchRequest> {
-        match &user.manager_id {
-            Some(manager_id) => {
-                let manager_object = self.store.object_id_of_user(manager_id).await.ok()??;
-                Some(BatchRequest {
-                    id: i.to_string(),
-                    method: Method::PUT,
-                    url: format!("/users/{object_id}/manager/$ref"),
-                    body: Some(json!({
-                        "@odata.id": format!("{}/directoryObjects/{manager_object}", self.m365.graph().base_url())
-                    })),
-                })
-            }
-            None => Some(BatchRequest {
+        match (manager_object, &user.manager_id) {
+            (Some(manager_object), Some(_)) => Some(BatchRequest {
+                id: i.to_string(),
+                method: Method::PUT,
+                url: format!("/users/{object_id}/manager/$ref"),
+                body: Some(json!({
+                    "@odata.id": format!("{}/directoryObjects/{manager_object}", self.m365.graph().base_url())
+                })),
+            }),
+            // The manager is not bound: there is nothing in M365 to point at yet; their bind
+            // sets it.
+            (None, Some(_)) => None,
+            (_, None) if created => None,
+            (_, None) => Some(BatchRequest {
                 id: i.to_string(),
                 method: Method::DELETE,
                 url: format!("/users/{object_id}/manager/$ref"),
@@ -711,20 +1063,21 @@ impl M365Sync {
         }
     }
 
-    /// Attribute, password and account jobs: one PATCH each (plus a manager reference), all in
-    /// `$batch`es.
+    /// Attribute, password, account and sign-out jobs: one main request each (a PATCH, or the
+    /// sign-out), then their later parts (manager reference, sign-out after a password), all
+    /// in `$batch`es.
     async fn deliver_updates(
         &self,
         updates: Vec<Work>,
         directions: &Directions,
         now: DateTime<Utc>,
     ) -> Vec<(Work, Outcome)> {
-        let mut patches = Vec::new();
-        let mut managers = Vec::new();
-        let mut revokes = Vec::new();
+        let mut mains: Vec<BatchRequest> = Vec::new();
+        let mut main_calls: HashMap<usize, GraphCall> = HashMap::new();
+        let mut parts: Vec<Vec<Part>> = (0..updates.len()).map(|_| Vec::new()).collect();
         let mut effects: Vec<Option<JobEffect>> = vec![None; updates.len()];
         let mut failed: Vec<Option<Outcome>> = vec![None; updates.len()];
-        let mut federated_domains: Option<Vec<GraphDomain>> = None;
+        let mut tenant_domains: Option<Vec<GraphDomain>> = None;
         for (i, work) in updates.iter().enumerate() {
             let Some(object_id) = work.binding.m365_object_id.clone() else {
                 // Never reached M365: the next bind sends everything.
@@ -733,17 +1086,22 @@ impl M365Sync {
             };
             let bound = work.binding.state == "bound";
             let enabled = self.desired_enabled(work, now);
-            let patch: Map<String, Value> = match work.job.kind.as_str() {
-                "account" => {
+            let revoke = || Part {
+                call: GraphCall::RevokeSessions,
+                request: revoke_request(i, &object_id),
+                retry_as: OutboxJob::revoke_sessions(),
+            };
+            let (call, patch): (GraphCall, Map<String, Value>) = match work.job.job_kind() {
+                Some(JobKind::Account) => {
                     if !bound && work.binding.state != "unbound" {
                         effects[i] = Some(JobEffect::Nothing);
                         continue;
                     }
                     let mut p = Map::new();
                     p.insert("accountEnabled".into(), Value::Bool(enabled));
-                    p
+                    (GraphCall::SetAccountEnabled, p)
                 }
-                "attributes" if bound => {
+                Some(JobKind::Attributes) if bound => {
                     let fields: Vec<String> = work
                         .job
                         .fields
@@ -751,86 +1109,119 @@ impl M365Sync {
                         .and_then(|f| serde_json::from_str(f).ok())
                         .unwrap_or_default();
                     if fields.iter().any(|f| f == "manager") && directions.exports("manager") {
-                        if let Some(r) = self.manager_request(i, &object_id, &work.user).await {
-                            managers.push(r);
+                        let manager_object = match &work.user.manager_id {
+                            Some(m) => self.store.object_id_of_user(m).await.ok().flatten(),
+                            None => None,
+                        };
+                        if let Some(request) = self.manager_request(
+                            i,
+                            &object_id,
+                            &work.user,
+                            manager_object.as_deref(),
+                            false,
+                        ) {
+                            parts[i].push(Part {
+                                call: GraphCall::SetManager,
+                                request,
+                                retry_as: OutboxJob::attributes(&["manager"]),
+                            });
                         }
                     }
-                    patch_for(&work.user, &fields, directions)
+                    (
+                        GraphCall::UpdateUser,
+                        patch_for(&work.user, &fields, directions),
+                    )
                 }
-                "password" if bound => {
-                    if federated_domains.is_none() {
+                Some(JobKind::RevokeSessions) if bound => {
+                    // A retried sign-out: it is the main request.
+                    main_calls.insert(i, GraphCall::RevokeSessions);
+                    mains.push(revoke_request(i, &object_id));
+                    effects[i] = Some(JobEffect::Synced {
+                        account_enabled: None,
+                        password_pushed: false,
+                    });
+                    continue;
+                }
+                Some(JobKind::Password) if bound => {
+                    if tenant_domains.is_none() {
                         match self.domains().await {
-                            Ok(d) => federated_domains = Some(d),
+                            Ok(d) => tenant_domains = Some(d),
                             Err(err) => {
-                                failed[i] = Some(Outcome::from_connection(err));
+                                failed[i] =
+                                    Some(Outcome::from_connection(GraphCall::ListDomains, err));
                                 continue;
                             }
                         }
                     }
                     let upn = &work.binding.user_principal_name;
                     let in_federated = upn.rsplit_once('@').is_some_and(|(_, d)| {
-                        federated_domains.iter().flatten().any(|x| {
+                        tenant_domains.iter().flatten().any(|x| {
                             x.id.eq_ignore_ascii_case(d) && x.authentication_type == "Federated"
                         })
                     });
-                    if in_federated {
-                        // Microsoft signs federated users in here, not with a password, and
-                        // refuses passwordProfile for them.
-                        effects[i] = Some(JobEffect::Nothing);
-                        continue;
-                    }
-                    let Some(sealed) = work.job.secret_enc.as_deref() else {
-                        effects[i] = Some(JobEffect::Nothing);
-                        continue;
-                    };
-                    let password = match self.sealer.open(sealed, OUTBOX_PASSWORD_CONTEXT) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            failed[i] = Some(Outcome::Fail(format!(
-                                "the queued password cannot be decrypted ({e}); set the password again"
-                            )));
-                            continue;
-                        }
-                    };
-                    let mut p = Map::new();
-                    p.insert(
-                        "passwordProfile".into(),
-                        json!({
-                            "password": password.expose_secret(),
-                            "forceChangePasswordNextSignIn": false,
-                        }),
-                    );
-                    // A new password here lifts an expiry block (seed 003).
-                    p.insert("accountEnabled".into(), Value::Bool(enabled));
-                    if work
+                    // Seed 003: a password change signs the user out of Microsoft 365, for
+                    // federated users too (their password is checked here, so ending their
+                    // sessions is all a change can do there).
+                    let ends_sessions = work
                         .job
                         .fields
                         .as_deref()
-                        .is_some_and(|f| f.contains(REVOKE_SESSIONS))
-                    {
-                        // Seed 003: the change signs the user out of Microsoft 365.
-                        revokes.push(BatchRequest {
-                            id: i.to_string(),
-                            method: Method::POST,
-                            url: format!("/users/{object_id}/revokeSignInSessions"),
-                            // Graph refuses write requests in a batch without a body.
-                            body: Some(json!({})),
-                        });
+                        .is_some_and(|f| f.contains(REVOKE_SESSIONS));
+                    if ends_sessions {
+                        parts[i].push(revoke());
                     }
-                    p
+                    let mut p = Map::new();
+                    let call = if in_federated {
+                        // Graph refuses passwordProfile for federated users: only what else a
+                        // new password means is sent, lifting an expiry block (seed 003).
+                        if work.binding.account_enabled != Some(i64::from(enabled)) {
+                            p.insert("accountEnabled".into(), Value::Bool(enabled));
+                        }
+                        GraphCall::SetAccountEnabled
+                    } else {
+                        let Some(sealed) = work.job.secret_enc.as_deref() else {
+                            effects[i] = Some(JobEffect::Nothing);
+                            continue;
+                        };
+                        let password = match self.sealer.open(sealed, OUTBOX_PASSWORD_CONTEXT) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                failed[i] = Some(Outcome::Fail(format!(
+                                    "the queued password cannot be decrypted ({e}); set the password again"
+                                )));
+                                continue;
+                            }
+                        };
+                        p.insert(
+                            "passwordProfile".into(),
+                            json!({
+                                "password": password.expose_secret(),
+                                "forceChangePasswordNextSignIn": false,
+                            }),
+                        );
+                        // A new password here lifts an expiry block (seed 003).
+                        p.insert("accountEnabled".into(), Value::Bool(enabled));
+                        GraphCall::SetPassword
+                    };
+                    (call, p)
                 }
                 _ => {
                     effects[i] = Some(JobEffect::Nothing);
                     continue;
                 }
             };
-            let account_enabled = patch.get("accountEnabled").and_then(Value::as_bool);
+            let account_enabled = patch
+                .get("accountEnabled")
+                .and_then(Value::as_bool)
+                .or_else(|| (call == GraphCall::SetAccountEnabled).then_some(enabled));
             effects[i] = Some(JobEffect::Synced {
                 account_enabled,
-                password_pushed: work.job.kind == "password",
+                // Federated users sign in here: nothing is left to push for them either.
+                password_pushed: work.job.job_kind() == Some(JobKind::Password),
             });
             if !patch.is_empty() {
-                patches.push(BatchRequest {
+                main_calls.insert(i, call);
+                mains.push(BatchRequest {
                     id: i.to_string(),
                     method: Method::PATCH,
                     url: format!("/users/{object_id}"),
@@ -839,35 +1230,33 @@ impl M365Sync {
             }
         }
         let mut lost: HashMap<usize, String> = HashMap::new();
-        match self.batch(patches).await {
+        match self.batch(mains).await {
             Ok(responses) => {
                 for response in responses {
-                    let Ok(i) = response.id.parse::<usize>() else {
+                    let Some(i) = job_index(&response.id) else {
                         continue;
                     };
                     if let Err(error) = response.result {
+                        let call = main_calls.get(&i).copied().unwrap_or(GraphCall::UpdateUser);
                         if error.is_not_found() {
-                            lost.insert(i, error.to_string());
+                            lost.insert(i, call.explain(&error));
                         }
-                        failed[i] = Some(Outcome::from_graph(&error));
+                        failed[i] = Some(Outcome::from_graph(call, &error));
                     }
                 }
             }
             Err(err) => {
-                let outcome = Outcome::from_connection(err);
                 for (i, effect) in effects.iter().enumerate() {
                     if matches!(effect, Some(JobEffect::Synced { .. })) && failed[i].is_none() {
-                        failed[i] = Some(outcome.clone());
+                        let call = main_calls.get(&i).copied().unwrap_or(GraphCall::UpdateUser);
+                        failed[i] = Some(Outcome::from_connection(call, err_clone(&err)));
                     }
                 }
             }
         }
-        managers.extend(
-            revokes
-                .into_iter()
-                .filter(|r| r.id.parse::<usize>().is_ok_and(|i| failed[i].is_none())),
-        );
-        self.apply_secondary(managers, &mut failed).await;
+        let mut follow_ups: Vec<Vec<FollowUp>> = (0..updates.len()).map(|_| Vec::new()).collect();
+        self.send_parts(&updates, parts, &failed, &mut follow_ups, now)
+            .await;
         let mut results = Vec::new();
         for (i, work) in updates.into_iter().enumerate() {
             if let Some(message) = lost.remove(&i) {
@@ -875,7 +1264,7 @@ impl M365Sync {
                 // binding again creates the M365 user again.
                 let message = format!(
                     "the Microsoft 365 user {} no longer exists (deleted in Microsoft 365?); bind the user again to \
-                     create it. Graph said: {message}",
+                     create it. {message}",
                     work.binding.user_principal_name
                 );
                 if let Err(err) = self.store.mark_binding_lost(&work.user.id, &message).await {
@@ -886,12 +1275,40 @@ impl M365Sync {
             }
             let outcome = match (failed[i].take(), effects[i].take()) {
                 (Some(o), _) => o,
-                (None, Some(effect)) => Outcome::Done(effect, None),
-                (None, None) => Outcome::Done(JobEffect::Nothing, None),
+                (None, Some(effect)) => Outcome::Done {
+                    effect,
+                    event: None,
+                    follow_ups: std::mem::take(&mut follow_ups[i]),
+                },
+                (None, None) => Outcome::done(JobEffect::Nothing),
             };
             results.push((work, outcome));
         }
         results
+    }
+}
+
+/// `M365Error` is not `Clone` (it holds store errors); a failure shared by a whole batch is
+/// given to each job as the same connection state or message.
+fn err_clone(error: &M365Error) -> M365Error {
+    match error {
+        M365Error::Graph(g) => M365Error::Graph(g.clone()),
+        M365Error::NotConfigured(s) => M365Error::NotConfigured(s),
+        M365Error::NotConnected => M365Error::NotConnected,
+        M365Error::Deactivated => M365Error::Deactivated,
+        M365Error::Reconnect(s) => M365Error::Reconnect(s.clone()),
+        other => M365Error::Unreachable(other.to_string()),
+    }
+}
+
+/// `POST /users/{id}/revokeSignInSessions` as a batch sub-request.
+fn revoke_request(i: usize, object_id: &str) -> BatchRequest {
+    BatchRequest {
+        id: i.to_string(),
+        method: Method::POST,
+        url: format!("/users/{object_id}/revokeSignInSessions"),
+        // Graph refuses write requests in a batch without a body.
+        body: Some(json!({})),
     }
 }
 

@@ -368,9 +368,16 @@ impl GraphFake {
     }
 
     /// Application permissions (`roles`) granted to the app for client-credentials tokens.
-    /// Default: User.ReadWrite.All, User-PasswordProfile.ReadWrite.All, Domain.Read.All.
+    /// Default: User.ReadWrite.All, User-PasswordProfile.ReadWrite.All, Domain.Read.All,
+    /// User.RevokeSessions.All.
     pub fn set_app_roles(&self, roles: &[&str]) {
         self.lock().app_roles = roles.iter().map(|r| r.to_string()).collect();
+    }
+
+    /// Delegated Graph scopes the consenting admin's tenant does not grant (left out of the
+    /// token's `scp` and its `scope` answer), as when an admin unticks them at consent.
+    pub fn withhold_delegated_scopes(&self, scopes: &[&str]) {
+        self.lock().withheld_scopes = scopes.iter().map(|r| r.to_string()).collect();
     }
 
     /// Every request received (authorize, token, Graph) as (method, path+query). `$batch` items
@@ -509,6 +516,7 @@ struct State {
     tokens_valid_from_time: u64,
     token_lifetime: u64,
     app_roles: Vec<String>,
+    withheld_scopes: Vec<String>,
     injections: VecDeque<Injection>,
     deny_next_consent: bool,
     requests: Vec<(String, String)>,
@@ -553,7 +561,9 @@ impl State {
                 "User.ReadWrite.All".into(),
                 "User-PasswordProfile.ReadWrite.All".into(),
                 "Domain.Read.All".into(),
+                "User.RevokeSessions.All".into(),
             ],
+            withheld_scopes: Vec::new(),
             injections: VecDeque::new(),
             deny_next_consent: false,
             requests: Vec::new(),
@@ -1799,7 +1809,8 @@ fn grant_client_credentials(
             format!("The resource principal named {res} was not found in the tenant named {}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.", GraphFake::TENANT_ID),
         ));
     }
-    let at = format!("eyJ0eXAi.fake-app.{}", opaque(48));
+    let roles = st.app_roles.clone();
+    let at = access_token_jwt(json!({"roles": roles, "idtyp": "app"}));
     let lifetime = st.token_lifetime;
     st.access_tokens.insert(
         at.clone(),
@@ -1817,6 +1828,22 @@ fn grant_client_credentials(
     }))
 }
 
+/// A Graph access token shaped as Microsoft's are: a JWT whose claims carry `roles`
+/// (application) or `scp` (delegated), `aud` and `tid` (access-tokens.md). The fake still looks
+/// tokens up by value; the signature part is random and the product must not rely on it.
+fn access_token_jwt(claims: Value) -> String {
+    let mut claims = claims;
+    claims["aud"] = json!("https://graph.microsoft.com");
+    claims["tid"] = json!(GraphFake::TENANT_ID);
+    claims["uti"] = json!(opaque(16));
+    format!(
+        "{}.{}.{}",
+        B64URL.encode(r#"{"typ":"JWT","alg":"RS256"}"#),
+        B64URL.encode(claims.to_string()),
+        opaque(48)
+    )
+}
+
 fn issue_delegated(
     st: &mut State,
     granted: &[String],
@@ -1825,12 +1852,14 @@ fn issue_delegated(
 ) -> Value {
     let lifetime = st.token_lifetime;
     let has = |n: &str| scopes.iter().any(|s| s.eq_ignore_ascii_case(n));
+    let withheld = st.withheld_scopes.clone();
     let graph_scopes: Vec<String> = scopes
         .iter()
         .filter(|s| split_scope(st, s).0.as_deref() == Some("graph"))
         .map(|s| split_scope(st, s).1.to_string())
+        .filter(|s| !withheld.iter().any(|w| w.eq_ignore_ascii_case(s)))
         .collect();
-    let at = format!("eyJ0eXAi.fake-user.{}", opaque(48));
+    let at = access_token_jwt(json!({"scp": graph_scopes.join(" ")}));
     st.access_tokens.insert(
         at.clone(),
         AccessToken {
@@ -4419,8 +4448,19 @@ fn set_manager(st: &mut State, caller: &Caller, key: &str, body: Option<Value>) 
 
 /// POST /users/{id|upn}/revokeSignInSessions (api-reference/v1.0/api/user-revokesigninsessions.md):
 /// resets `signInSessionsValidFromDateTime` to now; 200 with `{"value": true}`.
+/// Permissions (newest table): application `User.RevokeSessions.All` only; delegated also
+/// `User.ReadWrite.All` and `Directory.ReadWrite.All`.
 fn revoke_sign_in_sessions(st: &mut State, caller: &Caller, key: &str) -> GraphOut {
-    if !caller.has_any(UPDATE_USERS) {
+    let allowed: &[&str] = if caller.app_only {
+        &["User.RevokeSessions.All"]
+    } else {
+        &[
+            "User.RevokeSessions.All",
+            "User.ReadWrite.All",
+            "Directory.ReadWrite.All",
+        ]
+    };
+    if !caller.has_any(allowed) {
         return denied();
     }
     let Some(idx) = st.find_user(key) else {
