@@ -14,3 +14,4 @@ mod m365;
 mod server;
 mod sso;
 mod sync;
+mod sync_parts;
