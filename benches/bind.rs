@@ -16,8 +16,11 @@
 //! With `--breakdown`, also times the per-user database reads that `bind` and the worker's
 //! `deliver_round` make (one call at a time), to show where the bind time goes.
 //!
+//! With `--manager`, the manager attribute is exported during the bind (the users have no
+//! manager, so nothing beyond the creates should be sent).
+//!
 //! Run: `cargo bench --bench bind` (options: `-- --users 10000 --changes 200
-//! --jobs-per-round 200 --timeout-seconds 600 --breakdown`).
+//! --jobs-per-round 200 --timeout-seconds 600 --breakdown --manager`).
 
 #[path = "../tests/it/support/graph_fake.rs"]
 mod graph_fake;
@@ -330,6 +333,9 @@ fn main() {
     let jobs_per_round = arg("--jobs-per-round", 200);
     let timeout = Duration::from_secs(arg("--timeout-seconds", 600));
     let show_breakdown = std::env::args().any(|a| a == "--breakdown");
+    // Export the manager attribute (users here have no manager): a bind must then not spend
+    // a request on removing managers from users it just created.
+    let export_manager = std::env::args().any(|a| a == "--manager");
     assert!(n > 0, "--users must be at least 1");
     let cores = std::thread::available_parallelism()
         .map(|c| c.get())
@@ -383,6 +389,15 @@ fn main() {
             true,
         ))
     });
+
+    if export_manager {
+        rt.block_on(
+            state
+                .sync
+                .set_direction(&actor, "manager", "export", Utc::now()),
+        )
+        .expect("manager exported");
+    }
 
     // Bind everyone and wait until all are bound.
     eprintln!("binding {n} users…");
@@ -544,7 +559,14 @@ fn main() {
         raw_lookup.requests as f64 / n as f64,
         raw_lookup.cpu / n as f64 * 1e6
     );
-    println!("  idbridge bind_all → all bound:");
+    println!(
+        "  idbridge bind_all → all bound{}:",
+        if export_manager {
+            " (manager exported)"
+        } else {
+            ""
+        }
+    );
     println!(
         "      {:>9.1} users/s   ({n} in {:.2} s; bind_all call itself {:.2} s)",
         bind_rate, bind.seconds, queue_seconds
@@ -555,6 +577,10 @@ fn main() {
         bind.subrequests as f64 / n as f64,
         bind.requests,
         bind.subrequests
+    );
+    println!(
+        "      requests/user vs baseline A (creates alone, the least possible): {:.2}×",
+        (bind.requests as f64 / n as f64) / (raw_create.requests as f64 / n as f64).max(1e-9)
     );
     println!(
         "      process CPU: {:.2} s = {:.0} µs/user ({:.2} cores busy)",
