@@ -58,7 +58,9 @@ pub struct AttributeSpec {
     pub label: &'static str,
     /// The console form's group (its legend).
     pub group: &'static str,
+    /// How values are checked and entered.
     pub kind: Kind,
+    /// Whether it may be empty.
     pub presence: Presence,
     /// The longest value accepted, in characters.
     pub max: usize,

@@ -74,6 +74,18 @@ fn assert_json(json: &Value, via: &str, read: &str) {
     }
 }
 
+/// The schema of a product name in a component of the OpenAPI document (nested at the dots).
+fn schema_at<'d>(doc: &'d Value, component: &str, name: &str) -> &'d Value {
+    let resolve = |v: &'d Value| match v["$ref"].as_str() {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => v,
+    };
+    name.split('.').fold(
+        resolve(&doc["components"]["schemas"][component]),
+        |schema, part| resolve(&schema["properties"][part]),
+    )
+}
+
 #[tokio::test]
 async fn the_attribute_catalogue_round_trips_every_attribute_through_cli_api_and_console() {
     let app = TestApp::spawn().await;
@@ -91,6 +103,19 @@ async fn the_attribute_catalogue_round_trips_every_attribute_through_cli_api_and
             r.json::<Value>().await.unwrap()
         }
     };
+
+    // The OpenAPI document describes every attribute under its name, for answers and bodies.
+    let doc = get("/api/v1/openapi.json".into()).await;
+    for spec in CATALOGUE {
+        for component in ["UserAttributes", "NewUser", "UserUpdate"] {
+            let schema = schema_at(&doc, component, spec.name);
+            assert!(
+                schema["type"].to_string().contains("string"),
+                "{component} documents {}: {schema}",
+                spec.name
+            );
+        }
+    }
 
     // CLI → API and console: `--<product name> value` for every attribute.
     let username = value(&CATALOGUE[0], "cli");
