@@ -294,4 +294,24 @@ mod tests {
         assert_eq!(d.of("firstname"), Direction::Export);
         assert_eq!(import_select(&d), vec!["id", "jobTitle"]);
     }
+
+    #[test]
+    fn rows_under_older_names_are_read_and_todays_name_wins() {
+        let d = Directions::from_rows(&[
+            ("phoneNumbers.work.number".into(), "import".into()),
+            ("phoneNumbers.work".into(), "export".into()),
+            ("phoneNumbers.mobile".into(), "export".into()),
+        ]);
+        assert_eq!(d.of("phoneNumbers.work.number"), Direction::Import);
+        assert_eq!(d.of("phoneNumbers.work"), Direction::Import);
+        assert!(d.exports("phoneNumbers.mobile.number"));
+        assert_eq!(
+            MAPPINGS
+                .iter()
+                .map(|m| m.attribute)
+                .take(5)
+                .collect::<Vec<_>>(),
+            ["firstname", "lastname", "email", "password", "displayName"]
+        );
+    }
 }
