@@ -5,6 +5,7 @@ mod password;
 mod policy;
 mod user;
 
+pub use crate::attributes::{Attribute, AttributeSpec, AttributeValues, CATALOGUE};
 pub use admins::{AdminRole, NewApiKey, API_KEY_PREFIX};
 pub use password::{generate_password, hash_password, verify_password};
 pub use policy::{PasswordPolicy, PolicyViolation};
@@ -18,7 +19,6 @@ use serde_json::json;
 
 use std::sync::Arc;
 
-pub use crate::attributes::{Attribute, AttributeSpec, AttributeValues, CATALOGUE};
 use crate::events::{kind, Actor, NewEvent};
 use crate::secrets::SecretBox;
 use crate::store::{LinkRow, OutboxJob, Store, StoreError, UserListQuery, UserWrite};
