@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use graph_fake::GraphFake;
 use idbridge::config::Config;
-use idbridge::directory::UserChanges;
+use idbridge::directory::{Attribute, UserChanges};
 use idbridge::events::Actor;
 use idbridge::server::{App, AppState};
 use secrecy::ExposeSecret;
@@ -170,13 +170,11 @@ async fn start_server(fake: &GraphFake, jobs_per_round: u64) -> Server {
 async fn create_users(state: &AppState, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let changes = UserChanges {
-            username: Some(username(i)),
-            email: Some(upn(i)),
-            firstname: Some("Bench".into()),
-            lastname: Some(format!("User{i}")),
-            ..UserChanges::default()
-        };
+        let changes = UserChanges::new()
+            .with(Attribute::Username, username(i))
+            .with(Attribute::Email, upn(i))
+            .with(Attribute::Firstname, "Bench")
+            .with(Attribute::Lastname, format!("User{i}"));
         let user = state
             .directory
             .create_user(&Actor::System, &changes, None, Utc::now())
@@ -468,10 +466,7 @@ fn main() {
     for j in 0..k {
         let i = (j * n / k.max(1)) % n;
         let want = format!("Changed{j}");
-        let changes = UserChanges {
-            lastname: Some(want.clone()),
-            ..UserChanges::default()
-        };
+        let changes = UserChanges::new().with(Attribute::Lastname, want.clone());
         let t = Instant::now();
         rt.block_on(
             state

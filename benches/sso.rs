@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use chrono::Utc;
 use idbridge::config::Config;
-use idbridge::directory::UserChanges;
+use idbridge::directory::{Attribute, UserChanges};
 use idbridge::events::{Actor, NewEvent};
 use idbridge::server::App;
 use idbridge::sso::LoginOutcome;
@@ -216,13 +216,11 @@ async fn start_server(key_bits: u32) -> Started {
     let config = Config::from_toml(&toml).expect("config");
     let app = App::build(config).await.expect("app");
     let state = app.state.clone();
-    let changes = UserChanges {
-        username: Some("bench".into()),
-        email: Some("bench@contoso.com".into()),
-        firstname: Some("Bench".into()),
-        lastname: Some("Mark".into()),
-        ..UserChanges::default()
-    };
+    let changes = UserChanges::new()
+        .with(Attribute::Username, "bench")
+        .with(Attribute::Email, "bench@contoso.com")
+        .with(Attribute::Firstname, "Bench")
+        .with(Attribute::Lastname, "Mark");
     let password = SecretString::from("Load test 1!".to_string());
     let user = state
         .directory

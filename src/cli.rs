@@ -10,6 +10,7 @@ use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 
+use crate::attributes::{Attribute, AttributeSpec, Kind, CATALOGUE};
 use crate::config::Config;
 use crate::directory::{Directory, User, UserChanges, UserState};
 use crate::events::Actor;
@@ -106,70 +107,70 @@ pub enum UserCommand {
     Delete { user: String },
 }
 
-/// User attributes settable from the command line (seed 004 names in --help).
-#[derive(Args, Debug, Default)]
+/// User attributes settable from the command line: one flag per attribute of the catalogue
+/// (but the username), named by its product name (`--jobTitle`,
+/// `--addresses.work.streetAddress`); earlier flags (`--job-title`, `--work-street-address`)
+/// still work.
+#[derive(Debug, Default)]
 pub struct AttributeArgs {
-    /// Company email (becomes the Microsoft 365 userPrincipalName).
-    #[arg(long)]
-    email: Option<String>,
-    #[arg(long)]
-    firstname: Option<String>,
-    #[arg(long)]
-    lastname: Option<String>,
-    #[arg(long)]
-    alternate_email: Option<String>,
-    #[arg(long)]
-    job_title: Option<String>,
-    #[arg(long)]
-    department: Option<String>,
-    #[arg(long)]
-    location: Option<String>,
-    /// Manager's username.
-    #[arg(long)]
-    manager: Option<String>,
-    /// addresses.work.streetAddress
-    #[arg(long)]
-    work_street_address: Option<String>,
-    /// addresses.work.locality (city)
-    #[arg(long)]
-    work_locality: Option<String>,
-    /// addresses.work.region (state)
-    #[arg(long)]
-    work_region: Option<String>,
-    /// addresses.work.postalCode
-    #[arg(long)]
-    work_postal_code: Option<String>,
-    /// addresses.work.country
-    #[arg(long)]
-    work_country: Option<String>,
-    /// phoneNumbers.work
-    #[arg(long)]
-    phone_work: Option<String>,
-    /// phoneNumbers.mobile
-    #[arg(long)]
-    phone_mobile: Option<String>,
+    changes: UserChanges,
 }
 
 impl AttributeArgs {
+    /// The attributes that have a flag here (the username is an argument of its own).
+    fn specs() -> impl Iterator<Item = &'static AttributeSpec> {
+        CATALOGUE
+            .iter()
+            .filter(|s| s.attribute != Attribute::Username)
+    }
+
     fn into_changes(self, username: Option<String>) -> UserChanges {
-        UserChanges {
-            username,
-            email: self.email,
-            firstname: self.firstname,
-            lastname: self.lastname,
-            alternate_email: self.alternate_email,
-            job_title: self.job_title,
-            department: self.department,
-            location: self.location,
-            manager: self.manager,
-            work_street_address: self.work_street_address,
-            work_locality: self.work_locality,
-            work_region: self.work_region,
-            work_postal_code: self.work_postal_code,
-            work_country: self.work_country,
-            phone_work: self.phone_work,
-            phone_mobile: self.phone_mobile,
+        let mut changes = self.changes;
+        if let Some(username) = username {
+            changes.set(Attribute::Username, username);
         }
+        changes
+    }
+}
+
+impl clap::FromArgMatches for AttributeArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = Self::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for spec in Self::specs() {
+            if let Some(value) = matches.try_get_one::<String>(spec.name).ok().flatten() {
+                self.changes.set(spec.attribute, value.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Args for AttributeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        Self::specs().fold(cmd, |cmd, spec| {
+            let value_name = match spec.kind {
+                Kind::Email => "EMAIL",
+                Kind::Phone => "PHONE",
+                Kind::UserRef => "USER",
+                Kind::Text | Kind::Username => "TEXT",
+            };
+            cmd.arg(
+                clap::Arg::new(spec.name)
+                    .long(spec.flag())
+                    .aliases(spec.flag_aliases())
+                    .value_name(value_name)
+                    .help(spec.description()),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 
@@ -860,27 +861,13 @@ fn print_status(s: &crate::m365::ConnectionStatus) {
 }
 
 fn print_user(u: &User) {
-    let rows: Vec<(&str, Option<String>)> = vec![
-        ("id", Some(u.id.clone())),
-        ("username", Some(u.username.clone())),
-        ("email", Some(u.email.clone())),
-        ("firstname", Some(u.firstname.clone())),
-        ("lastname", Some(u.lastname.clone())),
-        ("alternateEmail", u.alternate_email.clone()),
-        ("jobTitle", u.job_title.clone()),
-        ("department", u.department.clone()),
-        ("location", u.location.clone()),
-        ("manager", u.manager.clone()),
-        (
-            "addresses.work.streetAddress",
-            u.work_street_address.clone(),
-        ),
-        ("addresses.work.locality", u.work_locality.clone()),
-        ("addresses.work.region", u.work_region.clone()),
-        ("addresses.work.postalCode", u.work_postal_code.clone()),
-        ("addresses.work.country", u.work_country.clone()),
-        ("phoneNumbers.work", u.phone_work.clone()),
-        ("phoneNumbers.mobile", u.phone_mobile.clone()),
+    let mut rows: Vec<(&str, Option<String>)> = vec![("id", Some(u.id.clone()))];
+    rows.extend(
+        CATALOGUE
+            .iter()
+            .map(|spec| (spec.name, u.get(spec.attribute).map(str::to_string))),
+    );
+    rows.extend([
         ("state", Some(u.state.as_str().into())),
         (
             "password",
@@ -901,7 +888,7 @@ fn print_user(u: &User) {
                 None => "unbound".into(),
             }),
         ),
-    ];
+    ]);
     for (name, value) in rows {
         println!("{name:<30}{}", value.unwrap_or_default());
     }

@@ -453,10 +453,7 @@ impl Config {
                 ));
             }
             for (name, attr) in &sp.attributes {
-                if crate::directory::User::attribute_names()
-                    .iter()
-                    .all(|known| known != attr)
-                {
+                if !crate::directory::User::knows_attribute(attr) {
                     return Err(invalid(
                         &format!("{setting}.attributes.{name}"),
                         format!("{attr:?} is not a user attribute"),

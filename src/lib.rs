@@ -4,6 +4,7 @@
 //! passwords, policy), `store` (SQL), `web` (shared HTTP plumbing), `server` (assembly), `cli`.
 
 pub mod admin;
+pub mod attributes;
 pub mod certs;
 pub mod cli;
 pub mod config;

@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{display_time, redirect_with_notice, Chrome, Notice};
+use crate::attributes::{Attribute, AttributeSpec, Kind, Presence, CATALOGUE};
 use crate::directory::{DirectoryError, User, UserChanges, UserState};
 use crate::server::AppState;
 use crate::web::{render, AdminPrincipal, AppError};
@@ -149,149 +150,14 @@ async fn list(
 // ---------------------------------------------------------------------------------------------
 // Attribute forms (create and edit share them)
 
-/// One editable attribute: form field name, seed-004 attribute name, label, input type, and the
-/// longest value the directory accepts.
-struct FieldSpec {
-    name: &'static str,
-    attribute: &'static str,
-    label: &'static str,
-    kind: &'static str,
-    max: usize,
-}
-
-const fn field(
-    name: &'static str,
-    attribute: &'static str,
-    label: &'static str,
-    kind: &'static str,
-    max: usize,
-) -> FieldSpec {
-    FieldSpec {
-        name,
-        attribute,
-        label,
-        kind,
-        max,
-    }
-}
-
-/// The attribute form in groups (legend, fields).
-const GROUPS: &[(&str, &[FieldSpec])] = &[
-    (
-        "Identity",
-        &[
-            field("username", "username", "Username", "text", 64),
-            field("email", "email", "Company email", "email", 254),
-            field("firstname", "firstname", "First name", "text", 64),
-            field("lastname", "lastname", "Last name", "text", 64),
-            field(
-                "alternate_email",
-                "alternateEmail",
-                "Alternate email",
-                "email",
-                254,
-            ),
-        ],
-    ),
-    (
-        "Work",
-        &[
-            field("job_title", "jobTitle", "Job title", "text", 128),
-            field("department", "department", "Department", "text", 64),
-            field("location", "location", "Location", "text", 128),
-            field("manager", "manager", "Manager (username)", "text", 254),
-        ],
-    ),
-    (
-        "Work address",
-        &[
-            field(
-                "work_street_address",
-                "addresses.work.streetAddress",
-                "Street address",
-                "text",
-                1024,
-            ),
-            field(
-                "work_locality",
-                "addresses.work.locality",
-                "City",
-                "text",
-                128,
-            ),
-            field(
-                "work_region",
-                "addresses.work.region",
-                "State or region",
-                "text",
-                128,
-            ),
-            field(
-                "work_postal_code",
-                "addresses.work.postalCode",
-                "Postal code",
-                "text",
-                40,
-            ),
-            field(
-                "work_country",
-                "addresses.work.country",
-                "Country",
-                "text",
-                128,
-            ),
-        ],
-    ),
-    (
-        "Phone numbers",
-        &[
-            field("phone_work", "phoneNumbers.work", "Work phone", "tel", 64),
-            field(
-                "phone_mobile",
-                "phoneNumbers.mobile",
-                "Mobile phone",
-                "tel",
-                64,
-            ),
-        ],
-    ),
-];
-
-fn specs() -> impl Iterator<Item = &'static FieldSpec> {
-    GROUPS.iter().flat_map(|(_, fields)| fields.iter())
-}
-
-/// Sets one attribute of a change by its form field name.
-fn set_change(changes: &mut UserChanges, name: &str, value: String) {
-    let slot = match name {
-        "username" => &mut changes.username,
-        "email" => &mut changes.email,
-        "firstname" => &mut changes.firstname,
-        "lastname" => &mut changes.lastname,
-        "alternate_email" => &mut changes.alternate_email,
-        "job_title" => &mut changes.job_title,
-        "department" => &mut changes.department,
-        "location" => &mut changes.location,
-        "manager" => &mut changes.manager,
-        "work_street_address" => &mut changes.work_street_address,
-        "work_locality" => &mut changes.work_locality,
-        "work_region" => &mut changes.work_region,
-        "work_postal_code" => &mut changes.work_postal_code,
-        "work_country" => &mut changes.work_country,
-        "phone_work" => &mut changes.phone_work,
-        "phone_mobile" => &mut changes.phone_mobile,
-        _ => return,
-    };
-    *slot = Some(value);
-}
-
-/// The attributes a create form sets (empty fields are left unset).
+/// The attributes a create form sets (empty fields are left unset). Fields are named by the
+/// catalogue's product names.
 fn changes_for_create(form: &HashMap<String, String>) -> UserChanges {
-    let mut changes = UserChanges::default();
-    for spec in specs() {
+    let mut changes = UserChanges::new();
+    for spec in CATALOGUE {
         if let Some(value) = form.get(spec.name).map(|v| v.trim()) {
             if !value.is_empty() {
-                set_change(&mut changes, spec.name, value.to_string());
+                changes.set(spec.attribute, value);
             }
         }
     }
@@ -302,19 +168,19 @@ fn changes_for_create(form: &HashMap<String, String>) -> UserChanges {
 /// saving an untouched form changes nothing, and only real changes travel to Microsoft 365).
 /// An emptied field clears the attribute.
 fn changes_for_edit(user: &User, form: &HashMap<String, String>) -> UserChanges {
-    let mut changes = UserChanges::default();
-    for spec in specs() {
+    let mut changes = UserChanges::new();
+    for spec in CATALOGUE {
         let Some(value) = form.get(spec.name).map(|v| v.trim()) else {
             continue;
         };
-        let current = user.attribute(spec.attribute).unwrap_or_default();
+        let current = user.get(spec.attribute).unwrap_or_default();
         // Usernames are stored lower-case and managers are found case-insensitively.
-        let same = match spec.name {
-            "username" | "manager" => value.eq_ignore_ascii_case(&current),
+        let same = match spec.kind {
+            Kind::Username | Kind::UserRef => value.eq_ignore_ascii_case(current),
             _ => value == current,
         };
         if !same {
-            set_change(&mut changes, spec.name, value.to_string());
+            changes.set(spec.attribute, value);
         }
     }
     changes
@@ -331,7 +197,7 @@ fn refused_field(err: &DirectoryError) -> Option<&'static str> {
     if attribute == "password" {
         return Some("password");
     }
-    specs().find(|s| s.attribute == attribute).map(|s| s.name)
+    Attribute::parse(attribute).map(Attribute::name)
 }
 
 /// Whether a refusal is the admin's to fix (shown on the form) rather than a failure.
@@ -350,9 +216,11 @@ fn is_refusal(err: &DirectoryError) -> bool {
 }
 
 struct FieldView {
+    /// The product name: the form field's name.
     name: &'static str,
-    attribute: &'static str,
     label: &'static str,
+    /// A hint for the value, or empty.
+    hint: &'static str,
     kind: &'static str,
     /// A keyboard hint (`tel`), or empty.
     inputmode: &'static str,
@@ -367,34 +235,40 @@ struct FieldGroup {
     fields: Vec<FieldView>,
 }
 
-/// The form's fields filled with `value(spec)`, the refused one marked.
-fn field_groups(value: impl Fn(&FieldSpec) -> String, invalid: Option<&str>) -> Vec<FieldGroup> {
-    GROUPS
-        .iter()
-        .map(|(legend, fields)| FieldGroup {
-            legend,
-            fields: fields
-                .iter()
-                .map(|spec| FieldView {
-                    name: spec.name,
-                    attribute: spec.attribute,
-                    label: spec.label,
-                    // The console's stylesheet styles text inputs: phone numbers are text
-                    // fields with a telephone keyboard.
-                    kind: if spec.kind == "tel" {
-                        "text"
-                    } else {
-                        spec.kind
-                    },
-                    inputmode: if spec.kind == "tel" { "tel" } else { "" },
-                    max: spec.max,
-                    value: value(spec),
-                    required: matches!(spec.name, "username" | "email"),
-                    invalid: invalid == Some(spec.name),
-                })
-                .collect(),
-        })
-        .collect()
+/// The form's fields in the catalogue's groups, filled with `value(spec)`, the refused one
+/// marked.
+fn field_groups(
+    value: impl Fn(&AttributeSpec) -> String,
+    invalid: Option<&str>,
+) -> Vec<FieldGroup> {
+    let mut groups: Vec<FieldGroup> = Vec::new();
+    for spec in CATALOGUE {
+        let field = FieldView {
+            name: spec.name,
+            label: spec.label,
+            hint: spec.hint,
+            // The console's stylesheet styles text inputs: phone numbers are text fields with
+            // a telephone keyboard.
+            kind: if spec.kind == Kind::Email {
+                "email"
+            } else {
+                "text"
+            },
+            inputmode: if spec.kind == Kind::Phone { "tel" } else { "" },
+            max: spec.max,
+            value: value(spec),
+            required: spec.presence == Presence::Required,
+            invalid: invalid == Some(spec.name),
+        };
+        match groups.last_mut() {
+            Some(group) if group.legend == spec.group => group.fields.push(field),
+            _ => groups.push(FieldGroup {
+                legend: spec.group,
+                fields: vec![field],
+            }),
+        }
+    }
+    groups
 }
 
 /// The password rule in words, for the password fields.
@@ -492,7 +366,7 @@ async fn create(
 // ---------------------------------------------------------------------------------------------
 // Detail, edit, state, password, delete
 
-struct Attribute {
+struct AttributeLine {
     name: &'static str,
     value: String,
 }
@@ -524,7 +398,7 @@ struct UserPage {
     password_expired: bool,
     created: String,
     updated: String,
-    attributes: Vec<Attribute>,
+    attributes: Vec<AttributeLine>,
     /// `unbound`, `pending`, `bound` or `failed`.
     binding: String,
     immutable_id: String,
@@ -575,7 +449,7 @@ async fn user_page(
     let groups = field_groups(
         |spec| match refused.form.and_then(|form| form.get(spec.name)) {
             Some(typed) => typed.clone(),
-            None => user.attribute(spec.attribute).unwrap_or_default(),
+            None => user.get(spec.attribute).unwrap_or_default().to_string(),
         },
         refused.field,
     );
@@ -596,8 +470,8 @@ async fn user_page(
         created: display_time(Some(user.created_at)),
         updated: display_time(Some(user.updated_at)),
         attributes: User::attribute_names()
-            .iter()
-            .map(|name| Attribute {
+            .into_iter()
+            .map(|name| AttributeLine {
                 name,
                 value: user.attribute(name).unwrap_or_default(),
             })

@@ -5,6 +5,7 @@ mod password;
 mod policy;
 mod user;
 
+pub use crate::attributes::{Attribute, AttributeSpec, AttributeValues, CATALOGUE};
 pub use admins::{AdminRole, NewApiKey, API_KEY_PREFIX};
 pub use password::{generate_password, hash_password, verify_password};
 pub use policy::{PasswordPolicy, PolicyViolation};
@@ -167,7 +168,7 @@ impl Directory {
     ) -> Result<(), DirectoryError> {
         let mut write = user.to_write();
         changes.apply(&mut write)?;
-        if changes.manager.is_some() {
+        if changes.get(Attribute::Manager).is_some() {
             write.manager_id = self.resolve_manager(changes, &write.id).await?;
         }
         let event = NewEvent::new(now, &Actor::System, kind::USER_UPDATE, Some(&user.username))
@@ -239,7 +240,7 @@ impl Directory {
         link: Option<LinkRow>,
         now: DateTime<Utc>,
     ) -> Result<User, DirectoryError> {
-        let username = changes.username.as_deref().unwrap_or_default();
+        let username = changes.get(Attribute::Username).unwrap_or_default();
         if username.trim().is_empty() {
             return Err(DirectoryError::Invalid {
                 field: "username",
@@ -247,8 +248,7 @@ impl Directory {
             });
         }
         if changes
-            .email
-            .as_deref()
+            .get(Attribute::Email)
             .unwrap_or_default()
             .trim()
             .is_empty()
@@ -310,7 +310,7 @@ impl Directory {
         let user = self.get_user(key).await?;
         let mut write = user.to_write();
         changes.apply(&mut write)?;
-        if changes.manager.is_some() {
+        if changes.get(Attribute::Manager).is_some() {
             write.manager_id = self.resolve_manager(changes, &write.id).await?;
         }
         let changed = changes.changed_fields();
@@ -483,7 +483,7 @@ impl Directory {
         changes: &UserChanges,
         own_id: &str,
     ) -> Result<Option<String>, DirectoryError> {
-        let Some(name) = changes.manager.as_deref().map(str::trim) else {
+        let Some(name) = changes.get(Attribute::Manager).map(str::trim) else {
             return Ok(None);
         };
         if name.is_empty() {

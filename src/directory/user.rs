@@ -1,10 +1,12 @@
 //! Users of the directory: attributes (seed 004 names), validation and changes.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, TimeZone, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 use super::DirectoryError;
+use crate::attributes::{self, Attribute, AttributeValues, Kind, Presence};
 use crate::store::{UserRow, UserWrite};
 
 /// Whether a user may sign in.
@@ -44,20 +46,10 @@ pub struct User {
     pub email: String,
     pub firstname: String,
     pub lastname: String,
-    pub alternate_email: Option<String>,
-    pub job_title: Option<String>,
-    pub department: Option<String>,
-    pub location: Option<String>,
+    /// The optional attributes of the catalogue (the manager by username); read them with
+    /// [`User::get`].
+    pub attributes: AttributeValues,
     pub manager_id: Option<String>,
-    /// The manager's username.
-    pub manager: Option<String>,
-    pub work_street_address: Option<String>,
-    pub work_locality: Option<String>,
-    pub work_region: Option<String>,
-    pub work_postal_code: Option<String>,
-    pub work_country: Option<String>,
-    pub phone_work: Option<String>,
-    pub phone_mobile: Option<String>,
     pub state: UserState,
     pub(crate) password_hash: Option<String>,
     pub password_changed_at: Option<i64>,
@@ -66,56 +58,43 @@ pub struct User {
     pub m365: Option<M365Binding>,
 }
 
-/// Attribute names (seed 004) that service providers can receive and admins can set.
-const ATTRIBUTE_NAMES: &[&str] = &[
-    "username",
-    "email",
-    "firstname",
-    "lastname",
-    "displayName",
-    "alternateEmail",
-    "jobTitle",
-    "department",
-    "location",
-    "manager",
-    "addresses.work.streetAddress",
-    "addresses.work.locality",
-    "addresses.work.region",
-    "addresses.work.postalCode",
-    "addresses.work.country",
-    "phoneNumbers.work",
-    "phoneNumbers.mobile",
-    "immutableId",
-];
+/// Names that service providers can receive besides the catalogue's attributes.
+const DERIVED_NAMES: &[&str] = &["displayName", "immutableId"];
 
 impl User {
-    /// Names accepted by [`User::attribute`].
-    pub fn attribute_names() -> &'static [&'static str] {
-        ATTRIBUTE_NAMES
+    /// Names accepted by [`User::attribute`]: the catalogue's, then `displayName` and
+    /// `immutableId`.
+    pub fn attribute_names() -> Vec<&'static str> {
+        Attribute::all()
+            .map(Attribute::name)
+            .chain(DERIVED_NAMES.iter().copied())
+            .collect()
     }
 
-    /// The value of an attribute by its seed-004 name.
+    /// Whether [`User::attribute`] knows the name.
+    pub fn knows_attribute(name: &str) -> bool {
+        DERIVED_NAMES.contains(&name) || Attribute::parse(name).is_some()
+    }
+
+    /// The value of a catalogue attribute, if not empty.
+    pub fn get(&self, attribute: Attribute) -> Option<&str> {
+        let value = match attribute {
+            Attribute::Username => Some(self.username.as_str()),
+            Attribute::Email => Some(self.email.as_str()),
+            Attribute::Firstname => Some(self.firstname.as_str()),
+            Attribute::Lastname => Some(self.lastname.as_str()),
+            other => self.attributes.get(other),
+        };
+        value.filter(|v| !v.is_empty())
+    }
+
+    /// The value of an attribute by name (a catalogue name or older spelling, `displayName`,
+    /// `immutableId`).
     pub fn attribute(&self, name: &str) -> Option<String> {
         let value = match name {
-            "username" => Some(self.username.clone()),
-            "email" => Some(self.email.clone()),
-            "firstname" => Some(self.firstname.clone()),
-            "lastname" => Some(self.lastname.clone()),
             "displayName" => Some(self.display_name()),
-            "alternateEmail" => self.alternate_email.clone(),
-            "jobTitle" => self.job_title.clone(),
-            "department" => self.department.clone(),
-            "location" => self.location.clone(),
-            "manager" => self.manager.clone(),
-            "addresses.work.streetAddress" => self.work_street_address.clone(),
-            "addresses.work.locality" => self.work_locality.clone(),
-            "addresses.work.region" => self.work_region.clone(),
-            "addresses.work.postalCode" => self.work_postal_code.clone(),
-            "addresses.work.country" => self.work_country.clone(),
-            "phoneNumbers.work" => self.phone_work.clone(),
-            "phoneNumbers.mobile" => self.phone_mobile.clone(),
             "immutableId" => self.m365.as_ref().map(|b| b.immutable_id.clone()),
-            _ => None,
+            _ => Attribute::parse(name).and_then(|a| self.get(a).map(str::to_string)),
         };
         value.filter(|v| !v.is_empty())
     }
@@ -136,28 +115,19 @@ impl User {
         self.password_hash.is_some()
     }
 
-    /// The user as JSON with the seed's attribute names (never the password hash).
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "id": self.id,
-            "username": self.username,
-            "email": self.email,
-            "firstname": self.firstname,
-            "lastname": self.lastname,
-            "displayName": self.display_name(),
-            "alternateEmail": self.alternate_email,
-            "jobTitle": self.job_title,
-            "department": self.department,
-            "location": self.location,
-            "manager": self.manager,
-            "addresses": {"work": {
-                "streetAddress": self.work_street_address,
-                "locality": self.work_locality,
-                "region": self.work_region,
-                "postalCode": self.work_postal_code,
-                "country": self.work_country,
-            }},
-            "phoneNumbers": {"work": self.phone_work, "mobile": self.phone_mobile},
+    /// The catalogue's attributes as JSON, nested at the dots of their names.
+    pub fn attributes_json(&self) -> Map<String, Value> {
+        attributes::to_json(|a| self.get(a).map(str::to_string))
+    }
+
+    /// The user as JSON with the catalogue's names (never the password hash), as the API
+    /// gives it.
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("id".into(), json!(self.id));
+        out.extend(self.attributes_json());
+        out.insert("displayName".into(), json!(self.display_name()));
+        let rest = json!({
             "state": self.state.as_str(),
             "hasPassword": self.has_password(),
             "passwordChangedAt": self.password_changed_at.map(millis_to_rfc3339),
@@ -168,7 +138,11 @@ impl User {
                 "userPrincipalName": b.user_principal_name,
                 "state": b.state,
             })),
-        })
+        });
+        if let Value::Object(rest) = rest {
+            out.extend(rest);
+        }
+        Value::Object(out)
     }
 
     pub(crate) fn from_row(row: UserRow) -> Result<Self, DirectoryError> {
@@ -196,19 +170,8 @@ impl User {
             email: row.email,
             firstname: row.firstname,
             lastname: row.lastname,
-            alternate_email: row.alternate_email,
-            job_title: row.job_title,
-            department: row.department,
-            location: row.location,
+            attributes: row.attributes,
             manager_id: row.manager_id,
-            manager: row.manager_username,
-            work_street_address: row.work_street_address,
-            work_locality: row.work_locality,
-            work_region: row.work_region,
-            work_postal_code: row.work_postal_code,
-            work_country: row.work_country,
-            phone_work: row.phone_work,
-            phone_mobile: row.phone_mobile,
             state,
             password_hash: row.password_hash,
             password_changed_at: row.password_changed_at,
@@ -219,24 +182,17 @@ impl User {
     }
 
     pub(crate) fn to_write(&self) -> UserWrite {
+        let mut attributes = self.attributes.clone();
+        // The manager is written as its id.
+        attributes.set(Attribute::Manager, None);
         UserWrite {
             id: self.id.clone(),
             username: self.username.clone(),
             email: self.email.clone(),
             firstname: self.firstname.clone(),
             lastname: self.lastname.clone(),
-            alternate_email: self.alternate_email.clone(),
-            job_title: self.job_title.clone(),
-            department: self.department.clone(),
-            location: self.location.clone(),
+            attributes,
             manager_id: self.manager_id.clone(),
-            work_street_address: self.work_street_address.clone(),
-            work_locality: self.work_locality.clone(),
-            work_region: self.work_region.clone(),
-            work_postal_code: self.work_postal_code.clone(),
-            work_country: self.work_country.clone(),
-            phone_work: self.phone_work.clone(),
-            phone_mobile: self.phone_mobile.clone(),
             state: self.state.as_str().into(),
         }
     }
@@ -250,132 +206,71 @@ pub fn millis_to_rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Attribute changes: `None` leaves a field alone, `Some("")` clears an optional field.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct UserChanges {
-    pub username: Option<String>,
-    pub email: Option<String>,
-    pub firstname: Option<String>,
-    pub lastname: Option<String>,
-    pub alternate_email: Option<String>,
-    pub job_title: Option<String>,
-    pub department: Option<String>,
-    pub location: Option<String>,
-    /// The manager's username.
-    pub manager: Option<String>,
-    pub work_street_address: Option<String>,
-    pub work_locality: Option<String>,
-    pub work_region: Option<String>,
-    pub work_postal_code: Option<String>,
-    pub work_country: Option<String>,
-    pub phone_work: Option<String>,
-    pub phone_mobile: Option<String>,
-}
+/// Attribute changes by attribute: an attribute left out stays as it is; an empty value clears
+/// an optional one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserChanges(BTreeMap<Attribute, String>);
 
 impl UserChanges {
-    /// Field names (for messages) and whether anything is changed at all.
-    pub fn is_empty(&self) -> bool {
-        self.changed_fields().is_empty()
+    /// No changes.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// The names of the fields this change touches (for events).
+    /// Sets an attribute's new value (empty clears an optional one).
+    pub fn set(&mut self, attribute: Attribute, value: impl Into<String>) -> &mut Self {
+        self.0.insert(attribute, value.into());
+        self
+    }
+
+    /// These changes and one more.
+    pub fn with(mut self, attribute: Attribute, value: impl Into<String>) -> Self {
+        self.set(attribute, value);
+        self
+    }
+
+    /// The new value of an attribute, if it changes.
+    pub fn get(&self, attribute: Attribute) -> Option<&str> {
+        self.0.get(&attribute).map(String::as_str)
+    }
+
+    /// The changes, in catalogue order.
+    pub fn iter(&self) -> impl Iterator<Item = (Attribute, &str)> {
+        self.0.iter().map(|(a, v)| (*a, v.as_str()))
+    }
+
+    /// Whether nothing is changed at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The names of the attributes this change touches (for events and the outbox).
     pub fn changed_fields(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 16] = [
-            ("username", self.username.is_some()),
-            ("email", self.email.is_some()),
-            ("firstname", self.firstname.is_some()),
-            ("lastname", self.lastname.is_some()),
-            ("alternateEmail", self.alternate_email.is_some()),
-            ("jobTitle", self.job_title.is_some()),
-            ("department", self.department.is_some()),
-            ("location", self.location.is_some()),
-            ("manager", self.manager.is_some()),
-            (
-                "addresses.work.streetAddress",
-                self.work_street_address.is_some(),
-            ),
-            ("addresses.work.locality", self.work_locality.is_some()),
-            ("addresses.work.region", self.work_region.is_some()),
-            ("addresses.work.postalCode", self.work_postal_code.is_some()),
-            ("addresses.work.country", self.work_country.is_some()),
-            ("phoneNumbers.work", self.phone_work.is_some()),
-            ("phoneNumbers.mobile", self.phone_mobile.is_some()),
-        ];
-        fields
-            .iter()
-            .filter(|(_, on)| *on)
-            .map(|(n, _)| *n)
-            .collect()
+        self.0.keys().map(|a| a.name()).collect()
     }
 
     /// Validates the changes and applies them to `base` (the manager is resolved by the caller).
     pub(crate) fn apply(&self, base: &mut UserWrite) -> Result<(), DirectoryError> {
-        if let Some(v) = &self.username {
-            base.username = validate_username(v)?;
-        }
-        if let Some(v) = &self.email {
-            base.email = validate_email("email", v)?;
-        }
-        if let Some(v) = &self.firstname {
-            base.firstname = validate_text("firstname", v, 64)?;
-        }
-        if let Some(v) = &self.lastname {
-            base.lastname = validate_text("lastname", v, 64)?;
-        }
-        if let Some(v) = &self.alternate_email {
-            base.alternate_email = optional(v, |v| validate_email("alternateEmail", v))?;
-        }
-        let texts: [(&'static str, &Option<String>, &mut Option<String>, usize); 10] = [
-            ("jobTitle", &self.job_title, &mut base.job_title, 128),
-            ("department", &self.department, &mut base.department, 64),
-            ("location", &self.location, &mut base.location, 128),
-            (
-                "addresses.work.streetAddress",
-                &self.work_street_address,
-                &mut base.work_street_address,
-                1024,
-            ),
-            (
-                "addresses.work.locality",
-                &self.work_locality,
-                &mut base.work_locality,
-                128,
-            ),
-            (
-                "addresses.work.region",
-                &self.work_region,
-                &mut base.work_region,
-                128,
-            ),
-            (
-                "addresses.work.postalCode",
-                &self.work_postal_code,
-                &mut base.work_postal_code,
-                40,
-            ),
-            (
-                "addresses.work.country",
-                &self.work_country,
-                &mut base.work_country,
-                128,
-            ),
-            (
-                "phoneNumbers.work",
-                &self.phone_work,
-                &mut base.phone_work,
-                64,
-            ),
-            (
-                "phoneNumbers.mobile",
-                &self.phone_mobile,
-                &mut base.phone_mobile,
-                64,
-            ),
-        ];
-        for (field, change, target, max) in texts {
-            if let Some(v) = change {
-                *target = optional(v, |v| validate_text(field, v, max))?;
+        for (attribute, raw) in self.iter() {
+            let spec = attribute.spec();
+            let check = |v: &str| match spec.kind {
+                Kind::Username => validate_username(v),
+                Kind::Email => validate_email(spec.name, v),
+                Kind::Text | Kind::Phone => validate_text(spec.name, v, spec.max),
+                Kind::UserRef => Ok(v.trim().to_string()),
+            };
+            let value = match spec.presence {
+                Presence::Optional => optional(raw, check)?,
+                Presence::Required | Presence::Always => Some(check(raw)?),
+            };
+            match attribute {
+                Attribute::Username => base.username = value.unwrap_or_default(),
+                Attribute::Email => base.email = value.unwrap_or_default(),
+                Attribute::Firstname => base.firstname = value.unwrap_or_default(),
+                Attribute::Lastname => base.lastname = value.unwrap_or_default(),
+                // Resolved to `manager_id` by the directory.
+                Attribute::Manager => {}
+                other => base.attributes.set(other, value),
             }
         }
         Ok(())

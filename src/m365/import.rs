@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::connection::{M365Error, M365};
 use super::graph::GraphUser;
+use crate::attributes::Attribute;
 use crate::directory::{Directory, DirectoryError, UserChanges};
 use crate::events::{kind, Actor, NewEvent};
 use crate::store::{ImportResultRow, ImportRunRow, LinkRow};
@@ -343,13 +344,17 @@ impl M365 {
                 "the Microsoft 365 user has no userPrincipalName",
             ));
         };
-        let changes = UserChanges {
-            username: Some(username_from_upn(&upn)),
-            email: Some(upn.clone()),
-            firstname: Some(user.given_name.clone().unwrap_or_default()),
-            lastname: Some(user.surname.clone().unwrap_or_default()),
-            ..UserChanges::default()
-        };
+        let changes = UserChanges::new()
+            .with(Attribute::Username, username_from_upn(&upn))
+            .with(Attribute::Email, upn.clone())
+            .with(
+                Attribute::Firstname,
+                user.given_name.clone().unwrap_or_default(),
+            )
+            .with(
+                Attribute::Lastname,
+                user.surname.clone().unwrap_or_default(),
+            );
         let link = LinkRow {
             user_id: String::new(),
             tenant_id: tenant_id.to_string(),

@@ -1,28 +1,22 @@
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
 use super::sync::enqueue_if_bound;
 use super::{events, like_pattern, OutboxJob, Store, StoreError};
+use crate::attributes::{Attribute, AttributeSpec, AttributeValues, Kind, CATALOGUE};
 use crate::events::NewEvent;
 
 /// A user as stored, joined with its manager's username and its Microsoft 365 binding.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct UserRow {
     pub id: String,
     pub username: String,
     pub email: String,
     pub firstname: String,
     pub lastname: String,
-    pub alternate_email: Option<String>,
-    pub job_title: Option<String>,
-    pub department: Option<String>,
-    pub location: Option<String>,
+    /// The optional attributes, read from their catalogue columns (the manager as username).
+    pub attributes: AttributeValues,
     pub manager_id: Option<String>,
-    pub manager_username: Option<String>,
-    pub work_street_address: Option<String>,
-    pub work_locality: Option<String>,
-    pub work_region: Option<String>,
-    pub work_postal_code: Option<String>,
-    pub work_country: Option<String>,
-    pub phone_work: Option<String>,
-    pub phone_mobile: Option<String>,
     pub state: String,
     pub password_hash: Option<String>,
     pub password_changed_at: Option<i64>,
@@ -35,6 +29,34 @@ pub struct UserRow {
     pub password_pushed: Option<i64>,
 }
 
+impl<'r> sqlx::FromRow<'r, AnyRow> for UserRow {
+    fn from_row(row: &'r AnyRow) -> Result<Self, sqlx::Error> {
+        let mut attributes = AttributeValues::default();
+        for spec in optional_columns() {
+            attributes.set(spec.attribute, row.try_get(spec.column)?);
+        }
+        attributes.set(Attribute::Manager, row.try_get("manager_username")?);
+        Ok(Self {
+            id: row.try_get("id")?,
+            username: row.try_get("username")?,
+            email: row.try_get("email")?,
+            firstname: row.try_get("firstname")?,
+            lastname: row.try_get("lastname")?,
+            attributes,
+            manager_id: row.try_get("manager_id")?,
+            state: row.try_get("state")?,
+            password_hash: row.try_get("password_hash")?,
+            password_changed_at: row.try_get("password_changed_at")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            immutable_id: row.try_get("immutable_id")?,
+            user_principal_name: row.try_get("user_principal_name")?,
+            binding_state: row.try_get("binding_state")?,
+            password_pushed: row.try_get("password_pushed")?,
+        })
+    }
+}
+
 /// Every stored attribute of a user, written whole on create and update.
 #[derive(Debug, Clone, Default)]
 pub struct UserWrite {
@@ -43,19 +65,18 @@ pub struct UserWrite {
     pub email: String,
     pub firstname: String,
     pub lastname: String,
-    pub alternate_email: Option<String>,
-    pub job_title: Option<String>,
-    pub department: Option<String>,
-    pub location: Option<String>,
+    /// The optional attributes with a column of their own (the manager is `manager_id`).
+    pub attributes: AttributeValues,
     pub manager_id: Option<String>,
-    pub work_street_address: Option<String>,
-    pub work_locality: Option<String>,
-    pub work_region: Option<String>,
-    pub work_postal_code: Option<String>,
-    pub work_country: Option<String>,
-    pub phone_work: Option<String>,
-    pub phone_mobile: Option<String>,
     pub state: String,
+}
+
+/// The optional attributes stored as text in a column of their own (every optional one but the
+/// manager, which is a user reference).
+fn optional_columns() -> impl Iterator<Item = &'static AttributeSpec> {
+    CATALOGUE
+        .iter()
+        .filter(|s| s.is_optional() && s.kind != Kind::UserRef)
 }
 
 /// A page of the user list.
@@ -66,13 +87,28 @@ pub struct UserListQuery {
     pub offset: i64,
 }
 
-/// Columns of [`UserRow`], to be used with [`USER_JOINS`].
-pub(super) const USER_COLUMNS: &str = "u.id, u.username, u.email, u.firstname, u.lastname, \
-    u.alternate_email, u.job_title, u.department, u.location, u.manager_id, \
-    m.username AS manager_username, u.work_street_address, u.work_locality, u.work_region, \
-    u.work_postal_code, u.work_country, u.phone_work, u.phone_mobile, u.state, u.password_hash, \
-    u.password_changed_at, u.created_at, u.updated_at, b.immutable_id, b.user_principal_name, \
-    b.state AS binding_state, b.password_pushed";
+/// Columns of [`UserRow`], to be used with [`USER_JOINS`] (the attribute columns come from
+/// the catalogue).
+pub(super) static USER_COLUMNS: UserColumns = UserColumns;
+
+/// Writes the column list of [`UserRow`].
+pub(super) struct UserColumns;
+
+impl std::fmt::Display for UserColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "u.id, u.username, u.email, u.firstname, u.lastname, u.manager_id, \
+             m.username AS manager_username, u.state, u.password_hash, u.password_changed_at, \
+             u.created_at, u.updated_at, b.immutable_id, b.user_principal_name, \
+             b.state AS binding_state, b.password_pushed",
+        )?;
+        for spec in optional_columns() {
+            write!(f, ", u.{}", spec.column)?;
+        }
+        Ok(())
+    }
+}
+
 /// Joins that [`USER_COLUMNS`] needs, after `FROM users u`.
 pub(super) const USER_JOINS: &str = "LEFT JOIN users m ON m.id = u.manager_id \
     LEFT JOIN m365_bindings b ON b.user_id = u.id";
@@ -294,39 +330,34 @@ impl Store {
         event: &NewEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let columns: Vec<&str> = optional_columns().map(|s| s.column).collect();
+        // $1..$13 are the fixed columns; the attribute columns follow.
+        let params: Vec<String> = (14..14 + columns.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
             "INSERT INTO users (id, username, username_key, email, email_key, firstname, lastname, \
-             alternate_email, job_title, department, location, manager_id, work_street_address, \
-             work_locality, work_region, work_postal_code, work_country, phone_work, phone_mobile, \
-             state, password_hash, password_changed_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $23, $23)",
-        )
-        .bind(&user.id)
-        .bind(&user.username)
-        .bind(user.username.to_lowercase())
-        .bind(&user.email)
-        .bind(user.email.to_lowercase())
-        .bind(&user.firstname)
-        .bind(&user.lastname)
-        .bind(&user.alternate_email)
-        .bind(&user.job_title)
-        .bind(&user.department)
-        .bind(&user.location)
-        .bind(&user.manager_id)
-        .bind(&user.work_street_address)
-        .bind(&user.work_locality)
-        .bind(&user.work_region)
-        .bind(&user.work_postal_code)
-        .bind(&user.work_country)
-        .bind(&user.phone_work)
-        .bind(&user.phone_mobile)
-        .bind(&user.state)
-        .bind(password_hash)
-        .bind(password_hash.map(|_| now_ms))
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+             manager_id, state, password_hash, password_changed_at, created_at, updated_at{}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13{})",
+            columns.iter().map(|c| format!(", {c}")).collect::<String>(),
+            params.iter().map(|p| format!(", {p}")).collect::<String>(),
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&user.id)
+            .bind(&user.username)
+            .bind(user.username.to_lowercase())
+            .bind(&user.email)
+            .bind(user.email.to_lowercase())
+            .bind(&user.firstname)
+            .bind(&user.lastname)
+            .bind(&user.manager_id)
+            .bind(&user.state)
+            .bind(password_hash)
+            .bind(password_hash.map(|_| now_ms))
+            .bind(now_ms)
+            .bind(now_ms);
+        for spec in optional_columns() {
+            query = query.bind(user.attributes.get(spec.attribute).map(str::to_string));
+        }
+        query.execute(&mut *tx).await?;
         if let Some(hash) = password_hash {
             sqlx::query(
                 "INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)",
@@ -356,36 +387,31 @@ impl Store {
         sync: &[OutboxJob],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let sets: String = optional_columns()
+            .enumerate()
+            .map(|(i, s)| format!(", {} = ${}", s.column, i + 11))
+            .collect();
+        // $1..$10 are the fixed columns; the attribute columns follow.
+        let sql = format!(
             "UPDATE users SET username = $2, username_key = $3, email = $4, email_key = $5, \
-             firstname = $6, lastname = $7, alternate_email = $8, job_title = $9, department = $10, \
-             location = $11, manager_id = $12, work_street_address = $13, work_locality = $14, \
-             work_region = $15, work_postal_code = $16, work_country = $17, phone_work = $18, \
-             phone_mobile = $19, state = $20, updated_at = $21 WHERE id = $1",
-        )
-        .bind(&user.id)
-        .bind(&user.username)
-        .bind(user.username.to_lowercase())
-        .bind(&user.email)
-        .bind(user.email.to_lowercase())
-        .bind(&user.firstname)
-        .bind(&user.lastname)
-        .bind(&user.alternate_email)
-        .bind(&user.job_title)
-        .bind(&user.department)
-        .bind(&user.location)
-        .bind(&user.manager_id)
-        .bind(&user.work_street_address)
-        .bind(&user.work_locality)
-        .bind(&user.work_region)
-        .bind(&user.work_postal_code)
-        .bind(&user.work_country)
-        .bind(&user.phone_work)
-        .bind(&user.phone_mobile)
-        .bind(&user.state)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+             firstname = $6, lastname = $7, manager_id = $8, state = $9, updated_at = $10{sets} \
+             WHERE id = $1"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&user.id)
+            .bind(&user.username)
+            .bind(user.username.to_lowercase())
+            .bind(&user.email)
+            .bind(user.email.to_lowercase())
+            .bind(&user.firstname)
+            .bind(&user.lastname)
+            .bind(&user.manager_id)
+            .bind(&user.state)
+            .bind(now_ms);
+        for spec in optional_columns() {
+            query = query.bind(user.attributes.get(spec.attribute).map(str::to_string));
+        }
+        query.execute(&mut *tx).await?;
         if user.state != "active" {
             // A suspended user must not keep signing in through an existing session.
             sqlx::query("DELETE FROM sso_sessions WHERE user_id = $1")

@@ -18,9 +18,9 @@ await run('console_flows', async (page, step, dialogs) => {
     await atPath(page, '/admin/users/new');
     // Labels read "Username (username) *"; "Manager (username)" also contains "username".
     await page.getByLabel(/^Username/).fill('dana');
-    await page.getByLabel(/^Company email/).fill('dana@contoso.com');
-    await page.getByLabel(/^First name/).fill('Dana');
-    await page.getByLabel(/^Last name/).fill('Scully');
+    await page.getByLabel(/^Company email/i).fill('dana@contoso.com');
+    await page.getByLabel(/^First name/i).fill('Dana');
+    await page.getByLabel(/^Last name/i).fill('Scully');
     await page.getByRole('button', { name: 'Create user' }).click();
     await page.getByRole('status').filter({ hasText: 'User dana was created' }).waitFor();
     const heading = page.getByRole('heading', { level: 1 });

@@ -683,13 +683,41 @@ async fn users_are_created_listed_read_changed_suspended_and_deleted() {
         .send(
             "PATCH",
             "/api/v1/users/alice",
-            Some(json!({"department": "Sales", "workCountry": "NL", "phoneMobile": "+31 6 1234 5678"})),
+            Some(json!({
+                "department": "Sales",
+                "addresses": {"work": {"country": "NL"}},
+                "phoneNumbers": {"mobile": {"number": "+31 6 1234 5678"}},
+            })),
         )
         .await;
     assert_eq!(changed.status, 200, "{}", changed.text);
     assert_eq!(changed.json["department"], "Sales");
     assert_eq!(changed.json["addresses"]["work"]["country"], "NL");
-    assert_eq!(changed.json["phoneNumbers"]["mobile"], "+31 6 1234 5678");
+    assert_eq!(
+        changed.json["phoneNumbers"]["mobile"]["number"],
+        "+31 6 1234 5678"
+    );
+    // Older spellings still work on input: flat camelCase and dotted keys.
+    let older = api
+        .send(
+            "PATCH",
+            "/api/v1/users/alice",
+            Some(json!({"workCountry": "BE", "phoneNumbers.work.number": "+32 2 123"})),
+        )
+        .await;
+    assert_eq!(older.status, 200, "{}", older.text);
+    assert_eq!(older.json["addresses"]["work"]["country"], "BE");
+    assert_eq!(older.json["phoneNumbers"]["work"]["number"], "+32 2 123");
+    api.send(
+        "PATCH",
+        "/api/v1/users/alice",
+        Some(json!({"addresses": {"home": {"city": "x"}}})),
+    )
+    .await
+    .error(422, "validation_failed", Some("addresses.home.city"));
+    api.send("PATCH", "/api/v1/users/alice", Some(json!({"jobTitle": 5})))
+        .await
+        .error(422, "validation_failed", Some("jobTitle"));
     let cleared = api
         .send(
             "PATCH",

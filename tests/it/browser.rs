@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use idbridge::directory::{AdminRole, UserChanges};
+use idbridge::directory::{AdminRole, Attribute, UserChanges};
 use idbridge::events::Actor;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -207,23 +207,21 @@ async fn screenshots_of_every_console_page() {
             ..FakeUserSpec::default()
         });
     }
-    let alice = UserChanges {
-        username: Some("alice".into()),
-        email: Some("alice@contoso.com".into()),
-        firstname: Some("Alice".into()),
-        lastname: Some("Andersson".into()),
-        alternate_email: Some("alice.a@example.org".into()),
-        job_title: Some("Head of Finance".into()),
-        department: Some("Finance".into()),
-        location: Some("Stockholm".into()),
-        work_street_address: Some("Kungsgatan 1".into()),
-        work_locality: Some("Stockholm".into()),
-        work_postal_code: Some("111 43".into()),
-        work_country: Some("SE".into()),
-        phone_work: Some("+46 8 123 456".into()),
-        phone_mobile: Some("+46 70 123 4567".into()),
-        ..UserChanges::default()
-    };
+    let alice = UserChanges::new()
+        .with(Attribute::Username, "alice")
+        .with(Attribute::Email, "alice@contoso.com")
+        .with(Attribute::Firstname, "Alice")
+        .with(Attribute::Lastname, "Andersson")
+        .with(Attribute::AlternateEmail, "alice.a@example.org")
+        .with(Attribute::JobTitle, "Head of Finance")
+        .with(Attribute::Department, "Finance")
+        .with(Attribute::Location, "Stockholm")
+        .with(Attribute::WorkStreetAddress, "Kungsgatan 1")
+        .with(Attribute::WorkLocality, "Stockholm")
+        .with(Attribute::WorkPostalCode, "111 43")
+        .with(Attribute::WorkCountry, "SE")
+        .with(Attribute::WorkPhone, "+46 8 123 456")
+        .with(Attribute::MobilePhone, "+46 70 123 4567");
     app.state()
         .directory
         .create_user(&Actor::System, &alice, None, Utc::now())

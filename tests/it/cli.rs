@@ -5,6 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use idbridge::directory::Attribute;
+
 use crate::support::binary;
 
 /// Runs the binary in `dir` (so the default `data/` and `certs/` land there) with stdin text.
@@ -258,7 +260,16 @@ fn every_command_has_help() {
         assert!(out.contains("Usage:"), "{args:?}");
     }
     let add = ok(idbridge(dir.path(), &["user", "add", "--help"], "", &[]));
-    assert!(add.contains("--work-postal-code") && add.contains("--phone-mobile"));
+    // One flag per attribute of the catalogue, named by its product name.
+    for spec in idbridge::directory::CATALOGUE {
+        if spec.name != "username" {
+            assert!(
+                add.contains(&format!("--{} <", spec.name)),
+                "{}: {add}",
+                spec.name
+            );
+        }
+    }
 }
 
 #[test]
@@ -544,13 +555,11 @@ async fn a_killed_server_loses_and_duplicates_nothing() {
     let directory =
         idbridge::directory::Directory::new(store.clone(), config.password_policy.clone());
     for i in 0..USERS {
-        let changes = idbridge::directory::UserChanges {
-            username: Some(format!("k{i:03}")),
-            email: Some(format!("k{i:03}@contoso.com")),
-            firstname: Some("Kill".into()),
-            lastname: Some(format!("{i:03}")),
-            ..Default::default()
-        };
+        let changes = idbridge::directory::UserChanges::new()
+            .with(Attribute::Username, format!("k{i:03}"))
+            .with(Attribute::Email, format!("k{i:03}@contoso.com"))
+            .with(Attribute::Firstname, "Kill")
+            .with(Attribute::Lastname, format!("{i:03}"));
         directory
             .create_user(
                 &idbridge::events::Actor::System,

@@ -1,7 +1,7 @@
 //! The user directory through the real store: validation, uniqueness, policy, events.
 
 use chrono::{Duration, Utc};
-use idbridge::directory::{DirectoryError, PolicyViolation, UserChanges};
+use idbridge::directory::{Attribute, DirectoryError, PolicyViolation, UserChanges};
 use idbridge::events::Actor;
 use secrecy::SecretString;
 
@@ -12,13 +12,11 @@ fn pw(s: &str) -> SecretString {
 }
 
 fn new_user(username: &str, email: &str) -> UserChanges {
-    UserChanges {
-        username: Some(username.into()),
-        email: Some(email.into()),
-        firstname: Some("Ada".into()),
-        lastname: Some("Lovelace".into()),
-        ..UserChanges::default()
-    }
+    UserChanges::new()
+        .with(Attribute::Username, username)
+        .with(Attribute::Email, email)
+        .with(Attribute::Firstname, "Ada")
+        .with(Attribute::Lastname, "Lovelace")
 }
 
 async fn count(app: &TestApp) -> i64 {
@@ -32,21 +30,19 @@ async fn every_seed_004_attribute_is_stored_and_shown() {
     let boss = app
         .create_user("boss", "boss@contoso.com", "Chief pw 1!x")
         .await;
-    let changes = UserChanges {
-        alternate_email: Some("ada@home.example".into()),
-        job_title: Some("Engineer".into()),
-        department: Some("R&D".into()),
-        location: Some("Building 7".into()),
-        manager: Some(boss.username.clone()),
-        work_street_address: Some("1 Main St".into()),
-        work_locality: Some("Springfield".into()),
-        work_region: Some("IL".into()),
-        work_postal_code: Some("62701".into()),
-        work_country: Some("US".into()),
-        phone_work: Some("+1 555 0100".into()),
-        phone_mobile: Some("+1 555 0199".into()),
-        ..new_user("ada", "Ada@Contoso.com")
-    };
+    let changes = new_user("ada", "Ada@Contoso.com")
+        .with(Attribute::AlternateEmail, "ada@home.example")
+        .with(Attribute::JobTitle, "Engineer")
+        .with(Attribute::Department, "R&D")
+        .with(Attribute::Location, "Building 7")
+        .with(Attribute::Manager, boss.username.clone())
+        .with(Attribute::WorkStreetAddress, "1 Main St")
+        .with(Attribute::WorkLocality, "Springfield")
+        .with(Attribute::WorkRegion, "IL")
+        .with(Attribute::WorkPostalCode, "62701")
+        .with(Attribute::WorkCountry, "US")
+        .with(Attribute::WorkPhone, "+1 555 0100")
+        .with(Attribute::MobilePhone, "+1 555 0199");
     let user = dir
         .create_user(
             &Actor::System,
@@ -70,8 +66,8 @@ async fn every_seed_004_attribute_is_stored_and_shown() {
     assert_eq!(json["addresses"]["work"]["region"], "IL");
     assert_eq!(json["addresses"]["work"]["postalCode"], "62701");
     assert_eq!(json["addresses"]["work"]["country"], "US");
-    assert_eq!(json["phoneNumbers"]["work"], "+1 555 0100");
-    assert_eq!(json["phoneNumbers"]["mobile"], "+1 555 0199");
+    assert_eq!(json["phoneNumbers"]["work"]["number"], "+1 555 0100");
+    assert_eq!(json["phoneNumbers"]["mobile"]["number"], "+1 555 0199");
     assert_eq!(json["state"], "active");
     assert_eq!(json["hasPassword"], true);
     assert!(json.get("passwordHash").is_none());
@@ -81,16 +77,13 @@ async fn every_seed_004_attribute_is_stored_and_shown() {
         .update_user(
             &Actor::System,
             "ada",
-            &UserChanges {
-                department: Some(String::new()),
-                ..UserChanges::default()
-            },
+            &UserChanges::new().with(Attribute::Department, String::new()),
             Utc::now(),
         )
         .await
         .unwrap();
-    assert_eq!(cleared.department, None);
-    assert_eq!(cleared.job_title.as_deref(), Some("Engineer"));
+    assert_eq!(cleared.get(Attribute::Department), None);
+    assert_eq!(cleared.get(Attribute::JobTitle), Some("Engineer"));
     // Lookup by email is case-insensitive.
     assert_eq!(dir.get_user("ada@contoso.COM").await.unwrap().id, user.id);
 }
@@ -139,10 +132,7 @@ async fn duplicates_are_refused_and_change_nothing() {
         .update_user(
             &Actor::System,
             "bob",
-            &UserChanges {
-                email: Some("ann@contoso.com".into()),
-                ..UserChanges::default()
-            },
+            &UserChanges::new().with(Attribute::Email, "ann@contoso.com"),
             Utc::now(),
         )
         .await
@@ -159,40 +149,22 @@ async fn invalid_input_names_the_field_and_changes_nothing() {
         (new_user("x", "not-an-email"), "email"),
         (new_user("bad name", "x@contoso.com"), "username"),
         (
-            UserChanges {
-                department: Some("d".repeat(65)),
-                ..new_user("y", "y@contoso.com")
-            },
+            new_user("y", "y@contoso.com").with(Attribute::Department, "d".repeat(65)),
             "department",
         ),
         (
-            UserChanges {
-                firstname: Some("f".repeat(65)),
-                ..new_user("z", "z@contoso.com")
-            },
+            new_user("z", "z@contoso.com").with(Attribute::Firstname, "f".repeat(65)),
             "firstname",
         ),
         (
-            UserChanges {
-                job_title: Some("bad\u{1}title".into()),
-                ..new_user("w", "w@contoso.com")
-            },
+            new_user("w", "w@contoso.com").with(Attribute::JobTitle, "bad\u{1}title"),
             "jobTitle",
         ),
         (
-            UserChanges {
-                alternate_email: Some("nope".into()),
-                ..new_user("v", "v@contoso.com")
-            },
+            new_user("v", "v@contoso.com").with(Attribute::AlternateEmail, "nope"),
             "alternateEmail",
         ),
-        (
-            UserChanges {
-                email: None,
-                ..new_user("u", "")
-            },
-            "email",
-        ),
+        (new_user("u", ""), "email"),
     ];
     for (changes, field) in cases {
         let err = dir
@@ -207,10 +179,7 @@ async fn invalid_input_names_the_field_and_changes_nothing() {
     let err = dir
         .create_user(
             &Actor::System,
-            &UserChanges {
-                manager: Some("ghost".into()),
-                ..new_user("m", "m@contoso.com")
-            },
+            &new_user("m", "m@contoso.com").with(Attribute::Manager, "ghost"),
             None,
             Utc::now(),
         )
@@ -321,10 +290,7 @@ async fn admin_changes_are_recorded_with_actor_and_target() {
     dir.update_user(
         &actor,
         "erin",
-        &UserChanges {
-            job_title: Some("CFO".into()),
-            ..UserChanges::default()
-        },
+        &UserChanges::new().with(Attribute::JobTitle, "CFO"),
         Utc::now(),
     )
     .await

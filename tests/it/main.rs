@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod attributes;
 mod browser;
 mod cli;
 mod console;

@@ -1,7 +1,7 @@
 //! Binding users to Microsoft 365 and keeping them in sync, against the Graph fake.
 
 use chrono::Utc;
-use idbridge::directory::{User, UserChanges};
+use idbridge::directory::{Attribute, User, UserChanges};
 use idbridge::events::Actor;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -244,23 +244,21 @@ async fn every_exported_attribute_reaches_m365_at_bind_and_on_change() {
     change(
         &app,
         "gina",
-        UserChanges {
-            firstname: Some("Gina".into()),
-            lastname: Some("Ruiz".into()),
-            work_country: Some("NL".into()),
-            work_locality: Some("Utrecht".into()),
-            work_postal_code: Some("3511 AB".into()),
-            work_region: Some("UT".into()),
-            work_street_address: Some("Oudegracht 1".into()),
-            alternate_email: Some("gina@home.example".into()),
-            department: Some("Finance".into()),
-            job_title: Some("Controller".into()),
-            location: Some("HQ 3.14".into()),
-            manager: Some("boss".into()),
-            phone_mobile: Some("+31 6 1234 5678".into()),
-            phone_work: Some("+31 30 123 4567".into()),
-            ..UserChanges::default()
-        },
+        UserChanges::new()
+            .with(Attribute::Firstname, "Gina")
+            .with(Attribute::Lastname, "Ruiz")
+            .with(Attribute::WorkCountry, "NL")
+            .with(Attribute::WorkLocality, "Utrecht")
+            .with(Attribute::WorkPostalCode, "3511 AB")
+            .with(Attribute::WorkRegion, "UT")
+            .with(Attribute::WorkStreetAddress, "Oudegracht 1")
+            .with(Attribute::AlternateEmail, "gina@home.example")
+            .with(Attribute::Department, "Finance")
+            .with(Attribute::JobTitle, "Controller")
+            .with(Attribute::Location, "HQ 3.14")
+            .with(Attribute::Manager, "boss")
+            .with(Attribute::MobilePhone, "+31 6 1234 5678")
+            .with(Attribute::WorkPhone, "+31 30 123 4567"),
     )
     .await;
     bind(&app, &["boss"]).await;
@@ -296,14 +294,12 @@ async fn every_exported_attribute_reaches_m365_at_bind_and_on_change() {
     change(
         &app,
         "gina",
-        UserChanges {
-            lastname: Some("Ruiz-Smit".into()),
-            department: Some("Treasury".into()),
-            phone_work: Some(String::new()),
-            alternate_email: Some("g.ruiz@home.example".into()),
-            manager: Some(String::new()),
-            ..UserChanges::default()
-        },
+        UserChanges::new()
+            .with(Attribute::Lastname, "Ruiz-Smit")
+            .with(Attribute::Department, "Treasury")
+            .with(Attribute::WorkPhone, String::new())
+            .with(Attribute::AlternateEmail, "g.ruiz@home.example")
+            .with(Attribute::Manager, String::new()),
     )
     .await;
     settled(&app, "gina", "bound").await;
@@ -321,10 +317,7 @@ async fn every_exported_attribute_reaches_m365_at_bind_and_on_change() {
     change(
         &app,
         "gina",
-        UserChanges {
-            email: Some("gina.ruiz@contoso.com".into()),
-            ..UserChanges::default()
-        },
+        UserChanges::new().with(Attribute::Email, "gina.ruiz@contoso.com"),
     )
     .await;
     settled(&app, "gina", "bound").await;
@@ -346,11 +339,9 @@ async fn excluded_attributes_stay_as_they_are_in_m365() {
     change(
         &app,
         "hank",
-        UserChanges {
-            job_title: Some("Set here".into()),
-            department: Some("Here dept".into()),
-            ..UserChanges::default()
-        },
+        UserChanges::new()
+            .with(Attribute::JobTitle, "Set here")
+            .with(Attribute::Department, "Here dept"),
     )
     .await;
     bind(&app, &["hank"]).await;
@@ -359,10 +350,7 @@ async fn excluded_attributes_stay_as_they_are_in_m365() {
     change(
         &app,
         "hank",
-        UserChanges {
-            job_title: Some("Changed here".into()),
-            ..UserChanges::default()
-        },
+        UserChanges::new().with(Attribute::JobTitle, "Changed here"),
     )
     .await;
     settled(&app, "hank", "bound").await;
@@ -470,14 +458,21 @@ async fn imported_attributes_follow_changes_made_in_m365() {
     let updated = sync.import_round(Utc::now()).await.unwrap();
     assert_eq!(updated, 1);
     let ivy = user(&app, "ivy").await;
-    assert_eq!(ivy.job_title.as_deref(), Some("CFO"));
-    assert_eq!(ivy.manager.as_deref(), Some("jack"));
-    assert_eq!(ivy.department, None, "department is excluded");
+    assert_eq!(ivy.get(Attribute::JobTitle), Some("CFO"));
+    assert_eq!(ivy.get(Attribute::Manager), Some("jack"));
+    assert_eq!(
+        ivy.get(Attribute::Department),
+        None,
+        "department is excluded"
+    );
 
     // Later rounds read only changes (the deltaLink is kept).
     fake.set_user_property("ivy@contoso.com", "jobTitle", json!("CEO"));
     assert_eq!(sync.import_round(Utc::now()).await.unwrap(), 1);
-    assert_eq!(user(&app, "ivy").await.job_title.as_deref(), Some("CEO"));
+    assert_eq!(
+        user(&app, "ivy").await.get(Attribute::JobTitle),
+        Some("CEO")
+    );
     assert_eq!(sync.import_round(Utc::now()).await.unwrap(), 0);
     let events = app.events("user_update").await;
     let details: Value = serde_json::from_str(&events[0].details).unwrap();
@@ -490,7 +485,10 @@ async fn imported_attributes_follow_changes_made_in_m365() {
         .unwrap();
     fake.set_user_property("ivy@contoso.com", "jobTitle", json!("Retired"));
     sync.import_round(Utc::now()).await.unwrap();
-    assert_eq!(user(&app, "ivy").await.job_title.as_deref(), Some("CEO"));
+    assert_eq!(
+        user(&app, "ivy").await.get(Attribute::JobTitle),
+        Some("CEO")
+    );
 }
 
 #[tokio::test]
@@ -729,10 +727,7 @@ async fn a_graph_400_fails_only_that_user_with_graphs_message() {
     change(
         &app,
         "pat",
-        UserChanges {
-            email: Some("pat@contoso.com".into()),
-            ..UserChanges::default()
-        },
+        UserChanges::new().with(Attribute::Email, "pat@contoso.com"),
     )
     .await;
     bind(&app, &["pat"]).await;
@@ -751,10 +746,7 @@ async fn retries_are_bounded_then_the_job_is_failed_and_can_be_retried() {
     change(
         &app,
         "rosa",
-        UserChanges {
-            firstname: Some("Rosalind".into()),
-            ..UserChanges::default()
-        },
+        UserChanges::new().with(Attribute::Firstname, "Rosalind"),
     )
     .await;
     let rosa = user(&app, "rosa").await;
@@ -798,10 +790,7 @@ async fn a_user_deleted_in_m365_stays_here_and_rebinding_waits_for_the_address()
     change(
         &app,
         "sam",
-        UserChanges {
-            lastname: Some("Changed".into()),
-            ..UserChanges::default()
-        },
+        UserChanges::new().with(Attribute::Lastname, "Changed"),
     )
     .await;
     let sam = settled(&app, "sam", "failed").await;
@@ -876,10 +865,7 @@ async fn a_refused_token_pauses_sync_shows_reconnect_and_reconnecting_resumes_it
     change(
         &app,
         "uma",
-        UserChanges {
-            lastname: Some("Waiting".into()),
-            ..UserChanges::default()
-        },
+        UserChanges::new().with(Attribute::Lastname, "Waiting"),
     )
     .await;
     eventually("connection shows reconnect", || async {

@@ -135,7 +135,8 @@ fn not_json(err: &serde_json::Error) -> ApiError {
 fn named_field(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("unknown field `")
-        .or_else(|| message.strip_prefix("missing field `"))?;
+        .or_else(|| message.strip_prefix("missing field `"))
+        .or_else(|| message.strip_prefix("invalid type for field `"))?;
     rest.split('`').next().map(str::to_string)
 }
 

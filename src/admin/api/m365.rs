@@ -623,7 +623,7 @@ async fn set_attribute(
     ApiJson(body): ApiJson<DirectionChange>,
 ) -> Result<Json<AttributeChange>, ApiError> {
     let name = attribute.trim();
-    let name = name.strip_suffix(".number").unwrap_or(name);
+    let name = crate::attributes::Attribute::parse(name).map_or(name, |a| a.name());
     let mapping = MAPPINGS
         .iter()
         .find(|m| {

@@ -5,13 +5,20 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
 use secrecy::SecretString;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde_json::{Map, Value};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{ApiJson, ApiQuery};
 use super::schema::{int_param, ErrorResponse};
+use crate::attributes::{self, Kind, Presence, CATALOGUE};
 use crate::directory::{self, millis_to_rfc3339, UserChanges, UserState};
 use crate::m365::sync::{FailedJob, UserSyncStatus};
 use crate::server::AppState;
@@ -27,27 +34,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(set_password))
 }
 
-/// A user, with the attribute names of the Microsoft 365 attribute tables (as
-/// `idbridge user show --json` prints it).
+/// A user, with the catalogue's attribute names (nested at their dots) as
+/// `idbridge user show --json` prints it.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: String,
-    pub username: String,
-    /// Company email; the Microsoft 365 userPrincipalName.
-    pub email: String,
-    pub firstname: String,
-    pub lastname: String,
+    #[serde(flatten)]
+    pub attributes: UserAttributes,
     /// First and last name (the username when both are empty).
     pub display_name: String,
-    pub alternate_email: Option<String>,
-    pub job_title: Option<String>,
-    pub department: Option<String>,
-    pub location: Option<String>,
-    /// The manager's username.
-    pub manager: Option<String>,
-    pub addresses: Addresses,
-    pub phone_numbers: PhoneNumbers,
     #[schema(value_type = UserStateName)]
     pub state: &'static str,
     pub has_password: bool,
@@ -70,28 +66,108 @@ pub enum UserStateName {
     Suspended,
 }
 
-/// A user's addresses.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Addresses {
-    pub work: WorkAddress,
+/// Every attribute of the catalogue, nested at the dots of its name; optional ones are null
+/// when not set.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct UserAttributes(Map<String, Value>);
+
+impl PartialSchema for UserAttributes {
+    fn schema() -> RefOr<Schema> {
+        attribute_schema(Use::Read)
+    }
 }
 
-/// The work address.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkAddress {
-    pub street_address: Option<String>,
-    pub locality: Option<String>,
-    pub region: Option<String>,
-    pub postal_code: Option<String>,
-    pub country: Option<String>,
+impl ToSchema for UserAttributes {
+    fn name() -> Cow<'static, str> {
+        "UserAttributes".into()
+    }
 }
 
-/// Phone numbers.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PhoneNumbers {
-    pub work: Option<String>,
-    pub mobile: Option<String>,
+/// Which body an attribute schema describes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Answers: every attribute present; optional ones may be null.
+    Read,
+    /// A new user: `username` and `email` required, `password` allowed.
+    Create,
+    /// Changes: every attribute may be left out or null.
+    Update,
+}
+
+/// The OpenAPI schema of the attributes for `to`, built from the catalogue.
+fn attribute_schema(to: Use) -> RefOr<Schema> {
+    // Nested objects by name path: (properties, required names) per level.
+    #[derive(Default)]
+    struct Level {
+        leaves: Vec<(String, RefOr<Schema>, bool)>,
+        children: BTreeMap<String, Level>,
+    }
+    fn build(level: Level, to: Use) -> RefOr<Schema> {
+        let mut object = ObjectBuilder::new();
+        for (name, schema, required) in level.leaves {
+            object = object.property(&name, schema);
+            if required {
+                object = object.required(&name);
+            }
+        }
+        for (name, child) in level.children {
+            object = object.property(&name, build(child, to));
+            if to == Use::Read {
+                object = object.required(&name);
+            }
+        }
+        RefOr::T(Schema::Object(object.build()))
+    }
+    let mut root = Level::default();
+    for spec in CATALOGUE {
+        let nullable = to != Use::Read || spec.is_optional();
+        let mut text = ObjectBuilder::new()
+            .schema_type(if nullable {
+                SchemaType::from_iter([Type::String, Type::Null])
+            } else {
+                SchemaType::new(Type::String)
+            })
+            .description(Some(spec.description()));
+        if spec.kind != Kind::UserRef {
+            text = text.max_length(Some(spec.max));
+        }
+        if spec.kind == Kind::Email {
+            text = text.format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)));
+        }
+        let required = match to {
+            Use::Read => true,
+            Use::Create => spec.presence == Presence::Required,
+            Use::Update => false,
+        };
+        let mut parts: Vec<&str> = spec.name.split('.').collect();
+        let leaf = parts.pop().unwrap_or(spec.name);
+        let mut level = &mut root;
+        for part in parts {
+            level = level.children.entry(part.to_string()).or_default();
+        }
+        level.leaves.push((
+            leaf.to_string(),
+            RefOr::T(Schema::Object(text.build())),
+            required,
+        ));
+    }
+    if to == Use::Create {
+        root.leaves.push((
+            "password".into(),
+            RefOr::T(Schema::Object(
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Password)))
+                    .description(Some(
+                        "The first password (optional; without one the user cannot sign in yet).",
+                    ))
+                    .build(),
+            )),
+            false,
+        ));
+    }
+    build(root, to)
 }
 
 /// The binding summary on a user.
@@ -109,29 +185,8 @@ impl From<&directory::User> for User {
     fn from(u: &directory::User) -> Self {
         Self {
             id: u.id.clone(),
-            username: u.username.clone(),
-            email: u.email.clone(),
-            firstname: u.firstname.clone(),
-            lastname: u.lastname.clone(),
+            attributes: UserAttributes(u.attributes_json()),
             display_name: u.display_name(),
-            alternate_email: u.alternate_email.clone(),
-            job_title: u.job_title.clone(),
-            department: u.department.clone(),
-            location: u.location.clone(),
-            manager: u.manager.clone(),
-            addresses: Addresses {
-                work: WorkAddress {
-                    street_address: u.work_street_address.clone(),
-                    locality: u.work_locality.clone(),
-                    region: u.work_region.clone(),
-                    postal_code: u.work_postal_code.clone(),
-                    country: u.work_country.clone(),
-                },
-            },
-            phone_numbers: PhoneNumbers {
-                work: u.phone_work.clone(),
-                mobile: u.phone_mobile.clone(),
-            },
             state: u.state.as_str(),
             has_password: u.has_password(),
             password_changed_at: u.password_changed_at.map(millis_to_rfc3339),
@@ -281,72 +336,80 @@ async fn list_users(
     }))
 }
 
-macro_rules! user_body {
-    ($(#[$meta:meta])* $name:ident { $($extra:tt)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Default, Deserialize, ToSchema)]
-        #[serde(deny_unknown_fields, rename_all = "camelCase")]
-        pub struct $name {
-            pub username: Option<String>,
-            /// Company email; becomes the Microsoft 365 userPrincipalName.
-            pub email: Option<String>,
-            pub firstname: Option<String>,
-            pub lastname: Option<String>,
-            pub alternate_email: Option<String>,
-            pub job_title: Option<String>,
-            pub department: Option<String>,
-            pub location: Option<String>,
-            /// The manager's username.
-            pub manager: Option<String>,
-            pub work_street_address: Option<String>,
-            pub work_locality: Option<String>,
-            pub work_region: Option<String>,
-            pub work_postal_code: Option<String>,
-            pub work_country: Option<String>,
-            pub phone_work: Option<String>,
-            pub phone_mobile: Option<String>,
-            $($extra)*
-        }
-
-        impl $name {
-            fn changes(&self) -> UserChanges {
-                UserChanges {
-                    username: self.username.clone(),
-                    email: self.email.clone(),
-                    firstname: self.firstname.clone(),
-                    lastname: self.lastname.clone(),
-                    alternate_email: self.alternate_email.clone(),
-                    job_title: self.job_title.clone(),
-                    department: self.department.clone(),
-                    location: self.location.clone(),
-                    manager: self.manager.clone(),
-                    work_street_address: self.work_street_address.clone(),
-                    work_locality: self.work_locality.clone(),
-                    work_region: self.work_region.clone(),
-                    work_postal_code: self.work_postal_code.clone(),
-                    work_country: self.work_country.clone(),
-                    phone_work: self.phone_work.clone(),
-                    phone_mobile: self.phone_mobile.clone(),
-                }
-            }
-        }
-    };
+/// A new user: `username` and `email` are required; `password`, if given, must pass the
+/// password policy. Attributes are named as in answers (nested at the dots, or as dotted keys).
+#[derive(Debug, Default)]
+pub struct NewUser {
+    changes: UserChanges,
+    password: Option<String>,
 }
 
-user_body! {
-    /// A new user: `username` and `email` are required; `password`, if given, must pass the
-    /// password policy.
-    NewUser {
-        /// The first password (optional; without one the user cannot sign in yet).
-        #[schema(format = Password)]
-        pub password: Option<String>,
+/// Attribute changes: an attribute left out (or null) stays as it is; an empty string clears an
+/// optional one. Named as in answers (nested at the dots, or as dotted keys).
+#[derive(Debug, Default)]
+pub struct UserUpdate {
+    changes: UserChanges,
+}
+
+/// The changes of a JSON body's attributes (what is left after the caller took its own keys).
+fn changes_from<E: serde::de::Error>(body: &Map<String, Value>) -> Result<UserChanges, E> {
+    let mut changes = UserChanges::new();
+    for (attribute, value) in attributes::from_json(body).map_err(E::custom)? {
+        changes.set(attribute, value);
+    }
+    Ok(changes)
+}
+
+impl<'de> Deserialize<'de> for NewUser {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut body = Map::<String, Value>::deserialize(d)?;
+        let password = match body.remove("password") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) => Some(p),
+            Some(_) => {
+                return Err(serde::de::Error::custom(
+                    "invalid type for field `password`: expected a string",
+                ))
+            }
+        };
+        Ok(Self {
+            changes: changes_from(&body)?,
+            password,
+        })
     }
 }
 
-user_body! {
-    /// Attribute changes: a field left out (or null) stays as it is; an empty string clears an
-    /// optional attribute.
-    UserUpdate {}
+impl<'de> Deserialize<'de> for UserUpdate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let body = Map::<String, Value>::deserialize(d)?;
+        Ok(Self {
+            changes: changes_from(&body)?,
+        })
+    }
+}
+
+impl PartialSchema for NewUser {
+    fn schema() -> RefOr<Schema> {
+        attribute_schema(Use::Create)
+    }
+}
+
+impl ToSchema for NewUser {
+    fn name() -> Cow<'static, str> {
+        "NewUser".into()
+    }
+}
+
+impl PartialSchema for UserUpdate {
+    fn schema() -> RefOr<Schema> {
+        attribute_schema(Use::Update)
+    }
+}
+
+impl ToSchema for UserUpdate {
+    fn name() -> Cow<'static, str> {
+        "UserUpdate".into()
+    }
 }
 
 /// Creates a user.
@@ -372,7 +435,7 @@ async fn create_user(
         .directory
         .create_user(
             &caller.actor(),
-            &body.changes(),
+            &body.changes,
             password.as_ref(),
             Utc::now(),
         )
@@ -427,7 +490,7 @@ async fn update_user(
 ) -> Result<Json<User>, ApiError> {
     let user = state
         .directory
-        .update_user(&caller.actor(), &id, &body.changes(), Utc::now())
+        .update_user(&caller.actor(), &id, &body.changes, Utc::now())
         .await?;
     Ok(Json(User::from(&user)))
 }

@@ -2,9 +2,11 @@
 //! property, and in which direction each optional one flows.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
 
+use crate::attributes::{Attribute, AttributeSpec, Kind, CATALOGUE};
 use crate::directory::{User, UserChanges};
 
 /// Which way an optional attribute flows.
@@ -54,66 +56,53 @@ pub struct AttributeMapping {
     pub always: bool,
 }
 
-const fn always(
-    attribute: &'static str,
-    graph: &'static str,
-    label: &'static str,
-) -> AttributeMapping {
+/// The rows of the export table that are not attributes of the catalogue: the password and
+/// the display name made of first and last name.
+const EXTRA_ROWS: &[AttributeMapping] = &[
     AttributeMapping {
-        attribute,
-        graph_property: graph,
-        label,
+        attribute: "password",
+        graph_property: "passwordProfile",
+        label: "Password",
         always: true,
-    }
-}
-
-const fn optional(
-    attribute: &'static str,
-    graph: &'static str,
-    label: &'static str,
-) -> AttributeMapping {
+    },
     AttributeMapping {
-        attribute,
-        graph_property: graph,
-        label,
-        always: false,
-    }
-}
-
-/// Seed 004's tables: five always-exported rows, then the twelve optional ones.
-pub const MAPPINGS: &[AttributeMapping] = &[
-    always("firstname", "givenName", "First Name"),
-    always("lastname", "surname", "Last Name"),
-    always("password", "passwordProfile", "Password"),
-    always("email", "userPrincipalName", "Company Email"),
-    always("displayName", "displayName", "First Name + Last Name"),
-    optional("addresses.work.country", "country", "Work Country"),
-    optional("addresses.work.locality", "city", "Work City"),
-    optional(
-        "addresses.work.postalCode",
-        "postalCode",
-        "Work Postal Code",
-    ),
-    optional("addresses.work.region", "state", "Work State"),
-    optional(
-        "addresses.work.streetAddress",
-        "streetAddress",
-        "Work Street Address",
-    ),
-    optional("alternateEmail", "otherMails", "Alternate Email"),
-    optional("department", "department", "Department"),
-    optional("jobTitle", "jobTitle", "Job Title"),
-    optional("location", "officeLocation", "Location"),
-    optional("manager", "manager", "Manager"),
-    optional("phoneNumbers.mobile", "mobilePhone", "Personal Cell"),
-    optional("phoneNumbers.work", "businessPhones", "Work Phone"),
+        attribute: "displayName",
+        graph_property: "displayName",
+        label: "First Name + Last Name",
+        always: true,
+    },
 ];
 
-/// The optional mapping for an attribute name; seed 004's longer names
-/// (`phoneNumbers.work.number`) and the Graph property names are accepted too.
+/// Seed 004's tables, derived from the catalogue: the always-exported rows (catalogue order,
+/// then password and displayName), then the optional ones by name.
+pub static MAPPINGS: LazyLock<Vec<AttributeMapping>> = LazyLock::new(|| {
+    let row = |spec: &AttributeSpec| {
+        spec.graph.map(|graph| AttributeMapping {
+            attribute: spec.name,
+            graph_property: graph.name,
+            label: spec.label,
+            always: spec.always_exported,
+        })
+    };
+    let mut optional: Vec<AttributeMapping> = CATALOGUE
+        .iter()
+        .filter(|s| !s.always_exported)
+        .filter_map(row)
+        .collect();
+    optional.sort_by_key(|m| m.attribute);
+    CATALOGUE
+        .iter()
+        .filter(|s| s.always_exported)
+        .filter_map(row)
+        .chain(EXTRA_ROWS.iter().copied())
+        .chain(optional)
+        .collect()
+});
+
+/// The optional mapping for an attribute name; older spellings (`phoneNumbers.work`) and the
+/// Graph property names are accepted too.
 pub fn optional_mapping(name: &str) -> Option<&'static AttributeMapping> {
-    let name = name.trim();
-    let name = name.strip_suffix(".number").unwrap_or(name);
+    let name = Attribute::parse(name).map_or(name.trim(), |a| a.name());
     MAPPINGS.iter().find(|m| {
         !m.always
             && (m.attribute.eq_ignore_ascii_case(name)
@@ -129,7 +118,11 @@ impl Directions {
     /// From stored (attribute, direction) rows; unknown rows are ignored.
     pub fn from_rows(rows: &[(String, String)]) -> Self {
         let mut map = HashMap::new();
-        for (attribute, direction) in rows {
+        // Rows stored under an older name first, so a row under today's name wins.
+        let (current, older): (Vec<_>, Vec<_>) = rows
+            .iter()
+            .partition(|(a, _)| MAPPINGS.iter().any(|m| m.attribute == a.as_str()));
+        for (attribute, direction) in older.into_iter().chain(current) {
             if let (Some(m), Some(d)) = (optional_mapping(attribute), Direction::parse(direction)) {
                 map.insert(m.attribute, d);
             }
@@ -139,6 +132,7 @@ impl Directions {
 
     /// The direction of an optional attribute; always-exported ones are Export.
     pub fn of(&self, attribute: &str) -> Direction {
+        let attribute = Attribute::parse(attribute).map_or(attribute, |a| a.name());
         match MAPPINGS.iter().find(|m| m.attribute == attribute) {
             Some(m) if m.always => Direction::Export,
             Some(m) => self
@@ -164,41 +158,21 @@ impl Directions {
     }
 }
 
-/// A text value for Graph: empty clears (null).
-fn text(value: Option<String>) -> Value {
-    value
-        .filter(|v| !v.is_empty())
-        .map_or(Value::Null, Value::String)
-}
-
 /// The Graph value of one exported attribute (not password, not manager).
-fn graph_value(user: &User, attribute: &str) -> Option<(&'static str, Value)> {
-    let value = match attribute {
-        "firstname" => ("givenName", text(Some(user.firstname.clone()))),
-        "lastname" => ("surname", text(Some(user.lastname.clone()))),
-        "displayName" => ("displayName", Value::String(user.display_name())),
-        "email" => ("userPrincipalName", Value::String(user.email.clone())),
-        "addresses.work.country" => ("country", text(user.work_country.clone())),
-        "addresses.work.locality" => ("city", text(user.work_locality.clone())),
-        "addresses.work.postalCode" => ("postalCode", text(user.work_postal_code.clone())),
-        "addresses.work.region" => ("state", text(user.work_region.clone())),
-        "addresses.work.streetAddress" => ("streetAddress", text(user.work_street_address.clone())),
+fn graph_value(user: &User, name: &str) -> Option<(&'static str, Value)> {
+    if name == "displayName" {
+        return Some(("displayName", Value::String(user.display_name())));
+    }
+    let spec = Attribute::parse(name)?.spec();
+    let graph = spec.graph.filter(|_| spec.kind != Kind::UserRef)?;
+    let value = user.get(spec.attribute).map(str::to_string);
+    let value = if graph.list {
         // Collections are replaced whole and must never be null.
-        "alternateEmail" => (
-            "otherMails",
-            Value::from(user.alternate_email.iter().cloned().collect::<Vec<_>>()),
-        ),
-        "department" => ("department", text(user.department.clone())),
-        "jobTitle" => ("jobTitle", text(user.job_title.clone())),
-        "location" => ("officeLocation", text(user.location.clone())),
-        "phoneNumbers.mobile" => ("mobilePhone", text(user.phone_mobile.clone())),
-        "phoneNumbers.work" => (
-            "businessPhones",
-            Value::from(user.phone_work.iter().cloned().collect::<Vec<_>>()),
-        ),
-        _ => return None,
+        Value::from(value.into_iter().collect::<Vec<_>>())
+    } else {
+        value.map_or(Value::Null, Value::String)
     };
-    Some(value)
+    Some((graph.name, value))
 }
 
 /// The Graph properties for `attributes` (changed attribute names), limited to what is
@@ -216,7 +190,10 @@ pub fn patch_for(
         if let Some((property, value)) = graph_value(user, attribute) {
             patch.insert(property.to_string(), value);
         }
-        if matches!(attribute.as_str(), "firstname" | "lastname") {
+        if matches!(
+            Attribute::parse(attribute),
+            Some(Attribute::Firstname | Attribute::Lastname)
+        ) {
             patch.insert("displayName".into(), Value::String(user.display_name()));
         }
     }
@@ -249,12 +226,12 @@ pub fn import_changes(
     directions: &Directions,
     manager: Option<Option<String>>,
 ) -> UserChanges {
-    let mut changes = UserChanges::default();
+    let mut changes = UserChanges::new();
     for mapping in directions.imported() {
         if mapping.attribute == "manager" {
             if let Some(new) = &manager {
-                if new.as_deref() != user.manager.as_deref() {
-                    changes.manager = Some(new.clone().unwrap_or_default());
+                if new.as_deref() != user.get(Attribute::Manager) {
+                    changes.set(Attribute::Manager, new.clone().unwrap_or_default());
                 }
             }
             continue;
@@ -271,25 +248,14 @@ pub fn import_changes(
                 .to_string(),
             _ => String::new(),
         };
-        let current = user.attribute(mapping.attribute).unwrap_or_default();
+        let Some(attribute) = Attribute::parse(mapping.attribute) else {
+            continue;
+        };
+        let current = user.get(attribute).unwrap_or_default();
         if incoming == current {
             continue;
         }
-        let slot = match mapping.attribute {
-            "addresses.work.country" => &mut changes.work_country,
-            "addresses.work.locality" => &mut changes.work_locality,
-            "addresses.work.postalCode" => &mut changes.work_postal_code,
-            "addresses.work.region" => &mut changes.work_region,
-            "addresses.work.streetAddress" => &mut changes.work_street_address,
-            "alternateEmail" => &mut changes.alternate_email,
-            "department" => &mut changes.department,
-            "jobTitle" => &mut changes.job_title,
-            "location" => &mut changes.location,
-            "phoneNumbers.mobile" => &mut changes.phone_mobile,
-            "phoneNumbers.work" => &mut changes.phone_work,
-            _ => continue,
-        };
-        *slot = Some(incoming);
+        changes.set(attribute, incoming);
     }
     changes
 }
@@ -327,5 +293,25 @@ mod tests {
         assert_eq!(d.of("location"), Direction::Exclude);
         assert_eq!(d.of("firstname"), Direction::Export);
         assert_eq!(import_select(&d), vec!["id", "jobTitle"]);
+    }
+
+    #[test]
+    fn rows_under_older_names_are_read_and_todays_name_wins() {
+        let d = Directions::from_rows(&[
+            ("phoneNumbers.work.number".into(), "import".into()),
+            ("phoneNumbers.work".into(), "export".into()),
+            ("phoneNumbers.mobile".into(), "export".into()),
+        ]);
+        assert_eq!(d.of("phoneNumbers.work.number"), Direction::Import);
+        assert_eq!(d.of("phoneNumbers.work"), Direction::Import);
+        assert!(d.exports("phoneNumbers.mobile.number"));
+        assert_eq!(
+            MAPPINGS
+                .iter()
+                .map(|m| m.attribute)
+                .take(5)
+                .collect::<Vec<_>>(),
+            ["firstname", "lastname", "email", "password", "displayName"]
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use chrono::Utc;
 use idbridge::config::Config;
-use idbridge::directory::{User, UserChanges};
+use idbridge::directory::{Attribute, User, UserChanges};
 use idbridge::events::{Actor, NewEvent};
 use idbridge::server::App;
 use idbridge::store::{EventFilter, EventRow, Store};
@@ -147,13 +147,11 @@ impl TestApp {
 
     /// Creates an active user with a password.
     pub async fn create_user(&self, username: &str, email: &str, password: &str) -> User {
-        let changes = UserChanges {
-            username: Some(username.into()),
-            email: Some(email.into()),
-            firstname: Some("Test".into()),
-            lastname: Some(username.into()),
-            ..UserChanges::default()
-        };
+        let changes = UserChanges::new()
+            .with(Attribute::Username, username)
+            .with(Attribute::Email, email)
+            .with(Attribute::Firstname, "Test")
+            .with(Attribute::Lastname, username);
         self.state
             .directory
             .create_user(
