@@ -33,6 +33,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/api/v1/bindings/unbind"),
     ("POST", "/api/v1/bindings/retry"),
     ("GET", "/api/v1/sync"),
+    ("GET", "/api/v1/m365"),
     ("GET", "/api/v1/m365/connection"),
     ("POST", "/api/v1/m365/connection"),
     ("DELETE", "/api/v1/m365/connection"),
