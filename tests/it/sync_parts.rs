@@ -10,7 +10,7 @@ use idbridge::events::Actor;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use crate::support::console::{api_client, api_key};
+use crate::support::console::{admin_browser, api_client, api_key};
 use crate::support::graph_fake::{FakeUserSpec, GraphFake};
 use crate::support::m365::{
     configured, connected as support_connected, eventually, m365_settings, settled,
@@ -164,6 +164,14 @@ async fn a_refused_sign_out_leaves_the_password_delivered_and_names_the_missing_
     assert!(status.missing_permissions[0]
         .needed_for
         .contains("signing users out"));
+    let console = admin_browser(&app, "auditor", AdminRole::ReadOnly).await;
+    let (code, page) = console.get(&app, "/admin/m365").await;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<strong>User.RevokeSessions.All</strong> is missing"),
+        "{page}"
+    );
+    assert!(page.contains("signing users out of Microsoft 365"), "{page}");
     let key = api_key(&app, "reader", AdminRole::ReadOnly).await;
     let api: Value = api_client(&key)
         .get(app.url("/api/v1/m365"))
