@@ -470,7 +470,9 @@ async fn m365_refusal(
 ) -> Result<Response, AppError> {
     let status = match &err {
         M365Error::Store(_) | M365Error::Secret(_) => return Err(internal(err)),
-        M365Error::Unreachable(_) | M365Error::Graph(_) => StatusCode::BAD_GATEWAY,
+        M365Error::Unreachable(_) | M365Error::Graph(_) | M365Error::Call { .. } => {
+            StatusCode::BAD_GATEWAY
+        }
         M365Error::Refused(_) | M365Error::UnknownState => StatusCode::BAD_REQUEST,
         _ => StatusCode::CONFLICT,
     };

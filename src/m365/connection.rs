@@ -66,10 +66,27 @@ pub enum M365Error {
     /// Boxed: Graph errors carry Graph's code, message and request id.
     #[error(transparent)]
     Graph(Box<GraphError>),
+    /// A Graph failure of a known call: the message names the call and, for a 403, the
+    /// permission to grant.
+    #[error("{}", call.explain(error))]
+    Call {
+        call: permissions::GraphCall,
+        error: Box<GraphError>,
+    },
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl M365Error {
+    /// The same failure, naming the Graph call it happened in.
+    pub fn during(self, call: permissions::GraphCall) -> Self {
+        match self {
+            M365Error::Graph(error) => M365Error::Call { call, error },
+            other => other,
+        }
+    }
 }
 
 impl From<GraphError> for M365Error {

@@ -78,7 +78,8 @@ impl M365 {
                             .await
                     }
                 })
-                .await?;
+                .await
+                .map_err(|e| e.during(crate::m365::permissions::GraphCall::ReadUsers))?;
             users.extend(page.items);
             match page.next_link {
                 Some(link) => next = Some(link),

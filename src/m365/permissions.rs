@@ -147,7 +147,7 @@ impl GraphCall {
     /// What the call does, in the admin's words.
     pub fn purpose(self) -> &'static str {
         match self {
-            GraphCall::ReadUsers => "reading the Microsoft 365 user",
+            GraphCall::ReadUsers => "reading Microsoft 365 users",
             GraphCall::CreateUser => "creating the Microsoft 365 user",
             GraphCall::UpdateUser => "updating the Microsoft 365 user's attributes",
             GraphCall::SetPassword => "setting the password in Microsoft 365",

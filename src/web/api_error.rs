@@ -163,7 +163,7 @@ impl From<M365Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "m365_not_connected", message)
             }
             M365Error::UnknownState | M365Error::Refused(_) => ApiError::bad_request(message),
-            M365Error::Unreachable(_) | M365Error::Graph(_) => {
+            M365Error::Unreachable(_) | M365Error::Graph(_) | M365Error::Call { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "m365_unavailable", message)
             }
             M365Error::Store(e) => e.into(),

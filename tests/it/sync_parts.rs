@@ -171,7 +171,10 @@ async fn a_refused_sign_out_leaves_the_password_delivered_and_names_the_missing_
         page.contains("<strong>User.RevokeSessions.All</strong> is missing"),
         "{page}"
     );
-    assert!(page.contains("signing users out of Microsoft 365"), "{page}");
+    assert!(
+        page.contains("signing users out of Microsoft 365"),
+        "{page}"
+    );
     let key = api_key(&app, "reader", AdminRole::ReadOnly).await;
     let api: Value = api_client(&key)
         .get(app.url("/api/v1/m365"))
@@ -506,4 +509,31 @@ async fn a_large_bind_reads_the_tenant_listing_instead_of_looking_users_up_one_b
     assert_eq!(app.events("m365_user_adopted").await.len(), 120);
     assert_eq!(app.events("m365_user_created").await.len(), 120);
     assert_eq!(fake.users().len(), 240, "nobody created twice");
+}
+
+#[tokio::test]
+async fn a_refused_tenant_listing_names_the_call_and_the_permission_to_grant() {
+    let (app, fake) = configured("", "").await;
+    fake.set_app_roles(&["Domain.Read.All"]);
+    app.state()
+        .m365
+        .connect_application(&Actor::cli(), Utc::now())
+        .await
+        .expect("connected");
+    let error = app
+        .state()
+        .m365
+        .tenant_users()
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.starts_with("GET /users (reading Microsoft 365 users) failed"),
+        "{error}"
+    );
+    assert!(error.contains("403 Authorization_RequestDenied"), "{error}");
+    assert!(
+        error.contains("grant the Microsoft Graph permission User.ReadWrite.All"),
+        "{error}"
+    );
 }

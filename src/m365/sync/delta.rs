@@ -118,6 +118,11 @@ impl M365Sync {
                     .await
             })
             .await
+            .map_err(|e| match e {
+                // The 410 restart above needs the status: keep the Graph error as it is.
+                M365Error::Graph(g) if g.status() == Some(410) => M365Error::Graph(g),
+                other => other.during(crate::m365::permissions::GraphCall::ReadUsers),
+            })
     }
 
     /// The manager a delta item reports, as an idbridge username: `None` when the item says

@@ -181,6 +181,7 @@ impl Outcome {
     fn from_connection(call: GraphCall, error: M365Error) -> Outcome {
         match error {
             M365Error::Graph(g) => Outcome::from_graph(call, &g),
+            M365Error::Call { call, error } => Outcome::from_graph(call, &error),
             M365Error::NotConfigured(_)
             | M365Error::NotConnected
             | M365Error::Deactivated
@@ -1293,6 +1294,10 @@ impl M365Sync {
 fn err_clone(error: &M365Error) -> M365Error {
     match error {
         M365Error::Graph(g) => M365Error::Graph(g.clone()),
+        M365Error::Call { call, error } => M365Error::Call {
+            call: *call,
+            error: error.clone(),
+        },
         M365Error::NotConfigured(s) => M365Error::NotConfigured(s),
         M365Error::NotConnected => M365Error::NotConnected,
         M365Error::Deactivated => M365Error::Deactivated,
