@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `user …`, `admin create`, `cert show`, `events`.
+//! The command line: `serve`, `migrate`, `user …`, `admin …`, `cert show`, `events`, `m365 …`.
 //!
 //! Commands other than `serve` open the database directly (SQLite in WAL mode lets them run
 //! beside a live server), so admins can script without an API key.
@@ -52,8 +52,20 @@ pub enum Command {
         /// Only events about this target (e.g. a username).
         #[arg(long)]
         target: Option<String>,
+        /// Only events by this actor (e.g. admin:ops, apikey:ci, cli:root, system).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only events at or after this time (RFC 3339, e.g. 2026-11-23T11:15:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Print JSON lines, as the API's /api/v1/events.jsonl export does.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -328,18 +340,28 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Events {
             event_type,
             target,
+            actor,
+            since,
+            until,
             limit,
+            json,
         } => {
+            let filter = EventFilter {
+                event_type,
+                target,
+                actor,
+                since: rfc3339_arg("--since", since.as_deref())?,
+                until: rfc3339_arg("--until", until.as_deref())?,
+                limit,
+                ..EventFilter::default()
+            };
             let store = open_store(&config).await?;
-            let rows = store
-                .list_events(&EventFilter {
-                    event_type,
-                    target,
-                    limit,
-                    ..EventFilter::default()
-                })
-                .await
-                .map_err(fail)?;
+            if json {
+                let result = print_events_jsonl(&store, filter).await;
+                store.close().await;
+                return result;
+            }
+            let rows = store.list_events(&filter).await.map_err(fail)?;
             for e in rows {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
@@ -355,6 +377,35 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::User(cmd) => user_command(&config, *cmd).await,
         Command::M365(cmd) => m365_command(&config, cmd).await,
     }
+}
+
+/// An optional RFC 3339 argument as milliseconds, refused with an example when malformed.
+fn rfc3339_arg(flag: &str, value: Option<&str>) -> Result<Option<i64>, CliError> {
+    value
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text.trim())
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| {
+                    CliError(format!(
+                        "{flag} must be an RFC 3339 time such as 2026-11-23T11:15:00Z (got {text:?})"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// Prints the events of `filter` (at most its limit) as JSON lines, with the same writer as
+/// the API's `/api/v1/events.jsonl`.
+async fn print_events_jsonl(store: &Store, filter: EventFilter) -> Result<(), CliError> {
+    use futures_util::StreamExt;
+    let max = if filter.limit > 0 { filter.limit } else { 50 };
+    let pages = crate::admin::api::events::jsonl_pages(store.clone(), filter, max);
+    futures_util::pin_mut!(pages);
+    let mut out = std::io::stdout().lock();
+    while let Some(page) = pages.next().await {
+        out.write_all(&page.map_err(fail)?).map_err(fail)?;
+    }
+    out.flush().map_err(fail)
 }
 
 async fn serve(config: Config) -> Result<(), CliError> {

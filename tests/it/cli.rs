@@ -627,3 +627,100 @@ async fn a_killed_server_loses_and_duplicates_nothing() {
     }
     store.close().await;
 }
+
+/// Writes `idbridge.toml` into the test server's directory so the binary, run there, uses the
+/// server's database and data key (and `extra` TOML tables, e.g. the `[m365]` settings).
+fn config_beside(app: &crate::support::TestApp, extra: &str) -> std::path::PathBuf {
+    write_config(app.dir.path(), app.config.database_url.as_deref(), extra)
+}
+
+fn write_config(d: &Path, database_url: Option<&str>, extra: &str) -> std::path::PathBuf {
+    let database = database_url
+        .map(|url| format!("database_url = \"{url}\"\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        d.join("idbridge.toml"),
+        format!(
+            "data_dir = \"{data}\"\n{database}[certs]\nkey_file = \"{dir}/certs/signing.key\"\n\
+             cert_file = \"{dir}/certs/signing.crt\"\n{extra}\n",
+            data = d.join("data").display(),
+            dir = d.display(),
+        ),
+    )
+    .unwrap();
+    d.to_path_buf()
+}
+
+/// Runs the binary in `dir` off the async runtime (the test server keeps serving meanwhile).
+async fn cli(dir: &Path, args: &[&str]) -> Output {
+    let dir = dir.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        idbridge(&dir, &args, "", &[])
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_json_lines_are_the_api_export() {
+    use crate::support::console::{api_client, api_key};
+    let app = crate::support::TestApp::spawn().await;
+    let d = config_beside(&app, "");
+    for name in ["ann", "ben", "cai"] {
+        let email = format!("{name}@contoso.com");
+        ok(cli(&d, &["user", "add", name, "--email", &email]).await);
+    }
+    ok(cli(&d, &["user", "suspend", "ben"]).await);
+    let client =
+        api_client(&api_key(&app, "reader", idbridge::directory::AdminRole::ReadOnly).await);
+    let export = |query: &'static str| {
+        let client = client.clone();
+        let url = app.url(&format!("/api/v1/events.jsonl?{query}"));
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    for (args, query, lines) in [
+        (
+            vec!["--type", "user_create", "--limit", "2"],
+            "type=user_create&limit=2",
+            2,
+        ),
+        (vec!["--target", "ben"], "target=ben", 2),
+        (
+            vec!["--type", "user_create", "--since", "2000-01-01T00:00:00Z"],
+            "type=user_create&since=2000-01-01T00:00:00Z",
+            3,
+        ),
+        (
+            vec!["--type", "user_create", "--since", "2999-01-01T00:00:00Z"],
+            "type=user_create&since=2999-01-01T00:00:00Z",
+            0,
+        ),
+    ] {
+        let mut argv = vec!["events", "--json"];
+        argv.extend(args.iter().copied());
+        let mine = ok(cli(&d, &argv).await);
+        assert_eq!(mine, export(query).await, "{argv:?}");
+        assert_eq!(mine.lines().count(), lines, "{argv:?}: {mine}");
+        for line in mine.lines() {
+            let e: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(e["id"].is_i64() && e["details"].is_object(), "{e}");
+            assert!(e["actor"].as_str().unwrap().starts_with("cli:"), "{e}");
+        }
+    }
+    // The actor filter: the same as the API's.
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let by_actor = ok(cli(&d, &["events", "--json", "--actor", &actor]).await);
+    assert_eq!(by_actor.lines().count(), 4, "{by_actor}");
+    let bad = cli(&d, &["events", "--json", "--since", "yesterday"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("--since must be an RFC 3339 time"),
+        "{}",
+        stderr(&bad)
+    );
+}
