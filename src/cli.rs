@@ -15,6 +15,8 @@ use crate::directory::{Directory, User, UserChanges, UserState};
 use crate::events::Actor;
 use crate::store::{EventFilter, Store, UserListQuery};
 
+mod keys;
+
 /// idbridge: directory integration and SAML identity provider for Microsoft 365.
 #[derive(Parser, Debug)]
 #[command(name = "idbridge", version, about)]
@@ -276,6 +278,32 @@ pub enum AdminCommand {
         #[arg(long, default_value = "admin")]
         role: String,
     },
+    /// Manage API keys of the JSON API.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create an API key and print it once (only its hash is stored).
+    Create {
+        /// A name saying who or what uses the key (unique among live keys).
+        name: String,
+        /// admin (read and write) or read_only (reads only).
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+    /// List API keys (never the keys themselves): id, name, role, created, last used.
+    List {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key (by id, or by the name of a live key): requests with it are refused.
+    Revoke {
+        /// The key's id or name.
+        key: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,6 +364,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(fail)?;
             print_one_time_password(&username, &password);
             Ok(())
+        }
+        Command::Admin(AdminCommand::Key(cmd)) => {
+            let directory = open_directory(&config).await?;
+            let result = keys::run(&directory, cmd, Utc::now()).await;
+            directory.store().close().await;
+            result
         }
         Command::Events {
             event_type,

@@ -252,6 +252,9 @@ fn every_command_has_help() {
         vec!["user", "delete", "--help"],
         vec!["cert", "show", "--help"],
         vec!["admin", "create", "--help"],
+        vec!["admin", "key", "create", "--help"],
+        vec!["admin", "key", "list", "--help"],
+        vec!["admin", "key", "revoke", "--help"],
         vec!["events", "--help"],
     ] {
         let out = ok(idbridge(dir.path(), &args, "", &[]));
@@ -661,6 +664,102 @@ async fn cli(dir: &Path, args: &[&str]) -> Output {
     })
     .await
     .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_created_listed_and_revoked_from_the_command_line() {
+    use crate::support::console::api_client;
+    let app = crate::support::TestApp::spawn().await;
+    let d = config_beside(&app, "");
+    let out = ok(cli(&d, &["admin", "key", "create", "ci", "--role", "read_only"]).await);
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+    };
+    let (key, id) = (field("key:"), field("id:"));
+    assert!(key.starts_with("idb_"), "{out}");
+
+    let me: serde_json::Value = api_client(&key)
+        .get(app.url("/api/v1/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "read_only", "{me}");
+    assert_eq!(me["keyId"], id.as_str(), "{me}");
+
+    let list = ok(cli(&d, &["admin", "key", "list"]).await);
+    assert!(
+        list.contains(&id) && list.contains("ci\tread_only"),
+        "{list}"
+    );
+    assert!(
+        list.contains("last used") && list.contains("live"),
+        "{list}"
+    );
+    assert!(!list.contains(&key), "never the key");
+    let json = ok(cli(&d, &["admin", "key", "list", "--json"]).await);
+    assert!(!json.contains(&key), "never the key");
+    let line: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        (line["id"].as_str(), line["name"].as_str()),
+        (Some(id.as_str()), Some("ci"))
+    );
+    assert!(
+        line["lastUsedAt"].is_string() && line["revokedAt"].is_null(),
+        "{line}"
+    );
+    assert!(line.get("keyHash").is_none() && line.get("key").is_none());
+
+    // Bad input: one line saying what to change, and nothing written.
+    for (args, expected) in [
+        (
+            vec!["admin", "key", "create", "x", "--role", "root"],
+            "use admin or read_only",
+        ),
+        (vec!["admin", "key", "create", "ci"], "already named \"ci\""),
+        (vec!["admin", "key", "create", " "], "1 to 64 characters"),
+        (
+            vec!["admin", "key", "revoke", "ghost"],
+            "no API key has the id or name",
+        ),
+    ] {
+        let o = cli(&d, &args).await;
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    }
+    assert_eq!(
+        ok(cli(&d, &["admin", "key", "list"]).await).lines().count(),
+        1
+    );
+
+    // Revoked by name: the key is refused at once.
+    let revoked = ok(cli(&d, &["admin", "key", "revoke", "ci"]).await);
+    assert!(revoked.contains(&id), "{revoked}");
+    let r = api_client(&key)
+        .get(app.url("/api/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let again = cli(&d, &["admin", "key", "revoke", &id]).await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already revoked"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(ok(cli(&d, &["admin", "key", "list"]).await).contains("revoked"));
+
+    let events = ok(cli(&d, &["events", "--type", "api_key_create"]).await)
+        + &ok(cli(&d, &["events", "--type", "api_key_revoke"]).await);
+    assert_eq!(events.matches("cli:").count(), 2, "{events}");
+    assert!(!events.contains(&key), "no key in events");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
