@@ -16,6 +16,7 @@ use crate::events::Actor;
 use crate::store::{EventFilter, Store, UserListQuery};
 
 mod keys;
+mod wait;
 
 /// idbridge: directory integration and SAML identity provider for Microsoft 365.
 #[derive(Parser, Debug)]
@@ -225,6 +226,8 @@ pub enum M365Command {
         all: bool,
         /// Usernames or emails.
         users: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Unbind users: SAML sign-in stops at once and their M365 accounts are blocked from
     /// signing in (not deleted).
@@ -232,6 +235,8 @@ pub enum M365Command {
         /// Usernames or emails.
         #[arg(required = true)]
         users: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Show the attribute export table, or set an optional attribute's direction.
     Attributes {
@@ -255,6 +260,18 @@ pub enum M365Command {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// `--wait` and `--timeout` of `m365 bind` and `m365 unbind`.
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Return only when Microsoft 365 has the change (the running server delivers it); print
+    /// each failure with Microsoft's message and exit non-zero if any.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: stop waiting after this many seconds (what is still pending is listed).
+    #[arg(long, default_value_t = 300, requires = "wait", value_name = "SECONDS")]
+    timeout: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -726,26 +743,45 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                 report.run_id, report.imported, report.failed, report.already_imported
             );
         }
-        M365Command::Bind { all, users } => {
+        M365Command::Bind { all, users, wait } => {
             let sync = open_sync(config, &directory, m365)?;
+            let now = Utc::now();
             let report = if all {
-                sync.bind_all(&actor, Utc::now()).await
+                sync.bind_all(&actor, now).await
             } else if users.is_empty() {
                 return Err(CliError(
                     "name the users to bind (username or email), or pass --all".into(),
                 ));
             } else {
-                sync.bind(&actor, &users, Utc::now()).await
+                sync.bind(&actor, &users, now).await
             }
             .map_err(fail)?;
+            if wait.wait {
+                let result =
+                    wait_for_delivery(config, &directory, wait::Change::Bind, &report, now, &wait)
+                        .await;
+                directory.store().close().await;
+                return result;
+            }
             print_bind_report("bind", &report);
         }
-        M365Command::Unbind { users } => {
+        M365Command::Unbind { users, wait } => {
             let sync = open_sync(config, &directory, m365)?;
-            let report = sync
-                .unbind(&actor, &users, Utc::now())
-                .await
-                .map_err(fail)?;
+            let now = Utc::now();
+            let report = sync.unbind(&actor, &users, now).await.map_err(fail)?;
+            if wait.wait {
+                let result = wait_for_delivery(
+                    config,
+                    &directory,
+                    wait::Change::Unbind,
+                    &report,
+                    now,
+                    &wait,
+                )
+                .await;
+                directory.store().close().await;
+                return result;
+            }
             print_bind_report("unbind", &report);
         }
         M365Command::Attributes { action } => {
@@ -889,6 +925,27 @@ fn open_sync(
         crate::m365::data_key(config).map_err(fail)?,
         config.m365.sync.clone(),
     ))
+}
+
+/// `--wait` of bind/unbind: follows what `report` queued at `queued_at` until Microsoft 365 has
+/// it, and fails with one line when anything failed or is still pending at the timeout.
+async fn wait_for_delivery(
+    config: &Config,
+    directory: &Directory,
+    change: wait::Change,
+    report: &crate::m365::sync::BindReport,
+    queued_at: chrono::DateTime<Utc>,
+    args: &WaitArgs,
+) -> Result<(), CliError> {
+    let plan = wait::plan(directory, change, report, queued_at)
+        .await
+        .map_err(fail)?;
+    let settings = wait::Settings {
+        timeout: std::time::Duration::from_secs(args.timeout),
+        poll_interval_ms: config.m365.sync.poll_interval_ms,
+        progress: std::io::stderr().is_terminal(),
+    };
+    wait::follow(directory.store(), change, plan, &settings).await
 }
 
 fn print_bind_report(what: &str, report: &crate::m365::sync::BindReport) {

@@ -255,6 +255,8 @@ fn every_command_has_help() {
         vec!["admin", "key", "create", "--help"],
         vec!["admin", "key", "list", "--help"],
         vec!["admin", "key", "revoke", "--help"],
+        vec!["m365", "bind", "--help"],
+        vec!["m365", "unbind", "--help"],
         vec!["events", "--help"],
     ] {
         let out = ok(idbridge(dir.path(), &args, "", &[]));
@@ -822,4 +824,105 @@ async fn events_json_lines_are_the_api_export() {
         "{}",
         stderr(&bad)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_wait_returns_when_microsoft_365_has_the_user_or_prints_graphs_refusal() {
+    use crate::support::m365::{connected, m365_settings};
+    let (app, fake) = connected("", "").await;
+    let d = config_beside(&app, &m365_settings(&fake, "", ""));
+    app.create_user("alice", "alice@contoso.com", "Corr3ct-Horse-Battery")
+        .await;
+    app.create_user("pat", "pat@unverified.example", "Corr3ct-Horse-Battery")
+        .await;
+
+    let out = ok(cli(&d, &["m365", "bind", "alice", "--wait", "--timeout", "60"]).await);
+    // Checked at once, without polling: the command returned only after Graph had it.
+    let m = fake
+        .user("alice@contoso.com")
+        .expect("alice is in Microsoft 365");
+    assert_eq!(m["accountEnabled"], true);
+    assert!(
+        out.contains("alice\tbound") && out.contains("1 of 1 done"),
+        "{out}"
+    );
+    let b = app
+        .state()
+        .directory
+        .get_user("alice")
+        .await
+        .unwrap()
+        .m365
+        .unwrap();
+    assert_eq!(b.state, "bound");
+    assert_eq!(
+        m["onPremisesImmutableId"].as_str(),
+        Some(b.immutable_id.as_str())
+    );
+
+    // Already bound: nothing to wait for.
+    let again = ok(cli(&d, &["m365", "bind", "alice", "--wait"]).await);
+    assert!(again.contains("alice\talready bound"), "{again}");
+
+    // Graph refuses the UPN's domain: non-zero, with Graph's message.
+    let refused = cli(
+        &d,
+        &["m365", "bind", "pat", "ghost", "--wait", "--timeout", "60"],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    assert!(
+        stdout(&refused).contains("pat\tfailed:") && stdout(&refused).contains("verified domain"),
+        "{}",
+        stdout(&refused)
+    );
+    assert!(
+        stdout(&refused).contains("ghost\tfailed: no such user"),
+        "{}",
+        stdout(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("2 of 2 failed"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(fake.user("pat@unverified.example").is_none());
+
+    // Unbinding waits for the account to be blocked.
+    let out = ok(cli(
+        &d,
+        &["m365", "unbind", "alice", "--wait", "--timeout", "60"],
+    )
+    .await);
+    assert!(out.contains("alice\tblocked in Microsoft 365"), "{out}");
+    assert_eq!(
+        fake.user("alice@contoso.com").unwrap()["accountEnabled"],
+        false
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_wait_without_a_server_says_so_and_times_out() {
+    use crate::support::m365::{connected, m365_settings};
+    let (app, fake) = connected("", "").await;
+    app.create_user("alice", "alice@contoso.com", "Corr3ct-Horse-Battery")
+        .await;
+    let settings = m365_settings(&fake, "", "");
+    let database_url = app.config.database_url.clone();
+    let dir = app.stop().await;
+    let d = write_config(dir.path(), database_url.as_deref(), &settings);
+    let out = cli(&d, &["m365", "bind", "alice", "--wait", "--timeout", "11"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("is `idbridge serve` running?"), "{err}");
+    assert!(
+        err.contains("timed out after 11 s") && err.contains("idbridge m365 sync"),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).contains("alice\tstill pending"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(fake.user("alice@contoso.com").is_none());
 }
