@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `user …`, `admin create`, `cert show`, `events`.
+//! The command line: `serve`, `migrate`, `user …`, `admin …`, `cert show`, `events`, `m365 …`.
 //!
 //! Commands other than `serve` open the database directly (SQLite in WAL mode lets them run
 //! beside a live server), so admins can script without an API key.
@@ -15,6 +15,9 @@ use crate::config::Config;
 use crate::directory::{Directory, User, UserChanges, UserState};
 use crate::events::Actor;
 use crate::store::{EventFilter, Store, UserListQuery};
+
+mod keys;
+mod wait;
 
 /// idbridge: directory integration and SAML identity provider for Microsoft 365.
 #[derive(Parser, Debug)]
@@ -53,8 +56,20 @@ pub enum Command {
         /// Only events about this target (e.g. a username).
         #[arg(long)]
         target: Option<String>,
+        /// Only events by this actor (e.g. admin:ops, apikey:ci, cli:root, system).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only events at or after this time (RFC 3339, e.g. 2026-11-23T11:15:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Print JSON lines, as the API's /api/v1/events.jsonl export does.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -212,6 +227,8 @@ pub enum M365Command {
         all: bool,
         /// Usernames or emails.
         users: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Unbind users: SAML sign-in stops at once and their M365 accounts are blocked from
     /// signing in (not deleted).
@@ -219,6 +236,8 @@ pub enum M365Command {
         /// Usernames or emails.
         #[arg(required = true)]
         users: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Show the attribute export table, or set an optional attribute's direction.
     Attributes {
@@ -244,6 +263,18 @@ pub enum M365Command {
     },
 }
 
+/// `--wait` and `--timeout` of `m365 bind` and `m365 unbind`.
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Return only when Microsoft 365 has the change (the running server delivers it); print
+    /// each failure with Microsoft's message and exit non-zero if any.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: stop waiting after this many seconds (what is still pending is listed).
+    #[arg(long, default_value_t = 300, requires = "wait", value_name = "SECONDS")]
+    timeout: u64,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum AttributesAction {
     /// Set an optional attribute's direction: export (overwrites Microsoft 365's value for
@@ -264,6 +295,32 @@ pub enum AdminCommand {
         /// admin (everything) or read_only (sees everything, changes nothing).
         #[arg(long, default_value = "admin")]
         role: String,
+    },
+    /// Manage API keys of the JSON API.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create an API key and print it once (only its hash is stored).
+    Create {
+        /// A name saying who or what uses the key (unique among live keys).
+        name: String,
+        /// admin (read and write) or read_only (reads only).
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+    /// List API keys (never the keys themselves): id, name, role, created, last used.
+    List {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key (by id, or by the name of a live key): requests with it are refused.
+    Revoke {
+        /// The key's id or name.
+        key: String,
     },
 }
 
@@ -326,21 +383,37 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             print_one_time_password(&username, &password);
             Ok(())
         }
+        Command::Admin(AdminCommand::Key(cmd)) => {
+            let directory = open_directory(&config).await?;
+            let result = keys::run(&directory, cmd, Utc::now()).await;
+            directory.store().close().await;
+            result
+        }
         Command::Events {
             event_type,
             target,
+            actor,
+            since,
+            until,
             limit,
+            json,
         } => {
+            let filter = EventFilter {
+                event_type,
+                target,
+                actor,
+                since: rfc3339_arg("--since", since.as_deref())?,
+                until: rfc3339_arg("--until", until.as_deref())?,
+                limit,
+                ..EventFilter::default()
+            };
             let store = open_store(&config).await?;
-            let rows = store
-                .list_events(&EventFilter {
-                    event_type,
-                    target,
-                    limit,
-                    ..EventFilter::default()
-                })
-                .await
-                .map_err(fail)?;
+            if json {
+                let result = print_events_jsonl(&store, filter).await;
+                store.close().await;
+                return result;
+            }
+            let rows = store.list_events(&filter).await.map_err(fail)?;
             for e in rows {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
@@ -356,6 +429,35 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::User(cmd) => user_command(&config, *cmd).await,
         Command::M365(cmd) => m365_command(&config, cmd).await,
     }
+}
+
+/// An optional RFC 3339 argument as milliseconds, refused with an example when malformed.
+fn rfc3339_arg(flag: &str, value: Option<&str>) -> Result<Option<i64>, CliError> {
+    value
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text.trim())
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| {
+                    CliError(format!(
+                        "{flag} must be an RFC 3339 time such as 2026-11-23T11:15:00Z (got {text:?})"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// Prints the events of `filter` (at most its limit) as JSON lines, with the same writer as
+/// the API's `/api/v1/events.jsonl`.
+async fn print_events_jsonl(store: &Store, filter: EventFilter) -> Result<(), CliError> {
+    use futures_util::StreamExt;
+    let max = if filter.limit > 0 { filter.limit } else { 50 };
+    let pages = crate::admin::api::events::jsonl_pages(store.clone(), filter, max);
+    futures_util::pin_mut!(pages);
+    let mut out = std::io::stdout().lock();
+    while let Some(page) = pages.next().await {
+        out.write_all(&page.map_err(fail)?).map_err(fail)?;
+    }
+    out.flush().map_err(fail)
 }
 
 async fn serve(config: Config) -> Result<(), CliError> {
@@ -642,26 +744,45 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                 report.run_id, report.imported, report.failed, report.already_imported
             );
         }
-        M365Command::Bind { all, users } => {
+        M365Command::Bind { all, users, wait } => {
             let sync = open_sync(config, &directory, m365)?;
+            let now = Utc::now();
             let report = if all {
-                sync.bind_all(&actor, Utc::now()).await
+                sync.bind_all(&actor, now).await
             } else if users.is_empty() {
                 return Err(CliError(
                     "name the users to bind (username or email), or pass --all".into(),
                 ));
             } else {
-                sync.bind(&actor, &users, Utc::now()).await
+                sync.bind(&actor, &users, now).await
             }
             .map_err(fail)?;
+            if wait.wait {
+                let result =
+                    wait_for_delivery(config, &directory, wait::Change::Bind, &report, now, &wait)
+                        .await;
+                directory.store().close().await;
+                return result;
+            }
             print_bind_report("bind", &report);
         }
-        M365Command::Unbind { users } => {
+        M365Command::Unbind { users, wait } => {
             let sync = open_sync(config, &directory, m365)?;
-            let report = sync
-                .unbind(&actor, &users, Utc::now())
-                .await
-                .map_err(fail)?;
+            let now = Utc::now();
+            let report = sync.unbind(&actor, &users, now).await.map_err(fail)?;
+            if wait.wait {
+                let result = wait_for_delivery(
+                    config,
+                    &directory,
+                    wait::Change::Unbind,
+                    &report,
+                    now,
+                    &wait,
+                )
+                .await;
+                directory.store().close().await;
+                return result;
+            }
             print_bind_report("unbind", &report);
         }
         M365Command::Attributes { action } => {
@@ -805,6 +926,27 @@ fn open_sync(
         crate::m365::data_key(config).map_err(fail)?,
         config.m365.sync.clone(),
     ))
+}
+
+/// `--wait` of bind/unbind: follows what `report` queued at `queued_at` until Microsoft 365 has
+/// it, and fails with one line when anything failed or is still pending at the timeout.
+async fn wait_for_delivery(
+    config: &Config,
+    directory: &Directory,
+    change: wait::Change,
+    report: &crate::m365::sync::BindReport,
+    queued_at: chrono::DateTime<Utc>,
+    args: &WaitArgs,
+) -> Result<(), CliError> {
+    let plan = wait::plan(directory, change, report, queued_at)
+        .await
+        .map_err(fail)?;
+    let settings = wait::Settings {
+        timeout: std::time::Duration::from_secs(args.timeout),
+        poll_interval_ms: config.m365.sync.poll_interval_ms,
+        progress: std::io::stderr().is_terminal(),
+    };
+    wait::follow(directory.store(), change, plan, &settings).await
 }
 
 fn print_bind_report(what: &str, report: &crate::m365::sync::BindReport) {

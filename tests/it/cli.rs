@@ -254,6 +254,11 @@ fn every_command_has_help() {
         vec!["user", "delete", "--help"],
         vec!["cert", "show", "--help"],
         vec!["admin", "create", "--help"],
+        vec!["admin", "key", "create", "--help"],
+        vec!["admin", "key", "list", "--help"],
+        vec!["admin", "key", "revoke", "--help"],
+        vec!["m365", "bind", "--help"],
+        vec!["m365", "unbind", "--help"],
         vec!["events", "--help"],
     ] {
         let out = ok(idbridge(dir.path(), &args, "", &[]));
@@ -635,4 +640,298 @@ async fn a_killed_server_loses_and_duplicates_nothing() {
         );
     }
     store.close().await;
+}
+
+/// Writes `idbridge.toml` into the test server's directory so the binary, run there, uses the
+/// server's database and data key (and `extra` TOML tables, e.g. the `[m365]` settings).
+fn config_beside(app: &crate::support::TestApp, extra: &str) -> std::path::PathBuf {
+    write_config(app.dir.path(), app.config.database_url.as_deref(), extra)
+}
+
+fn write_config(d: &Path, database_url: Option<&str>, extra: &str) -> std::path::PathBuf {
+    let database = database_url
+        .map(|url| format!("database_url = \"{url}\"\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        d.join("idbridge.toml"),
+        format!(
+            "data_dir = \"{data}\"\n{database}[certs]\nkey_file = \"{dir}/certs/signing.key\"\n\
+             cert_file = \"{dir}/certs/signing.crt\"\n{extra}\n",
+            data = d.join("data").display(),
+            dir = d.display(),
+        ),
+    )
+    .unwrap();
+    d.to_path_buf()
+}
+
+/// Runs the binary in `dir` off the async runtime (the test server keeps serving meanwhile).
+async fn cli(dir: &Path, args: &[&str]) -> Output {
+    let dir = dir.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        idbridge(&dir, &args, "", &[])
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_created_listed_and_revoked_from_the_command_line() {
+    use crate::support::console::api_client;
+    let app = crate::support::TestApp::spawn().await;
+    let d = config_beside(&app, "");
+    let out = ok(cli(&d, &["admin", "key", "create", "ci", "--role", "read_only"]).await);
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+    };
+    let (key, id) = (field("key:"), field("id:"));
+    assert!(key.starts_with("idb_"), "{out}");
+
+    let me: serde_json::Value = api_client(&key)
+        .get(app.url("/api/v1/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "read_only", "{me}");
+    assert_eq!(me["keyId"], id.as_str(), "{me}");
+
+    let list = ok(cli(&d, &["admin", "key", "list"]).await);
+    assert!(
+        list.contains(&id) && list.contains("ci\tread_only"),
+        "{list}"
+    );
+    assert!(
+        list.contains("last used") && list.contains("live"),
+        "{list}"
+    );
+    assert!(!list.contains(&key), "never the key");
+    let json = ok(cli(&d, &["admin", "key", "list", "--json"]).await);
+    assert!(!json.contains(&key), "never the key");
+    let line: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        (line["id"].as_str(), line["name"].as_str()),
+        (Some(id.as_str()), Some("ci"))
+    );
+    assert!(
+        line["lastUsedAt"].is_string() && line["revokedAt"].is_null(),
+        "{line}"
+    );
+    assert!(line.get("keyHash").is_none() && line.get("key").is_none());
+
+    // Bad input: one line saying what to change, and nothing written.
+    for (args, expected) in [
+        (
+            vec!["admin", "key", "create", "x", "--role", "root"],
+            "use admin or read_only",
+        ),
+        (vec!["admin", "key", "create", "ci"], "already named \"ci\""),
+        (vec!["admin", "key", "create", " "], "1 to 64 characters"),
+        (
+            vec!["admin", "key", "revoke", "ghost"],
+            "no API key has the id or name",
+        ),
+    ] {
+        let o = cli(&d, &args).await;
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    }
+    assert_eq!(
+        ok(cli(&d, &["admin", "key", "list"]).await).lines().count(),
+        1
+    );
+
+    // Revoked by name: the key is refused at once.
+    let revoked = ok(cli(&d, &["admin", "key", "revoke", "ci"]).await);
+    assert!(revoked.contains(&id), "{revoked}");
+    let r = api_client(&key)
+        .get(app.url("/api/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let again = cli(&d, &["admin", "key", "revoke", &id]).await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already revoked"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(ok(cli(&d, &["admin", "key", "list"]).await).contains("revoked"));
+
+    let events = ok(cli(&d, &["events", "--type", "api_key_create"]).await)
+        + &ok(cli(&d, &["events", "--type", "api_key_revoke"]).await);
+    assert_eq!(events.matches("cli:").count(), 2, "{events}");
+    assert!(!events.contains(&key), "no key in events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_json_lines_are_the_api_export() {
+    use crate::support::console::{api_client, api_key};
+    let app = crate::support::TestApp::spawn().await;
+    let d = config_beside(&app, "");
+    for name in ["ann", "ben", "cai"] {
+        let email = format!("{name}@contoso.com");
+        ok(cli(&d, &["user", "add", name, "--email", &email]).await);
+    }
+    ok(cli(&d, &["user", "suspend", "ben"]).await);
+    let client =
+        api_client(&api_key(&app, "reader", idbridge::directory::AdminRole::ReadOnly).await);
+    let export = |query: &'static str| {
+        let client = client.clone();
+        let url = app.url(&format!("/api/v1/events.jsonl?{query}"));
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    for (args, query, lines) in [
+        (
+            vec!["--type", "user_create", "--limit", "2"],
+            "type=user_create&limit=2",
+            2,
+        ),
+        (vec!["--target", "ben"], "target=ben", 2),
+        (
+            vec!["--type", "user_create", "--since", "2000-01-01T00:00:00Z"],
+            "type=user_create&since=2000-01-01T00:00:00Z",
+            3,
+        ),
+        (
+            vec!["--type", "user_create", "--since", "2999-01-01T00:00:00Z"],
+            "type=user_create&since=2999-01-01T00:00:00Z",
+            0,
+        ),
+    ] {
+        let mut argv = vec!["events", "--json"];
+        argv.extend(args.iter().copied());
+        let mine = ok(cli(&d, &argv).await);
+        assert_eq!(mine, export(query).await, "{argv:?}");
+        assert_eq!(mine.lines().count(), lines, "{argv:?}: {mine}");
+        for line in mine.lines() {
+            let e: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(e["id"].is_i64() && e["details"].is_object(), "{e}");
+            assert!(e["actor"].as_str().unwrap().starts_with("cli:"), "{e}");
+        }
+    }
+    // The actor filter: the same as the API's.
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let by_actor = ok(cli(&d, &["events", "--json", "--actor", &actor]).await);
+    assert_eq!(by_actor.lines().count(), 4, "{by_actor}");
+    let bad = cli(&d, &["events", "--json", "--since", "yesterday"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("--since must be an RFC 3339 time"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_wait_returns_when_microsoft_365_has_the_user_or_prints_graphs_refusal() {
+    use crate::support::m365::{connected, m365_settings};
+    let (app, fake) = connected("", "").await;
+    let d = config_beside(&app, &m365_settings(&fake, "", ""));
+    app.create_user("alice", "alice@contoso.com", "Corr3ct-Horse-Battery")
+        .await;
+    app.create_user("pat", "pat@unverified.example", "Corr3ct-Horse-Battery")
+        .await;
+
+    let out = ok(cli(&d, &["m365", "bind", "alice", "--wait", "--timeout", "60"]).await);
+    // Checked at once, without polling: the command returned only after Graph had it.
+    let m = fake
+        .user("alice@contoso.com")
+        .expect("alice is in Microsoft 365");
+    assert_eq!(m["accountEnabled"], true);
+    assert!(
+        out.contains("alice\tbound") && out.contains("1 of 1 done"),
+        "{out}"
+    );
+    let b = app
+        .state()
+        .directory
+        .get_user("alice")
+        .await
+        .unwrap()
+        .m365
+        .unwrap();
+    assert_eq!(b.state, "bound");
+    assert_eq!(
+        m["onPremisesImmutableId"].as_str(),
+        Some(b.immutable_id.as_str())
+    );
+
+    // Already bound: nothing to wait for.
+    let again = ok(cli(&d, &["m365", "bind", "alice", "--wait"]).await);
+    assert!(again.contains("alice\talready bound"), "{again}");
+
+    // Graph refuses the UPN's domain: non-zero, with Graph's message.
+    let refused = cli(
+        &d,
+        &["m365", "bind", "pat", "ghost", "--wait", "--timeout", "60"],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    assert!(
+        stdout(&refused).contains("pat\tfailed:") && stdout(&refused).contains("verified domain"),
+        "{}",
+        stdout(&refused)
+    );
+    assert!(
+        stdout(&refused).contains("ghost\tfailed: no such user"),
+        "{}",
+        stdout(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("2 of 2 failed"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(fake.user("pat@unverified.example").is_none());
+
+    // Unbinding waits for the account to be blocked.
+    let out = ok(cli(
+        &d,
+        &["m365", "unbind", "alice", "--wait", "--timeout", "60"],
+    )
+    .await);
+    assert!(out.contains("alice\tblocked in Microsoft 365"), "{out}");
+    assert_eq!(
+        fake.user("alice@contoso.com").unwrap()["accountEnabled"],
+        false
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_wait_without_a_server_says_so_and_times_out() {
+    use crate::support::m365::{connected, m365_settings};
+    let (app, fake) = connected("", "").await;
+    app.create_user("alice", "alice@contoso.com", "Corr3ct-Horse-Battery")
+        .await;
+    let settings = m365_settings(&fake, "", "");
+    let database_url = app.config.database_url.clone();
+    let dir = app.stop().await;
+    let d = write_config(dir.path(), database_url.as_deref(), &settings);
+    let out = cli(&d, &["m365", "bind", "alice", "--wait", "--timeout", "11"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("is `idbridge serve` running?"), "{err}");
+    assert!(
+        err.contains("timed out after 11 s") && err.contains("idbridge m365 sync"),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).contains("alice\tstill pending"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(fake.user("alice@contoso.com").is_none());
 }

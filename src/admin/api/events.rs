@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -187,7 +188,26 @@ async fn export_events(
 /// first, at most `max`), read a page at a time so the whole log leaves without being held in
 /// memory. The console's export uses it too.
 pub(crate) fn jsonl_body(store: Store, filter: EventFilter, max: i64) -> Body {
-    let stream = futures_util::stream::unfold(Some((store, filter, max)), |page| async move {
+    let stream = jsonl_pages(store, filter, max).map(|page| {
+        page.map_err(|err| {
+            // The status line is gone: ending the body early is all that is left, and the
+            // download shows as failed.
+            tracing::error!(%err, "the event export stopped");
+            std::io::Error::other(err.to_string())
+        })
+    });
+    Body::from_stream(stream)
+}
+
+/// The JSON lines of the events matching `filter` (newest first, at most `max`), a page of
+/// lines per item; it ends after the first error. The HTTP exports and `idbridge events --json`
+/// both write these, so the formats cannot drift apart.
+pub(crate) fn jsonl_pages(
+    store: Store,
+    filter: EventFilter,
+    max: i64,
+) -> impl futures_util::Stream<Item = Result<Bytes, crate::store::StoreError>> {
+    futures_util::stream::unfold(Some((store, filter, max)), |page| async move {
         let (store, mut filter, remaining) = page?;
         filter.limit = remaining.min(EXPORT_PAGE);
         match export_page(&store, &filter).await {
@@ -200,15 +220,9 @@ pub(crate) fn jsonl_body(store: Store, filter: EventFilter, max: i64) -> Body {
                 Some((Ok(bytes), next))
             }
             Ok(_) => None,
-            // The status line is gone: ending the body early is all that is left, and the
-            // download shows as failed.
-            Err(err) => {
-                tracing::error!(%err, "the event export stopped");
-                Some((Err(std::io::Error::other(err.to_string())), None))
-            }
+            Err(err) => Some((Err(err), None)),
         }
-    });
-    Body::from_stream(stream)
+    })
 }
 
 /// One page of the export: its lines, how many, and the last id.
