@@ -10,6 +10,7 @@ mod console;
 mod console_m365;
 mod console_pages;
 mod directory;
+mod front_door;
 mod graph_fake_selftest;
 mod m365;
 mod server;
