@@ -107,7 +107,10 @@ impl IpNet {
     /// Parses `a.b.c.d`, `a.b.c.d/n`, an IPv6 address, or `ipv6/n`.
     pub fn parse(text: &str) -> Option<Self> {
         let (addr, prefix) = match text.trim().split_once('/') {
-            Some((a, p)) => (a.parse::<std::net::IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            Some((a, p)) => (
+                a.parse::<std::net::IpAddr>().ok()?,
+                Some(p.parse::<u8>().ok()?),
+            ),
             None => (text.trim().parse::<std::net::IpAddr>().ok()?, None),
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -124,11 +127,15 @@ impl IpNet {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -593,10 +600,19 @@ impl Config {
         }
         let server = &self.server;
         for (setting, value) in [
-            ("server.header_read_timeout_seconds", server.header_read_timeout_seconds),
-            ("server.request_timeout_seconds", server.request_timeout_seconds),
+            (
+                "server.header_read_timeout_seconds",
+                server.header_read_timeout_seconds,
+            ),
+            (
+                "server.request_timeout_seconds",
+                server.request_timeout_seconds,
+            ),
             ("server.idle_timeout_seconds", server.idle_timeout_seconds),
-            ("server.shutdown_timeout_seconds", server.shutdown_timeout_seconds),
+            (
+                "server.shutdown_timeout_seconds",
+                server.shutdown_timeout_seconds,
+            ),
         ] {
             if value == 0 || value > 3600 {
                 return Err(invalid(

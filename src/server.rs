@@ -214,17 +214,12 @@ pub async fn run(
     let sync_worker = tokio::spawn(app.state.sync.clone().run(token.clone()));
     let router = app.router();
     let serve_token = token.clone();
-    let result = serve(
-        listener,
-        router,
-        &app.state.config.server,
-        async move {
-            tokio::select! {
-                _ = shutdown => {},
-                _ = serve_token.cancelled() => {},
-            }
-        },
-    )
+    let result = serve(listener, router, &app.state.config.server, async move {
+        tokio::select! {
+            _ = shutdown => {},
+            _ = serve_token.cancelled() => {},
+        }
+    })
     .await;
     token.cancel();
     let _ = janitor.await;
@@ -281,12 +276,14 @@ async fn serve(
                 inner: stream,
                 activity: activity.clone(),
             });
-            let service = hyper::service::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                tower::ServiceExt::oneshot(router.clone(), request)
-            });
+            let service = hyper::service::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(router.clone(), request)
+                },
+            );
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -317,7 +314,10 @@ async fn serve(
     drop(listener);
     tracker.close();
     draining.cancel();
-    if tokio::time::timeout(deadline, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             connections = tracker.len(),
             "shutdown deadline passed; closing connections with requests still in flight"

@@ -43,7 +43,8 @@ pub fn page_csp() -> HeaderValue {
         "default-src 'none'; script-src {script}; style-src {style}; img-src 'self' data:; \
          frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
     );
-    HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
+    HeaderValue::from_str(&policy)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
 }
 
 /// HSTS for an https base URL.
@@ -57,7 +58,11 @@ pub async fn real_client(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+    if let Some(ConnectInfo(peer)) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .copied()
+    {
         if let Some(client) = forwarded_client(&trusted, peer.ip(), request.headers()) {
             request
                 .extensions_mut()
@@ -166,26 +171,48 @@ mod tests {
             .route("/boom", get(boom))
             .layer(catch_panic_layer());
         let response = app
-            .oneshot(Request::builder().uri("/boom").body(axum::body::Body::empty()).unwrap())
+            .oneshot(
+                Request::builder()
+                    .uri("/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let id = response.headers().get(REQUEST_ID).unwrap().to_str().unwrap().to_string();
+        let id = response
+            .headers()
+            .get(REQUEST_ID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(!id.is_empty());
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();
         assert!(body.contains(&id), "the page quotes the reference");
-        assert!(!body.contains("index out of bounds"), "no internals: {body}");
+        assert!(
+            !body.contains("index out of bounds"),
+            "no internals: {body}"
+        );
     }
 
     #[test]
     fn forwarded_for_only_from_trusted_proxies() {
         let trusted = vec![IpNet::parse("10.0.0.0/8").unwrap()];
         let mut h = axum::http::HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.1.2.3"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.1.2.3"),
+        );
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let stranger: IpAddr = "198.51.100.1".parse().unwrap();
-        assert_eq!(forwarded_client(&trusted, proxy, &h), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(
+            forwarded_client(&trusted, proxy, &h),
+            Some("203.0.113.9".parse().unwrap())
+        );
         assert_eq!(forwarded_client(&trusted, stranger, &h), None);
     }
 }

@@ -43,10 +43,9 @@ async fn a_connection_sending_a_partial_header_is_closed_after_the_header_read_t
 
 #[tokio::test]
 async fn over_the_connection_cap_extra_connections_get_503_and_health_recovers() {
-    let app = TestApp::spawn_with(
-        "[server]\nmax_connections = 20\nheader_read_timeout_seconds = 1\n",
-    )
-    .await;
+    let app =
+        TestApp::spawn_with("[server]\nmax_connections = 20\nheader_read_timeout_seconds = 1\n")
+            .await;
     let mut idle = Vec::new();
     for _ in 0..20 {
         idle.push(TcpStream::connect(addr(&app)).await.unwrap());
@@ -83,8 +82,15 @@ async fn shutdown_with_a_half_sent_request_finishes_within_the_deadline() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let stopped = tokio::time::timeout(Duration::from_secs(6), app.stop()).await;
-    assert!(stopped.is_ok(), "run did not return after the shutdown deadline");
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        stopped.is_ok(),
+        "run did not return after the shutdown deadline"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     drop(half);
 }
 
@@ -93,12 +99,18 @@ async fn every_page_has_a_csp_and_the_console_keeps_its_own() {
     let app = TestApp::spawn().await;
     for path in ["/", "/no/such/page", "/healthz"] {
         let r = reqwest::get(app.url(path)).await.unwrap();
-        let csp = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
         assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
         assert_eq!(r.headers()["x-content-type-options"], "nosniff");
         assert!(r.headers().get("referrer-policy").is_some());
-        assert!(r.headers().get("strict-transport-security").is_none(), "no HSTS over http");
+        assert!(
+            r.headers().get("strict-transport-security").is_none(),
+            "no HSTS over http"
+        );
     }
     let r = reqwest::get(app.url("/admin/login")).await.unwrap();
     let csp = r.headers()["content-security-policy"].to_str().unwrap();
@@ -143,7 +155,11 @@ async fn x_forwarded_for_is_honoured_only_from_a_trusted_proxy() {
 
     let untrusted = TestApp::spawn_with("[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n").await;
     let ip = failed_login_ip(&untrusted, "203.0.113.7").await;
-    assert_eq!(ip.as_deref(), Some("127.0.0.1"), "the header is ignored from other peers");
+    assert_eq!(
+        ip.as_deref(),
+        Some("127.0.0.1"),
+        "the header is ignored from other peers"
+    );
 }
 
 #[tokio::test]
@@ -166,10 +182,18 @@ async fn a_csrf_token_of_the_wrong_length_gets_403_not_a_panic() {
 fn bad_server_settings_stop_start_up_naming_the_setting() {
     for (toml, setting) in [
         ("[server]\nmax_connections = 0\n", "server.max_connections"),
-        ("[server]\nheader_read_timeout_seconds = 0\n", "server.header_read_timeout_seconds"),
-        ("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "server.trusted_proxies"),
+        (
+            "[server]\nheader_read_timeout_seconds = 0\n",
+            "server.header_read_timeout_seconds",
+        ),
+        (
+            "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "server.trusted_proxies",
+        ),
     ] {
-        let err = idbridge::config::Config::from_toml(toml).unwrap_err().to_string();
+        let err = idbridge::config::Config::from_toml(toml)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(setting) && err.contains("Fix:"), "{err}");
     }
 }

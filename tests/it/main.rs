@@ -1,4 +1,10 @@
 //! All integration tests in one binary (each extra test binary is another slow link).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -1979,7 +1979,10 @@ fn inline_hash(html: &str, tag: &str) -> String {
         .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
         .map(|(inner, _)| inner)
         .unwrap_or_else(|| panic!("no <{tag}> in {html}"));
-    format!("'sha256-{}'", BASE64.encode(openssl::sha::sha256(inner.as_bytes())))
+    format!(
+        "'sha256-{}'",
+        BASE64.encode(openssl::sha::sha256(inner.as_bytes()))
+    )
 }
 
 #[tokio::test]
@@ -1988,13 +1991,37 @@ async fn sign_in_and_auto_post_pages_carry_a_csp_allowing_only_their_own_inline_
     let browser = app.browser();
     let login = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
     assert_eq!(login.status, 200, "{}", login.body);
-    assert!(login.csp.contains("default-src 'none'"), "sign-in page CSP: {:?}", login.csp);
-    assert!(login.csp.contains("frame-ancestors 'none'"), "{}", login.csp);
-    assert!(login.csp.contains(&inline_hash(&login.body, "style")), "{}", login.csp);
+    assert!(
+        login.csp.contains("default-src 'none'"),
+        "sign-in page CSP: {:?}",
+        login.csp
+    );
+    assert!(
+        login.csp.contains("frame-ancestors 'none'"),
+        "{}",
+        login.csp
+    );
+    assert!(
+        login.csp.contains(&inline_hash(&login.body, "style")),
+        "{}",
+        login.csp
+    );
     assert!(!login.csp.contains("unsafe-inline"), "{}", login.csp);
     let post = submit_login(&browser, &app, &login, USERNAME, PASSWORD).await;
-    assert!(post.body.contains("<script>"), "the auto-post page: {}", post.body);
-    assert!(post.csp.contains(&inline_hash(&post.body, "script")), "auto-post CSP: {:?}", post.csp);
-    assert!(!post.csp.contains("form-action"), "the form posts to the SP's ACS: {}", post.csp);
+    assert!(
+        post.body.contains("<script>"),
+        "the auto-post page: {}",
+        post.body
+    );
+    assert!(
+        post.csp.contains(&inline_hash(&post.body, "script")),
+        "auto-post CSP: {:?}",
+        post.csp
+    );
+    assert!(
+        !post.csp.contains("form-action"),
+        "the form posts to the SP's ACS: {}",
+        post.csp
+    );
     auto_post(&post);
 }
