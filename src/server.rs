@@ -175,6 +175,9 @@ impl App {
                 crate::web::front_door::request_deadline,
             ))
             .layer(crate::web::front_door::catch_panic_layer())
+            .layer(axum::middleware::from_fn(
+                crate::web::front_door::api_panic_as_json,
+            ))
             .layer(TraceLayer::new_for_http())
             .layer(axum::middleware::from_fn_with_state(
                 trusted,

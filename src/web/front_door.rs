@@ -144,7 +144,35 @@ pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
     if let Ok(v) = HeaderValue::from_str(&reference) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
+    response.extensions_mut().insert(Panicked(reference));
     response
+}
+
+/// Marks the 500 answered for a panic, with its reference.
+#[derive(Debug, Clone)]
+pub struct Panicked(pub String);
+
+/// Outside the panic catcher: under `/api/` a panic's 500 is the API's JSON error, not a page.
+pub async fn api_panic_as_json(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    match response.extensions().get::<Panicked>() {
+        Some(Panicked(reference)) if api => {
+            let reference = reference.clone();
+            let mut json = super::ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal",
+                message: format!("idbridge could not complete the request (reference {reference})"),
+                field: None,
+            }
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&reference) {
+                json.headers_mut().insert(REQUEST_ID, v);
+            }
+            json
+        }
+        _ => response,
+    }
 }
 
 /// The panic-catching layer used by the router.
@@ -197,6 +225,35 @@ mod tests {
             !body.contains("index out of bounds"),
             "no internals: {body}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_api_panic_gets_the_api_s_json_500_with_the_reference() {
+        async fn boom() -> &'static str {
+            panic!("secret internals")
+        }
+        let app = axum::Router::new()
+            .route("/api/v1/boom", get(boom))
+            .layer(catch_panic_layer())
+            .layer(axum::middleware::from_fn(api_panic_as_json));
+        let response = app
+            .oneshot(
+                Request::builder()
+                    .uri("/api/v1/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let id = response.headers()[REQUEST_ID].to_str().unwrap().to_string();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["code"], "internal");
+        assert!(json["error"]["message"].as_str().unwrap().contains(&id));
+        assert!(!String::from_utf8_lossy(&body).contains("secret"));
     }
 
     #[test]
