@@ -275,6 +275,7 @@ async fn serve(
         tracker.spawn(async move {
             let _permit = permit;
             let activity = Arc::new(Activity::default());
+            activity.touch();
             let io = TokioIo::new(Tracked {
                 inner: stream,
                 activity: activity.clone(),

@@ -197,3 +197,28 @@ fn bad_server_settings_stop_start_up_naming_the_setting() {
         assert!(err.contains(setting) && err.contains("Fix:"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_silent_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let app = TestApp::spawn_with("[server]\nidle_timeout_seconds = 1\n").await;
+    let r = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A fresh connection is not idle before it has had the chance to send anything.
+    let mut conn = TcpStream::connect(addr(&app)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then, silent, it is closed after about a second.
+    let started = Instant::now();
+    let closed = read_until_closed(&mut conn, Duration::from_secs(4)).await;
+    assert!(closed.is_ok(), "an idle keep-alive connection stays open");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
