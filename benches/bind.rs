@@ -21,6 +21,12 @@
 //!
 //! Run: `cargo bench --bench bind` (options: `-- --users 10000 --changes 200
 //! --jobs-per-round 200 --timeout-seconds 600 --breakdown --manager`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 #[path = "../tests/it/support/graph_fake.rs"]
 mod graph_fake;

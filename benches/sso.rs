@@ -4,6 +4,12 @@
 //! Prints responses per second and p50/p99 latency, next to this machine's raw RSA sign rate for
 //! the same key size measured in the same run (in-process with OpenSSL, and `openssl speed`), as
 //! ratios. Run: `cargo bench --bench sso` (options: `-- --seconds 5 --concurrency 4`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -58,7 +58,99 @@ pub struct Config {
     pub saml: SamlConfig,
     pub m365: M365Config,
     pub admin: AdminConfig,
+    pub server: ServerConfig,
     pub log: LogConfig,
+}
+
+/// The HTTP front door: connection timeouts and limits, shutdown, and trusted reverse proxies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// A connection must send a request's complete headers within this many seconds.
+    pub header_read_timeout_seconds: u64,
+    /// A request (headers read) must be answered within this many seconds, else 503.
+    pub request_timeout_seconds: u64,
+    /// A keep-alive connection with no traffic for this many seconds is closed.
+    pub idle_timeout_seconds: u64,
+    /// Open connections at most; more are answered 503 and closed. Keep it below the
+    /// open-files limit (`ulimit -n`, often 1024), which the database and files also use.
+    pub max_connections: usize,
+    /// On SIGTERM, in-flight requests get this many seconds; then queued state is written and
+    /// the process exits.
+    pub shutdown_timeout_seconds: u64,
+    /// Reverse proxies (IPs or CIDRs) whose `X-Forwarded-For` names the client; from any other
+    /// peer the header is ignored.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            idle_timeout_seconds: 60,
+            max_connections: 768,
+            shutdown_timeout_seconds: 20,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`); a bare address is a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `a.b.c.d`, `a.b.c.d/n`, an IPv6 address, or `ipv6/n`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((a, p)) => (
+                a.parse::<std::net::IpAddr>().ok()?,
+                Some(p.parse::<u8>().ok()?),
+            ),
+            None => (text.trim().parse::<std::net::IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// True when `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The trusted proxies, parsed (entries that do not parse are refused at start-up).
+    pub fn trusted_proxy_nets(&self) -> Vec<IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|t| IpNet::parse(t))
+            .collect()
+    }
 }
 
 /// The admin console and API.
@@ -98,6 +190,7 @@ impl Default for Config {
             saml: SamlConfig::default(),
             m365: M365Config::default(),
             admin: AdminConfig::default(),
+            server: ServerConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -503,6 +596,48 @@ impl Config {
                 "m365.client_certificate_file / m365.client_key_file",
                 "only one of the two is set",
                 "set both the certificate and its private key, or neither",
+            ));
+        }
+        let server = &self.server;
+        for (setting, value) in [
+            (
+                "server.header_read_timeout_seconds",
+                server.header_read_timeout_seconds,
+            ),
+            (
+                "server.request_timeout_seconds",
+                server.request_timeout_seconds,
+            ),
+            ("server.idle_timeout_seconds", server.idle_timeout_seconds),
+            (
+                "server.shutdown_timeout_seconds",
+                server.shutdown_timeout_seconds,
+            ),
+        ] {
+            if value == 0 || value > 3600 {
+                return Err(invalid(
+                    setting,
+                    format!("{value} is out of range"),
+                    "use a number of seconds from 1 to 3600",
+                ));
+            }
+        }
+        if server.max_connections == 0 || server.max_connections > 1_000_000 {
+            return Err(invalid(
+                "server.max_connections",
+                format!("{} is out of range", server.max_connections),
+                "use a number from 1 up to, and safely below, the open-files limit (e.g. 768 for ulimit -n 1024)",
+            ));
+        }
+        if let Some(bad) = server
+            .trusted_proxies
+            .iter()
+            .find(|t| IpNet::parse(t).is_none())
+        {
+            return Err(invalid(
+                "server.trusted_proxies",
+                format!("{bad:?} is not an IP address or CIDR network"),
+                "list addresses such as \"127.0.0.1\" or networks such as \"10.0.0.0/8\"",
             ));
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {

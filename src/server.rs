@@ -143,7 +143,10 @@ impl App {
 
     /// The full router with shared layers.
     pub fn router(&self) -> Router {
-        Router::new()
+        let server = &self.state.config.server;
+        let trusted = Arc::new(server.trusted_proxy_nets());
+        let deadline = Duration::from_secs(server.request_timeout_seconds);
+        let router = Router::new()
             .route("/", get(home))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
@@ -163,8 +166,32 @@ impl App {
                 header::REFERRER_POLICY,
                 HeaderValue::from_static("no-referrer"),
             ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::CONTENT_SECURITY_POLICY,
+                crate::web::front_door::page_csp(),
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                deadline,
+                crate::web::front_door::request_deadline,
+            ))
+            .layer(crate::web::front_door::catch_panic_layer())
+            .layer(axum::middleware::from_fn(
+                crate::web::front_door::api_panic_as_json,
+            ))
             .layer(TraceLayer::new_for_http())
-            .with_state(self.state.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                trusted,
+                crate::web::front_door::real_client,
+            ));
+        let router = if self.state.config.is_https() {
+            router.layer(SetResponseHeaderLayer::overriding(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static(crate::web::front_door::HSTS),
+            ))
+        } else {
+            router
+        };
+        router.with_state(self.state.clone())
     }
 }
 
@@ -190,11 +217,7 @@ pub async fn run(
     let sync_worker = tokio::spawn(app.state.sync.clone().run(token.clone()));
     let router = app.router();
     let serve_token = token.clone();
-    let result = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let result = serve(listener, router, &app.state.config.server, async move {
         tokio::select! {
             _ = shutdown => {},
             _ = serve_token.cancelled() => {},
@@ -209,6 +232,185 @@ pub async fn run(
     }
     app.state.store.close().await;
     result
+}
+
+/// Accepts connections until `shutdown`, each served by hyper with the header-read and idle
+/// timeouts and the connection cap of `[server]`; then lets in-flight requests finish for at
+/// most `shutdown_timeout_seconds` and drops whatever is left.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: &crate::config::ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let header_read = Duration::from_secs(settings.header_read_timeout_seconds);
+    let idle = Duration::from_secs(settings.idle_timeout_seconds);
+    let deadline = Duration::from_secs(settings.shutdown_timeout_seconds);
+    let draining = CancellationToken::new();
+    let abandon = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(%err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracker.spawn(shed(stream));
+            continue;
+        };
+        let router = router.clone();
+        let draining = draining.clone();
+        let abandon = abandon.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let activity = Arc::new(Activity::default());
+            activity.touch();
+            let io = TokioIo::new(Tracked {
+                inner: stream,
+                activity: activity.clone(),
+            });
+            let service = hyper::service::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(router.clone(), request)
+                },
+            );
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read)
+                .keep_alive(true);
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            let mut tick = tokio::time::interval(Duration::from_millis(500).min(idle));
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = abandon.cancelled() => break,
+                    _ = draining.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = tick.tick(), if !closing => {
+                        if activity.idle_for() >= idle {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    draining.cancel();
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tracker.len(),
+            "shutdown deadline passed; closing connections with requests still in flight"
+        );
+        abandon.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+    }
+    Ok(())
+}
+
+/// Over the connection cap: a minimal 503 and close, without reading the request.
+async fn shed(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 23\r\nRetry-After: 5\r\nConnection: close\r\n\r\nidbridge is too busy.\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(BUSY).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// When a connection last moved a byte (milliseconds on a process-wide monotonic clock).
+#[derive(Default)]
+struct Activity {
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(tokio::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(monotonic_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+    fn idle_for(&self) -> Duration {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(monotonic_ms().saturating_sub(last))
+    }
+}
+
+/// A TCP stream that records when it last read or wrote.
+struct Tracked {
+    inner: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(poll, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

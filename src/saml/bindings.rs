@@ -56,6 +56,7 @@ pub fn encode_post(xml: &str) -> String {
 }
 
 /// Encodes a message for the HTTP-Redirect binding (raw DEFLATE, then base64).
+#[allow(clippy::expect_used)] // reason: writing into a Vec cannot fail
 pub fn encode_redirect(xml: &str) -> String {
     let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
     // Writing into a Vec cannot fail, so these io::Results are always Ok.

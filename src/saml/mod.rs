@@ -69,6 +69,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Returns a fresh unpredictable message ID ("_" + 32 hex chars, a valid NCName).
 ///
 /// Panics only if OpenSSL's random generator fails; see [`try_new_id`].
+#[allow(clippy::expect_used)] // reason: a broken OS entropy source must stop idbridge rather than issue predictable IDs
 pub fn new_id() -> String {
     // RAND_bytes fails only when the OS entropy source is broken; issuing
     // predictable IDs would be worse than stopping, so panicking is deliberate.

@@ -48,10 +48,14 @@ impl XmlWriter {
         self.out.push_str(name);
         for (key, value) in sorted {
             // Sorting by plain name is only canonical for unqualified attributes.
-            debug_assert!(
-                key.starts_with("xmlns") || !key.contains(':'),
-                "qualified attribute {key}"
-            );
+            if !key.starts_with("xmlns") && key.contains(':') {
+                return Err(SamlError::Invalid {
+                    field: "XML attribute",
+                    reason: format!(
+                        "<{name}> has the qualified attribute {key}, which this writer cannot order canonically"
+                    ),
+                });
+            }
             check_chars(value, name)?;
             self.out.push(' ');
             self.out.push_str(key);
@@ -185,6 +189,13 @@ mod tests {
         let doc = roxmltree::Document::parse(&xml).unwrap();
         assert_eq!(doc.root_element().attribute("v"), Some("&<>\"'\t\n\r"));
         assert_eq!(doc.root_element().text(), Some("&<>\"'\t\n\r]]>"));
+    }
+
+    #[test]
+    fn refuses_qualified_attributes_in_release_builds_too() {
+        let err = write(|w| w.leaf("t", &[("x:a", "1")], "")).unwrap_err();
+        assert!(err.to_string().contains("x:a"), "{err}");
+        assert!(write(|w| w.leaf("t", &[("xmlns:x", "urn:x")], "")).is_ok());
     }
 
     #[test]

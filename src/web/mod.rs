@@ -2,6 +2,7 @@
 //! rendering, cookies, console sessions and API keys.
 
 mod api_error;
+pub mod front_door;
 pub mod session;
 
 pub use api_error::{ApiError, ApiErrorBody, ApiErrorDetail};

@@ -143,8 +143,9 @@ pub async fn require_admin_session(
         };
         let presented = header_token.or_else(form_token);
         let valid = presented.is_some_and(|t| {
-            openssl::memcmp::eq(t.as_bytes(), principal.csrf.as_bytes())
-                && t.len() == principal.csrf.len()
+            // Lengths first: `memcmp::eq` panics on unequal lengths.
+            t.len() == principal.csrf.len()
+                && openssl::memcmp::eq(t.as_bytes(), principal.csrf.as_bytes())
         });
         if !valid {
             deny(&state, &principal.actor(), "csrf", &path, ip).await;

@@ -1,4 +1,10 @@
 //! All integration tests in one binary (each extra test binary is another slow link).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 
@@ -10,6 +16,7 @@ mod console;
 mod console_m365;
 mod console_pages;
 mod directory;
+mod front_door;
 mod graph_fake_selftest;
 mod m365;
 mod server;

@@ -127,6 +127,7 @@ struct Page {
     body: String,
     set_cookies: Vec<String>,
     content_type: String,
+    csp: String,
 }
 
 impl Page {
@@ -144,12 +145,19 @@ impl Page {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        let csp = response
+            .headers()
+            .get(reqwest::header::CONTENT_SECURITY_POLICY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let body = response.text().await.expect("body");
         Self {
             status,
             body,
             set_cookies,
             content_type,
+            csp,
         }
     }
 
@@ -1962,4 +1970,58 @@ async fn users_of_a_domain_with_its_own_issuer_get_that_issuer() {
             "{username}"
         );
     }
+}
+
+/// `'sha256-…'` of the text inside the first `<tag>…</tag>` of `html`.
+fn inline_hash(html: &str, tag: &str) -> String {
+    let inner = html
+        .split_once(&format!("<{tag}>"))
+        .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+        .map(|(inner, _)| inner)
+        .unwrap_or_else(|| panic!("no <{tag}> in {html}"));
+    format!(
+        "'sha256-{}'",
+        BASE64.encode(openssl::sha::sha256(inner.as_bytes()))
+    )
+}
+
+#[tokio::test]
+async fn sign_in_and_auto_post_pages_carry_a_csp_allowing_only_their_own_inline_code() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let login = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert!(
+        login.csp.contains("default-src 'none'"),
+        "sign-in page CSP: {:?}",
+        login.csp
+    );
+    assert!(
+        login.csp.contains("frame-ancestors 'none'"),
+        "{}",
+        login.csp
+    );
+    assert!(
+        login.csp.contains(&inline_hash(&login.body, "style")),
+        "{}",
+        login.csp
+    );
+    assert!(!login.csp.contains("unsafe-inline"), "{}", login.csp);
+    let post = submit_login(&browser, &app, &login, USERNAME, PASSWORD).await;
+    assert!(
+        post.body.contains("<script>"),
+        "the auto-post page: {}",
+        post.body
+    );
+    assert!(
+        post.csp.contains(&inline_hash(&post.body, "script")),
+        "auto-post CSP: {:?}",
+        post.csp
+    );
+    assert!(
+        !post.csp.contains("form-action"),
+        "the form posts to the SP's ACS: {}",
+        post.csp
+    );
+    auto_post(&post);
 }

@@ -137,6 +137,7 @@ impl GraphClient {
 
     /// Sends `requests[range]` as one batch, then the throttled ones again until done or out of
     /// budget; fills `results`. `Err` when the batch as a whole failed.
+    #[allow(clippy::indexing_slicing)] // reason: positions come from `range`, the caller's slice of `requests`/`results` (same length); answer ids are checked against `pending`
     async fn batch_chunk(
         &self,
         token: &str,

@@ -548,6 +548,7 @@ impl M365Sync {
     /// Graph requests than looking the waiting binds up 20 per `$batch`. Fills `found` and
     /// returns which jobs it answered; retried jobs are always looked up (an earlier attempt
     /// may have created the user after the listing was taken).
+    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
     async fn lookup_in_listing(
         &self,
         active: &[Work],
@@ -612,6 +613,7 @@ impl M365Sync {
 
     /// Binds: look every user up (object id first, else UPN; from a tenant listing for large
     /// binds), create the missing ones and overwrite the found ones, then set managers.
+    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
     async fn deliver_binds(
         &self,
         binds: Vec<Work>,
@@ -931,6 +933,7 @@ impl M365Sync {
 
     /// Runs lookups; fills `found` (404 leaves it empty) or `failed`. `Err` when the whole
     /// batch failed.
+    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
     async fn lookup(
         &self,
         requests: Vec<BatchRequest>,
@@ -969,6 +972,7 @@ impl M365Sync {
 
     /// Sends the later parts of jobs whose main part reached Microsoft 365 (`failed` is
     /// empty for them); a part that does not get through becomes a follow-up job of its own.
+    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
     async fn send_parts(
         &self,
         works: &[Work],
@@ -1067,6 +1071,7 @@ impl M365Sync {
     /// Attribute, password, account and sign-out jobs: one main request each (a PATCH, or the
     /// sign-out), then their later parts (manager reference, sign-out after a password), all
     /// in `$batch`es.
+    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
     async fn deliver_updates(
         &self,
         updates: Vec<Work>,
