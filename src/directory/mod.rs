@@ -1,6 +1,7 @@
 //! The user directory: users, passwords and the password policy. No HTTP here.
 
 mod admins;
+pub mod hasher;
 mod password;
 mod policy;
 mod user;
