@@ -16,3 +16,4 @@ mod server;
 mod sso;
 mod sync;
 mod sync_parts;
+mod throttle;
