@@ -138,9 +138,19 @@ async fn login(
     let name = form.username.trim().to_lowercase();
     if let Some(locked) = state
         .admin_throttle
-        .check(&name, ip.as_deref(), now)
+        .admit(&name, ip.as_deref(), now)
         .await?
     {
+        // Counted, not written per guess: the lock's start is its own event.
+        crate::web::session::record_refusal(
+            &state,
+            kind::ADMIN_LOGIN_THROTTLED,
+            &Actor::Anonymous,
+            "locked",
+            "/admin/login",
+            ip.clone(),
+        )
+        .await;
         return Ok(again(
             &locked.message(now),
             StatusCode::TOO_MANY_REQUESTS,
@@ -162,17 +172,13 @@ async fn login(
         .details(json!({"reason": "wrong username or password"}))
         .client_ip(ip.clone());
         state.store.record_event(&event).await?;
-        state
-            .admin_throttle
-            .failed(&name, ip.as_deref(), now)
-            .await?;
         return Ok(again(
             "Wrong username or password.",
             StatusCode::UNAUTHORIZED,
             jar,
         ));
     };
-    state.admin_throttle.succeeded(&name).await?;
+    state.admin_throttle.succeeded(&name, ip.as_deref()).await?;
     let token = new_token();
     let now_ms = now.timestamp_millis();
     let expires = now_ms + (state.config.admin.session_max_hours.max(1) * 3_600_000) as i64;

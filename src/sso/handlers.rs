@@ -221,6 +221,16 @@ async fn login(
             .map_err(internal)
         }
         LoginOutcome::Throttled(locked) => {
+            // Counted, not written per guess: the lock's start is its own event.
+            crate::web::session::record_refusal(
+                &state,
+                crate::events::kind::SIGN_IN_THROTTLED,
+                &crate::events::Actor::Anonymous,
+                "locked",
+                "/saml/login",
+                ip.clone(),
+            )
+            .await;
             let request = IncomingRequest {
                 login_hint: Some(form.username.clone()),
                 ..request

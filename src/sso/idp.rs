@@ -475,10 +475,11 @@ impl IdentityProvider {
         now: DateTime<Utc>,
     ) -> Result<LoginOutcome, SsoError> {
         // Before any hashing: a locked name or address costs one indexed read, no argon2.
-        // Nothing is recorded per refused guess; the event was written when the lock started.
+        // The attempt is counted here, before the password check, so concurrent guesses
+        // cannot overrun the limit; the lock's start is the one event.
         if let Some(locked) = self
             .throttle
-            .check(login, client_ip.as_deref(), now)
+            .admit(login, client_ip.as_deref(), now)
             .await?
         {
             return Ok(LoginOutcome::Throttled(locked));
@@ -504,12 +505,9 @@ impl IdentityProvider {
             }))
             .client_ip(client_ip.clone());
             self.store.record_event(&event).await?;
-            self.throttle
-                .failed(login, client_ip.as_deref(), now)
-                .await?;
             return Ok(LoginOutcome::Failed);
         };
-        self.throttle.succeeded(login).await?;
+        self.throttle.succeeded(login, client_ip.as_deref()).await?;
         if let Some(refusal) = self.account_refusal(&user, now) {
             self.record_refusal(&user, Some(sp), refusal, client_ip, now)
                 .await?;

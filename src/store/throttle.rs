@@ -29,7 +29,7 @@ impl Store {
         Ok(latest)
     }
 
-    /// Adds a failure to `key`; the window restarts when it began at or before
+    /// Counts an attempt (a failure until it succeeds) on `key`; the window restarts when it began at or before
     /// `window_expired_ms`.
     pub async fn throttle_add_failure(
         &self,
@@ -72,6 +72,17 @@ impl Store {
         .bind(key)
         .bind(until_ms)
         .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes one counted attempt back from `key` (a sign-in that succeeded).
+    pub async fn throttle_release(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sign_in_throttle SET failures = failures - 1 WHERE key = $1 AND failures > 0",
+        )
+        .bind(key)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -178,48 +178,41 @@ impl SignInThrottle {
         keys
     }
 
-    /// Whether sign-in is refused now for this name or address (call before any hashing).
-    pub async fn check(
-        &self,
-        name: &str,
-        ip: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Locked>, ThrottleError> {
-        let keys = self.keys(name, ip);
-        let refs: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
-        let until = self.store.throttle_locked_until(&refs).await?;
-        Ok((until > now.timestamp_millis())
-            .then(|| DateTime::from_timestamp_millis(until).map(|until| Locked { until }))
-            .flatten())
-    }
-
-    /// Counts a failed sign-in; returns the lock when this failure started one (one event is
-    /// written when a lock starts, never one per refused guess). The failure that starts a
-    /// lock is still answered as a wrong password; the next attempt meets the lock.
-    pub async fn failed(
+    /// Admits one sign-in attempt, or refuses it (call before any hashing).
+    ///
+    /// Each admitted attempt is counted before its password is checked, so concurrent
+    /// guesses cannot slip past the limit while earlier ones are still being hashed; a
+    /// successful sign-in gives its attempt back (`succeeded`). The attempt over the limit
+    /// starts the lock and writes its one event; attempts while locked write nothing here.
+    pub async fn admit(
         &self,
         name: &str,
         ip: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Option<Locked>, ThrottleError> {
         let now_ms = now.timestamp_millis();
+        let keys = self.keys(name, ip);
+        let refs: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
+        let until = self.store.throttle_locked_until(&refs).await?;
+        if until > now_ms {
+            return Ok(DateTime::from_timestamp_millis(until).map(|until| Locked { until }));
+        }
         let expired = (now - self.limits.window).timestamp_millis();
-        let mut started = None;
-        for (kind, key) in self.keys(name, ip) {
+        for (kind, key) in &keys {
             let max = match kind {
                 KeyKind::Account => self.limits.account_max_failures,
                 KeyKind::Address => self.limits.address_max_failures,
             };
             let count = self
                 .store
-                .throttle_add_failure(&key, now_ms, expired)
+                .throttle_add_failure(key, now_ms, expired)
                 .await?;
-            if count.failures < i64::from(max) || count.locked_until > now_ms {
+            if count.failures <= i64::from(max) {
                 continue;
             }
             let until = now + self.limits.lock;
             self.store
-                .throttle_lock(&key, now_ms, until.timestamp_millis())
+                .throttle_lock(key, now_ms, until.timestamp_millis())
                 .await?;
             let target = match kind {
                 KeyKind::Account => Some(normalise(name)),
@@ -228,22 +221,28 @@ impl SignInThrottle {
             let event = NewEvent::new(now, &Actor::Anonymous, self.form.event(), target.as_deref())
                 .details(json!({
                     "key": kind.as_str(),
-                    "failures": count.failures,
+                    "failures": count.failures - 1,
                     "lockedUntil": until.to_rfc3339(),
                 }))
                 .client_ip(ip.map(str::to_string));
             self.store.record_event(&event).await?;
-            started = Some(Locked { until });
+            return Ok(Some(Locked { until }));
         }
-        Ok(started)
+        Ok(None)
     }
 
-    /// A successful sign-in clears the account's counter (not the address's: one right
-    /// password must not reset guessing at other accounts from there).
-    pub async fn succeeded(&self, name: &str) -> Result<(), ThrottleError> {
+    /// A successful sign-in clears the account's counter and gives the address its attempt
+    /// back (the address's failures stay: one right password must not reset guessing at
+    /// other accounts from there).
+    pub async fn succeeded(&self, name: &str, ip: Option<&str>) -> Result<(), ThrottleError> {
         self.store
             .throttle_clear(&account_key(self.form, name))
             .await?;
+        if let Some(ip) = ip {
+            self.store
+                .throttle_release(&address_key(self.form, ip))
+                .await?;
+        }
         Ok(())
     }
 }

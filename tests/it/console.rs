@@ -4,7 +4,7 @@ use idbridge::directory::AdminRole;
 use serde_json::Value;
 
 use crate::support::console::{admin_browser, api_client, api_key, ADMIN_PASSWORD};
-use crate::support::{hidden_input, TestApp};
+use crate::support::{hidden_input, lock_starts, TestApp};
 
 async fn login_form(app: &TestApp, client: &reqwest::Client) -> String {
     let page = client
@@ -371,7 +371,7 @@ async fn repeated_failed_sign_ins_lock_the_address_for_a_while_whatever_the_name
     assert!(page.contains("Too many sign-in attempts"), "{page}");
     // A name that does not exist behaves the same (no hint which names exist).
     assert_eq!(attempt("ghost", "Wrong-Passw0rd!").await.0, 429);
-    let throttled = app.events("admin_login_throttled").await;
+    let throttled = lock_starts(&app, "admin_login_throttled").await;
     assert_eq!(throttled.len(), 1, "one event when the lock starts");
     assert!(throttled.iter().all(|e| e.client_ip.is_some()));
 }

@@ -10,7 +10,7 @@ use idbridge::directory::AdminRole;
 use idbridge::events::{Actor, NewEvent};
 
 use crate::support::console::{admin_browser, ADMIN_PASSWORD};
-use crate::support::{binary, hidden_input, TestApp};
+use crate::support::{binary, hidden_input, lock_starts, TestApp};
 
 const PASSWORD: &str = "Correct horse 1!";
 const WRONG: &str = "Wrong horse 1!";
@@ -88,7 +88,7 @@ async fn the_eleventh_guess_at_one_account_from_rotating_addresses_is_refused_un
     // The right password is refused too while locked, without being checked.
     let (status, _) = sso_attempt(&app, ip(41), "Alice", PASSWORD).await;
     assert_eq!(status, 429);
-    let throttled = app.events("sign_in_throttled").await;
+    let throttled = lock_starts(&app, "sign_in_throttled").await;
     assert_eq!(throttled.len(), 1, "one event when the lock starts");
     assert!(throttled[0].details.contains("\"account\""));
     assert!(!throttled[0].details.contains(WRONG) && !throttled[0].details.contains(PASSWORD));
@@ -122,7 +122,7 @@ async fn an_unknown_account_is_locked_and_answered_exactly_like_an_existing_one(
         existing.replace("alice", "NAME"),
         unknown.replace("nobody", "NAME")
     );
-    assert_eq!(app.events("sign_in_throttled").await.len(), 2);
+    assert_eq!(lock_starts(&app, "sign_in_throttled").await.len(), 2);
 }
 
 #[tokio::test]
@@ -137,7 +137,7 @@ async fn thirty_guesses_across_accounts_from_one_address_lock_the_address() {
     // Another address is not affected, and the account is not locked.
     let (status, _) = sso_attempt(&app, ip(81), "alice", PASSWORD).await;
     assert_eq!(status, 200);
-    let throttled = app.events("sign_in_throttled").await;
+    let throttled = lock_starts(&app, "sign_in_throttled").await;
     assert_eq!(throttled.len(), 1);
     assert!(throttled[0].details.contains("\"address\""));
     assert_eq!(throttled[0].client_ip.as_deref(), Some("127.0.0.80"));
@@ -204,7 +204,7 @@ async fn console_guesses_lock_the_guessers_address_not_the_admin_and_the_cli_unl
         console_attempt(&app, ip(101), "root", ADMIN_PASSWORD).await,
         303
     );
-    let throttled = app.events("admin_login_throttled").await;
+    let throttled = lock_starts(&app, "admin_login_throttled").await;
     assert_eq!(throttled.len(), 1);
     assert!(throttled[0].details.contains("\"address\""));
 

@@ -243,6 +243,15 @@ impl Drop for TestApp {
     }
 }
 
+/// The events of a throttle type that started a lock (not the aggregated refusals).
+pub async fn lock_starts(app: &TestApp, event_type: &str) -> Vec<EventRow> {
+    app.events(event_type)
+        .await
+        .into_iter()
+        .filter(|e| e.details.contains("lockedUntil"))
+        .collect()
+}
+
 /// Path of the built `idbridge` binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_idbridge"))
