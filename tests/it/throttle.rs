@@ -153,6 +153,8 @@ async fn a_locked_check_is_cheap() {
         assert_eq!(sso_attempt(&app, ip(91), "alice", PASSWORD).await.0, 429);
     }
     let locked = started.elapsed();
+    // Counted by the directory: the six attempts above checked exactly one password.
+    assert_eq!(app.state().directory.sign_in_checks(), 1);
     let started = std::time::Instant::now();
     for n in 0..5 {
         let name = format!("bob{n}");
