@@ -223,7 +223,11 @@ async fn console_guesses_lock_the_guessers_address_not_the_admin_and_the_cli_unl
     let config = app.dir.path().join("unlock.toml");
     std::fs::write(
         &config,
-        format!("data_dir = \"{}\"\n", app.dir.path().join("data").display()),
+        format!(
+            "data_dir = \"{}\"\ndatabase_url = \"{}\"\n",
+            app.dir.path().join("data").display(),
+            app.config.database_url()
+        ),
     )
     .unwrap();
     let out = std::process::Command::new(binary())
