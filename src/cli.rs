@@ -299,6 +299,15 @@ pub enum AdminCommand {
     /// Manage API keys of the JSON API.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Lift a sign-in lock: an account name (console admin or directory user, both forms)
+    /// and/or a client address.
+    Unlock {
+        /// The sign-in name whose lock and failure count are cleared.
+        name: Option<String>,
+        /// A client address whose lock and failure count are cleared.
+        #[arg(long)]
+        address: Option<std::net::IpAddr>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -388,6 +397,43 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let result = keys::run(&directory, cmd, Utc::now()).await;
             directory.store().close().await;
             result
+        }
+        Command::Admin(AdminCommand::Unlock { name, address }) => {
+            if name.is_none() && address.is_none() {
+                return Err(CliError(
+                    "name an account to unlock, or give --address IP".into(),
+                ));
+            }
+            let store = open_store(&config).await?;
+            if let Some(name) = &name {
+                let had = crate::throttle::unlock_account(&store, name)
+                    .await
+                    .map_err(fail)?;
+                println!(
+                    "{}: {}",
+                    crate::throttle::normalise(name),
+                    if had {
+                        "unlocked"
+                    } else {
+                        "had no failed sign-ins"
+                    }
+                );
+            }
+            if let Some(ip) = address {
+                let had = crate::throttle::unlock_address(&store, &ip.to_string())
+                    .await
+                    .map_err(fail)?;
+                println!(
+                    "{ip}: {}",
+                    if had {
+                        "unlocked"
+                    } else {
+                        "had no failed sign-ins"
+                    }
+                );
+            }
+            store.close().await;
+            Ok(())
         }
         Command::Events {
             event_type,

@@ -59,7 +59,50 @@ pub struct Config {
     pub m365: M365Config,
     pub admin: AdminConfig,
     pub server: ServerConfig,
+    pub sign_in: SignInConfig,
+    pub events: EventsConfig,
     pub log: LogConfig,
+}
+
+/// Throttling of the SSO sign-in page against password guessing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignInConfig {
+    /// Failed sign-ins for one typed name, from any address, that lock the name (0: never).
+    pub account_max_failures: u32,
+    /// Failed sign-ins from one client address, across names, that lock the address (0: never).
+    pub address_max_failures: u32,
+    /// How long failures count, in seconds.
+    pub window_seconds: u64,
+    /// How long a lock lasts, in seconds.
+    pub lock_seconds: u64,
+}
+
+impl Default for SignInConfig {
+    fn default() -> Self {
+        Self {
+            account_max_failures: 10,
+            address_max_failures: 30,
+            window_seconds: 60,
+            lock_seconds: 900,
+        }
+    }
+}
+
+/// The event log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events older than this many days are deleted by the janitor (0: keep forever).
+    pub retention_days: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 365,
+        }
+    }
 }
 
 /// The HTTP front door: connection timeouts and limits, shutdown, and trusted reverse proxies.
@@ -161,8 +204,13 @@ pub struct AdminConfig {
     pub session_idle_minutes: u64,
     /// A console session ends this many hours after sign-in, active or not.
     pub session_max_hours: u64,
-    /// Failed sign-ins for one admin name before sign-in is refused for a while (0: never).
+    /// Failed console sign-ins from one client address before that address is refused for a
+    /// while (0: never).
     pub login_max_failures: u32,
+    /// Failed console sign-ins for one admin name, from any address, before the name is
+    /// refused for a while (0: never); higher than `login_max_failures` so that guessing from
+    /// one place locks the guesser's address, not the real admin.
+    pub login_account_max_failures: u32,
     /// How long failures count, and how long sign-in stays refused after too many.
     pub login_lockout_minutes: u64,
 }
@@ -173,6 +221,7 @@ impl Default for AdminConfig {
             session_idle_minutes: 30,
             session_max_hours: 12,
             login_max_failures: 5,
+            login_account_max_failures: 20,
             login_lockout_minutes: 15,
         }
     }
@@ -190,6 +239,8 @@ impl Default for Config {
             saml: SamlConfig::default(),
             m365: M365Config::default(),
             admin: AdminConfig::default(),
+            sign_in: SignInConfig::default(),
+            events: EventsConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
         }
@@ -437,6 +488,36 @@ impl Config {
     }
 
     fn normalise_and_validate(&mut self) -> Result<(), ConfigError> {
+        // Bounded so the lock arithmetic on millisecond timestamps cannot overflow.
+        const DAY: u64 = 86_400;
+        if !(1..=DAY).contains(&self.sign_in.window_seconds) {
+            return Err(invalid(
+                "sign_in.window_seconds",
+                format!("{} is out of range", self.sign_in.window_seconds),
+                "use 1 to 86400 seconds (default 60)",
+            ));
+        }
+        if !(1..=DAY * 30).contains(&self.sign_in.lock_seconds) {
+            return Err(invalid(
+                "sign_in.lock_seconds",
+                format!("{} is out of range", self.sign_in.lock_seconds),
+                "use 1 to 2592000 seconds (default 900)",
+            ));
+        }
+        if self.admin.login_lockout_minutes > 30 * 24 * 60 {
+            return Err(invalid(
+                "admin.login_lockout_minutes",
+                format!("{} is out of range", self.admin.login_lockout_minutes),
+                "use at most 43200 minutes (default 15)",
+            ));
+        }
+        if self.events.retention_days > 36_500 {
+            return Err(invalid(
+                "events.retention_days",
+                format!("{} is out of range", self.events.retention_days),
+                "use 0 (keep forever) to 36500 days (default 365)",
+            ));
+        }
         if self.base_url.is_empty() {
             self.base_url = format!("http://{}", self.listen);
         }

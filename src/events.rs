@@ -62,6 +62,8 @@ pub mod kind {
     pub const SIGNING_CERT_CREATE: &str = "signing_certificate_create";
     pub const SSO_LOGIN_SUCCESS: &str = "sso_login_success";
     pub const SSO_LOGIN_FAILED: &str = "sso_login_failed";
+    /// Too many failed SSO sign-ins: an account name or a client address is locked for a while.
+    pub const SIGN_IN_THROTTLED: &str = "sign_in_throttled";
     pub const SSO_ASSERTION_ISSUED: &str = "sso_assertion_issued";
     pub const SSO_ACCESS_REFUSED: &str = "sso_access_refused";
     pub const SAML_REQUEST_REJECTED: &str = "saml_request_rejected";

@@ -26,4 +26,5 @@ pub mod server;
 pub mod sso;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod web;

@@ -47,6 +47,10 @@ pub struct AppInner {
     pub store: Store,
     pub directory: Directory,
     pub idp: IdentityProvider,
+    /// Throttles the admin console's sign-in form.
+    pub admin_throttle: crate::throttle::SignInThrottle,
+    /// Repeated refused requests, counted before they are written as events.
+    pub refusals: crate::throttle::refusals::RefusalTally,
     pub m365: Arc<crate::m365::M365>,
     /// Binding and sync with Microsoft 365.
     pub sync: Arc<crate::m365::M365Sync>,
@@ -128,6 +132,8 @@ impl App {
         ));
         Ok(Self {
             state: Arc::new(AppInner {
+                admin_throttle: crate::throttle::SignInThrottle::admin(store.clone(), &config),
+                refusals: crate::throttle::refusals::RefusalTally::new(),
                 config,
                 store,
                 directory,
@@ -440,8 +446,12 @@ async fn purge_expired(state: AppState, token: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = token.cancelled() => return,
+            _ = token.cancelled() => {
+                flush_refusals(&state, true).await;
+                return;
+            }
             _ = tick.tick() => {
+                flush_refusals(&state, false).await;
                 let now = chrono::Utc::now().timestamp_millis();
                 if let Err(err) = state.store.purge_expired_saml_state(now).await {
                     tracing::warn!(%err, "could not purge expired SAML state");
@@ -450,7 +460,39 @@ async fn purge_expired(state: AppState, token: CancellationToken) {
                 if let Err(err) = state.store.purge_admin_sessions(now, idle_ms).await {
                     tracing::warn!(%err, "could not purge expired console sessions");
                 }
+                purge_old(&state, now).await;
             }
+        }
+    }
+}
+
+/// Writes the aggregated counts of refused requests: of past minutes, or all (shutdown).
+pub async fn flush_refusals(state: &AppState, all: bool) {
+    let events = state.refusals.take_due(chrono::Utc::now(), all);
+    if events.is_empty() {
+        return;
+    }
+    if let Err(err) = state.store.record_batch(&events, &[]).await {
+        tracing::warn!(%err, "could not record the counts of refused requests");
+    }
+}
+
+/// Deletes counters of past sign-in failures and events past the retention (the janitor).
+pub async fn purge_old(state: &AppState, now_ms: i64) {
+    // A counter is stale once both its window and its lock ended; a day covers every window.
+    if let Err(err) = state.store.purge_throttle(now_ms - 86_400_000).await {
+        tracing::warn!(%err, "could not purge old sign-in counters");
+    }
+    let days = i64::from(state.config.events.retention_days);
+    if days > 0 {
+        match state
+            .store
+            .purge_events_before(now_ms - days * 86_400_000)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "purged events past the retention"),
+            Err(err) => tracing::warn!(%err, "could not purge old events"),
         }
     }
 }

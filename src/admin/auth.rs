@@ -132,34 +132,27 @@ async fn login(
             jar,
         ));
     }
-    // Password guessing: after too many failures for one name (existing or not, so this says
-    // nothing about which names exist), refuse without checking the password for a while.
+    // Password guessing: the client address locks first, the name only at a higher threshold
+    // (counted by the typed name, existing or not), so guessing from one place cannot lock
+    // the real admin out. A lock is checked before any hashing.
     let name = form.username.trim().to_lowercase();
-    let settings = &state.config.admin;
-    let window_ms = (settings.login_lockout_minutes.max(1) * 60_000) as i64;
-    let failures = state
-        .store
-        .count_events_since(
-            kind::ADMIN_LOGIN_FAILED,
-            &name,
-            now.timestamp_millis() - window_ms,
-        )
-        .await?;
-    if settings.login_max_failures > 0 && failures >= i64::from(settings.login_max_failures) {
-        let event = NewEvent::new(
-            now,
-            &Actor::Anonymous,
+    if let Some(locked) = state
+        .admin_throttle
+        .admit(&name, ip.as_deref(), now)
+        .await?
+    {
+        // Counted, not written per guess: the lock's start is its own event.
+        crate::web::session::record_refusal(
+            &state,
             kind::ADMIN_LOGIN_THROTTLED,
-            Some(&name),
+            &Actor::Anonymous,
+            "locked",
+            "/admin/login",
+            ip.clone(),
         )
-        .details(json!({"failures": failures, "minutes": settings.login_lockout_minutes}))
-        .client_ip(ip);
-        state.store.record_event(&event).await?;
+        .await;
         return Ok(again(
-            &format!(
-                "Too many failed sign-ins for this account. Try again in {} minutes.",
-                settings.login_lockout_minutes
-            ),
+            &locked.message(now),
             StatusCode::TOO_MANY_REQUESTS,
             jar,
         ));
@@ -177,7 +170,7 @@ async fn login(
             Some(&name),
         )
         .details(json!({"reason": "wrong username or password"}))
-        .client_ip(ip);
+        .client_ip(ip.clone());
         state.store.record_event(&event).await?;
         return Ok(again(
             "Wrong username or password.",
@@ -185,6 +178,7 @@ async fn login(
             jar,
         ));
     };
+    state.admin_throttle.succeeded(&name, ip.as_deref()).await?;
     let token = new_token();
     let now_ms = now.timestamp_millis();
     let expires = now_ms + (state.config.admin.session_max_hours.max(1) * 3_600_000) as i64;

@@ -101,6 +101,7 @@ impl Directory {
             .await?;
         let hash = admin.as_ref().map(|a| a.password_hash.clone());
         let candidate = password.clone();
+        self.count_sign_in_check();
         let matched = tokio::task::spawn_blocking(move || match hash {
             Some(h) => verify_password(&candidate, &h),
             None => {

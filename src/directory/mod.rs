@@ -77,6 +77,8 @@ pub struct Directory {
     sealer: Option<SecretBox>,
     /// Wakes the sync worker after a change to a bound user is committed.
     outbox_signal: Arc<tokio::sync::Notify>,
+    /// Sign-in password checks made (tests prove a throttled attempt costs none).
+    sign_in_checks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The sealing context of passwords in the outbox (authenticated data of the ciphertext).
@@ -97,6 +99,7 @@ impl Directory {
             policy,
             sealer: None,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
+            sign_in_checks: Arc::default(),
         }
     }
 
@@ -105,6 +108,18 @@ impl Directory {
     pub fn with_password_sealer(mut self, sealer: SecretBox) -> Self {
         self.sealer = Some(sealer);
         self
+    }
+
+    /// How many sign-in password checks (argon2 verifications) this directory has made.
+    pub fn sign_in_checks(&self) -> u64 {
+        self.sign_in_checks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one sign-in password check.
+    fn count_sign_in_check(&self) {
+        self.sign_in_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The signal the sync worker waits on.
@@ -460,6 +475,7 @@ impl Directory {
         };
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let candidate = password.clone();
+        self.count_sign_in_check();
         // Verify against a dummy hash when there is no user, so timing does not reveal usernames.
         let matched = tokio::task::spawn_blocking(move || match hash {
             Some(h) => verify_password(&candidate, &h),

@@ -136,7 +136,7 @@ async fn sso(
             Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
         };
     }
-    match show_login(&state, jar, &request, None).await {
+    match show_login(&state, jar, &request, None, StatusCode::OK).await {
         Ok(page) => Ok(page),
         Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
     }
@@ -147,6 +147,7 @@ async fn show_login(
     jar: CookieJar,
     request: &IncomingRequest,
     error: Option<&str>,
+    status: StatusCode,
 ) -> Result<Response, SsoError> {
     let browser = jar
         .get(BROWSER_COOKIE)
@@ -167,11 +168,6 @@ async fn show_login(
         pending: &pending,
         username: request.login_hint.as_deref().unwrap_or_default(),
         error,
-    };
-    let status = if error.is_some() {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
     };
     Ok((jar, render(status, &page)).into_response())
 }
@@ -219,6 +215,32 @@ async fn login(
                 jar,
                 &request,
                 Some("The username or password is incorrect."),
+                StatusCode::UNAUTHORIZED,
+            )
+            .await
+            .map_err(internal)
+        }
+        LoginOutcome::Throttled(locked) => {
+            // Counted, not written per guess: the lock's start is its own event.
+            crate::web::session::record_refusal(
+                &state,
+                crate::events::kind::SIGN_IN_THROTTLED,
+                &crate::events::Actor::Anonymous,
+                "locked",
+                "/saml/login",
+                ip.clone(),
+            )
+            .await;
+            let request = IncomingRequest {
+                login_hint: Some(form.username.clone()),
+                ..request
+            };
+            show_login(
+                &state,
+                jar,
+                &request,
+                Some(&locked.message(now)),
+                StatusCode::TOO_MANY_REQUESTS,
             )
             .await
             .map_err(internal)

@@ -19,6 +19,7 @@ use crate::saml::{
     SignatureAlgorithm, SigningCredential,
 };
 use crate::store::{PendingRequestRow, ReplayGuard, SessionRow, Store, StoreError, WriteBehind};
+use crate::throttle::{Locked, SignInThrottle, ThrottleError};
 use crate::web::token_hash;
 
 /// How long a parked AuthnRequest waits for the user to sign in.
@@ -62,6 +63,14 @@ pub enum SsoError {
 impl From<StoreError> for SsoError {
     fn from(err: StoreError) -> Self {
         SsoError::Store(err)
+    }
+}
+
+impl From<ThrottleError> for SsoError {
+    fn from(err: ThrottleError) -> Self {
+        match err {
+            ThrottleError::Store(e) => SsoError::Store(e),
+        }
     }
 }
 
@@ -159,6 +168,9 @@ pub enum Answer {
 pub enum LoginOutcome {
     /// Wrong username or password (the page must not say which).
     Failed,
+    /// Too many failed sign-ins for the typed name or from the address: refused without a
+    /// password check, the same whether or not the account exists.
+    Throttled(Locked),
     /// Correct password, but the account may not sign in at all.
     Refused(Refusal),
     /// Signed in: a new session with its cookie token.
@@ -195,6 +207,7 @@ pub struct IdentityProvider {
     metadata: String,
     writes: WriteBehind,
     replay: ReplayCache,
+    throttle: SignInThrottle,
 }
 
 impl IdentityProvider {
@@ -221,6 +234,7 @@ impl IdentityProvider {
         })?;
         let s = &config.saml;
         Ok(Self {
+            throttle: SignInThrottle::sso(store.clone(), config),
             store,
             directory,
             signing,
@@ -460,6 +474,16 @@ impl IdentityProvider {
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<LoginOutcome, SsoError> {
+        // Before any hashing: a locked name or address costs one indexed read, no argon2.
+        // The attempt is counted here, before the password check, so concurrent guesses
+        // cannot overrun the limit; the lock's start is the one event.
+        if let Some(locked) = self
+            .throttle
+            .admit(login, client_ip.as_deref(), now)
+            .await?
+        {
+            return Ok(LoginOutcome::Throttled(locked));
+        }
         let user = match self.directory.authenticate(login, password).await {
             Ok(user) => user,
             Err(crate::directory::DirectoryError::Store(e)) => return Err(e.into()),
@@ -479,10 +503,11 @@ impl IdentityProvider {
                 "reason": "wrong username or password",
                 "serviceProvider": sp.entity_id,
             }))
-            .client_ip(client_ip);
+            .client_ip(client_ip.clone());
             self.store.record_event(&event).await?;
             return Ok(LoginOutcome::Failed);
         };
+        self.throttle.succeeded(login, client_ip.as_deref()).await?;
         if let Some(refusal) = self.account_refusal(&user, now) {
             self.record_refusal(&user, Some(sp), refusal, client_ip, now)
                 .await?;

@@ -11,6 +11,7 @@ mod m365;
 mod saml;
 mod sync;
 mod sync_round;
+mod throttle;
 mod users;
 mod write_behind;
 
@@ -23,6 +24,7 @@ pub use sync::{
     DirectionEffects, FollowUp, JobEffect, JobKind, OutboxJob, OutboxRow, SyncCounts,
     REVOKE_SESSIONS, WORKER_IMPORT,
 };
+pub use throttle::FailureCount;
 pub use users::{UserListQuery, UserRow, UserWrite};
 pub use write_behind::WriteBehind;
 

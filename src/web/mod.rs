@@ -76,6 +76,12 @@ impl From<DirectoryError> for AppError {
     }
 }
 
+impl From<crate::throttle::ThrottleError> for AppError {
+    fn from(err: crate::throttle::ThrottleError) -> Self {
+        AppError::Internal(err.to_string())
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match self {

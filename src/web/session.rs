@@ -64,13 +64,38 @@ fn client_ip(request: &Request) -> Option<String> {
         .map(|c| c.0.ip().to_string())
 }
 
-async fn deny(state: &AppState, actor: &Actor, reason: &str, path: &str, ip: Option<String>) {
-    let event = NewEvent::new(Utc::now(), actor, kind::ADMIN_ACCESS_DENIED, None)
-        .details(json!({"reason": reason, "path": path}))
+/// Records a refusal: the first of its kind from an address in a minute at once, the rest as
+/// one aggregated event per minute (a guesser must not write a row per guess).
+pub async fn record_refusal(
+    state: &AppState,
+    event_type: &'static str,
+    actor: &Actor,
+    reason: &str,
+    path: &str,
+    ip: Option<String>,
+) {
+    let now = Utc::now();
+    let first = state.refusals.note(
+        event_type,
+        &actor.to_string(),
+        reason,
+        ip.as_deref(),
+        path,
+        now,
+    );
+    if !first {
+        return;
+    }
+    let event = NewEvent::new(now, actor, event_type, None)
+        .details(json!({"reason": reason, "path": path, "count": 1}))
         .client_ip(ip);
     if let Err(err) = state.store.record_event(&event).await {
-        tracing::warn!(%err, "could not record a refused admin request");
+        tracing::warn!(%err, "could not record a refused request");
     }
+}
+
+async fn deny(state: &AppState, actor: &Actor, reason: &str, path: &str, ip: Option<String>) {
+    record_refusal(state, kind::ADMIN_ACCESS_DENIED, actor, reason, path, ip).await;
 }
 
 fn is_safe(method: &Method) -> bool {

@@ -23,3 +23,4 @@ mod server;
 mod sso;
 mod sync;
 mod sync_parts;
+mod throttle;

@@ -198,6 +198,33 @@ impl TestApp {
             .expect("events")
     }
 
+    /// Refusals of a type counted across aggregated event rows (each row's `count`, or 1),
+    /// after writing the counts still held in memory.
+    pub async fn refusal_count(&self, event_type: &str) -> (usize, u64) {
+        idbridge::server::flush_refusals(&self.state, true).await;
+        let rows = self.events(event_type).await;
+        let total = rows
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.details)
+                    .ok()
+                    .and_then(|d| d["count"].as_u64())
+                    .unwrap_or(1)
+            })
+            .sum();
+        (rows.len(), total)
+    }
+
+    /// A browser-like client from another loopback address (per-address limits).
+    pub fn browser_from(&self, ip: std::net::IpAddr) -> reqwest::Client {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(ip)
+            .build()
+            .expect("client")
+    }
+
     /// A browser-like client: cookie store, no redirects followed.
     pub fn browser(&self) -> reqwest::Client {
         reqwest::Client::builder()
@@ -214,6 +241,15 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// The events of a throttle type that started a lock (not the aggregated refusals).
+pub async fn lock_starts(app: &TestApp, event_type: &str) -> Vec<EventRow> {
+    app.events(event_type)
+        .await
+        .into_iter()
+        .filter(|e| e.details.contains("lockedUntil"))
+        .collect()
 }
 
 /// Path of the built `idbridge` binary.
