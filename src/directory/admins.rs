@@ -4,9 +4,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::{
-    generate_password, new_record_id, validate_username, verify_password, Directory, DirectoryError,
-};
+use super::{generate_password, new_record_id, validate_username, Directory, DirectoryError};
 use crate::events::{kind, Actor, NewEvent};
 use crate::store::{AdminRow, ApiKeyRow, StoreError};
 
@@ -100,17 +98,8 @@ impl Directory {
             .find_admin(&username.trim().to_lowercase())
             .await?;
         let hash = admin.as_ref().map(|a| a.password_hash.clone());
-        let candidate = password.clone();
         self.count_sign_in_check();
-        let matched = tokio::task::spawn_blocking(move || match hash {
-            Some(h) => verify_password(&candidate, &h),
-            None => {
-                let _ = verify_password(&candidate, super::dummy_hash());
-                false
-            }
-        })
-        .await
-        .map_err(|e| DirectoryError::Hashing(e.to_string()))?;
+        let matched = self.check_password(password, hash.as_deref()).await?;
         Ok(if matched { admin } else { None })
     }
 

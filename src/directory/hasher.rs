@@ -64,23 +64,31 @@ impl std::fmt::Debug for HashPool {
 }
 
 impl HashPool {
-    /// Starts `workers` threads (at least one) behind a queue of `queue` waiting checks.
-    pub fn start(workers: usize, queue: usize) -> Result<Self, HashError> {
-        let workers = workers.max(1);
+    /// Starts `workers` threads (at least one) behind a queue of `queue` waiting checks. A
+    /// thread that cannot be started is logged; with none, every check answers `Stopped`.
+    pub fn start(workers: usize, queue: usize) -> Self {
+        let wanted = workers.max(1);
         let (jobs, receiver) = sync_channel::<Job>(queue);
         let receiver = Arc::new(Mutex::new(receiver));
-        for n in 0..workers {
+        let mut started = 0;
+        for n in 0..wanted {
             let receiver = receiver.clone();
-            std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(format!("argon2-{n}"))
                 .spawn(move || work(&receiver))
-                .map_err(|e| HashError::Failed(format!("cannot start a hashing thread: {e}")))?;
+            {
+                Ok(_) => started += 1,
+                Err(err) => tracing::error!(%err, "cannot start a password hashing thread"),
+            }
         }
-        Ok(Self { jobs, workers })
+        Self {
+            jobs,
+            workers: started,
+        }
     }
 
     /// One worker per core.
-    pub fn per_core(queue: usize) -> Result<Self, HashError> {
+    pub fn per_core(queue: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self::start(cores, queue)
     }
@@ -244,7 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_standard_phc_strings_both_ways() {
-        let pool = HashPool::start(2, 8).unwrap();
+        let pool = HashPool::start(2, 8);
         let ours = pool.hash(&secret("Corr3ct-Horse")).await.unwrap();
         assert!(
             ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
@@ -269,7 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn checks_beyond_the_queue_are_refused_not_queued_without_bound() {
-        let pool = HashPool::start(1, 1).unwrap();
+        let pool = HashPool::start(1, 1);
         let hash = hash_password(&secret("Corr3ct-Horse")).unwrap();
         let mut waiting = Vec::new();
         for _ in 0..6 {

@@ -55,6 +55,9 @@ pub enum DirectoryError {
     ApiKeyName,
     #[error("password hashing failed: {0}")]
     Hashing(String),
+    /// Every password hashing worker is busy and the queue is full.
+    #[error("too many sign-ins at once")]
+    Busy,
     #[error(transparent)]
     Store(StoreError),
 }
@@ -79,7 +82,12 @@ pub struct Directory {
     outbox_signal: Arc<tokio::sync::Notify>,
     /// Sign-in password checks made (tests prove a throttled attempt costs none).
     sign_in_checks: Arc<std::sync::atomic::AtomicU64>,
+    /// Where argon2id runs: bounded threads and memory.
+    hasher: hasher::HashPool,
 }
+
+/// Password checks that may wait for a hashing worker; more are refused as busy.
+const HASH_QUEUE: usize = 64;
 
 /// The sealing context of passwords in the outbox (authenticated data of the ciphertext).
 pub const OUTBOX_PASSWORD_CONTEXT: &str = "m365_outbox.secret_enc";
@@ -100,6 +108,7 @@ impl Directory {
             sealer: None,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             sign_in_checks: Arc::default(),
+            hasher: hasher::HashPool::per_core(HASH_QUEUE),
         }
     }
 
@@ -429,12 +438,7 @@ impl Directory {
                 .store
                 .password_history(&user.id, i64::from(self.policy.history))
                 .await?;
-            let candidate = password.clone();
-            let reused = tokio::task::spawn_blocking(move || {
-                history.iter().any(|h| verify_password(&candidate, h))
-            })
-            .await
-            .map_err(|e| DirectoryError::Hashing(e.to_string()))?;
+            let reused = self.hasher.verify_any(password, history).await?;
             if reused {
                 return Err(PolicyViolation::Reused(self.policy.history).into());
             }
@@ -474,18 +478,8 @@ impl Directory {
             None => None,
         };
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-        let candidate = password.clone();
         self.count_sign_in_check();
-        // Verify against a dummy hash when there is no user, so timing does not reveal usernames.
-        let matched = tokio::task::spawn_blocking(move || match hash {
-            Some(h) => verify_password(&candidate, &h),
-            None => {
-                let _ = verify_password(&candidate, dummy_hash());
-                false
-            }
-        })
-        .await
-        .map_err(|e| DirectoryError::Hashing(e.to_string()))?;
+        let matched = self.check_password(password, hash.as_deref()).await?;
         Ok(if matched { user } else { None })
     }
 
@@ -514,11 +508,32 @@ impl Directory {
     }
 
     pub(crate) async fn hash(&self, password: &SecretString) -> Result<String, DirectoryError> {
-        let password = password.clone();
-        tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|e| DirectoryError::Hashing(e.to_string()))?
-            .map_err(DirectoryError::Hashing)
+        Ok(self.hasher.hash(password).await?)
+    }
+
+    /// Whether `password` matches `hash`; without a hash (no such account) a dummy hash is
+    /// checked all the same, so timing does not reveal which names exist.
+    pub(crate) async fn check_password(
+        &self,
+        password: &SecretString,
+        hash: Option<&str>,
+    ) -> Result<bool, DirectoryError> {
+        match hash {
+            Some(h) => Ok(self.hasher.verify(password, h).await?),
+            None => {
+                let _ = self.hasher.verify(password, dummy_hash()).await?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+impl From<hasher::HashError> for DirectoryError {
+    fn from(err: hasher::HashError) -> Self {
+        match err {
+            hasher::HashError::Busy => DirectoryError::Busy,
+            other => DirectoryError::Hashing(other.to_string()),
+        }
     }
 }
 

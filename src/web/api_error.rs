@@ -147,6 +147,11 @@ impl From<DirectoryError> for ApiError {
             DirectoryError::UnknownRole(_) => ApiError::validation("role", message),
             DirectoryError::ApiKeyName => ApiError::validation("name", message),
             DirectoryError::Store(e) => e.into(),
+            DirectoryError::Busy => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many password checks at once; try again in a few seconds",
+            ),
             DirectoryError::Hashing(_) | DirectoryError::Seal(_) => ApiError::internal(message),
         }
     }

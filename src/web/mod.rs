@@ -49,6 +49,9 @@ pub enum AppError {
     },
     #[error("not found")]
     NotFound,
+    /// Too much load right now (every password hashing worker busy): HTTP 503, try again.
+    #[error("busy")]
+    Busy,
     /// Anything unexpected: logged with a reference the user can quote.
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,7 +75,10 @@ impl From<StoreError> for AppError {
 
 impl From<DirectoryError> for AppError {
     fn from(err: DirectoryError) -> Self {
-        AppError::Internal(err.to_string())
+        match err {
+            DirectoryError::Busy => AppError::Busy,
+            other => AppError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -116,6 +122,21 @@ impl IntoResponse for AppError {
                     reference: None,
                 },
             ),
+            AppError::Busy => {
+                let mut response = render(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &MessagePage {
+                        title: "Too many sign-ins right now",
+                        message: "idbridge is checking many passwords at once and could not take yours.",
+                        hint: Some("Wait a few seconds and try again."),
+                        reference: None,
+                    },
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                response
+            }
             AppError::Internal(detail) => {
                 let reference = crate::directory::new_record_id();
                 tracing::error!(%reference, %detail, "internal error");
