@@ -136,7 +136,7 @@ async fn sso(
             Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
         };
     }
-    match show_login(&state, jar, &request, None).await {
+    match show_login(&state, jar, &request, None, None).await {
         Ok(page) => Ok(page),
         Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
     }
@@ -147,12 +147,18 @@ async fn show_login(
     jar: CookieJar,
     request: &IncomingRequest,
     error: Option<&str>,
+    retry_of: Option<&str>,
 ) -> Result<Response, SsoError> {
     let browser = jar
         .get(BROWSER_COOKIE)
         .map(|c| c.value().to_string())
         .unwrap_or_else(new_token);
-    let pending = state.idp.park(request, &browser, Utc::now()).await?;
+    // A retry keeps the same pending token: a second token for the same AuthnRequest would
+    // let it be answered twice (SAML core §3.2.2: one Response per request, InResponseTo).
+    let pending = match retry_of {
+        Some(token) => token.to_string(),
+        None => state.idp.park(request, &browser, Utc::now()).await?,
+    };
     // Cross-site like the session cookie: Microsoft's POST must carry it, or every sign-in in
     // another tab would replace it and fail this one. The login-CSRF guard is the binding of
     // the pending request to this secret, not SameSite.
@@ -209,7 +215,7 @@ async fn login(
         .map_err(internal)?
     {
         LoginOutcome::Failed => {
-            // A fresh pending token for the retry; the old one stays valid until it expires.
+            // The retry posts the same pending token, so the request is still answered once.
             let request = IncomingRequest {
                 login_hint: Some(form.username.clone()),
                 ..request
@@ -219,6 +225,7 @@ async fn login(
                 jar,
                 &request,
                 Some("The username or password is incorrect."),
+                Some(&form.pending),
             )
             .await
             .map_err(internal)

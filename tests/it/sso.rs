@@ -1963,3 +1963,69 @@ async fn users_of_a_domain_with_its_own_issuer_get_that_issuer() {
         );
     }
 }
+
+// =============================================================================================
+// Issue 11 item 3: one Response per AuthnRequest
+// =============================================================================================
+
+/// Posts the login form of `page` with a given password and a given pending token.
+async fn submit_with_pending(
+    client: &reqwest::Client,
+    app: &TestApp,
+    pending: &str,
+    password: &str,
+) -> Page {
+    post_form(
+        client,
+        app,
+        "/saml/login",
+        &[
+            ("pending", pending),
+            ("username", USERNAME),
+            ("password", password),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn wrong_password_then_right_password_answers_the_request_once() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let id = request_id();
+    let page = sso_post(&browser, &app, &authn_request(&id, ""), None).await;
+    let first = page.login_form().input("pending").unwrap().to_string();
+    let wrong = submit_with_pending(&browser, &app, &first, "Wrong horse 1!").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    let retry = wrong.login_form().input("pending").unwrap().to_string();
+
+    // The retry form signs in and gets the one Response.
+    let ok = submit_with_pending(&browser, &app, &retry, PASSWORD).await;
+    let post = auto_post(&ok);
+    assert!(post.xml.contains(&id));
+
+    // Neither the first form (back button) nor the retry form answers again.
+    for token in [first.as_str(), retry.as_str()] {
+        let again = submit_with_pending(&browser, &app, token, PASSWORD).await;
+        assert!(
+            !again.has_saml_response(),
+            "a second Response for the same AuthnRequest: {}",
+            again.body
+        );
+    }
+    assert_eq!(app.events("sso_assertion_issued").await.len(), 1);
+}
+
+#[tokio::test]
+async fn two_tabs_completing_the_same_request_get_one_response() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let page = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    let pending = page.login_form().input("pending").unwrap().to_string();
+    let (a, b) = tokio::join!(
+        submit_with_pending(&browser, &app, &pending, PASSWORD),
+        submit_with_pending(&browser, &app, &pending, PASSWORD),
+    );
+    let responses = [&a, &b].iter().filter(|p| p.has_saml_response()).count();
+    assert_eq!(responses, 1, "{}\n---\n{}", a.body, b.body);
+}

@@ -171,7 +171,10 @@ async fn a_refused_sign_out_leaves_the_password_delivered_and_names_the_missing_
         page.contains("<strong>User.RevokeSessions.All</strong> is missing"),
         "{page}"
     );
-    assert!(page.contains("signing users out of Microsoft 365"), "{page}");
+    assert!(
+        page.contains("signing users out of Microsoft 365"),
+        "{page}"
+    );
     let key = api_key(&app, "reader", AdminRole::ReadOnly).await;
     let api: Value = api_client(&key)
         .get(app.url("/api/v1/m365"))
