@@ -14,7 +14,7 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::idp::{Answer, IncomingRequest, LoginOutcome, SsoError};
+use super::idp::{Answer, IncomingRequest, LoginOutcome, LogoutOutcome, SsoError};
 use crate::server::AppState;
 use crate::web::{new_cookie, new_token, render, AppError};
 
@@ -298,11 +298,23 @@ async fn slo(
     redirect_binding: bool,
 ) -> Result<Response, AppError> {
     let ip = Some(addr.ip().to_string());
+    // A bare GET (a link or an image on any page) carries no request: it ends nothing.
+    let Some(saml_request) = params.saml_request.filter(|s| !s.trim().is_empty()) else {
+        return Ok(render(
+            StatusCode::OK,
+            &crate::web::MessagePage {
+                title: "No sign-out request",
+                message: "Nothing was signed out: this page only acts on a sign-out request from an application.",
+                hint: Some("To sign out, use the sign-out link of the application, such as Microsoft 365."),
+                reference: None,
+            },
+        ));
+    };
     let token = jar.get(SESSION_COOKIE).map(|c| c.value().to_string());
     let outcome = state
         .idp
         .logout(
-            params.saml_request.as_deref(),
+            &saml_request,
             redirect_binding,
             params.relay_state,
             token.as_deref(),
@@ -310,22 +322,35 @@ async fn slo(
             Utc::now(),
         )
         .await;
-    let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
     match outcome {
-        Ok(Some(answer)) => Ok((jar, answer_page(&state, answer)).into_response()),
-        Ok(None) => Ok((
-            jar,
-            render(
-                StatusCode::OK,
-                &crate::web::MessagePage {
-                    title: "You are signed out",
-                    message: "Your idbridge session has ended.",
-                    hint: Some("You can close this window."),
-                    reference: None,
-                },
-            ),
-        )
-            .into_response()),
+        Ok(LogoutOutcome::Ended(answer)) => {
+            let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
+            match answer {
+                Some(answer) => Ok((jar, answer_page(&state, answer)).into_response()),
+                None => Ok((
+                    jar,
+                    render(
+                        StatusCode::OK,
+                        &crate::web::MessagePage {
+                            title: "You are signed out",
+                            message: "Your idbridge session has ended.",
+                            hint: Some("You can close this window."),
+                            reference: None,
+                        },
+                    ),
+                )
+                    .into_response()),
+            }
+        }
+        Ok(LogoutOutcome::Refused) => Ok(render(
+            StatusCode::BAD_REQUEST,
+            &crate::web::MessagePage {
+                title: "Sign-out refused",
+                message: "The sign-out request does not name the session of this browser; nothing was signed out.",
+                hint: Some("To sign out, use the sign-out link of the application, such as Microsoft 365."),
+                reference: None,
+            },
+        )),
         Err(err) => Err(rejected(&state, err, "/saml/slo", ip).await),
     }
 }
