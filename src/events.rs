@@ -68,6 +68,8 @@ pub mod kind {
     pub const SSO_ACCESS_REFUSED: &str = "sso_access_refused";
     pub const SAML_REQUEST_REJECTED: &str = "saml_request_rejected";
     pub const SSO_LOGOUT: &str = "sso_logout";
+    /// A LogoutRequest that did not name the browser's own session; nothing was ended.
+    pub const SAML_LOGOUT_REFUSED: &str = "saml_logout_refused";
     pub const M365_CONNECT: &str = "m365_connect";
     pub const M365_CONNECT_FAILED: &str = "m365_connect_failed";
     pub const M365_TOKEN_REFRESH_FAILED: &str = "m365_token_refresh_failed";

@@ -14,7 +14,7 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::idp::{Answer, IncomingRequest, LoginOutcome, SsoError};
+use super::idp::{Answer, IncomingRequest, LoginOutcome, LogoutOutcome, SsoError};
 use crate::server::AppState;
 use crate::web::{new_cookie, new_token, render, AppError};
 
@@ -136,7 +136,7 @@ async fn sso(
             Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
         };
     }
-    match show_login(&state, jar, &request, None, StatusCode::OK).await {
+    match show_login(&state, jar, &request, None, StatusCode::OK, None).await {
         Ok(page) => Ok(page),
         Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
     }
@@ -148,12 +148,18 @@ async fn show_login(
     request: &IncomingRequest,
     error: Option<&str>,
     status: StatusCode,
+    retry_of: Option<&str>,
 ) -> Result<Response, SsoError> {
     let browser = jar
         .get(BROWSER_COOKIE)
         .map(|c| c.value().to_string())
         .unwrap_or_else(new_token);
-    let pending = state.idp.park(request, &browser, Utc::now()).await?;
+    // A retry keeps the same pending token: a second token for the same AuthnRequest would
+    // let it be answered twice (SAML core §3.2.2: one Response per request, InResponseTo).
+    let pending = match retry_of {
+        Some(token) => token.to_string(),
+        None => state.idp.park(request, &browser, Utc::now()).await?,
+    };
     // Cross-site like the session cookie: Microsoft's POST must carry it, or every sign-in in
     // another tab would replace it and fail this one. The login-CSRF guard is the binding of
     // the pending request to this secret, not SameSite.
@@ -205,7 +211,7 @@ async fn login(
         .map_err(internal)?
     {
         LoginOutcome::Failed => {
-            // A fresh pending token for the retry; the old one stays valid until it expires.
+            // The retry posts the same pending token, so the request is still answered once.
             let request = IncomingRequest {
                 login_hint: Some(form.username.clone()),
                 ..request
@@ -216,6 +222,7 @@ async fn login(
                 &request,
                 Some("The username or password is incorrect."),
                 StatusCode::UNAUTHORIZED,
+                Some(&form.pending),
             )
             .await
             .map_err(internal)
@@ -241,6 +248,7 @@ async fn login(
                 &request,
                 Some(&locked.message(now)),
                 StatusCode::TOO_MANY_REQUESTS,
+                Some(&form.pending),
             )
             .await
             .map_err(internal)
@@ -313,11 +321,23 @@ async fn slo(
     redirect_binding: bool,
 ) -> Result<Response, AppError> {
     let ip = Some(addr.ip().to_string());
+    // A bare GET (a link or an image on any page) carries no request: it ends nothing.
+    let Some(saml_request) = params.saml_request.filter(|s| !s.trim().is_empty()) else {
+        return Ok(render(
+            StatusCode::OK,
+            &crate::web::MessagePage {
+                title: "No sign-out request",
+                message: "Nothing was signed out: this page only acts on a sign-out request from an application.",
+                hint: Some("To sign out, use the sign-out link of the application, such as Microsoft 365."),
+                reference: None,
+            },
+        ));
+    };
     let token = jar.get(SESSION_COOKIE).map(|c| c.value().to_string());
     let outcome = state
         .idp
         .logout(
-            params.saml_request.as_deref(),
+            &saml_request,
             redirect_binding,
             params.relay_state,
             token.as_deref(),
@@ -325,22 +345,35 @@ async fn slo(
             Utc::now(),
         )
         .await;
-    let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
     match outcome {
-        Ok(Some(answer)) => Ok((jar, answer_page(&state, answer)).into_response()),
-        Ok(None) => Ok((
-            jar,
-            render(
-                StatusCode::OK,
-                &crate::web::MessagePage {
-                    title: "You are signed out",
-                    message: "Your idbridge session has ended.",
-                    hint: Some("You can close this window."),
-                    reference: None,
-                },
-            ),
-        )
-            .into_response()),
+        Ok(LogoutOutcome::Ended(answer)) => {
+            let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
+            match answer {
+                Some(answer) => Ok((jar, answer_page(&state, answer)).into_response()),
+                None => Ok((
+                    jar,
+                    render(
+                        StatusCode::OK,
+                        &crate::web::MessagePage {
+                            title: "You are signed out",
+                            message: "Your idbridge session has ended.",
+                            hint: Some("You can close this window."),
+                            reference: None,
+                        },
+                    ),
+                )
+                    .into_response()),
+            }
+        }
+        Ok(LogoutOutcome::Refused) => Ok(render(
+            StatusCode::BAD_REQUEST,
+            &crate::web::MessagePage {
+                title: "Sign-out refused",
+                message: "The sign-out request does not name the session of this browser; nothing was signed out.",
+                hint: Some("To sign out, use the sign-out link of the application, such as Microsoft 365."),
+                reference: None,
+            },
+        )),
         Err(err) => Err(rejected(&state, err, "/saml/slo", ip).await),
     }
 }

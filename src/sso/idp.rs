@@ -745,70 +745,80 @@ impl IdentityProvider {
         })
     }
 
-    /// Handles single logout: ends the browser's session and, for a LogoutRequest from a
-    /// service provider with a logout URL, returns a signed LogoutResponse to post there.
+    /// Handles a LogoutRequest: ends the browser's session only when the request names it, and
+    /// for a service provider with a logout URL returns a signed LogoutResponse to post there.
+    ///
+    /// SAML core §3.7.3.2: the IdP ends the session(s) identified by the NameID and the
+    /// SessionIndex of the request. A third-party page can make the browser send any
+    /// unsigned LogoutRequest, so one that does not name this browser's own session (the
+    /// cookie's) ends nothing and is recorded as `saml_logout_refused`.
     pub async fn logout(
         &self,
-        saml_request: Option<&str>,
+        saml_request: &str,
         redirect_binding: bool,
         relay_state: Option<String>,
         session_token: Option<&str>,
         client_ip: Option<String>,
         now: DateTime<Utc>,
-    ) -> Result<Option<Answer>, SsoError> {
-        let request = match saml_request.filter(|s| !s.trim().is_empty()) {
-            None => None,
-            Some(encoded) => {
-                if relay_state
-                    .as_ref()
-                    .is_some_and(|r| r.len() > self.settings.relay_state_max)
-                {
-                    return Err(SsoError::RelayStateTooLong(self.settings.relay_state_max));
-                }
-                let xml = if redirect_binding {
-                    saml::decode_redirect(encoded)?
-                } else {
-                    saml::decode_post(encoded)?
-                };
-                let request = LogoutRequest::parse(&xml)?;
-                let sp = self
-                    .service_providers
-                    .get(&request.issuer)
-                    .ok_or_else(|| SsoError::UnknownServiceProvider(request.issuer.clone()))?;
-                Some((request, sp))
-            }
-        };
-        let mut username = None;
-        let mut issuer = self.settings.issuer.clone();
-        if let Some(token) = session_token {
-            if let Some((session, user)) = self.session_user(token, now).await? {
-                username = Some(user.username.clone());
-                if let Some(binding) = &user.m365 {
-                    issuer = self.issuer_for_upn(&binding.user_principal_name);
-                }
-                let event = NewEvent::new(
-                    now,
-                    &Actor::User(user.username.clone()),
-                    kind::SSO_LOGOUT,
-                    Some(&user.username),
-                )
-                .details(json!({
-                    "serviceProvider": request.as_ref().map(|(_, sp)| sp.entity_id.clone()),
-                }))
-                .client_ip(client_ip);
-                self.store.delete_session(&session.id_hash, &event).await?;
-                if let Some((req, _)) = &request {
-                    for index in &req.session_indexes {
-                        self.store.delete_sessions_by_index(&user.id, index).await?;
-                    }
-                }
-            }
+    ) -> Result<LogoutOutcome, SsoError> {
+        if relay_state
+            .as_ref()
+            .is_some_and(|r| r.len() > self.settings.relay_state_max)
+        {
+            return Err(SsoError::RelayStateTooLong(self.settings.relay_state_max));
         }
-        let Some((request, sp)) = request else {
-            return Ok(None);
+        let xml = if redirect_binding {
+            saml::decode_redirect(saml_request)?
+        } else {
+            saml::decode_post(saml_request)?
         };
+        let request = LogoutRequest::parse(&xml)?;
+        let sp = self
+            .service_providers
+            .get(&request.issuer)
+            .ok_or_else(|| SsoError::UnknownServiceProvider(request.issuer.clone()))?;
+        let current = match session_token {
+            Some(token) => self.session_user(token, now).await?,
+            None => None,
+        };
+        let refusal = match &current {
+            None => Some("no idbridge session in this browser"),
+            Some((session, user)) => {
+                let (name_id, _, _) = self.subject_of(&sp, user);
+                if request.name_id.as_deref() != Some(name_id.as_str()) || name_id.is_empty() {
+                    Some("the NameID is not the signed-in user's")
+                } else if !request.session_indexes.contains(&session.session_index) {
+                    Some("the SessionIndex is not this browser's session")
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(reason) = refusal {
+            let event = NewEvent::new(now, &Actor::Anonymous, kind::SAML_LOGOUT_REFUSED, None)
+                .details(json!({"serviceProvider": sp.entity_id, "reason": reason}))
+                .client_ip(client_ip);
+            self.store.record_event(&event).await?;
+            return Ok(LogoutOutcome::Refused);
+        }
+        let mut issuer = self.settings.issuer.clone();
+        if let Some((session, user)) = &current {
+            if let Some(binding) = &user.m365 {
+                issuer = self.issuer_for_upn(&binding.user_principal_name);
+            }
+            let event = NewEvent::new(
+                now,
+                &Actor::User(user.username.clone()),
+                kind::SSO_LOGOUT,
+                Some(&user.username),
+            )
+            .details(json!({"serviceProvider": sp.entity_id}))
+            .client_ip(client_ip);
+            self.store.delete_session(&session.id_hash, &event).await?;
+        }
+        // The LogoutResponse goes only to the registered SLO URL, never to one from the request.
         let Some(slo_url) = sp.slo_url.clone() else {
-            return Ok(None);
+            return Ok(LogoutOutcome::Ended(None));
         };
         let xml = saml::build_logout_response(
             &LogoutResponseParams {
@@ -821,12 +831,20 @@ impl IdentityProvider {
             self.algorithm,
         )
         .map_err(SsoError::Build)?;
-        tracing::debug!(user = ?username, sp = %sp.entity_id, "single logout answered");
-        Ok(Some(Answer::Post {
+        Ok(LogoutOutcome::Ended(Some(Answer::Post {
             url: slo_url,
             saml_response: saml::encode_post(&xml),
             relay_state,
             sp_name: sp.name.clone(),
-        }))
+        })))
     }
+}
+
+/// What a LogoutRequest did.
+#[derive(Debug)]
+pub enum LogoutOutcome {
+    /// The named session ended; the LogoutResponse to post, if the SP has a logout URL.
+    Ended(Option<Answer>),
+    /// The request did not name this browser's session: nothing ended.
+    Refused,
 }

@@ -8,6 +8,8 @@ mod registry;
 mod replay;
 
 pub use handlers::router;
-pub use idp::{Answer, IdentityProvider, IncomingRequest, LoginOutcome, Refusal, SsoError};
+pub use idp::{
+    Answer, IdentityProvider, IncomingRequest, LoginOutcome, LogoutOutcome, Refusal, SsoError,
+};
 pub use registry::{NameIdSource, ServiceProvider, ServiceProviders, M365_ENTITY_ID};
 pub use replay::ReplayCache;

@@ -101,12 +101,29 @@ fn authn_request_full(id: &str, issuer: &str, extra: &str, instant: DateTime<Utc
     )
 }
 
-/// A LogoutRequest as Entra sends it over HTTP-Redirect.
+/// A LogoutRequest as Entra sends it over HTTP-Redirect (unsigned).
 fn logout_request(id: &str, name_id: &str) -> String {
+    logout_request_for(id, name_id, "")
+}
+
+/// A LogoutRequest naming a NameID and a SessionIndex (unsigned).
+fn logout_request_for(id: &str, name_id: &str, session_index: &str) -> String {
+    let index = if session_index.is_empty() {
+        String::new()
+    } else {
+        format!("<samlp:SessionIndex>{session_index}</samlp:SessionIndex>")
+    };
     format!(
-        r#"<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" ID="{id}" IssueInstant="{now}" Version="2.0"><Issuer xmlns="urn:oasis:names:tc:SAML:2.0:assertion">{M365}</Issuer><NameID xmlns="urn:oasis:names:tc:SAML:2.0:assertion" Format="{NAMEID_PERSISTENT}">{name_id}</NameID></samlp:LogoutRequest>"#,
+        r#"<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" ID="{id}" IssueInstant="{now}" Version="2.0"><Issuer xmlns="urn:oasis:names:tc:SAML:2.0:assertion">{M365}</Issuer><NameID xmlns="urn:oasis:names:tc:SAML:2.0:assertion" Format="{NAMEID_PERSISTENT}">{name_id}</NameID>{index}</samlp:LogoutRequest>"#,
         now = xs_datetime(Utc::now()),
     )
+}
+
+/// The SessionIndex of the AuthnStatement in a Response.
+fn session_index_of(response_xml: &str) -> String {
+    let doc = Document::parse(response_xml).unwrap();
+    let statement = find(doc.root_element(), NS_ASSERTION, "AuthnStatement");
+    attr_of(statement, "SessionIndex").to_string()
 }
 
 /// HTTP-Redirect encoding done here with flate2 (not the crate's encoder): raw DEFLATE + base64.
@@ -1647,11 +1664,11 @@ async fn single_logout_ends_the_session_with_a_signed_response() {
         USERNAME,
     )
     .await;
-    auto_post(&page);
+    let index = session_index_of(&auto_post(&page).xml);
     let token = page.cookie("idbridge_session").expect("session cookie");
 
     let logout_id = request_id();
-    let encoded = deflate_base64(logout_request(&logout_id, IMMUTABLE_ID).as_bytes());
+    let encoded = deflate_base64(logout_request_for(&logout_id, IMMUTABLE_ID, &index).as_bytes());
     let response = browser
         .get(app.url("/saml/slo"))
         .query(&[("SAMLRequest", encoded.as_str()), ("RelayState", "bye&<x>")])
@@ -1701,7 +1718,7 @@ async fn single_logout_ends_the_session_with_a_signed_response() {
 }
 
 #[tokio::test]
-async fn slo_without_request_says_signed_out() {
+async fn slo_without_request_ends_nothing() {
     let (app, _) = app_with_bound_user().await;
     let browser = app.browser();
     let page = sign_in(
@@ -1717,10 +1734,18 @@ async fn slo_without_request_says_signed_out() {
     let response = browser.get(app.url("/saml/slo")).send().await.unwrap();
     let page = Page::read(response).await;
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("You are signed out"), "{}", page.body);
+    assert!(
+        page.body.contains("Nothing was signed out"),
+        "{}",
+        page.body
+    );
     assert!(!page.has_saml_response());
     let again = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
-    assert!(again.has_login_form(), "the session ended");
+    assert!(
+        again.has_saml_response(),
+        "a bare GET must not end the session: {}",
+        again.body
+    );
 
     // A LogoutRequest from an unknown issuer is a bad request.
     let before = rejected_count(&app).await;
@@ -2024,4 +2049,112 @@ async fn sign_in_and_auto_post_pages_carry_a_csp_allowing_only_their_own_inline_
         post.csp
     );
     auto_post(&post);
+}
+
+// =============================================================================================
+// Issue 11 item 3: one Response per AuthnRequest
+// =============================================================================================
+
+/// Posts the login form of `page` with a given password and a given pending token.
+async fn submit_with_pending(
+    client: &reqwest::Client,
+    app: &TestApp,
+    pending: &str,
+    password: &str,
+) -> Page {
+    post_form(
+        client,
+        app,
+        "/saml/login",
+        &[
+            ("pending", pending),
+            ("username", USERNAME),
+            ("password", password),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn wrong_password_then_right_password_answers_the_request_once() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let id = request_id();
+    let page = sso_post(&browser, &app, &authn_request(&id, ""), None).await;
+    let first = page.login_form().input("pending").unwrap().to_string();
+    let wrong = submit_with_pending(&browser, &app, &first, "Wrong horse 1!").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    let retry = wrong.login_form().input("pending").unwrap().to_string();
+
+    // The retry form signs in and gets the one Response.
+    let ok = submit_with_pending(&browser, &app, &retry, PASSWORD).await;
+    let post = auto_post(&ok);
+    assert!(post.xml.contains(&id));
+
+    // Neither the first form (back button) nor the retry form answers again.
+    for token in [first.as_str(), retry.as_str()] {
+        let again = submit_with_pending(&browser, &app, token, PASSWORD).await;
+        assert!(
+            !again.has_saml_response(),
+            "a second Response for the same AuthnRequest: {}",
+            again.body
+        );
+    }
+    assert_eq!(app.events("sso_assertion_issued").await.len(), 1);
+}
+
+#[tokio::test]
+async fn two_tabs_completing_the_same_request_get_one_response() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let page = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    let pending = page.login_form().input("pending").unwrap().to_string();
+    let (a, b) = tokio::join!(
+        submit_with_pending(&browser, &app, &pending, PASSWORD),
+        submit_with_pending(&browser, &app, &pending, PASSWORD),
+    );
+    let responses = [&a, &b].iter().filter(|p| p.has_saml_response()).count();
+    assert_eq!(responses, 1, "{}\n---\n{}", a.body, b.body);
+}
+
+// =============================================================================================
+// Issue 11 item 4: a LogoutRequest ends only the session it names
+// =============================================================================================
+
+#[tokio::test]
+async fn unsigned_logout_for_another_name_id_or_session_index_ends_nothing() {
+    let (app, _) = app_with_bound_user().await;
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    let index = session_index_of(&auto_post(&page).xml);
+    for xml in [
+        logout_request_for(&request_id(), "someone-else", &index),
+        logout_request_for(&request_id(), IMMUTABLE_ID, "_not-this-session"),
+        logout_request(&request_id(), IMMUTABLE_ID),
+    ] {
+        let encoded = deflate_base64(xml.as_bytes());
+        let response = browser
+            .get(app.url("/saml/slo"))
+            .query(&[("SAMLRequest", encoded.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let refused = Page::read(response).await;
+        assert!(!refused.has_saml_response(), "{}", refused.body);
+        let again = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+        assert!(
+            again.has_saml_response(),
+            "the session must survive {xml}: {}",
+            again.body
+        );
+    }
+    assert_eq!(app.events("saml_logout_refused").await.len(), 3);
+    assert!(app.events("sso_logout").await.is_empty());
 }
