@@ -527,6 +527,15 @@ impl Store {
 
     /// Takes a request made with [`Store::request_worker`]: true for exactly one taker.
     pub async fn take_worker_request(&self, name: &str) -> Result<bool, StoreError> {
+        // Read first: the worker asks at every poll, and nearly always nothing is waiting.
+        let waiting: Option<(i64,)> =
+            sqlx::query_as("SELECT requested_at FROM m365_worker_requests WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        if waiting.is_none() {
+            return Ok(false);
+        }
         Ok(
             sqlx::query("DELETE FROM m365_worker_requests WHERE name = $1")
                 .bind(name)
