@@ -28,21 +28,20 @@
     clippy::indexing_slicing
 )]
 
-#[path = "../tests/it/support/graph_fake.rs"]
-mod graph_fake;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use graph_fake::GraphFake;
-use idbridge::config::Config;
 use idbridge::directory::{Attribute, UserChanges};
 use idbridge::events::Actor;
-use idbridge::server::{App, AppState};
+use idbridge::server::AppState;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
+use support::graph_fake::GraphFake;
+use support::{arg, process_cpu_seconds, start_server};
 
 /// Users created in the directory (and bound) are `bench00001@contoso.com` …
 const DOMAIN: &str = "contoso.com";
@@ -51,15 +50,6 @@ const RAW_CREATE_DOMAIN: &str = "raw-create.example";
 const RAW_LOOKUP_DOMAIN: &str = "raw-lookup.example";
 /// Graph's `$batch` limit, as the product uses it.
 const BATCH: usize = 20;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -71,17 +61,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// CPU seconds (user + system) this process has used so far, from /proc/self/stat.
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the ")" of the command name: utime is the 12th, stime the 13th (clock ticks).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
 fn upn(i: usize) -> String {
@@ -124,53 +103,6 @@ fn phase<T>(fake: &GraphFake, f: impl FnOnce() -> T) -> (T, Phase) {
         cpu: process_cpu_seconds() - c0,
     };
     (out, p)
-}
-
-struct Server {
-    state: AppState,
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_server(fake: &GraphFake, jobs_per_round: u64) -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\n\
-         [certs]\nkey_file = \"{d}/certs/signing.key\"\ncert_file = \"{d}/certs/signing.crt\"\n\
-         [log]\nlevel = \"warn\"\n\
-         [m365]\nlogin_base_url = \"{login}\"\ngraph_base_url = \"{graph}\"\nclient_id = \"{id}\"\n\
-         client_secret = \"{secret}\"\ntenant = \"{tenant}\"\n\
-         [m365.sync]\npoll_interval_ms = 20\nimport_interval_seconds = 3600\n\
-         jobs_per_round = {jobs_per_round}\n",
-        d = dir.path().display(),
-        login = fake.login_base_url(),
-        graph = fake.graph_base_url(),
-        id = GraphFake::CLIENT_ID,
-        secret = GraphFake::CLIENT_SECRET,
-        tenant = GraphFake::TENANT_ID,
-    );
-    let config = Config::from_toml(&toml).expect("config");
-    let app = App::build(config).await.expect("app builds");
-    let state = app.state.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(idbridge::server::run(app, listener, async move {
-        let _ = rx.await;
-    }));
-    state
-        .m365
-        .connect_application(&Actor::cli(), Utc::now())
-        .await
-        .expect("connected to the fake");
-    Server {
-        state,
-        stop,
-        handle,
-        _dir: dir,
-    }
 }
 
 async fn create_users(state: &AppState, n: usize) -> Vec<String> {
