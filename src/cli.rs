@@ -765,8 +765,10 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                 ImportSelection::Users(users)
             };
             let report = m365
+                // Reported once per batch written (a page of up to 999 users); importing
+                // everyone, the total counts the users listed so far.
                 .import(&directory, &actor, &selection, Utc::now(), |p| {
-                    if p.total > 0 && (p.done % 100 == 0 || p.done == p.total) {
+                    if p.total > 0 {
                         eprintln!(
                             "progress: {}/{} ({} imported, {} failed)",
                             p.done, p.total, p.imported, p.failed

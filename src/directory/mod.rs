@@ -100,6 +100,28 @@ pub fn new_record_id() -> String {
         .collect()
 }
 
+/// A user created by an import from Microsoft 365.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedUser {
+    pub id: String,
+    pub username: String,
+}
+
+/// The `user_create` event of a new user.
+fn creation_event(
+    actor: &Actor,
+    write: &UserWrite,
+    password_set: bool,
+    link: Option<&LinkRow>,
+    now: DateTime<Utc>,
+) -> NewEvent {
+    NewEvent::new(now, actor, kind::USER_CREATE, Some(&write.username)).details(json!({
+        "email": write.email,
+        "passwordSet": password_set,
+        "importedFrom": link.map(|l| l.m365_object_id.clone()),
+    }))
+}
+
 impl Directory {
     pub fn new(store: Store, policy: PasswordPolicy) -> Self {
         Self {
@@ -241,20 +263,62 @@ impl Directory {
         password: Option<&SecretString>,
         now: DateTime<Utc>,
     ) -> Result<User, DirectoryError> {
-        self.insert_user(actor, changes, password, None, now).await
+        self.insert_user(actor, changes, password, now).await
     }
 
-    /// Creates a user imported from Microsoft 365, linked to its M365 user in the same
-    /// transaction (so an interrupted import never leaves a user without its link).
-    pub async fn create_imported_user(
+    /// Creates users imported from Microsoft 365, each linked to its M365 user, all in one
+    /// transaction (so an interrupted import never leaves a user without its link). Returns one
+    /// outcome per user, in order; a user failing a check, or whose username or email another
+    /// user (stored before, or earlier in `users`) has, fails alone, as if they were created one
+    /// by one. An `Err` is a store failure, and then nobody is created.
+    pub async fn create_imported_users(
         &self,
         actor: &Actor,
-        changes: &UserChanges,
-        link: LinkRow,
+        users: Vec<(UserChanges, LinkRow)>,
         now: DateTime<Utc>,
-    ) -> Result<User, DirectoryError> {
-        self.insert_user(actor, changes, None, Some(link), now)
-            .await
+    ) -> Result<Vec<Result<ImportedUser, DirectoryError>>, StoreError> {
+        let mut outcomes: Vec<Option<Result<ImportedUser, DirectoryError>>> =
+            Vec::with_capacity(users.len());
+        let mut rows = Vec::with_capacity(users.len());
+        for (changes, link) in users {
+            match self.prepare_user(&changes).await {
+                Ok(write) => {
+                    let link = LinkRow {
+                        user_id: write.id.clone(),
+                        ..link
+                    };
+                    let event = creation_event(actor, &write, false, Some(&link), now);
+                    rows.push((write, link, event));
+                    outcomes.push(None);
+                }
+                Err(DirectoryError::Store(e)) => return Err(e),
+                Err(e) => outcomes.push(Some(Err(e))),
+            }
+        }
+        let stored = self
+            .store
+            .insert_imported_users(&rows, now.timestamp_millis())
+            .await?;
+        let mut stored = stored.into_iter().zip(rows);
+        let mut out = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            out.push(match outcome {
+                Some(failed) => failed,
+                None => match stored.next() {
+                    Some((Ok(()), (write, _, _))) => Ok(ImportedUser {
+                        id: write.id,
+                        username: write.username,
+                    }),
+                    Some((Err(e), _)) => Err(e.into()),
+                    None => {
+                        return Err(StoreError::Corrupt(
+                            "the store reported fewer outcomes than users inserted".into(),
+                        ))
+                    }
+                },
+            });
+        }
+        Ok(out)
     }
 
     async fn insert_user(
@@ -262,9 +326,32 @@ impl Directory {
         actor: &Actor,
         changes: &UserChanges,
         password: Option<&SecretString>,
-        link: Option<LinkRow>,
         now: DateTime<Utc>,
     ) -> Result<User, DirectoryError> {
+        let write = self.prepare_user(changes).await?;
+        let hash = match password {
+            Some(pw) => {
+                self.policy.check(pw.expose_secret(), &write.username)?;
+                Some(self.hash(pw).await?)
+            }
+            None => None,
+        };
+        let event = creation_event(actor, &write, hash.is_some(), None, now);
+        self.store
+            .insert_user(
+                &write,
+                hash.as_deref(),
+                None,
+                now.timestamp_millis(),
+                &event,
+            )
+            .await?;
+        self.get_user(&write.id).await
+    }
+
+    /// A new user's stored attributes from `changes`, checked; `username` and `email` are
+    /// required.
+    async fn prepare_user(&self, changes: &UserChanges) -> Result<UserWrite, DirectoryError> {
         let username = changes.get(Attribute::Username).unwrap_or_default();
         if username.trim().is_empty() {
             return Err(DirectoryError::Invalid {
@@ -292,33 +379,7 @@ impl Directory {
         };
         changes.apply(&mut write)?;
         write.manager_id = self.resolve_manager(changes, &write.id).await?;
-        let hash = match password {
-            Some(pw) => {
-                self.policy.check(pw.expose_secret(), &write.username)?;
-                Some(self.hash(pw).await?)
-            }
-            None => None,
-        };
-        let link = link.map(|l| LinkRow {
-            user_id: write.id.clone(),
-            ..l
-        });
-        let event =
-            NewEvent::new(now, actor, kind::USER_CREATE, Some(&write.username)).details(json!({
-                "email": write.email,
-                "passwordSet": hash.is_some(),
-                "importedFrom": link.as_ref().map(|l| l.m365_object_id.clone()),
-            }));
-        self.store
-            .insert_user(
-                &write,
-                hash.as_deref(),
-                link.as_ref(),
-                now.timestamp_millis(),
-                &event,
-            )
-            .await?;
-        self.get_user(&write.id).await
+        Ok(write)
     }
 
     /// Changes attributes of a user.

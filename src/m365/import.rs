@@ -2,22 +2,28 @@
 //! from M365, the company email is the userPrincipalName; a user whose email already exists
 //! here fails with that reason while the others import.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::connection::{M365Error, M365};
-use super::graph::GraphUser;
+use super::graph::{GraphUser, Page};
 use crate::attributes::Attribute;
 use crate::directory::{Directory, DirectoryError, UserChanges};
 use crate::events::{kind, Actor, NewEvent};
-use crate::store::{ImportResultRow, ImportRunRow, LinkRow};
+use crate::store::{ImportResultRow, ImportRunRow, LinkRow, StoreError};
 
-/// Users per Graph page when listing (the maximum Graph allows).
+/// Users per Graph page when listing: `$top` may be at most 999 for users
+/// (<https://learn.microsoft.com/graph/api/user-list#optional-query-parameters>,
+/// <https://learn.microsoft.com/graph/paging>).
 const PAGE_SIZE: u32 = 999;
+/// Pages listed ahead of the one being written, so fetching the next page overlaps writing
+/// the previous one while memory stays bounded.
+const PAGES_AHEAD: usize = 2;
 
 /// A tenant user with what idbridge already knows of it.
 #[derive(Debug, Clone, Serialize)]
@@ -67,19 +73,7 @@ impl M365 {
         let mut users = Vec::new();
         let mut next: Option<String> = None;
         loop {
-            let link = next.clone();
-            let page = self
-                .call(|token| {
-                    let link = link.clone();
-                    async move {
-                        use secrecy::ExposeSecret;
-                        self.graph()
-                            .list_users_page(token.expose_secret(), link.as_deref(), PAGE_SIZE)
-                            .await
-                    }
-                })
-                .await
-                .map_err(|e| e.during(crate::m365::permissions::GraphCall::ReadUsers))?;
+            let page = self.users_page(next.as_deref()).await?;
             users.extend(page.items);
             match page.next_link {
                 Some(link) => next = Some(link),
@@ -107,8 +101,38 @@ impl M365 {
             .collect())
     }
 
-    /// Imports the selected tenant users, reporting progress after each user. Users already
-    /// imported are skipped, so running an import twice imports nobody twice.
+    /// One page of the tenant's users (`GET /users`, then the `@odata.nextLink`s Graph gives,
+    /// followed verbatim: <https://learn.microsoft.com/graph/paging>).
+    async fn users_page(&self, link: Option<&str>) -> Result<Page<GraphUser>, M365Error> {
+        self.call(|token| async move {
+            use secrecy::ExposeSecret;
+            self.graph()
+                .list_users_page(token.expose_secret(), link, PAGE_SIZE)
+                .await
+        })
+        .await
+        .map_err(|e| e.during(crate::m365::permissions::GraphCall::ReadUsers))
+    }
+
+    /// Lists the tenant's users into `pages`, one page at a time; stops early, without error,
+    /// when nobody receives any more.
+    async fn send_user_pages(&self, pages: mpsc::Sender<Vec<GraphUser>>) -> Result<(), M365Error> {
+        let mut next: Option<String> = None;
+        loop {
+            let page = self.users_page(next.as_deref()).await?;
+            if pages.send(page.items).await.is_err() {
+                return Ok(());
+            }
+            match page.next_link {
+                Some(link) => next = Some(link),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Imports the selected tenant users, reporting progress after each batch written (a page
+    /// of the tenant, or up to [`PAGE_SIZE`] named users). Users already imported are skipped,
+    /// so running an import twice imports nobody twice.
     pub async fn import(
         &self,
         directory: &Directory,
@@ -118,19 +142,10 @@ impl M365 {
         progress: impl FnMut(ImportProgress),
     ) -> Result<ImportReport, M365Error> {
         let tenant_id = self.tenant_id().await?;
-        let (chosen, already_imported) = self.choose(selection).await?;
-        let run = new_run(actor, now, chosen.len());
+        let run = new_run(actor, now, 0);
         self.store().insert_import_run(&run).await?;
-        self.import_chosen(
-            directory,
-            actor,
-            &run.id,
-            &tenant_id,
-            chosen,
-            already_imported,
-            progress,
-        )
-        .await
+        self.run_import(directory, actor, &run.id, &tenant_id, selection, progress)
+            .await
     }
 
     /// Starts an import in the background and returns its run id at once. The run's counters
@@ -151,11 +166,7 @@ impl M365 {
             "reconnect" => return Err(M365Error::Reconnect(status.last_error.unwrap_or_default())),
             _ => return Err(M365Error::NotConnected),
         }
-        let guess = match &selection {
-            ImportSelection::All => 0,
-            ImportSelection::Users(keys) => keys.len(),
-        };
-        let run = new_run(actor, now, guess);
+        let run = new_run(actor, now, 0);
         self.store().insert_import_run(&run).await?;
         let this = Arc::clone(self);
         let directory = directory.clone();
@@ -177,20 +188,8 @@ impl M365 {
     ) {
         let outcome = async {
             let tenant_id = self.tenant_id().await?;
-            let (chosen, already_imported) = self.choose(selection).await?;
-            self.store()
-                .set_import_run_total(run_id, chosen.len() as i64)
-                .await?;
-            self.import_chosen(
-                directory,
-                actor,
-                run_id,
-                &tenant_id,
-                chosen,
-                already_imported,
-                |_| {},
-            )
-            .await
+            self.run_import(directory, actor, run_id, &tenant_id, selection, |_| {})
+                .await
         }
         .await;
         if let Err(err) = outcome {
@@ -212,6 +211,115 @@ impl M365 {
                 tracing::warn!(%err, run_id, "could not record the end of an import run");
             }
         }
+    }
+
+    /// Imports the selection into the run `run_id` (already stored, its total 0), then finishes
+    /// the run with its event.
+    ///
+    /// Importing everyone writes each page of the tenant as it arrives while the next page is
+    /// being listed ([`PAGES_AHEAD`] pages at most wait in memory), so a large tenant takes
+    /// about as long as listing it; the run's total grows page by page. Named users need the
+    /// whole tenant listed first (a key may match any page), then they are written in batches.
+    /// A listing that fails part way keeps the users already written (a new run skips them).
+    async fn run_import(
+        &self,
+        directory: &Directory,
+        actor: &Actor,
+        run_id: &str,
+        tenant_id: &str,
+        selection: &ImportSelection,
+        mut progress: impl FnMut(ImportProgress),
+    ) -> Result<ImportReport, M365Error> {
+        let mut state = ImportProgress {
+            done: 0,
+            total: 0,
+            imported: 0,
+            failed: 0,
+        };
+        let mut already_imported = 0;
+        match selection {
+            ImportSelection::All => {
+                progress(state);
+                // Known before the run: imported earlier, or created by binding.
+                let known: HashSet<String> = self
+                    .store()
+                    .m365_link_summary()
+                    .await?
+                    .into_iter()
+                    .map(|(object_id, _, _)| object_id)
+                    .collect();
+                let (sender, receiver) = mpsc::channel(PAGES_AHEAD);
+                let listing = self.send_user_pages(sender);
+                let writing = async {
+                    // Owned here, so a failed write drops it and the listing stops.
+                    let mut receiver = receiver;
+                    while let Some(page) = receiver.recv().await {
+                        let listed = page.len();
+                        let chosen: Vec<Result<GraphUser, String>> = page
+                            .into_iter()
+                            .filter(|u| !known.contains(&u.id))
+                            .map(Ok)
+                            .collect();
+                        already_imported += listed - chosen.len();
+                        state.total += chosen.len();
+                        let more_total = chosen.len();
+                        self.write_batch(
+                            directory, actor, run_id, tenant_id, chosen, more_total, &mut state,
+                        )
+                        .await?;
+                        progress(state);
+                    }
+                    Ok::<(), M365Error>(())
+                };
+                let (listed, written) = tokio::join!(listing, writing);
+                written?;
+                listed?;
+            }
+            ImportSelection::Users(_) => {
+                let (chosen, already) = self.choose(selection).await?;
+                already_imported = already;
+                state.total = chosen.len();
+                self.store()
+                    .set_import_run_total(run_id, chosen.len() as i64)
+                    .await?;
+                progress(state);
+                let mut chosen = chosen.into_iter().map(|c| c.map(|u| u.user)).peekable();
+                while chosen.peek().is_some() {
+                    let batch: Vec<_> = chosen.by_ref().take(PAGE_SIZE as usize).collect();
+                    self.write_batch(directory, actor, run_id, tenant_id, batch, 0, &mut state)
+                        .await?;
+                    progress(state);
+                }
+            }
+        }
+        let event =
+            NewEvent::new(Utc::now(), actor, kind::M365_IMPORT, Some(tenant_id)).details(json!({
+                "runId": run_id,
+                "selected": state.total + already_imported,
+                "imported": state.imported,
+                "failed": state.failed,
+                "alreadyImported": already_imported,
+            }));
+        let message = (already_imported > 0).then(|| {
+            format!("{already_imported} selected user(s) were imported before and were skipped")
+        });
+        self.store()
+            .finish_import_run(
+                run_id,
+                "finished",
+                message.as_deref(),
+                Utc::now().timestamp_millis(),
+                &event,
+            )
+            .await?;
+        Ok(ImportReport {
+            run_id: run_id.to_string(),
+            total: state.total,
+            imported: state.imported,
+            failed: state.failed,
+            already_imported,
+            results: self.store().import_results(run_id).await?,
+        })
     }
 
     /// The tenant users the selection names (a key matching nobody stays as an error), minus
@@ -249,150 +357,150 @@ impl M365 {
         Ok((chosen, already_imported))
     }
 
-    /// Imports the chosen users into the run `run_id` (already stored), one result and counter
-    /// update per user, then finishes the run with its event.
+    /// Imports one batch of chosen users (a key that matched nobody stays as an error): the
+    /// users with their links and events in one transaction, then every user's result, the
+    /// failures' events and the run's counters (its total grown by `more_total`) in another.
+    /// Outcomes are those of importing the users one by one, in order.
     #[allow(clippy::too_many_arguments)]
-    async fn import_chosen(
+    async fn write_batch(
         &self,
         directory: &Directory,
         actor: &Actor,
         run_id: &str,
         tenant_id: &str,
-        chosen: Vec<Result<TenantUser, String>>,
-        already_imported: usize,
-        mut progress: impl FnMut(ImportProgress),
-    ) -> Result<ImportReport, M365Error> {
-        let mut state = ImportProgress {
-            done: 0,
-            total: chosen.len(),
-            imported: 0,
-            failed: 0,
-        };
-        progress(state);
+        chosen: Vec<Result<GraphUser, String>>,
+        more_total: usize,
+        state: &mut ImportProgress,
+    ) -> Result<(), M365Error> {
+        let now = Utc::now();
+        let now_ms = now.timestamp_millis();
+        // Each user's result, or (still unknown) the user to create.
+        let mut results: Vec<Result<ImportResultRow, (String, String)>> =
+            Vec::with_capacity(chosen.len());
+        let mut creates = Vec::with_capacity(chosen.len());
         for candidate in chosen {
-            let result = match candidate {
-                Err(key) => failure(
+            match candidate {
+                Err(key) => results.push(Ok(failure(
                     run_id,
                     &key,
                     None,
                     "no such user in the Microsoft 365 tenant",
-                ),
-                Ok(tenant_user) => {
-                    self.import_one(directory, actor, run_id, tenant_id, &tenant_user.user)
-                        .await?
-                }
+                    now_ms,
+                ))),
+                Ok(user) => match import_request(tenant_id, &user, now_ms) {
+                    Some((changes, link)) => {
+                        results.push(Err((user.id, link.user_principal_name.clone())));
+                        creates.push((changes, link));
+                    }
+                    None => results.push(Ok(failure(
+                        run_id,
+                        &user.id,
+                        None,
+                        "the Microsoft 365 user has no userPrincipalName",
+                        now_ms,
+                    ))),
+                },
+            }
+        }
+        let mut created = directory
+            .create_imported_users(actor, creates, now)
+            .await?
+            .into_iter();
+        let mut rows = Vec::with_capacity(results.len());
+        for result in results {
+            let row = match result {
+                Ok(row) => row,
+                Err((object_id, upn)) => match created.next() {
+                    Some(Ok(user)) => ImportResultRow {
+                        run_id: run_id.into(),
+                        m365_object_id: object_id,
+                        user_principal_name: Some(upn),
+                        outcome: "imported".into(),
+                        message: Some(format!("imported as {}", user.username)),
+                        user_id: Some(user.id),
+                        at: now_ms,
+                    },
+                    Some(Err(DirectoryError::Store(e))) => return Err(e.into()),
+                    Some(Err(DirectoryError::Duplicate { field: "email" })) => failure(
+                        run_id,
+                        &object_id,
+                        Some(upn),
+                        "a user with this email already exists in idbridge",
+                        now_ms,
+                    ),
+                    Some(Err(DirectoryError::Duplicate { field })) => failure(
+                        run_id,
+                        &object_id,
+                        Some(upn),
+                        &format!("a user with this {field} already exists in idbridge"),
+                        now_ms,
+                    ),
+                    Some(Err(other)) => {
+                        failure(run_id, &object_id, Some(upn), &other.to_string(), now_ms)
+                    }
+                    None => {
+                        return Err(StoreError::Corrupt(
+                            "the directory reported fewer outcomes than users imported".into(),
+                        )
+                        .into())
+                    }
+                },
             };
-            if result.outcome == "imported" {
-                state.imported += 1;
-            } else {
-                state.failed += 1;
-                let event = NewEvent::new(
-                    Utc::now(),
+            rows.push(row);
+        }
+        let events: Vec<NewEvent> = rows
+            .iter()
+            .filter(|r| r.outcome != "imported")
+            .map(|r| {
+                NewEvent::new(
+                    now,
                     actor,
                     kind::M365_IMPORT_USER_FAILED,
-                    result.user_principal_name.as_deref(),
+                    r.user_principal_name.as_deref(),
                 )
-                .details(json!({"runId": run_id, "reason": result.message}));
-                self.store().record_event(&event).await?;
-            }
-            self.store().add_import_result(&result).await?;
-            state.done += 1;
-            progress(state);
-        }
-        let event =
-            NewEvent::new(Utc::now(), actor, kind::M365_IMPORT, Some(tenant_id)).details(json!({
-                "runId": run_id,
-                "selected": state.total + already_imported,
-                "imported": state.imported,
-                "failed": state.failed,
-                "alreadyImported": already_imported,
-            }));
-        let message = (already_imported > 0).then(|| {
-            format!("{already_imported} selected user(s) were imported before and were skipped")
-        });
+                .details(json!({"runId": run_id, "reason": r.message}))
+            })
+            .collect();
+        let events: Vec<&NewEvent> = events.iter().collect();
         self.store()
-            .finish_import_run(
-                run_id,
-                "finished",
-                message.as_deref(),
-                Utc::now().timestamp_millis(),
-                &event,
-            )
+            .add_import_results(run_id, &rows, &events, more_total as i64)
             .await?;
-        Ok(ImportReport {
-            run_id: run_id.to_string(),
-            total: state.total,
-            imported: state.imported,
-            failed: state.failed,
-            already_imported,
-            results: self.store().import_results(run_id).await?,
-        })
+        let imported = rows.iter().filter(|r| r.outcome == "imported").count();
+        state.imported += imported;
+        state.failed += rows.len() - imported;
+        state.done += rows.len();
+        Ok(())
     }
+}
 
-    async fn import_one(
-        &self,
-        directory: &Directory,
-        actor: &Actor,
-        run_id: &str,
-        tenant_id: &str,
-        user: &GraphUser,
-    ) -> Result<ImportResultRow, M365Error> {
-        let Some(upn) = user.user_principal_name.clone() else {
-            return Ok(failure(
-                run_id,
-                &user.id,
-                None,
-                "the Microsoft 365 user has no userPrincipalName",
-            ));
-        };
-        let changes = UserChanges::new()
-            .with(Attribute::Username, username_from_upn(&upn))
-            .with(Attribute::Email, upn.clone())
-            .with(
-                Attribute::Firstname,
-                user.given_name.clone().unwrap_or_default(),
-            )
-            .with(
-                Attribute::Lastname,
-                user.surname.clone().unwrap_or_default(),
-            );
-        let link = LinkRow {
-            user_id: String::new(),
-            tenant_id: tenant_id.to_string(),
-            m365_object_id: user.id.clone(),
-            user_principal_name: upn.clone(),
-            immutable_id: user.on_premises_immutable_id.clone(),
-            linked_at: Utc::now().timestamp_millis(),
-        };
-        match directory
-            .create_imported_user(actor, &changes, link, Utc::now())
-            .await
-        {
-            Ok(created) => Ok(ImportResultRow {
-                run_id: run_id.into(),
-                m365_object_id: user.id.clone(),
-                user_principal_name: Some(upn),
-                outcome: "imported".into(),
-                message: Some(format!("imported as {}", created.username)),
-                user_id: Some(created.id),
-                at: Utc::now().timestamp_millis(),
-            }),
-            Err(DirectoryError::Duplicate { field: "email" }) => Ok(failure(
-                run_id,
-                &user.id,
-                Some(upn),
-                "a user with this email already exists in idbridge",
-            )),
-            Err(DirectoryError::Duplicate { field }) => Ok(failure(
-                run_id,
-                &user.id,
-                Some(upn),
-                &format!("a user with this {field} already exists in idbridge"),
-            )),
-            Err(DirectoryError::Store(e)) => Err(e.into()),
-            Err(other) => Ok(failure(run_id, &user.id, Some(upn), &other.to_string())),
-        }
-    }
+/// What to create for a tenant user: first name, last name and username from M365, the company
+/// email is the userPrincipalName. `None` without a userPrincipalName.
+fn import_request(
+    tenant_id: &str,
+    user: &GraphUser,
+    now_ms: i64,
+) -> Option<(UserChanges, LinkRow)> {
+    let upn = user.user_principal_name.clone()?;
+    let changes = UserChanges::new()
+        .with(Attribute::Username, username_from_upn(&upn))
+        .with(Attribute::Email, upn.clone())
+        .with(
+            Attribute::Firstname,
+            user.given_name.clone().unwrap_or_default(),
+        )
+        .with(
+            Attribute::Lastname,
+            user.surname.clone().unwrap_or_default(),
+        );
+    let link = LinkRow {
+        user_id: String::new(),
+        tenant_id: tenant_id.to_string(),
+        m365_object_id: user.id.clone(),
+        user_principal_name: upn,
+        immutable_id: user.on_premises_immutable_id.clone(),
+        linked_at: now_ms,
+    };
+    Some((changes, link))
 }
 
 /// A new run record in state `running`.
@@ -410,7 +518,13 @@ fn new_run(actor: &Actor, now: DateTime<Utc>, total: usize) -> ImportRunRow {
     }
 }
 
-fn failure(run_id: &str, object_id: &str, upn: Option<String>, message: &str) -> ImportResultRow {
+fn failure(
+    run_id: &str,
+    object_id: &str,
+    upn: Option<String>,
+    message: &str,
+    at: i64,
+) -> ImportResultRow {
     ImportResultRow {
         run_id: run_id.into(),
         m365_object_id: object_id.into(),
@@ -418,7 +532,7 @@ fn failure(run_id: &str, object_id: &str, upn: Option<String>, message: &str) ->
         outcome: "failed".into(),
         message: Some(message.into()),
         user_id: None,
-        at: Utc::now().timestamp_millis(),
+        at,
     }
 }
 

@@ -49,6 +49,32 @@ pub(super) async fn insert<'e, E: Executor<'e, Database = Any>>(
     Ok(())
 }
 
+/// Inserts events inside the caller's transaction, many rows per statement.
+pub(super) async fn insert_many(
+    conn: &mut sqlx::AnyConnection,
+    events: &[&NewEvent],
+) -> Result<(), StoreError> {
+    const WIDTH: usize = 6;
+    for chunk in events.chunks(super::rows_per_statement(WIDTH)) {
+        let sql = format!(
+            "INSERT INTO events (at, actor, event_type, target, details, client_ip) VALUES {}",
+            super::values_tuples(chunk.len(), WIDTH)
+        );
+        let mut query = sqlx::query(&sql);
+        for event in chunk {
+            query = query
+                .bind(event.at.timestamp_millis())
+                .bind(&event.actor)
+                .bind(event.event_type)
+                .bind(&event.target)
+                .bind(event.details.to_string())
+                .bind(&event.client_ip);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Records events and answered request IDs in one transaction (the write-behind flush).
     /// A request ID already stored is left as it is.

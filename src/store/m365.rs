@@ -262,33 +262,51 @@ impl Store {
         Ok(())
     }
 
-    /// Records one user's outcome and bumps the run's counters in one transaction.
-    pub async fn add_import_result(&self, result: &ImportResultRow) -> Result<(), StoreError> {
+    /// Records the outcomes of some users of a run (with the events of those that failed) and
+    /// moves the run's counters in one transaction: `imported` and `failed` by the outcomes,
+    /// `total` by `more_total` (a run listing the tenant page by page learns its total as it
+    /// goes).
+    pub async fn add_import_results(
+        &self,
+        run_id: &str,
+        results: &[ImportResultRow],
+        events: &[&NewEvent],
+        more_total: i64,
+    ) -> Result<(), StoreError> {
+        const WIDTH: usize = 7;
         let mut tx = self.pool.begin().await?;
+        for chunk in results.chunks(super::rows_per_statement(WIDTH)) {
+            let sql = format!(
+                "INSERT INTO m365_import_results (run_id, m365_object_id, user_principal_name, \
+                 outcome, message, user_id, at) VALUES {}",
+                super::values_tuples(chunk.len(), WIDTH)
+            );
+            let mut query = sqlx::query(&sql);
+            for result in chunk {
+                query = query
+                    .bind(&result.run_id)
+                    .bind(&result.m365_object_id)
+                    .bind(&result.user_principal_name)
+                    .bind(&result.outcome)
+                    .bind(&result.message)
+                    .bind(&result.user_id)
+                    .bind(result.at);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let imported = results.iter().filter(|r| r.outcome == "imported").count() as i64;
+        let failed = results.len() as i64 - imported;
         sqlx::query(
-            "INSERT INTO m365_import_results (run_id, m365_object_id, user_principal_name, outcome, \
-             message, user_id, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "UPDATE m365_import_runs SET imported = imported + $2, failed = failed + $3, \
+             total = total + $4 WHERE id = $1",
         )
-        .bind(&result.run_id)
-        .bind(&result.m365_object_id)
-        .bind(&result.user_principal_name)
-        .bind(&result.outcome)
-        .bind(&result.message)
-        .bind(&result.user_id)
-        .bind(result.at)
+        .bind(run_id)
+        .bind(imported)
+        .bind(failed)
+        .bind(more_total)
         .execute(&mut *tx)
         .await?;
-        let column = if result.outcome == "imported" {
-            "imported"
-        } else {
-            "failed"
-        };
-        sqlx::query(&format!(
-            "UPDATE m365_import_runs SET {column} = {column} + 1 WHERE id = $1"
-        ))
-        .bind(&result.run_id)
-        .execute(&mut *tx)
-        .await?;
+        events::insert_many(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }

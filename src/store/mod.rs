@@ -182,6 +182,46 @@ fn create_sqlite_parent_dir(url: &str) {
     }
 }
 
+/// The most bind parameters one statement may carry on either backend: SQLite's
+/// `SQLITE_MAX_VARIABLE_NUMBER` defaults to 32,766 since 3.32.0 (<https://sqlite.org/limits.html>,
+/// item 9); PostgreSQL's protocol counts parameters in 16 bits (65,535). Multi-row statements
+/// are cut into chunks below it.
+const MAX_BIND_PARAMS: usize = 32_766;
+
+/// How many rows of `width` bound columns fit in one statement (at least one).
+fn rows_per_statement(width: usize) -> usize {
+    (MAX_BIND_PARAMS / width.max(1)).max(1)
+}
+
+/// `($1, $2, …), ($w+1, …), …`: the VALUES tuples of a multi-row statement with `rows` rows of
+/// `width` parameters each.
+fn values_tuples(rows: usize, width: usize) -> String {
+    let mut out = String::with_capacity(rows * width * 7);
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for col in 0..width {
+            if col > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(row * width + col + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `$1, $2, …, $n`: a list of `n` parameters (for `IN (…)`), numbered from `first`.
+fn param_list(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
 fn like_pattern(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);

@@ -1,3 +1,5 @@
+use std::collections::HashSet;
+
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -374,6 +376,160 @@ impl Store {
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Inserts users imported from Microsoft 365, each with its link to the M365 user and its
+    /// event, in one transaction and a few multi-row statements. Returns one outcome per user, in
+    /// order: `Ok` when inserted, else [`StoreError::Conflict`] naming the field another user
+    /// (stored before, or earlier in `users`) already has — the same outcome as inserting them
+    /// one by one with [`Store::insert_user`], where a conflict rejects that user only.
+    ///
+    /// The users carry no password (an imported user signs in with Microsoft 365 or gets one
+    /// later).
+    pub async fn insert_imported_users(
+        &self,
+        users: &[(UserWrite, super::LinkRow, NewEvent)],
+        now_ms: i64,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Only the optional columns some user sets are written; the others stay NULL.
+        let columns: Vec<&AttributeSpec> = optional_columns()
+            .filter(|s| users.iter().any(|(u, _, _)| u.attributes.get(s.attribute).is_some()))
+            .collect();
+        let width = 11 + columns.len();
+        let mut inserted: HashSet<String> = HashSet::with_capacity(users.len());
+        for chunk in users.chunks(super::rows_per_statement(width)) {
+            // A row hitting a unique key is skipped, not an error; which rows went in is read
+            // back, so one taken email does not fail the others (SQLite ≥ 3.35 and PostgreSQL
+            // both have `ON CONFLICT DO NOTHING … RETURNING`).
+            let sql = format!(
+                "INSERT INTO users (id, username, username_key, email, email_key, firstname, \
+                 lastname, manager_id, state, created_at, updated_at{}) VALUES {} \
+                 ON CONFLICT DO NOTHING RETURNING id",
+                columns
+                    .iter()
+                    .map(|c| format!(", {}", c.column))
+                    .collect::<String>(),
+                super::values_tuples(chunk.len(), width),
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            for (user, _, _) in chunk {
+                query = query
+                    .bind(&user.id)
+                    .bind(&user.username)
+                    .bind(user.username.to_lowercase())
+                    .bind(&user.email)
+                    .bind(user.email.to_lowercase())
+                    .bind(&user.firstname)
+                    .bind(&user.lastname)
+                    .bind(&user.manager_id)
+                    .bind(&user.state)
+                    .bind(now_ms)
+                    .bind(now_ms);
+                for spec in &columns {
+                    query = query.bind(user.attributes.get(spec.attribute).map(str::to_string));
+                }
+            }
+            inserted.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+        }
+
+        // Why the others were skipped: their email or username is taken (checked in that order,
+        // as SQLite reports a row breaking both).
+        let rejected: Vec<&UserWrite> = users
+            .iter()
+            .map(|(u, _, _)| u)
+            .filter(|u| !inserted.contains(&u.id))
+            .collect();
+        let mut taken_emails = HashSet::new();
+        let mut taken_usernames = HashSet::new();
+        for chunk in rejected.chunks(super::rows_per_statement(2)) {
+            let sql = format!(
+                "SELECT username_key, email_key FROM users WHERE username_key IN ({}) \
+                 OR email_key IN ({})",
+                super::param_list(1, chunk.len()),
+                super::param_list(chunk.len() + 1, chunk.len()),
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+            for user in chunk {
+                query = query.bind(user.username.to_lowercase());
+            }
+            for user in chunk {
+                query = query.bind(user.email.to_lowercase());
+            }
+            for (username, email) in query.fetch_all(&mut *tx).await? {
+                taken_usernames.insert(username);
+                taken_emails.insert(email);
+            }
+        }
+
+        // Links of the inserted users; a user whose M365 object is linked already (to another
+        // user) is taken out again, as the one-by-one insert would roll it back.
+        const LINK_WIDTH: usize = 6;
+        let links: Vec<&super::LinkRow> = users
+            .iter()
+            .filter(|(u, _, _)| inserted.contains(&u.id))
+            .map(|(_, l, _)| l)
+            .collect();
+        let mut linked: HashSet<String> = HashSet::with_capacity(links.len());
+        for chunk in links.chunks(super::rows_per_statement(LINK_WIDTH)) {
+            let sql = format!(
+                "INSERT INTO m365_links (user_id, tenant_id, m365_object_id, user_principal_name, \
+                 immutable_id, linked_at) VALUES {} ON CONFLICT DO NOTHING RETURNING user_id",
+                super::values_tuples(chunk.len(), LINK_WIDTH)
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            for link in chunk {
+                query = query
+                    .bind(&link.user_id)
+                    .bind(&link.tenant_id)
+                    .bind(&link.m365_object_id)
+                    .bind(&link.user_principal_name)
+                    .bind(&link.immutable_id)
+                    .bind(link.linked_at);
+            }
+            linked.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+        }
+        let unlinked: Vec<&str> = links
+            .iter()
+            .map(|l| l.user_id.as_str())
+            .filter(|id| !linked.contains(*id))
+            .collect();
+        for chunk in unlinked.chunks(super::rows_per_statement(1)) {
+            let sql = format!(
+                "DELETE FROM users WHERE id IN ({})",
+                super::param_list(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+
+        let events: Vec<&NewEvent> = users
+            .iter()
+            .filter(|(u, _, _)| linked.contains(&u.id))
+            .map(|(_, _, e)| e)
+            .collect();
+        events::insert_many(&mut tx, &events).await?;
+        tx.commit().await?;
+
+        Ok(users
+            .iter()
+            .map(|(user, _, _)| {
+                if linked.contains(&user.id) {
+                    Ok(())
+                } else if inserted.contains(&user.id) {
+                    Err(StoreError::Conflict("Microsoft 365 user"))
+                } else if taken_emails.contains(&user.email.to_lowercase()) {
+                    Err(StoreError::Conflict("email"))
+                } else if taken_usernames.contains(&user.username.to_lowercase()) {
+                    Err(StoreError::Conflict("username"))
+                } else {
+                    Err(StoreError::Conflict("key"))
+                }
+            })
+            .collect())
     }
 
     /// Rewrites a user's attributes and records the event in one transaction.

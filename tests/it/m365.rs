@@ -492,6 +492,178 @@ async fn import_reports_each_user_and_keeps_object_and_immutable_ids() {
     assert_eq!(app.events("m365_import_user_failed").await.len(), 2);
 }
 
+/// Events of a type, however many (`TestApp::events` stops at 1,000).
+async fn all_events(app: &TestApp, event_type: &str) -> Vec<idbridge::store::EventRow> {
+    app.state().idp.flush_events().await;
+    app.store
+        .list_events(&idbridge::store::EventFilter {
+            event_type: Some(event_type.into()),
+            limit: 100_000,
+            ..idbridge::store::EventFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn import_of_all_writes_page_by_page_with_the_one_by_one_outcomes() {
+    let (app, fake) = connected_pair(&secret()).await;
+    fake.add_domain("contoso.com", false, true);
+    fake.add_domain("fabrikam.com", false, false);
+    // Page 1: user0001 … user0999; page 2: user1000 and the users below.
+    fake.add_users(1000, "contoso.com");
+    let spec = |upn: &str, given: &str| FakeUserSpec {
+        upn: upn.into(),
+        given_name: Some(given.into()),
+        surname: Some("Page2".into()),
+        account_enabled: true,
+        ..FakeUserSpec::default()
+    };
+    // Same username as the user just before it on the same page: the first one wins.
+    let dup_first = fake.add_user(spec("dup.name@contoso.com", "First"));
+    let dup_second = fake.add_user(spec("Dup.Name@fabrikam.com", "Second"));
+    // Same username as a user imported from page 1.
+    let cross_page = fake.add_user(spec("user0003@fabrikam.com", "Cross"));
+    // A first name idbridge refuses (more than 64 characters).
+    let long_name = fake.add_user(spec("long.name@contoso.com", &"L".repeat(65)));
+    assert_eq!(consent(&app).await.0, 200);
+    // Already here before the import: the email of user0005, the username of user0010.
+    let local5 = app
+        .create_user("local5", "user0005@contoso.com", "Secret pw 1!x")
+        .await;
+    app.create_user("user0010", "someone@else.example", "Secret pw 1!x")
+        .await;
+    // Imported before.
+    let first = app
+        .state()
+        .m365
+        .import(
+            &app.state().directory,
+            &Actor::Admin("root".into()),
+            &ImportSelection::Users(vec!["user0020@contoso.com".into()]),
+            Utc::now(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.imported, first.failed), (1, 0));
+
+    let mut seen = Vec::new();
+    let report = app
+        .state()
+        .m365
+        .import(
+            &app.state().directory,
+            &Actor::Admin("root".into()),
+            &ImportSelection::All,
+            Utc::now(),
+            |p| seen.push(p),
+        )
+        .await
+        .unwrap();
+    // 1,004 tenant users, one imported before; five fail, the others import.
+    assert_eq!(report.already_imported, 1);
+    assert_eq!(report.total, 1003);
+    assert_eq!((report.imported, report.failed), (998, 5));
+    assert_eq!(report.results.len(), 1003);
+    // One report before anything, then one per page written.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let last = seen.last().unwrap();
+    assert_eq!((last.done, last.total, last.imported, last.failed), (1003, 1003, 998, 5));
+    let run = app.store.import_run(&report.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.state.as_str(), run.total, run.imported, run.failed),
+        ("finished", 1003, 998, 5)
+    );
+
+    let outcome = |object_id: &str| {
+        report
+            .results
+            .iter()
+            .find(|r| r.m365_object_id == object_id)
+            .unwrap_or_else(|| panic!("a result for {object_id}"))
+            .clone()
+    };
+    let by_upn = |upn: &str| fake.user(upn).unwrap()["id"].as_str().unwrap().to_string();
+    let failed = |object_id: &str| {
+        let r = outcome(object_id);
+        assert_eq!(r.outcome, "failed", "{r:?}");
+        assert!(r.user_id.is_none());
+        r.message.unwrap()
+    };
+    assert_eq!(
+        failed(&by_upn("user0005@contoso.com")),
+        "a user with this email already exists in idbridge"
+    );
+    assert_eq!(
+        failed(&by_upn("user0010@contoso.com")),
+        "a user with this username already exists in idbridge"
+    );
+    assert_eq!(
+        failed(&dup_second),
+        "a user with this username already exists in idbridge"
+    );
+    assert_eq!(
+        failed(&cross_page),
+        "a user with this username already exists in idbridge"
+    );
+    assert!(failed(&long_name).contains("firstname"));
+    let first_dup = outcome(&dup_first);
+    assert_eq!(first_dup.outcome, "imported");
+    assert_eq!(first_dup.message.as_deref(), Some("imported as dup.name"));
+    let dup = app.state().directory.get_user("dup.name").await.unwrap();
+    assert_eq!(first_dup.user_id.as_deref(), Some(dup.id.as_str()));
+    assert_eq!(dup.firstname, "First");
+    assert_eq!(dup.email, "dup.name@contoso.com");
+    let user3 = app.state().directory.get_user("user0003").await.unwrap();
+    assert_eq!(user3.email, "user0003@contoso.com", "page 1's user kept");
+    let kept = app.state().directory.get_user("local5").await.unwrap();
+    assert_eq!((kept.id, kept.email), (local5.id, local5.email));
+
+    // 2 local + 1 imported before + 998.
+    assert_eq!(app.store.count_users().await.unwrap(), 1001);
+    assert_eq!(app.store.m365_links().await.unwrap().len(), 999);
+    // Each user created has its event (with the M365 object it came from), each failure its own.
+    let created = all_events(&app, "user_create").await;
+    assert_eq!(
+        created
+            .iter()
+            .filter(|e| e.details.contains("\"importedFrom\":\""))
+            .count(),
+        999
+    );
+    let dup_event = created
+        .iter()
+        .find(|e| e.target.as_deref() == Some("dup.name"))
+        .unwrap();
+    assert!(dup_event.details.contains(&dup_first), "{}", dup_event.details);
+    assert_eq!(dup_event.actor, "admin:root");
+    let failures = all_events(&app, "m365_import_user_failed").await;
+    assert_eq!(failures.len(), 5);
+    assert!(failures
+        .iter()
+        .all(|e| e.details.contains(&report.run_id)));
+
+    // Again: nobody is imported twice; the five still fail for the same reasons.
+    let again = app
+        .state()
+        .m365
+        .import(
+            &app.state().directory,
+            &Actor::System,
+            &ImportSelection::All,
+            Utc::now(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.imported, again.failed, again.already_imported),
+        (0, 5, 999)
+    );
+    assert_eq!(app.store.count_users().await.unwrap(), 1001);
+}
+
 #[tokio::test]
 async fn deactivation_clears_bindings_and_keeps_users_active() {
     let (app, fake) = connected_pair(&secret()).await;
