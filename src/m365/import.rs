@@ -50,6 +50,8 @@ pub enum ImportSelection {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ImportProgress {
     pub done: usize,
+    /// The users to import: importing everyone, those of the pages listed so far (the tenant
+    /// is written page by page as it is listed).
     pub total: usize,
     pub imported: usize,
     pub failed: usize,
@@ -275,8 +277,8 @@ impl M365 {
                 written?;
                 listed?;
             }
-            ImportSelection::Users(_) => {
-                let (chosen, already) = self.choose(selection).await?;
+            ImportSelection::Users(keys) => {
+                let (chosen, already) = self.choose(keys).await?;
                 already_imported = already;
                 state.total = chosen.len();
                 self.store()
@@ -322,33 +324,29 @@ impl M365 {
         })
     }
 
-    /// The tenant users the selection names (a key matching nobody stays as an error), minus
-    /// those imported before, and how many of those there were.
+    /// The tenant users these keys name (object ID or userPrincipalName; a key matching nobody
+    /// stays as an error), minus those imported before, and how many of those there were.
     async fn choose(
         &self,
-        selection: &ImportSelection,
+        keys: &[String],
     ) -> Result<(Vec<Result<TenantUser, String>>, usize), M365Error> {
         let tenant = self.tenant_users().await?;
-        let mut chosen: Vec<Result<TenantUser, String>> = match selection {
-            ImportSelection::All => tenant.into_iter().map(Ok).collect(),
-            ImportSelection::Users(keys) => {
-                let mut by_key: HashMap<String, TenantUser> = HashMap::new();
-                for u in tenant {
-                    if let Some(upn) = &u.user.user_principal_name {
-                        by_key.insert(upn.to_lowercase(), u.clone());
-                    }
-                    by_key.insert(u.user.id.to_lowercase(), u);
-                }
-                keys.iter()
-                    .map(|k| {
-                        by_key
-                            .get(&k.to_lowercase())
-                            .cloned()
-                            .ok_or_else(|| k.clone())
-                    })
-                    .collect()
+        let mut by_key: HashMap<String, TenantUser> = HashMap::new();
+        for u in tenant {
+            if let Some(upn) = &u.user.user_principal_name {
+                by_key.insert(upn.to_lowercase(), u.clone());
             }
-        };
+            by_key.insert(u.user.id.to_lowercase(), u);
+        }
+        let mut chosen: Vec<Result<TenantUser, String>> = keys
+            .iter()
+            .map(|k| {
+                by_key
+                    .get(&k.to_lowercase())
+                    .cloned()
+                    .ok_or_else(|| k.clone())
+            })
+            .collect();
         let already_imported = chosen
             .iter()
             .filter(|c| c.as_ref().is_ok_and(|u| u.imported))

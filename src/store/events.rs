@@ -52,13 +52,14 @@ pub(super) async fn insert<'e, E: Executor<'e, Database = Any>>(
 /// Inserts events inside the caller's transaction, many rows per statement.
 pub(super) async fn insert_many(
     conn: &mut sqlx::AnyConnection,
+    backend: super::Backend,
     events: &[&NewEvent],
 ) -> Result<(), StoreError> {
     const WIDTH: usize = 6;
     for chunk in events.chunks(super::rows_per_statement(WIDTH)) {
         let sql = format!(
             "INSERT INTO events (at, actor, event_type, target, details, client_ip) VALUES {}",
-            super::values_tuples(chunk.len(), WIDTH)
+            super::values_tuples(backend, chunk.len(), WIDTH)
         );
         let mut query = sqlx::query(&sql);
         for event in chunk {

@@ -279,7 +279,7 @@ impl Store {
             let sql = format!(
                 "INSERT INTO m365_import_results (run_id, m365_object_id, user_principal_name, \
                  outcome, message, user_id, at) VALUES {}",
-                super::values_tuples(chunk.len(), WIDTH)
+                super::values_tuples(self.backend, chunk.len(), WIDTH)
             );
             let mut query = sqlx::query(&sql);
             for result in chunk {
@@ -306,7 +306,7 @@ impl Store {
         .bind(more_total)
         .execute(&mut *tx)
         .await?;
-        events::insert_many(&mut tx, events).await?;
+        events::insert_many(&mut tx, self.backend, events).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -193,9 +193,22 @@ fn rows_per_statement(width: usize) -> usize {
     (MAX_BIND_PARAMS / width.max(1)).max(1)
 }
 
-/// `($1, $2, …), ($w+1, …), …`: the VALUES tuples of a multi-row statement with `rows` rows of
-/// `width` parameters each.
-fn values_tuples(rows: usize, width: usize) -> String {
+/// The `i`-th (from 1) bind parameter of a statement that numbers its parameters in order.
+///
+/// SQLite gets anonymous `?`s, numbered by position (<https://sqlite.org/lang_expr.html#varparam>):
+/// sqlx binds a named parameter such as `$7` by looking its name up, and SQLite finds the name
+/// of a parameter by walking the statement's list of names, so a statement with thousands of
+/// `$n` costs time quadratic in their number. PostgreSQL only knows `$n`.
+fn placeholder(backend: Backend, i: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".to_string(),
+        Backend::Postgres => format!("${i}"),
+    }
+}
+
+/// `($1, $2, …), ($w+1, …), …` (or `?`s, see [`placeholder`]): the VALUES tuples of a
+/// multi-row statement with `rows` rows of `width` parameters each, its only parameters.
+fn values_tuples(backend: Backend, rows: usize, width: usize) -> String {
     let mut out = String::with_capacity(rows * width * 7);
     for row in 0..rows {
         if row > 0 {
@@ -206,18 +219,18 @@ fn values_tuples(rows: usize, width: usize) -> String {
             if col > 0 {
                 out.push_str(", ");
             }
-            out.push('$');
-            out.push_str(&(row * width + col + 1).to_string());
+            out.push_str(&placeholder(backend, row * width + col + 1));
         }
         out.push(')');
     }
     out
 }
 
-/// `$1, $2, …, $n`: a list of `n` parameters (for `IN (…)`), numbered from `first`.
-fn param_list(first: usize, n: usize) -> String {
+/// `$first, …, $(first + n - 1)` (or `?`s): a list of `n` parameters for `IN (…)`, in a
+/// statement whose parameters before them number `first - 1`.
+fn param_list(backend: Backend, first: usize, n: usize) -> String {
     (first..first + n)
-        .map(|i| format!("${i}"))
+        .map(|i| placeholder(backend, i))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -234,4 +247,30 @@ fn like_pattern(text: &str) -> String {
     }
     out.push('%');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_row_placeholders_are_numbered_row_by_row() {
+        let pg = Backend::Postgres;
+        assert_eq!(values_tuples(pg, 2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_tuples(pg, 1, 1), "($1)");
+        assert_eq!(param_list(pg, 3, 2), "$3, $4");
+        assert_eq!(param_list(pg, 1, 0), "");
+        // SQLite's are positional.
+        assert_eq!(values_tuples(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+        assert_eq!(param_list(Backend::Sqlite, 3, 2), "?, ?");
+    }
+
+    #[test]
+    fn chunks_stay_under_the_parameter_limit() {
+        // A page of 999 users of the widest insert fits in one statement.
+        assert!(rows_per_statement(24) >= 999);
+        assert!(rows_per_statement(7) * 7 <= MAX_BIND_PARAMS);
+        assert_eq!(rows_per_statement(0), MAX_BIND_PARAMS);
+        assert_eq!(rows_per_statement(MAX_BIND_PARAMS + 1), 1);
+    }
 }

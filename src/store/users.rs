@@ -410,7 +410,7 @@ impl Store {
                     .iter()
                     .map(|c| format!(", {}", c.column))
                     .collect::<String>(),
-                super::values_tuples(chunk.len(), width),
+                super::values_tuples(self.backend, chunk.len(), width),
             );
             let mut query = sqlx::query_as::<_, (String,)>(&sql);
             for (user, _, _) in chunk {
@@ -446,8 +446,8 @@ impl Store {
             let sql = format!(
                 "SELECT username_key, email_key FROM users WHERE username_key IN ({}) \
                  OR email_key IN ({})",
-                super::param_list(1, chunk.len()),
-                super::param_list(chunk.len() + 1, chunk.len()),
+                super::param_list(self.backend, 1, chunk.len()),
+                super::param_list(self.backend, chunk.len() + 1, chunk.len()),
             );
             let mut query = sqlx::query_as::<_, (String, String)>(&sql);
             for user in chunk {
@@ -475,7 +475,7 @@ impl Store {
             let sql = format!(
                 "INSERT INTO m365_links (user_id, tenant_id, m365_object_id, user_principal_name, \
                  immutable_id, linked_at) VALUES {} ON CONFLICT DO NOTHING RETURNING user_id",
-                super::values_tuples(chunk.len(), LINK_WIDTH)
+                super::values_tuples(self.backend, chunk.len(), LINK_WIDTH)
             );
             let mut query = sqlx::query_as::<_, (String,)>(&sql);
             for link in chunk {
@@ -497,7 +497,7 @@ impl Store {
         for chunk in unlinked.chunks(super::rows_per_statement(1)) {
             let sql = format!(
                 "DELETE FROM users WHERE id IN ({})",
-                super::param_list(1, chunk.len())
+                super::param_list(self.backend, 1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -511,7 +511,7 @@ impl Store {
             .filter(|(u, _, _)| linked.contains(&u.id))
             .map(|(_, _, e)| e)
             .collect();
-        events::insert_many(&mut tx, &events).await?;
+        events::insert_many(&mut tx, self.backend, &events).await?;
         tx.commit().await?;
 
         Ok(users
