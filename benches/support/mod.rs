@@ -52,7 +52,9 @@ pub fn threads_cpu_seconds(prefix: &str) -> f64 {
             std::fs::read_to_string(t.path().join("comm"))
                 .is_ok_and(|name| name.trim_end().starts_with(prefix))
         })
-        .map(|t| stat_cpu_seconds(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default()))
+        .map(|t| {
+            stat_cpu_seconds(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default())
+        })
         .sum()
 }
 

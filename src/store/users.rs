@@ -394,7 +394,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Only the optional columns some user sets are written; the others stay NULL.
         let columns: Vec<&AttributeSpec> = optional_columns()
-            .filter(|s| users.iter().any(|(u, _, _)| u.attributes.get(s.attribute).is_some()))
+            .filter(|s| {
+                users
+                    .iter()
+                    .any(|(u, _, _)| u.attributes.get(s.attribute).is_some())
+            })
             .collect();
         let width = 11 + columns.len();
         let mut inserted: HashSet<String> = HashSet::with_capacity(users.len());

@@ -569,7 +569,10 @@ async fn import_of_all_writes_page_by_page_with_the_one_by_one_outcomes() {
     // One report before anything, then one per page written.
     assert_eq!(seen.len(), 3, "{seen:?}");
     let last = seen.last().unwrap();
-    assert_eq!((last.done, last.total, last.imported, last.failed), (1003, 1003, 998, 5));
+    assert_eq!(
+        (last.done, last.total, last.imported, last.failed),
+        (1003, 1003, 998, 5)
+    );
     let run = app.store.import_run(&report.run_id).await.unwrap().unwrap();
     assert_eq!(
         (run.state.as_str(), run.total, run.imported, run.failed),
@@ -636,13 +639,15 @@ async fn import_of_all_writes_page_by_page_with_the_one_by_one_outcomes() {
         .iter()
         .find(|e| e.target.as_deref() == Some("dup.name"))
         .unwrap();
-    assert!(dup_event.details.contains(&dup_first), "{}", dup_event.details);
+    assert!(
+        dup_event.details.contains(&dup_first),
+        "{}",
+        dup_event.details
+    );
     assert_eq!(dup_event.actor, "admin:root");
     let failures = all_events(&app, "m365_import_user_failed").await;
     assert_eq!(failures.len(), 5);
-    assert!(failures
-        .iter()
-        .all(|e| e.details.contains(&report.run_id)));
+    assert!(failures.iter().all(|e| e.details.contains(&report.run_id)));
 
     // Again: nobody is imported twice; the five still fail for the same reasons.
     let again = app
