@@ -403,20 +403,19 @@ impl Store {
         let width = 11 + columns.len();
         let mut inserted: HashSet<String> = HashSet::with_capacity(users.len());
         for chunk in users.chunks(super::rows_per_statement(width)) {
-            // A row hitting a unique key is skipped, not an error; which rows went in is read
-            // back, so one taken email does not fail the others (SQLite ≥ 3.35 and PostgreSQL
-            // both have `ON CONFLICT DO NOTHING … RETURNING`).
+            // A row hitting a unique key is skipped, not an error, so one taken email does not
+            // fail the others (`ON CONFLICT DO NOTHING`, in SQLite and PostgreSQL alike).
             let sql = format!(
                 "INSERT INTO users (id, username, username_key, email, email_key, firstname, \
                  lastname, manager_id, state, created_at, updated_at{}) VALUES {} \
-                 ON CONFLICT DO NOTHING RETURNING id",
+                 ON CONFLICT DO NOTHING",
                 columns
                     .iter()
                     .map(|c| format!(", {}", c.column))
                     .collect::<String>(),
                 super::values_tuples(self.backend, chunk.len(), width),
             );
-            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            let mut query = sqlx::query(&sql);
             for (user, _, _) in chunk {
                 query = query
                     .bind(&user.id)
@@ -434,7 +433,12 @@ impl Store {
                     query = query.bind(user.attributes.get(spec.attribute).map(str::to_string));
                 }
             }
-            inserted.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+            let ids: Vec<&str> = chunk.iter().map(|(u, _, _)| u.id.as_str()).collect();
+            let added = query.execute(&mut *tx).await?.rows_affected();
+            inserted.extend(
+                self.inserted_of(&mut tx, "users", "id", &ids, added)
+                    .await?,
+            );
         }
 
         // Why the others were skipped: their email or username is taken (checked in that order,
@@ -478,10 +482,10 @@ impl Store {
         for chunk in links.chunks(super::rows_per_statement(LINK_WIDTH)) {
             let sql = format!(
                 "INSERT INTO m365_links (user_id, tenant_id, m365_object_id, user_principal_name, \
-                 immutable_id, linked_at) VALUES {} ON CONFLICT DO NOTHING RETURNING user_id",
+                 immutable_id, linked_at) VALUES {} ON CONFLICT DO NOTHING",
                 super::values_tuples(self.backend, chunk.len(), LINK_WIDTH)
             );
-            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            let mut query = sqlx::query(&sql);
             for link in chunk {
                 query = query
                     .bind(&link.user_id)
@@ -491,7 +495,12 @@ impl Store {
                     .bind(&link.immutable_id)
                     .bind(link.linked_at);
             }
-            linked.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+            let ids: Vec<&str> = chunk.iter().map(|l| l.user_id.as_str()).collect();
+            let added = query.execute(&mut *tx).await?.rows_affected();
+            linked.extend(
+                self.inserted_of(&mut tx, "m365_links", "user_id", &ids, added)
+                    .await?,
+            );
         }
         let unlinked: Vec<&str> = links
             .iter()
@@ -534,6 +543,42 @@ impl Store {
                 }
             })
             .collect())
+    }
+
+    /// Which of `ids` (new keys, unknown before this transaction) a multi-row insert that
+    /// added `added` rows took: all of them when it added as many rows as it had, which needs no
+    /// query; else those now present in `table`'s `column`. Reading the rows back only when
+    /// some were skipped keeps the common case to one statement with no rows to return.
+    async fn inserted_of(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        table: &str,
+        column: &str,
+        ids: &[&str],
+        added: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        if added as usize == ids.len() {
+            return Ok(ids.iter().map(|id| id.to_string()).collect());
+        }
+        let mut present = Vec::with_capacity(added as usize);
+        for chunk in ids.chunks(super::rows_per_statement(1)) {
+            let sql = format!(
+                "SELECT {column} FROM {table} WHERE {column} IN ({})",
+                super::param_list(self.backend, 1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            present.extend(
+                query
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .map(|(id,)| id),
+            );
+        }
+        Ok(present)
     }
 
     /// Rewrites a user's attributes and records the event in one transaction.
