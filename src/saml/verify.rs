@@ -261,13 +261,6 @@ fn decode_base64(text: &str, what: &str) -> Result<Vec<u8>, SamlError> {
         .map_err(|_| bad(format!("the {what} is not base64")))
 }
 
-/// Whether the document root carries an enveloped `ds:Signature` child.
-pub fn has_enveloped_signature(doc: &Document<'_>) -> bool {
-    doc.root_element()
-        .children()
-        .any(|c| c.has_tag_name((NS_DSIG, "Signature")))
-}
-
 /// Verifies the enveloped signature of the document root (HTTP-POST binding).
 ///
 /// Success means exactly the root element, as parsed in `doc`, was signed by one of `keys`;
