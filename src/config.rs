@@ -4,14 +4,18 @@
 //! missing setting stops start-up with one line naming the setting and the fix.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::directory::PasswordPolicy;
+use crate::saml::verify::MAX_CERTIFICATE_FILE_BYTES;
+use crate::saml::VerificationKeys;
 
 /// The default config file, read when it exists and no other file is named.
 pub const DEFAULT_CONFIG_FILE: &str = "idbridge.toml";
@@ -299,6 +303,13 @@ pub struct SamlConfig {
     pub support_contact: String,
     /// Service providers besides the built-in Microsoft 365.
     pub service_providers: Vec<ServiceProviderConfig>,
+    /// PEM certificate(s) Microsoft 365 signs its SAML messages with (from Microsoft's
+    /// federation metadata). Set, its LogoutRequests must be signed; unset (the default, as
+    /// Microsoft sends them unsigned), they are trusted only for the session they name.
+    pub m365_certificate_file: Option<PathBuf>,
+    /// The keys read from `m365_certificate_file` at start-up.
+    #[serde(skip)]
+    pub m365_certificates: Option<Arc<VerificationKeys>>,
 }
 
 impl Default for SamlConfig {
@@ -315,6 +326,8 @@ impl Default for SamlConfig {
             relay_state_max_bytes: 1024,
             support_contact: "your IT administrator".into(),
             service_providers: Vec::new(),
+            m365_certificate_file: None,
+            m365_certificates: None,
         }
     }
 }
@@ -338,6 +351,13 @@ pub struct ServiceProviderConfig {
     /// Refuse users who are not bound to the Microsoft 365 integration.
     #[serde(default)]
     pub require_m365_binding: bool,
+    /// PEM certificate(s) the SP signs its messages with; when set, its LogoutRequests must
+    /// carry a valid signature (SAML profiles §4.4.4.1).
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    /// The keys read from `certificate_file` at start-up.
+    #[serde(skip)]
+    pub certificates: Option<Arc<VerificationKeys>>,
 }
 
 fn default_name_id() -> String {
@@ -639,6 +659,16 @@ impl Config {
                 }
             }
         }
+        for (i, sp) in self.saml.service_providers.iter_mut().enumerate() {
+            if let Some(path) = &sp.certificate_file {
+                let setting = format!("saml.service_providers[{i}].certificate_file");
+                sp.certificates = Some(Arc::new(load_certificates(&setting, path)?));
+            }
+        }
+        if let Some(path) = &self.saml.m365_certificate_file {
+            let keys = load_certificates("saml.m365_certificate_file", path)?;
+            self.saml.m365_certificates = Some(Arc::new(keys));
+        }
         self.password_policy
             .validate()
             .map_err(|(setting, problem)| {
@@ -782,6 +812,31 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// Reads a service provider's PEM certificate file, refusing anything but a small regular file
+/// (a path such as /dev/zero or a FIFO must not stall start-up).
+fn load_certificates(setting: &str, path: &Path) -> Result<VerificationKeys, ConfigError> {
+    let fix = "name the PEM file (-----BEGIN CERTIFICATE-----) holding the service provider's signing certificate, as in its metadata's <KeyDescriptor use=\"signing\">, or remove the setting";
+    let unreadable =
+        |e: std::io::Error| invalid(setting, format!("cannot read {}: {e}", path.display()), fix);
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(invalid(
+            setting,
+            format!("{} is not a regular file", path.display()),
+            fix,
+        ));
+    }
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_CERTIFICATE_FILE_BYTES as u64 + 1)
+                .read_to_end(&mut pem)
+        })
+        .map_err(unreadable)?;
+    VerificationKeys::from_pem(&pem)
+        .map_err(|e| invalid(setting, format!("{}: {e}", path.display()), fix))
 }
 
 fn figment_error(err: figment::Error) -> ConfigError {

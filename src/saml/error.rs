@@ -46,6 +46,12 @@ pub enum SamlError {
     /// The message's Version is not 2.0.
     #[error("unsupported SAML version {0:?}; only 2.0 is supported")]
     UnsupportedVersion(String),
+    /// A signature is required (the service provider's certificate is configured) but absent.
+    #[error("the message is not signed, but a certificate is configured for its sender, so a signature is required")]
+    Unsigned,
+    /// The signature is present but wrong, unsupported or placed where it signs something else.
+    #[error("the signature is not acceptable: {0}")]
+    Signature(String),
     /// OpenSSL failed (key, certificate, signing or random generator).
     #[error("cryptographic operation failed: {0}")]
     Crypto(String),

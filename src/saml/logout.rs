@@ -1,6 +1,7 @@
 //! Single logout: parsing the LogoutRequest Entra ID sends (HTTP-Redirect) and a signed answer.
 
 use chrono::{DateTime, Utc};
+use roxmltree::Document;
 
 use super::bindings::{
     children, parse_document, protocol_root, single_child, text_content, RequestHeader,
@@ -29,8 +30,13 @@ pub struct LogoutRequest {
 impl LogoutRequest {
     /// Parses a decoded LogoutRequest document.
     pub fn parse(xml: &str) -> Result<Self, SamlError> {
-        let doc = parse_document(xml)?;
-        let root = protocol_root(&doc, "LogoutRequest")?;
+        Self::from_document(&parse_document(xml)?)
+    }
+
+    /// Reads the LogoutRequest at the root of a parsed document: the same root whose signature
+    /// [`super::verify::verify_enveloped`] checks, so what is verified is what is acted on.
+    pub fn from_document(doc: &Document<'_>) -> Result<Self, SamlError> {
+        let root = protocol_root(doc, "LogoutRequest")?;
         let header = RequestHeader::parse(root)?;
         let name_id = match single_child(root, NS_ASSERTION, "NameID")? {
             Some(n) => Some(text_content(n)?.trim().to_string()),

@@ -10,6 +10,7 @@ pub mod logout;
 pub mod metadata;
 pub mod response;
 pub mod signing;
+pub mod verify;
 pub mod xml;
 
 #[cfg(test)]
@@ -22,6 +23,7 @@ pub use logout::{build_logout_response, LogoutRequest, LogoutResponseParams};
 pub use metadata::idp_metadata;
 pub use response::{build_signed_response, build_status_response, AssertionParams};
 pub use signing::{SignatureAlgorithm, SigningCredential};
+pub use verify::{RedirectQuery, VerificationKeys};
 
 /// SAML 2.0 assertion namespace (`saml:`).
 pub const NS_ASSERTION: &str = "urn:oasis:names:tc:SAML:2.0:assertion";

@@ -12,6 +12,8 @@
 //! canonicaliser is needed: the digest of "the element minus its Signature" is simply
 //! the digest of the bytes we wrote before inserting the Signature. The tests prove the
 //! bytes are canonical with independent implementations (xmlsec1, and libxml2 via lxml).
+//! Verifying what service providers sign does need one: [`super::xml::exc_c14n`], built on the
+//! same escaping, used by [`super::verify`].
 
 use std::fmt;
 use std::str::FromStr;

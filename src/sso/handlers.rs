@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use askama::Template;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,8 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::idp::{Answer, IncomingRequest, LoginOutcome, LogoutOutcome, SsoError};
+use super::idp::{Answer, IncomingRequest, LoginOutcome, LogoutMessage, LogoutOutcome, SsoError};
+use crate::saml::RedirectQuery;
 use crate::server::AppState;
 use crate::web::{new_cookie, new_token, render, AppError};
 
@@ -295,13 +296,19 @@ async fn login(
     }
 }
 
+/// The Redirect binding's signature covers the query exactly as sent (SAML bindings
+/// §3.4.4.1), so this handler takes the raw query string, not axum's decoded values.
 async fn slo_redirect(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     jar: CookieJar,
-    Query(params): Query<SamlParams>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, AppError> {
-    slo(state, addr, jar, params, true).await
+    let ip = Some(addr.ip().to_string());
+    match RedirectQuery::parse(raw.as_deref().unwrap_or_default(), "SAMLRequest") {
+        Ok(query) => slo(state, ip, jar, LogoutMessage::Redirect(query)).await,
+        Err(err) => Err(rejected(&state, SsoError::Malformed(err), "/saml/slo", ip).await),
+    }
 }
 
 async fn slo_post(
@@ -310,19 +317,25 @@ async fn slo_post(
     jar: CookieJar,
     Form(params): Form<SamlParams>,
 ) -> Result<Response, AppError> {
-    slo(state, addr, jar, params, false).await
+    let message = LogoutMessage::Post {
+        saml_request: params.saml_request.unwrap_or_default(),
+        relay_state: params.relay_state,
+    };
+    slo(state, Some(addr.ip().to_string()), jar, message).await
 }
 
 async fn slo(
     state: AppState,
-    addr: SocketAddr,
+    ip: Option<String>,
     jar: CookieJar,
-    params: SamlParams,
-    redirect_binding: bool,
+    message: LogoutMessage,
 ) -> Result<Response, AppError> {
-    let ip = Some(addr.ip().to_string());
+    let saml_request = match &message {
+        LogoutMessage::Redirect(query) => query.message.as_deref(),
+        LogoutMessage::Post { saml_request, .. } => Some(saml_request.as_str()),
+    };
     // A bare GET (a link or an image on any page) carries no request: it ends nothing.
-    let Some(saml_request) = params.saml_request.filter(|s| !s.trim().is_empty()) else {
+    if saml_request.is_none_or(|s| s.trim().is_empty()) {
         return Ok(render(
             StatusCode::OK,
             &crate::web::MessagePage {
@@ -332,18 +345,11 @@ async fn slo(
                 reference: None,
             },
         ));
-    };
+    }
     let token = jar.get(SESSION_COOKIE).map(|c| c.value().to_string());
     let outcome = state
         .idp
-        .logout(
-            &saml_request,
-            redirect_binding,
-            params.relay_state,
-            token.as_deref(),
-            ip.clone(),
-            Utc::now(),
-        )
+        .logout(&message, token.as_deref(), ip.clone(), Utc::now())
         .await;
     match outcome {
         Ok(LogoutOutcome::Ended(answer)) => {
@@ -414,10 +420,12 @@ async fn rejected(state: &AppState, err: SsoError, endpoint: &str, ip: Option<St
         .idp
         .record_rejection(&err, endpoint, ip, Utc::now())
         .await;
-    AppError::bad_request(
-        "This sign-in request cannot be used",
-        capitalise(&err.to_string()),
-    )
+    let title = if endpoint == "/saml/slo" {
+        "This sign-out request cannot be used"
+    } else {
+        "This sign-in request cannot be used"
+    };
+    AppError::bad_request(title, capitalise(&err.to_string()))
 }
 
 fn internal(err: SsoError) -> AppError {

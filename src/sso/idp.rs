@@ -54,6 +54,8 @@ pub enum SsoError {
     Replayed(String),
     #[error("this sign-in page has expired or was opened in another browser; start the sign-in again from the application")]
     PendingExpired,
+    #[error("the SAML request from {0:?} is refused: {1}")]
+    BadSignature(String, SamlError),
     #[error(transparent)]
     Store(StoreError),
     #[error("could not build the SAML response: {0}")]
@@ -752,31 +754,49 @@ impl IdentityProvider {
     /// SessionIndex of the request. A third-party page can make the browser send any
     /// unsigned LogoutRequest, so one that does not name this browser's own session (the
     /// cookie's) ends nothing and is recorded as `saml_logout_refused`.
+    ///
+    /// Where the SP's certificate is configured its signature is required and checked first
+    /// (SAML profiles §4.4.4.1 asks for signed LogoutRequests); Microsoft 365 sends them
+    /// unsigned, so without `saml.m365_certificate_file` it keeps the rule above alone.
     pub async fn logout(
         &self,
-        saml_request: &str,
-        redirect_binding: bool,
-        relay_state: Option<String>,
+        message: &LogoutMessage,
         session_token: Option<&str>,
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<LogoutOutcome, SsoError> {
+        let (saml_request, relay_state) = match message {
+            LogoutMessage::Redirect(query) => (query.message.as_deref(), query.relay_state.clone()),
+            LogoutMessage::Post {
+                saml_request,
+                relay_state,
+            } => (Some(saml_request.as_str()), relay_state.clone()),
+        };
+        let saml_request = saml_request.ok_or(SsoError::MissingRequest)?;
         if relay_state
             .as_ref()
             .is_some_and(|r| r.len() > self.settings.relay_state_max)
         {
             return Err(SsoError::RelayStateTooLong(self.settings.relay_state_max));
         }
-        let xml = if redirect_binding {
-            saml::decode_redirect(saml_request)?
-        } else {
-            saml::decode_post(saml_request)?
+        let xml = match message {
+            LogoutMessage::Redirect(_) => saml::decode_redirect(saml_request)?,
+            LogoutMessage::Post { .. } => saml::decode_post(saml_request)?,
         };
-        let request = LogoutRequest::parse(&xml)?;
+        // One parse: the root whose signature is checked is the root the request is read from.
+        let doc = saml::parse_document(&xml)?;
+        let request = LogoutRequest::from_document(&doc)?;
         let sp = self
             .service_providers
             .get(&request.issuer)
             .ok_or_else(|| SsoError::UnknownServiceProvider(request.issuer.clone()))?;
+        if let Some(keys) = &sp.verification_keys {
+            let checked = match message {
+                LogoutMessage::Redirect(query) => query.verify(keys),
+                LogoutMessage::Post { .. } => saml::verify::verify_enveloped(&doc, keys),
+            };
+            checked.map_err(|e| SsoError::BadSignature(sp.entity_id.clone(), e))?;
+        }
         let current = match session_token {
             Some(token) => self.session_user(token, now).await?,
             None => None,
@@ -838,6 +858,20 @@ impl IdentityProvider {
             sp_name: sp.name.clone(),
         })))
     }
+}
+
+/// A LogoutRequest as it arrived, in one of the two bindings.
+#[derive(Debug, Clone)]
+pub enum LogoutMessage {
+    /// HTTP-Redirect: the query string split, keeping the raw octets its signature covers.
+    Redirect(saml::RedirectQuery),
+    /// HTTP-POST: the form fields (a signature, if any, is inside the XML).
+    Post {
+        /// The `SAMLRequest` field (base64).
+        saml_request: String,
+        /// The `RelayState` field.
+        relay_state: Option<String>,
+    },
 }
 
 /// What a LogoutRequest did.

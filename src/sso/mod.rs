@@ -9,7 +9,8 @@ mod replay;
 
 pub use handlers::router;
 pub use idp::{
-    Answer, IdentityProvider, IncomingRequest, LoginOutcome, LogoutOutcome, Refusal, SsoError,
+    Answer, IdentityProvider, IncomingRequest, LoginOutcome, LogoutMessage, LogoutOutcome, Refusal,
+    SsoError,
 };
 pub use registry::{NameIdSource, ServiceProvider, ServiceProviders, M365_ENTITY_ID};
 pub use replay::ReplayCache;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::saml::{NAMEID_EMAIL, NAMEID_PERSISTENT, NAMEID_UNSPECIFIED};
+use crate::saml::{VerificationKeys, NAMEID_EMAIL, NAMEID_PERSISTENT, NAMEID_UNSPECIFIED};
 
 /// Entity ID Microsoft Entra ID uses in its AuthnRequests and as the assertion audience.
 pub const M365_ENTITY_ID: &str = "urn:federation:MicrosoftOnline";
@@ -45,6 +45,9 @@ pub struct ServiceProvider {
     /// Microsoft 365 itself: the attribute IDPEmail carries the UPN and the issuer may depend
     /// on the user's domain.
     pub is_m365: bool,
+    /// The SP's signing keys, when its certificate is configured: its messages must then be
+    /// signed by one of them.
+    pub verification_keys: Option<Arc<VerificationKeys>>,
 }
 
 /// All registered service providers, by entity ID.
@@ -66,6 +69,7 @@ impl ServiceProviders {
             attributes: Vec::new(),
             requires_m365_binding: true,
             is_m365: true,
+            verification_keys: config.saml.m365_certificates.clone(),
         };
         let mut by_entity_id = HashMap::new();
         by_entity_id.insert(m365.entity_id.clone(), Arc::new(m365));
@@ -89,6 +93,7 @@ impl ServiceProviders {
                 requires_m365_binding: sp.require_m365_binding
                     || name_id == NameIdSource::ImmutableId,
                 is_m365: false,
+                verification_keys: sp.certificates.clone(),
             };
             by_entity_id.insert(entry.entity_id.clone(), Arc::new(entry));
         }

@@ -222,3 +222,140 @@ async fn a_silent_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert!(closed.is_ok(), "an idle keep-alive connection stays open");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// SIGTERM with a half-sent request: the real binary exits within the shutdown deadline and
+/// what it holds in memory for later writing is in the database afterwards.
+///
+/// Two kinds of state are pending at the signal: the answered request ID of an IsPassive
+/// AuthnRequest (the write-behind queue of `store::write_behind`) and the counted repeats of a
+/// refused API key (`throttle::refusals`, written when their minute ends or at shutdown). Both
+/// are written by tasks that run only after the server has stopped serving. Without the
+/// deadline, the half-sent body keeps the graceful shutdown waiting for the 600 s request
+/// timeout: the process would not exit in time (the first assertion fails), and a supervisor's
+/// SIGKILL would lose the counted refusals (the last assertion would fail).
+#[tokio::test]
+async fn sigterm_with_a_half_sent_request_exits_by_the_deadline_and_writes_pending_state() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/data\"\n\
+         [certs]\nkey_file = \"{d}/certs/signing.key\"\ncert_file = \"{d}/certs/signing.crt\"\n\
+         [server]\nshutdown_timeout_seconds = 1\nrequest_timeout_seconds = 600\n\
+         header_read_timeout_seconds = 600\nidle_timeout_seconds = 600\n",
+        d = dir.path().display()
+    );
+    let config_path = dir.path().join("idbridge.toml");
+    std::fs::write(&config_path, &toml).unwrap();
+    let mut child = Command::new(crate::support::binary())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("IDBRIDGE_CONFIG", &config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "never healthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An IsPassive AuthnRequest without a session: answered NoPassive, its ID queued.
+    let request_id = "_shutdown-test-request";
+    let xml = format!(
+        r#"<samlp:AuthnRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" ID="{request_id}" Version="2.0" IssueInstant="{}" IsPassive="true"><Issuer xmlns="urn:oasis:names:tc:SAML:2.0:assertion">urn:federation:MicrosoftOnline</Issuer></samlp:AuthnRequest>"#,
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let r = client
+        .get(format!("{base}/saml/sso"))
+        .query(&[("SAMLRequest", idbridge::saml::encode_redirect(&xml))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Twenty bad API keys: the first is written at once, the other 19 are counted in memory.
+    const GUESSES: u64 = 20;
+    for n in 0..GUESSES {
+        let r = client
+            .get(format!("{base}/api/v1/me"))
+            .bearer_auth(format!("idb_guess{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let mut half = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    half.write_all(
+        b"POST /admin/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nusername=",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let signalled = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if signalled.elapsed() > Duration::from_secs(8) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let Some(status) = status else {
+        let _ = child.kill(); // the supervisor's SIGKILL
+        let _ = child.wait();
+        panic!("SIGTERM did not stop the server within 8 s of a 1 s shutdown deadline");
+    };
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(4), "exit took {took:?}");
+    drop(half);
+
+    let config = idbridge::config::Config::from_toml(&toml).unwrap();
+    let store = idbridge::store::Store::connect(&config.database_url())
+        .await
+        .unwrap();
+    let guards = store
+        .live_request_ids(chrono::Utc::now().timestamp_millis())
+        .await
+        .unwrap();
+    assert!(
+        guards.iter().any(|g| g.request_id == request_id),
+        "the answered request ID was written: {guards:?}"
+    );
+    let rows = store
+        .list_events(&idbridge::store::EventFilter {
+            event_type: Some("admin_access_denied".into()),
+            limit: 100,
+            ..idbridge::store::EventFilter::default()
+        })
+        .await
+        .unwrap();
+    let total: u64 = rows
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.details)
+                .ok()
+                .and_then(|d| d["count"].as_u64())
+                .unwrap_or(1)
+        })
+        .sum();
+    assert_eq!(
+        total, GUESSES,
+        "every refusal counted in memory was written"
+    );
+}

@@ -578,7 +578,7 @@ async fn assert_rejected(app: &TestApp, page: &Page, before: usize, reason: &str
         page.body
     );
     assert!(
-        page.body.contains("This sign-in request cannot be used"),
+        page.body.contains("request cannot be used"),
         "{}",
         page.body
     );
@@ -2157,4 +2157,506 @@ async fn unsigned_logout_for_another_name_id_or_session_index_ends_nothing() {
     }
     assert_eq!(app.events("saml_logout_refused").await.len(), 3);
     assert!(app.events("sso_logout").await.is_empty());
+}
+
+// =============================================================================================
+// Issue 11: where the SP's certificate is known, its LogoutRequests must be signed
+// =============================================================================================
+
+const WIKI_SLO: &str = "https://wiki.example.com/saml/slo";
+const RSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256";
+const RSA_SHA1: &str = "http://www.w3.org/2000/09/xmldsig#rsa-sha1";
+const LOGOUT_REQUEST_ID_ATTR: &str = "urn:oasis:names:tc:SAML:2.0:protocol:LogoutRequest";
+
+/// A service provider's signing key and certificate, generated with OpenSSL, in files.
+struct SpKey {
+    dir: tempfile::TempDir,
+    credential: idbridge::saml::SigningCredential,
+    key: openssl::pkey::PKey<openssl::pkey::Private>,
+}
+
+impl SpKey {
+    fn new(name: &str) -> Self {
+        let (credential, key_pem, cert_pem) =
+            idbridge::saml::SigningCredential::generate(2048, name, 30).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sp.key"), &key_pem).unwrap();
+        std::fs::write(dir.path().join("sp.crt"), &cert_pem).unwrap();
+        let key = openssl::pkey::PKey::private_key_from_pem(&key_pem).unwrap();
+        Self {
+            dir,
+            credential,
+            key,
+        }
+    }
+    fn key_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("sp.key")
+    }
+    fn cert_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("sp.crt")
+    }
+}
+
+/// The wiki SP with a logout URL and its certificate configured.
+fn signed_wiki_config(sp: &SpKey) -> String {
+    format!(
+        "{}slo_url = \"{WIKI_SLO}\"\ncertificate_file = \"{}\"\n",
+        wiki_config(),
+        sp.cert_path().display()
+    )
+}
+
+/// An unsigned LogoutRequest from `issuer` (several lines, a default namespace: not canonical).
+fn sp_logout(issuer: &str, id: &str, name_id: &str, index: &str) -> String {
+    format!(
+        "<samlp:LogoutRequest xmlns:samlp=\"{NS_PROTOCOL}\" ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{now}\">\n  <Issuer xmlns=\"{NS_ASSERTION}\">{issuer}</Issuer>\n  <NameID xmlns=\"{NS_ASSERTION}\" Format=\"{NAMEID_EMAIL}\">{name_id}</NameID>\n  <samlp:SessionIndex>{index}</samlp:SessionIndex>\n</samlp:LogoutRequest>",
+        now = xs_datetime(Utc::now()),
+    )
+}
+
+fn form_encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// An HTTP-Redirect query signed per SAML bindings §3.4.4.1 with OpenSSL directly: RSA over
+/// `SAMLRequest=…&RelayState=…&SigAlg=…` as sent.
+fn signed_query(xml: &str, relay: Option<&str>, sig_alg: &str, key: &SpKey) -> String {
+    let mut query = format!(
+        "SAMLRequest={}",
+        form_encode(&deflate_base64(xml.as_bytes()))
+    );
+    if let Some(relay) = relay {
+        query.push_str(&format!("&RelayState={}", form_encode(relay)));
+    }
+    query.push_str(&format!("&SigAlg={}", form_encode(sig_alg)));
+    let digest = if sig_alg == RSA_SHA1 {
+        openssl::hash::MessageDigest::sha1()
+    } else {
+        openssl::hash::MessageDigest::sha256()
+    };
+    let mut signer = openssl::sign::Signer::new(digest, &key.key).unwrap();
+    signer.update(query.as_bytes()).unwrap();
+    let signature = BASE64.encode(signer.sign_to_vec().unwrap());
+    format!("{query}&Signature={}", form_encode(&signature))
+}
+
+/// `sp_logout` with an enveloped signature made by `xmlsec1 --sign` from a template: an
+/// independent signer, so our verifier is not only checked against our own signer.
+fn xmlsec_signed_logout(id: &str, name_id: &str, index: &str, key: &SpKey) -> String {
+    let unsigned = sp_logout(WIKI, id, name_id, index);
+    let template = unsigned.replacen(
+        "</Issuer>\n",
+        &format!(
+            "</Issuer>\n  <ds:Signature xmlns:ds=\"{NS_DSIG}\">\n    <ds:SignedInfo>\n      <ds:CanonicalizationMethod Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/>\n      <ds:SignatureMethod Algorithm=\"{RSA_SHA256}\"/>\n      <ds:Reference URI=\"#{id}\">\n        <ds:Transforms>\n          <ds:Transform Algorithm=\"http://www.w3.org/2000/09/xmldsig#enveloped-signature\"/>\n          <ds:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/>\n        </ds:Transforms>\n        <ds:DigestMethod Algorithm=\"http://www.w3.org/2001/04/xmlenc#sha256\"/>\n        <ds:DigestValue/>\n      </ds:Reference>\n    </ds:SignedInfo>\n    <ds:SignatureValue/>\n  </ds:Signature>\n"
+        ),
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("t.xml"), dir.path().join("s.xml"));
+    std::fs::write(&input, template).unwrap();
+    let out = Command::new("xmlsec1")
+        .arg("--sign")
+        .arg("--privkey-pem")
+        .arg(key.key_path())
+        .arg("--id-attr:ID")
+        .arg(LOGOUT_REQUEST_ID_ATTR)
+        .arg("--output")
+        .arg(&output)
+        .arg(&input)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run xmlsec1 ({e}); {INSTALL_HINT}"));
+    assert!(
+        out.status.success(),
+        "xmlsec1 --sign failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(output).unwrap()
+}
+
+/// A LogoutRequest from the wiki signed by idbridge's own enveloped signer with the SP's key.
+fn our_signed_logout(id: &str, name_id: &str, index: &str, key: &SpKey) -> String {
+    use idbridge::saml::xml::XmlWriter;
+    let now = xs_datetime(Utc::now());
+    let mut w = XmlWriter::new();
+    let mut at = 0;
+    w.element(
+        "samlp:LogoutRequest",
+        &[
+            ("xmlns:samlp", NS_PROTOCOL),
+            ("ID", id),
+            ("IssueInstant", &now),
+            ("Version", "2.0"),
+        ],
+        |w| {
+            w.leaf("saml:Issuer", &[("xmlns:saml", NS_ASSERTION)], WIKI)?;
+            at = w.offset();
+            w.leaf(
+                "saml:NameID",
+                &[("xmlns:saml", NS_ASSERTION), ("Format", NAMEID_EMAIL)],
+                name_id,
+            )?;
+            w.leaf("samlp:SessionIndex", &[], index)
+        },
+    )
+    .unwrap();
+    idbridge::saml::signing::sign_enveloped(
+        &w.into_string(),
+        id,
+        at,
+        &key.credential,
+        idbridge::saml::SignatureAlgorithm::RsaSha256,
+    )
+    .unwrap()
+}
+
+async fn slo_get(browser: &reqwest::Client, app: &TestApp, query: &str) -> Page {
+    let url = format!("{}?{query}", app.url("/saml/slo"));
+    Page::read(browser.get(url).send().await.unwrap()).await
+}
+
+async fn slo_post(browser: &reqwest::Client, app: &TestApp, xml: &str) -> Page {
+    let encoded = BASE64.encode(xml);
+    post_form(browser, app, "/saml/slo", &[("SAMLRequest", &encoded)]).await
+}
+
+/// Signs in to the wiki in `browser`; returns the session's SessionIndex.
+async fn wiki_sign_in(browser: &reqwest::Client, app: &TestApp) -> String {
+    let xml = authn_request_full(&request_id(), WIKI, "", Utc::now());
+    let page = sign_in(browser, app, &xml, None, USERNAME).await;
+    session_index_of(&auto_post(&page).xml)
+}
+
+async fn still_signed_in(browser: &reqwest::Client, app: &TestApp) -> bool {
+    let xml = authn_request_full(&request_id(), WIKI, "", Utc::now());
+    sso_post(browser, app, &xml, None).await.has_saml_response()
+}
+
+/// Asserts the sign-out was refused: a 400 page, an event naming `reason`, nothing ended.
+async fn assert_logout_refused(
+    app: &TestApp,
+    browser: &reqwest::Client,
+    page: &Page,
+    before: usize,
+    reason: &str,
+) {
+    assert_eq!(page.status, 400, "{reason}: {}", page.body);
+    assert!(
+        page.body.contains("This sign-out request cannot be used"),
+        "{}",
+        page.body
+    );
+    assert!(!page.has_saml_response(), "{}", page.body);
+    let events = app.events("saml_request_rejected").await;
+    assert_eq!(events.len(), before + 1, "one event for {reason:?}");
+    let got = details(&events[0])["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        got.contains(reason),
+        "event reason {got:?} should mention {reason:?}"
+    );
+    assert!(
+        still_signed_in(browser, app).await,
+        "the session must survive a refused sign-out ({reason})"
+    );
+}
+
+/// The LogoutResponse posted to the wiki's registered SLO URL after a successful sign-out.
+fn assert_logged_out_to_wiki(page: &Page, request_id: &str) {
+    let post = auto_post(page);
+    assert_eq!(post.action, WIKI_SLO);
+    let doc = Document::parse(&post.xml).unwrap();
+    assert!(doc
+        .root_element()
+        .has_tag_name((NS_PROTOCOL, "LogoutResponse")));
+    assert_eq!(attr_of(doc.root_element(), "InResponseTo"), request_id);
+}
+
+#[tokio::test]
+async fn signed_logout_requests_end_the_named_session_in_both_bindings() {
+    let sp = SpKey::new("wiki.example.com");
+    let app = TestApp::spawn_with(&signed_wiki_config(&sp)).await;
+    app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    let browser = app.browser();
+
+    // HTTP-Redirect, signed over the raw query with OpenSSL.
+    let index = wiki_sign_in(&browser, &app).await;
+    let id = request_id();
+    let xml = sp_logout(WIKI, &id, EMAIL, &index);
+    let page = slo_get(
+        &browser,
+        &app,
+        &signed_query(&xml, Some("r s&t"), RSA_SHA256, &sp),
+    )
+    .await;
+    assert_logged_out_to_wiki(&page, &id);
+    assert_eq!(auto_post(&page).relay_state.as_deref(), Some("r s&t"));
+    assert!(!still_signed_in(&browser, &app).await);
+
+    // HTTP-POST, signed by xmlsec1 (which also verifies what it made).
+    let index = wiki_sign_in(&browser, &app).await;
+    let id = request_id();
+    let xml = xmlsec_signed_logout(&id, EMAIL, &index, &sp);
+    xmlsec_verify(&xml, &sp.cert_path(), LOGOUT_REQUEST_ID_ATTR).unwrap();
+    let page = slo_post(&browser, &app, &xml).await;
+    assert_logged_out_to_wiki(&page, &id);
+    assert!(!still_signed_in(&browser, &app).await);
+
+    // HTTP-POST, signed by our own signer, and checked by xmlsec1 as well.
+    let index = wiki_sign_in(&browser, &app).await;
+    let id = request_id();
+    let xml = our_signed_logout(&id, EMAIL, &index, &sp);
+    xmlsec_verify(&xml, &sp.cert_path(), LOGOUT_REQUEST_ID_ATTR).unwrap();
+    let page = slo_post(&browser, &app, &xml).await;
+    assert_logged_out_to_wiki(&page, &id);
+    assert!(!still_signed_in(&browser, &app).await);
+    assert_eq!(app.events("sso_logout").await.len(), 3);
+}
+
+#[tokio::test]
+async fn unsigned_tampered_or_wrapped_logout_requests_are_refused_when_the_certificate_is_known() {
+    let sp = SpKey::new("wiki.example.com");
+    let other = SpKey::new("attacker.example");
+    let app = TestApp::spawn_with(&signed_wiki_config(&sp)).await;
+    app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    let browser = app.browser();
+    let index = wiki_sign_in(&browser, &app).await;
+    let mine = |id: &str| sp_logout(WIKI, id, EMAIL, &index);
+
+    // --- HTTP-Redirect ---
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!(
+                "SAMLRequest={}",
+                form_encode(&deflate_base64(mine(&request_id()).as_bytes()))
+            ),
+            "not signed",
+        ),
+        // Signed for another user, then the SAMLRequest swapped for one naming this session.
+        {
+            let signed = signed_query(
+                &sp_logout(WIKI, &request_id(), "bob@contoso.com", &index),
+                None,
+                RSA_SHA256,
+                &sp,
+            );
+            let (_, rest) = signed.split_once('&').unwrap();
+            let forged = format!(
+                "SAMLRequest={}&{rest}",
+                form_encode(&deflate_base64(mine(&request_id()).as_bytes()))
+            );
+            (forged, "does not match the query")
+        },
+        (
+            signed_query(&mine(&request_id()), None, RSA_SHA256, &other),
+            "does not match the query",
+        ),
+        (
+            signed_query(&mine(&request_id()), None, RSA_SHA1, &sp),
+            "rsa-sha1",
+        ),
+        // SigAlg swapped after signing.
+        (
+            signed_query(&mine(&request_id()), None, RSA_SHA256, &sp)
+                .replace(&form_encode(RSA_SHA256), &form_encode(RSA_SHA1)),
+            "rsa-sha1",
+        ),
+    ];
+    for (query, reason) in cases {
+        let before = rejected_count(&app).await;
+        let page = slo_get(&browser, &app, &query).await;
+        assert_logout_refused(&app, &browser, &page, before, reason).await;
+    }
+
+    // --- HTTP-POST ---
+    let signed_other_user = xmlsec_signed_logout("_signed", "bob@contoso.com", &index, &sp);
+    let body = |xml: &str| {
+        let start = xml.find("<samlp:LogoutRequest").unwrap();
+        xml[start..].to_string()
+    };
+    let inner = body(&signed_other_user);
+    let sig_start = inner.find("<ds:Signature").unwrap();
+    let sig_end = inner.find("</ds:Signature>").unwrap() + "</ds:Signature>".len();
+    let signature = &inner[sig_start..sig_end];
+    let root_open = |id: &str| {
+        format!(
+            "<samlp:LogoutRequest xmlns:samlp=\"{NS_PROTOCOL}\" ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{}\"><Issuer xmlns=\"{NS_ASSERTION}\">{WIKI}</Issuer>",
+            xs_datetime(Utc::now())
+        )
+    };
+    let tail = format!(
+        "<NameID xmlns=\"{NS_ASSERTION}\" Format=\"{NAMEID_EMAIL}\">{EMAIL}</NameID><samlp:SessionIndex>{index}</samlp:SessionIndex>"
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (mine(&request_id()), "not signed"),
+        (
+            xmlsec_signed_logout(&request_id(), "bob@contoso.com", &index, &sp)
+                .replace("bob@contoso.com", EMAIL),
+            "digest does not match",
+        ),
+        (
+            xmlsec_signed_logout(&request_id(), EMAIL, &index, &other),
+            "does not verify with any configured certificate",
+        ),
+        (
+            xmlsec_signed_logout(&request_id(), EMAIL, &index, &sp).replace(RSA_SHA256, RSA_SHA1),
+            "rsa-sha1",
+        ),
+        // XSW: a second LogoutRequest, the genuine signed one, inside a forged root.
+        (
+            format!(
+                "{}<samlp:Extensions>{inner}</samlp:Extensions>{tail}</samlp:LogoutRequest>",
+                root_open("_forged")
+            ),
+            "not a child",
+        ),
+        // XSW: the genuine signature moved to a forged root; its Reference names the inner
+        // (signed) element, not the root.
+        (
+            format!(
+                "{}{signature}<samlp:Extensions>{}</samlp:Extensions>{tail}</samlp:LogoutRequest>",
+                root_open("_forged"),
+                inner.replace(signature, "")
+            ),
+            "does not name the message root",
+        ),
+        // XSW: the same, with the forged root taking the signed element's ID.
+        (
+            format!(
+                "{}{signature}<samlp:Extensions>{}</samlp:Extensions>{tail}</samlp:LogoutRequest>",
+                root_open("_signed"),
+                inner.replace(signature, "")
+            ),
+            "appears more than once",
+        ),
+        // The signature over an inner element only.
+        (
+            format!(
+                "{}<samlp:Extensions>{}</samlp:Extensions>{tail}</samlp:LogoutRequest>",
+                root_open("_forged"),
+                inner
+                    .replace("ID=\"_signed\"", "ID=\"_inner\"")
+                    .replace("URI=\"#_signed\"", "URI=\"#_inner\"")
+            ),
+            "not a child",
+        ),
+    ];
+    for (xml, reason) in cases {
+        let before = rejected_count(&app).await;
+        let page = slo_post(&browser, &app, &xml).await;
+        assert_logout_refused(&app, &browser, &page, before, reason).await;
+    }
+    assert!(app.events("sso_logout").await.is_empty());
+}
+
+#[tokio::test]
+async fn microsoft_365_with_a_configured_certificate_must_sign_and_without_one_logs_out_unsigned() {
+    let microsoft = SpKey::new("microsoft.example");
+    let wiki = SpKey::new("wiki.example.com");
+    // The wiki's certificate is known, Microsoft's first not: Microsoft's unsigned logout works.
+    let app = TestApp::spawn_with(&signed_wiki_config(&wiki)).await;
+    let user = app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    app.bind(&user, IMMUTABLE_ID, UPN).await;
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    let index = session_index_of(&auto_post(&page).xml);
+    let id = request_id();
+    let query = format!(
+        "SAMLRequest={}",
+        form_encode(&deflate_base64(
+            logout_request_for(&id, IMMUTABLE_ID, &index).as_bytes()
+        ))
+    );
+    let page = slo_get(&browser, &app, &query).await;
+    assert_eq!(auto_post(&page).action, ACS);
+    drop(app);
+
+    // With `saml.m365_certificate_file`, Microsoft's LogoutRequest must be signed.
+    let config = format!(
+        "[saml]\nissuer = \"{ISSUER}\"\nm365_certificate_file = \"{}\"\n",
+        microsoft.cert_path().display()
+    );
+    let app = TestApp::spawn_with(&config).await;
+    let user = app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    app.bind(&user, IMMUTABLE_ID, UPN).await;
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    let index = session_index_of(&auto_post(&page).xml);
+    let xml = logout_request_for(&request_id(), IMMUTABLE_ID, &index);
+    let before = rejected_count(&app).await;
+    let query = format!(
+        "SAMLRequest={}",
+        form_encode(&deflate_base64(xml.as_bytes()))
+    );
+    let page = slo_get(&browser, &app, &query).await;
+    assert_eq!(page.status, 400, "{}", page.body);
+    assert_eq!(rejected_count(&app).await, before + 1);
+    let again = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+    assert!(again.has_saml_response(), "the session survives");
+
+    let id = request_id();
+    let xml = logout_request_for(&id, IMMUTABLE_ID, &index);
+    let page = slo_get(
+        &browser,
+        &app,
+        &signed_query(&xml, None, RSA_SHA256, &microsoft),
+    )
+    .await;
+    let post = auto_post(&page);
+    assert_eq!(post.action, ACS);
+    assert!(post.xml.contains(&id));
+    assert_eq!(app.events("sso_logout").await.len(), 1);
+}
+
+#[test]
+fn a_bad_certificate_file_stops_start_up_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_cert = dir.path().join("key.pem");
+    std::fs::write(
+        &not_a_cert,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    for (path, problem) in [
+        (dir.path().join("missing.pem"), "cannot read"),
+        (not_a_cert, "not a PEM certificate"),
+        (dir.path().to_path_buf(), "not a regular file"),
+    ] {
+        let toml = format!(
+            "[[saml.service_providers]]\nentity_id = \"{WIKI}\"\nacs_urls = [\"{WIKI_ACS}\"]\ncertificate_file = \"{}\"\n",
+            path.display()
+        );
+        let err = idbridge::config::Config::from_toml(&toml)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("saml.service_providers[0].certificate_file")
+                && err.contains(problem)
+                && err.contains("Fix:"),
+            "{err}"
+        );
+        let toml = format!("[saml]\nm365_certificate_file = \"{}\"\n", path.display());
+        let err = idbridge::config::Config::from_toml(&toml)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("saml.m365_certificate_file") && err.contains(problem),
+            "{err}"
+        );
+    }
 }
