@@ -113,15 +113,16 @@ async fn sso(
     };
     if !request.force_authn {
         if let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) {
-            if let Some((session, user)) = state
+            if let Some(cached) = state
                 .idp
                 .session_user(&token, now)
                 .await
                 .map_err(internal)?
             {
+                let (session, user) = &*cached;
                 return match state
                     .idp
-                    .answer(&request, &session, &user, ip.clone(), now)
+                    .answer(&request, session, user, ip.clone(), now)
                     .await
                 {
                     Ok(answer) => Ok(answer_page(&state, answer)),
@@ -421,7 +422,10 @@ async fn rejected(state: &AppState, err: SsoError, endpoint: &str, ip: Option<St
 }
 
 fn internal(err: SsoError) -> AppError {
-    AppError::Internal(err.to_string())
+    match err {
+        SsoError::Busy => AppError::Busy,
+        other => AppError::Internal(other.to_string()),
+    }
 }
 
 fn capitalise(text: &str) -> String {

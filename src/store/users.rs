@@ -424,6 +424,7 @@ impl Store {
         }
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -486,6 +487,7 @@ impl Store {
         }
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -500,6 +502,7 @@ impl Store {
             .bind(changed_at_ms)
             .execute(&self.pool)
             .await?;
+        self.note_change();
         Ok(())
     }
 
@@ -512,6 +515,7 @@ impl Store {
             .await?;
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -541,6 +545,7 @@ impl Store {
         .await?;
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 }
