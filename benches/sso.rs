@@ -33,6 +33,10 @@ use idbridge::server::{App, AppState};
 use idbridge::sso::LoginOutcome;
 use secrecy::SecretString;
 
+/// The allocator the shipped binary uses (src/main.rs), so the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
