@@ -80,6 +80,12 @@ pub struct SignInConfig {
     pub window_seconds: u64,
     /// How long a lock lasts, in seconds.
     pub lock_seconds: u64,
+    /// Password hashing threads (argon2id), each holding one block of the hash's memory cost
+    /// (19 MiB by default) for as long as the process runs; 0: one per core.
+    pub hash_workers: usize,
+    /// Password checks that may wait for a hashing thread; beyond them a sign-in gets a
+    /// "try again" page (HTTP 503) at once.
+    pub hash_queue: usize,
 }
 
 impl Default for SignInConfig {
@@ -89,6 +95,8 @@ impl Default for SignInConfig {
             address_max_failures: 30,
             window_seconds: 60,
             lock_seconds: 900,
+            hash_workers: 0,
+            hash_queue: 64,
         }
     }
 }
@@ -299,6 +307,10 @@ pub struct SamlConfig {
     pub request_max_age_seconds: u32,
     /// Longest RelayState accepted.
     pub relay_state_max_bytes: usize,
+    /// Most answered request IDs held in memory for replay protection (SQLite; about 40 bytes
+    /// each). IDs live `request_max_age_seconds` + 2 × skew, so the default holds a sustained
+    /// 2,380 sign-ins a second; beyond it new sign-ins get a 503 rather than a replay window.
+    pub replay_max_ids: usize,
     /// Whom users are told to ask when sign-in is refused.
     pub support_contact: String,
     /// Service providers besides the built-in Microsoft 365.
@@ -323,6 +335,7 @@ impl Default for SamlConfig {
             conditions_lifetime_seconds: 3600,
             clock_skew_seconds: 120,
             request_max_age_seconds: 600,
+            replay_max_ids: 2_000_000,
             relay_state_max_bytes: 1024,
             support_contact: "your IT administrator".into(),
             service_providers: Vec::new(),
@@ -517,6 +530,24 @@ impl Config {
                 "use 1 to 86400 seconds (default 60)",
             ));
         }
+        if self.sign_in.hash_workers > 256 {
+            return Err(invalid(
+                "sign_in.hash_workers",
+                format!(
+                    "{} threads would hold {} MiB of hash memory",
+                    self.sign_in.hash_workers,
+                    self.sign_in.hash_workers * 19
+                ),
+                "use 0 (one per core) or at most 256",
+            ));
+        }
+        if !(1..=100_000).contains(&self.sign_in.hash_queue) {
+            return Err(invalid(
+                "sign_in.hash_queue",
+                format!("{} is out of range", self.sign_in.hash_queue),
+                "use a number from 1 to 100000 (default 64)",
+            ));
+        }
         if !(1..=DAY * 30).contains(&self.sign_in.lock_seconds) {
             return Err(invalid(
                 "sign_in.lock_seconds",
@@ -609,6 +640,16 @@ impl Config {
                 "saml.session_minutes / saml.assertion_lifetime_seconds",
                 "must be greater than 0",
                 "use the defaults (480 and 300) unless you have a reason",
+            ));
+        }
+        if self.saml.replay_max_ids < 1_000 {
+            return Err(invalid(
+                "saml.replay_max_ids",
+                format!(
+                    "is {}, too few to answer sign-ins",
+                    self.saml.replay_max_ids
+                ),
+                "use the default (2000000) or at least 1000",
             ));
         }
         for (i, sp) in self.saml.service_providers.iter().enumerate() {

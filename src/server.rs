@@ -105,12 +105,14 @@ impl App {
         }
         let data_key = crate::m365::data_key(&config)?;
         let directory = Directory::new(store.clone(), config.password_policy.clone())
+            .with_hash_pool(config.sign_in.hash_workers, config.sign_in.hash_queue)
             .with_password_sealer(data_key.clone());
         let shutdown = CancellationToken::new();
         let (writes, writer) = crate::store::WriteBehind::start(store.clone(), shutdown.clone());
         let replay = crate::sso::ReplayCache::load(
             store.clone(),
             writes.clone(),
+            config.saml.replay_max_ids,
             chrono::Utc::now().timestamp_millis(),
         )
         .await?;
@@ -220,6 +222,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let token = app.shutdown.clone();
     let janitor = tokio::spawn(purge_expired(app.state.clone(), token.clone()));
+    let change_poll = tokio::spawn(poll_changes(app.state.clone(), token.clone()));
     let sync_worker = tokio::spawn(app.state.sync.clone().run(token.clone()));
     let router = app.router();
     let serve_token = token.clone();
@@ -232,6 +235,7 @@ pub async fn run(
     .await;
     token.cancel();
     let _ = janitor.await;
+    let _ = change_poll.await;
     let _ = sync_worker.await;
     for task in app.tasks {
         let _ = task.await;
@@ -440,6 +444,32 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// How often the database's change counter is read, so that a user, binding or session changed
+/// by the CLI or another node reaches the session cache: the longest such a change can go
+/// unseen by a sign-in with an existing session.
+const CHANGE_POLL: Duration = Duration::from_millis(100);
+
+async fn poll_changes(state: AppState, token: CancellationToken) {
+    let mut tick = tokio::time::interval(CHANGE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {
+                match state.store.poll_changes().await {
+                    Ok(_) => failing = false,
+                    Err(err) if !failing => {
+                        failing = true;
+                        tracing::warn!(%err, "could not read the change counter; cached sessions may be stale until it can be read");
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
 }
 
 async fn purge_expired(state: AppState, token: CancellationToken) {

@@ -134,6 +134,17 @@ impl Directory {
         }
     }
 
+    /// Replaces the password hashing pool (one thread per core by default) with `workers`
+    /// threads (0: one per core) behind a queue of `queue` waiting checks.
+    pub fn with_hash_pool(mut self, workers: usize, queue: usize) -> Self {
+        self.hasher = if workers == 0 {
+            hasher::HashPool::per_core(queue)
+        } else {
+            hasher::HashPool::start(workers, queue)
+        };
+        self
+    }
+
     /// Enables password push to Microsoft 365: new passwords of bound users are sealed with
     /// `sealer` into the outbox.
     pub fn with_password_sealer(mut self, sealer: SecretBox) -> Self {

@@ -3,6 +3,7 @@
 //! Nothing here knows about HTTP; the handlers pass in decoded form values and cookies' tokens
 //! and turn the outcomes into pages. Time is a parameter.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -10,7 +11,8 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use super::registry::{NameIdSource, ServiceProvider, ServiceProviders};
-use super::replay::ReplayCache;
+use super::replay::{ReplayCache, ReplayError};
+use super::session_cache::{CachedSession, SessionCache};
 use crate::config::Config;
 use crate::directory::{Directory, User, UserState};
 use crate::events::{kind, Actor, NewEvent};
@@ -58,6 +60,10 @@ pub enum SsoError {
     BadSignature(String, SamlError),
     #[error(transparent)]
     Store(StoreError),
+    /// More sign-ins are in flight than idbridge holds state for (the replay cache is full):
+    /// HTTP 503, try again shortly.
+    #[error("idbridge is too busy to answer this sign-in right now; try again in a moment")]
+    Busy,
     #[error("could not build the SAML response: {0}")]
     Build(SamlError),
 }
@@ -65,6 +71,18 @@ pub enum SsoError {
 impl From<StoreError> for SsoError {
     fn from(err: StoreError) -> Self {
         SsoError::Store(err)
+    }
+}
+
+impl From<ReplayError> for SsoError {
+    fn from(err: ReplayError) -> Self {
+        match err {
+            ReplayError::Full(max_ids) => {
+                tracing::warn!(max_ids, "the replay cache is full: a sign-in was refused with 503; raise [saml] replay_max_ids");
+                SsoError::Busy
+            }
+            ReplayError::Store(e) => SsoError::Store(e),
+        }
     }
 }
 
@@ -79,7 +97,10 @@ impl From<ThrottleError> for SsoError {
 impl SsoError {
     /// Whether the error is the requester's fault (a 400 page and a security event).
     pub fn is_bad_request(&self) -> bool {
-        !matches!(self, SsoError::Store(_) | SsoError::Build(_))
+        !matches!(
+            self,
+            SsoError::Store(_) | SsoError::Build(_) | SsoError::Busy
+        )
     }
 }
 
@@ -210,7 +231,19 @@ pub struct IdentityProvider {
     writes: WriteBehind,
     replay: ReplayCache,
     throttle: SignInThrottle,
+    sessions: SessionCache,
+    session_reads: CacheCounters,
 }
+
+/// Hits and misses of the session cache.
+#[derive(Debug, Default)]
+struct CacheCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// Most sessions held by the session cache; beyond it the cache starts over.
+const SESSION_CACHE_MAX: usize = 100_000;
 
 impl IdentityProvider {
     /// Builds the IdP; the metadata document is rendered once here.
@@ -260,6 +293,8 @@ impl IdentityProvider {
             metadata,
             writes,
             replay,
+            sessions: SessionCache::new(SESSION_CACHE_MAX),
+            session_reads: CacheCounters::default(),
         })
     }
 
@@ -548,18 +583,23 @@ impl IdentityProvider {
         })
     }
 
-    /// The live session and its user for a session cookie token (one query).
+    /// The live session and its user for a session cookie token: from the session cache, or
+    /// one query that fills it.
     pub async fn session_user(
         &self,
         token: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<(SessionRow, User)>, SsoError> {
+    ) -> Result<Option<CachedSession>, SsoError> {
         let id_hash = token_hash(token);
-        let Some(row) = self
-            .store
-            .find_session_user(&id_hash, now.timestamp_millis())
-            .await?
-        else {
+        let now_ms = now.timestamp_millis();
+        // Read before the query: a change committed during it leaves the entry stale.
+        let epoch = self.store.change_epoch();
+        if let Some(hit) = self.sessions.get(&id_hash, epoch, now_ms) {
+            self.session_reads.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(hit));
+        }
+        self.session_reads.misses.fetch_add(1, Ordering::Relaxed);
+        let Some(row) = self.store.find_session_user(&id_hash, now_ms).await? else {
             return Ok(None);
         };
         let session = SessionRow {
@@ -572,7 +612,22 @@ impl IdentityProvider {
         };
         let user = User::from_row(row.user)
             .map_err(|e| SsoError::Store(StoreError::Corrupt(e.to_string())))?;
-        Ok(Some((session, user)))
+        let entry = Arc::new((session, user));
+        self.sessions.put(epoch, entry.clone());
+        Ok(Some(entry))
+    }
+
+    /// Sessions answered from the cache and from the database since start.
+    pub fn session_cache_stats(&self) -> (u64, u64) {
+        (
+            self.session_reads.hits.load(Ordering::Relaxed),
+            self.session_reads.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How many answered request IDs the replay cache holds in memory.
+    pub fn replay_ids_held(&self) -> usize {
+        self.replay.remembered()
     }
 
     fn account_refusal(&self, user: &User, now: DateTime<Utc>) -> Option<Refusal> {
@@ -801,7 +856,7 @@ impl IdentityProvider {
             Some(token) => self.session_user(token, now).await?,
             None => None,
         };
-        let refusal = match &current {
+        let refusal = match current.as_deref() {
             None => Some("no idbridge session in this browser"),
             Some((session, user)) => {
                 let (name_id, _, _) = self.subject_of(&sp, user);
@@ -822,7 +877,7 @@ impl IdentityProvider {
             return Ok(LogoutOutcome::Refused);
         }
         let mut issuer = self.settings.issuer.clone();
-        if let Some((session, user)) = &current {
+        if let Some((session, user)) = current.as_deref() {
             if let Some(binding) = &user.m365 {
                 issuer = self.issuer_for_upn(&binding.user_principal_name);
             }

@@ -6,6 +6,7 @@ mod handlers;
 mod idp;
 mod registry;
 mod replay;
+mod session_cache;
 
 pub use handlers::router;
 pub use idp::{

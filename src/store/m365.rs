@@ -134,6 +134,7 @@ impl Store {
             .await?;
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(cleared)
     }
 

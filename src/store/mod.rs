@@ -29,6 +29,8 @@ pub use users::{UserListQuery, UserRow, UserWrite};
 pub use write_behind::WriteBehind;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -93,6 +95,20 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    changes: Arc<ChangeEpoch>,
+}
+
+/// Counts changes that can alter the answer to a sign-in (a user, a binding, a session
+/// ending), so caches of those reads know when to drop what they hold.
+///
+/// Writes made through this process bump it as they commit; writes by other processes (the
+/// CLI, other nodes) bump the `change_epoch` row through triggers, which
+/// [`Store::poll_changes`] turns into a bump here.
+#[derive(Debug, Default)]
+struct ChangeEpoch {
+    local: AtomicU64,
+    /// The database counter last seen by the poll.
+    seen_in_database: AtomicI64,
 }
 
 impl Store {
@@ -132,7 +148,45 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(connect_err)?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            changes: Arc::default(),
+        })
+    }
+
+    /// The current change epoch: it moves whenever a user, a binding or a session may have
+    /// changed, here or (after the next poll) in another process.
+    pub fn change_epoch(&self) -> u64 {
+        self.changes.local.load(Ordering::Acquire)
+    }
+
+    /// Marks a committed change to users, bindings or sessions made through this process.
+    fn note_change(&self) {
+        self.changes.local.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reads the database's change counter; a move since the last poll (a write by the CLI,
+    /// another node, or a path of this process) advances the change epoch. Returns whether
+    /// it moved. When the counter cannot be read, the epoch advances too.
+    pub async fn poll_changes(&self) -> Result<bool, StoreError> {
+        let read: Result<(i64,), sqlx::Error> =
+            sqlx::query_as("SELECT n FROM change_epoch WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await;
+        let n = match read {
+            Ok((n,)) => n,
+            Err(err) => {
+                // Unseen changes may be piling up: nothing cached may be trusted meanwhile.
+                self.note_change();
+                return Err(err.into());
+            }
+        };
+        let before = self.changes.seen_in_database.swap(n, Ordering::AcqRel);
+        if before != n {
+            self.note_change();
+        }
+        Ok(before != n)
     }
 
     /// Applies pending migrations of this backend.
@@ -152,6 +206,27 @@ impl Store {
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Runs `sql` (a DELETE bound to `$1` = `bound` and `$2` = a batch size) until it deletes
+    /// nothing, one short transaction per batch: a purge of a million rows must not hold the
+    /// database's write lock while sign-ins wait behind it.
+    async fn delete_in_batches(&self, sql: &str, bound: i64) -> Result<u64, StoreError> {
+        const BATCH: i64 = 5_000;
+        let mut removed = 0;
+        loop {
+            let done = sqlx::query(sql)
+                .bind(bound)
+                .bind(BATCH)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            removed += done;
+            if done < BATCH as u64 {
+                return Ok(removed);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Closes all connections (on shutdown).

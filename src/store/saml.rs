@@ -217,6 +217,7 @@ impl Store {
             .await?;
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(done.rows_affected() == 1)
     }
 
@@ -232,26 +233,25 @@ impl Store {
                 .bind(session_index)
                 .execute(&self.pool)
                 .await?;
+        self.note_change();
         Ok(done.rows_affected())
     }
 
-    /// Deletes expired sessions, parked requests and replay-cache entries.
+    /// Deletes expired sessions, parked requests and replay-cache entries, in bounded batches.
     pub async fn purge_expired_saml_state(&self, now_ms: i64) -> Result<u64, StoreError> {
         let mut removed = 0;
-        for table in [
-            "sso_sessions",
-            "saml_pending_requests",
-            "saml_seen_requests",
+        for (table, key) in [
+            ("sso_sessions", "id_hash"),
+            ("saml_pending_requests", "id_hash"),
+            ("saml_seen_requests", "sp_entity_id, request_id"),
         ] {
-            let done = self
-                .pool
-                .execute(
-                    sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= $1"))
-                        .bind(now_ms),
-                )
-                .await?;
-            removed += done.rows_affected();
+            let sql = format!(
+                "DELETE FROM {table} WHERE ({key}) IN \
+                 (SELECT {key} FROM {table} WHERE expires_at <= $1 LIMIT $2)"
+            );
+            removed += self.delete_in_batches(&sql, now_ms).await?;
         }
+        self.note_change();
         Ok(removed)
     }
 }

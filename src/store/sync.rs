@@ -341,6 +341,7 @@ impl Store {
             events::insert(&mut *tx, event).await?;
         }
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -363,6 +364,7 @@ impl Store {
             events::insert(&mut *tx, event).await?;
         }
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -474,6 +476,7 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -603,6 +606,7 @@ impl Store {
         .await?;
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -616,6 +620,7 @@ impl Store {
         .bind(error)
         .execute(&self.pool)
         .await?;
+        self.note_change();
         Ok(())
     }
 
@@ -668,6 +673,7 @@ impl Store {
         .rows_affected();
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(n)
     }
 

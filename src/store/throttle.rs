@@ -110,10 +110,10 @@ impl Store {
 
     /// Deletes events older than `before_ms` (the retention setting).
     pub async fn purge_events_before(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM events WHERE at < $1")
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        self.delete_in_batches(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 LIMIT $2)",
+            before_ms,
+        )
+        .await
     }
 }

@@ -629,6 +629,7 @@ impl Store {
         }
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -691,6 +692,7 @@ impl Store {
         }
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -705,6 +707,7 @@ impl Store {
             .bind(changed_at_ms)
             .execute(&self.pool)
             .await?;
+        self.note_change();
         Ok(())
     }
 
@@ -717,6 +720,7 @@ impl Store {
             .await?;
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -746,6 +750,7 @@ impl Store {
         .await?;
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 }

@@ -12,7 +12,10 @@ use super::{ReplayGuard, Store};
 use crate::events::NewEvent;
 
 /// Largest number of records committed in one transaction.
-const BATCH_MAX: usize = 256;
+const BATCH_MAX: usize = 512;
+
+/// How long the writer waits for more records before it commits what it has.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Debug)]
 enum Queued {
@@ -45,6 +48,10 @@ impl WriteBehind {
                     }
                 };
                 let Some(first) = first else { break };
+                // Gather what arrives within the linger, so a commit (a WAL write and two
+                // thread hand-offs into SQLite) carries many sign-ins instead of one or two.
+                // A flush request ends the wait: someone is waiting for the commit.
+                let linger_until = tokio::time::Instant::now() + LINGER;
                 let mut next = Some(first);
                 while let Some(item) = next.take() {
                     match item {
@@ -52,9 +59,18 @@ impl WriteBehind {
                         Queued::Guard(guard) => guards.push(guard),
                         Queued::Flush(done) => waiting.push(done),
                     }
-                    if events.len() + guards.len() < BATCH_MAX {
-                        next = rx.try_recv().ok();
+                    if events.len() + guards.len() >= BATCH_MAX {
+                        break;
                     }
+                    next = match rx.try_recv() {
+                        Ok(item) => Some(item),
+                        Err(_) if !waiting.is_empty() || shutdown.is_cancelled() => None,
+                        Err(_) => tokio::select! {
+                            item = rx.recv() => item,
+                            _ = tokio::time::sleep_until(linger_until) => None,
+                            _ = shutdown.cancelled() => None,
+                        },
+                    };
                 }
                 if !events.is_empty() || !guards.is_empty() {
                     if let Err(err) = store.record_batch(&events, &guards).await {

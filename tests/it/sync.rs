@@ -521,14 +521,17 @@ async fn the_password_reaches_m365_at_the_next_sign_in_and_on_every_change() {
     })
     .await;
     assert_ne!(random, PASSWORD);
-    assert!(
+    // The fake has the PATCH before the job's completion commits: wait for the record too.
+    eventually("binding marked password pushed", || async {
         app.state()
             .sync
             .user_status(&kim)
             .await
             .unwrap()
             .password_pushed
-    );
+            .then_some(())
+    })
+    .await;
 
     // The first push happens as the user signs in: their sessions stay.
     assert_eq!(
