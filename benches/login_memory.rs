@@ -156,7 +156,7 @@ fn main() {
             let name = format!("mem{n}");
             let changes = UserChanges::new()
                 .with(Attribute::Username, &name)
-                .with(Attribute::Email, &format!("{name}@contoso.com"))
+                .with(Attribute::Email, format!("{name}@contoso.com"))
                 .with(Attribute::Firstname, "Mem")
                 .with(Attribute::Lastname, "Ory");
             app.state

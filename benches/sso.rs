@@ -418,7 +418,7 @@ async fn start_server(key_bits: u32, sessions: usize) -> Server {
         let username = format!("bench{n}");
         let changes = UserChanges::new()
             .with(Attribute::Username, &username)
-            .with(Attribute::Email, &format!("{username}@contoso.com"))
+            .with(Attribute::Email, format!("{username}@contoso.com"))
             .with(Attribute::Firstname, "Bench")
             .with(Attribute::Lastname, "Mark");
         let user = state

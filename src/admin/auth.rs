@@ -146,7 +146,7 @@ async fn login(
             &state,
             kind::ADMIN_LOGIN_THROTTLED,
             &Actor::Anonymous,
-            "locked",
+            locked.reason_code(),
             "/admin/login",
             ip.clone(),
         )
@@ -158,11 +158,19 @@ async fn login(
         ));
     }
     let password = SecretString::from(form.password.clone());
-    let admin = state
+    let admin = match state
         .directory
         .authenticate_admin(&form.username, &password)
-        .await?;
+        .await
+    {
+        Ok(admin) => admin,
+        Err(err) => {
+            state.admin_throttle.abandoned(&name, ip.as_deref()).await?;
+            return Err(err.into());
+        }
+    };
     let Some(admin) = admin else {
+        state.admin_throttle.failed(&name, ip.as_deref()).await?;
         let event = NewEvent::new(
             now,
             &Actor::Anonymous,

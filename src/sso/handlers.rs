@@ -244,7 +244,7 @@ async fn login(
                 &state,
                 crate::events::kind::SIGN_IN_THROTTLED,
                 &crate::events::Actor::Anonymous,
-                "locked",
+                locked.reason_code(),
                 "/saml/login",
                 ip.clone(),
             )

@@ -523,10 +523,17 @@ impl IdentityProvider {
         }
         let user = match self.directory.authenticate(login, password).await {
             Ok(user) => user,
-            Err(crate::directory::DirectoryError::Store(e)) => return Err(e.into()),
-            Err(other) => return Err(SsoError::Store(StoreError::Corrupt(other.to_string()))),
+            Err(err) => {
+                self.throttle.abandoned(login, client_ip.as_deref()).await?;
+                return Err(match err {
+                    crate::directory::DirectoryError::Store(e) => e.into(),
+                    crate::directory::DirectoryError::Busy => SsoError::Busy,
+                    other => SsoError::Store(StoreError::Corrupt(other.to_string())),
+                });
+            }
         };
         let Some(user) = user else {
+            self.throttle.failed(login, client_ip.as_deref()).await?;
             // The typed name shows which account was targeted; it is capped so a password
             // typed into the wrong field is not kept whole.
             let target: String = login.trim().chars().take(128).collect();

@@ -5,8 +5,10 @@ use super::{Store, StoreError};
 /// A counter after a failure was added to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureCount {
-    /// Failures in the current window, this one included.
+    /// Failures decided in the current window.
     pub failures: i64,
+    /// Attempts admitted and not yet decided, this one included.
+    pub pending: i64,
     /// Unix ms until which the key is locked (0: never locked).
     pub locked_until: i64,
 }
@@ -29,23 +31,25 @@ impl Store {
         Ok(latest)
     }
 
-    /// Counts an attempt (a failure until it succeeds) on `key`; the window restarts when it began at or before
+    /// Counts an attempt in flight on `key`; the window restarts when it began at or before
     /// `window_expired_ms`.
-    pub async fn throttle_add_failure(
+    pub async fn throttle_add_attempt(
         &self,
         key: &str,
         now_ms: i64,
         window_expired_ms: i64,
     ) -> Result<FailureCount, StoreError> {
-        let (failures, locked_until): (i64, i64) = sqlx::query_as(
-            "INSERT INTO sign_in_throttle (key, failures, window_start, locked_until) \
-             VALUES ($1, 1, $2, 0) \
+        let (failures, pending, locked_until): (i64, i64, i64) = sqlx::query_as(
+            "INSERT INTO sign_in_throttle (key, failures, pending, window_start, locked_until) \
+             VALUES ($1, 0, 1, $2, 0) \
              ON CONFLICT (key) DO UPDATE SET \
-               failures = CASE WHEN sign_in_throttle.window_start <= $3 THEN 1 \
-                          ELSE sign_in_throttle.failures + 1 END, \
+               failures = CASE WHEN sign_in_throttle.window_start <= $3 THEN 0 \
+                          ELSE sign_in_throttle.failures END, \
+               pending = CASE WHEN sign_in_throttle.window_start <= $3 THEN 1 \
+                         ELSE sign_in_throttle.pending + 1 END, \
                window_start = CASE WHEN sign_in_throttle.window_start <= $3 THEN $2 \
                               ELSE sign_in_throttle.window_start END \
-             RETURNING failures, locked_until",
+             RETURNING failures, pending, locked_until",
         )
         .bind(key)
         .bind(now_ms)
@@ -54,11 +58,23 @@ impl Store {
         .await?;
         Ok(FailureCount {
             failures,
+            pending,
             locked_until,
         })
     }
 
-    /// Locks `key` until `until_ms` and starts its count afresh.
+    /// Decides an attempt in flight on `key` as a failure.
+    pub async fn throttle_add_failure(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sign_in_throttle SET failures = failures + 1, \
+             pending = CASE WHEN pending > 0 THEN pending - 1 ELSE 0 END WHERE key = $1",
+        )
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn throttle_lock(
         &self,
         key: &str,
@@ -66,8 +82,8 @@ impl Store {
         until_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE sign_in_throttle SET locked_until = $2, failures = 0, window_start = $3 \
-             WHERE key = $1",
+            "UPDATE sign_in_throttle SET locked_until = $2, failures = 0, pending = 0, \
+             window_start = $3 WHERE key = $1",
         )
         .bind(key)
         .bind(until_ms)
@@ -77,10 +93,10 @@ impl Store {
         Ok(())
     }
 
-    /// Takes one counted attempt back from `key` (a sign-in that succeeded).
+    /// Takes an attempt in flight back from `key` (it succeeded, or was not checked).
     pub async fn throttle_release(&self, key: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE sign_in_throttle SET failures = failures - 1 WHERE key = $1 AND failures > 0",
+            "UPDATE sign_in_throttle SET pending = pending - 1 WHERE key = $1 AND pending > 0",
         )
         .bind(key)
         .execute(&self.pool)

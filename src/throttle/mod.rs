@@ -57,7 +57,23 @@ pub struct Limits {
 pub struct Locked {
     /// When the lock ends.
     pub until: DateTime<Utc>,
+    /// Why the attempt was refused.
+    pub reason: LockReason,
 }
+
+/// Why a sign-in attempt was refused before its password was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockReason {
+    /// Too many failed attempts: the name or the address is locked until `until`.
+    Failures,
+    /// As many attempts from the address (or for the name) are being checked right now as
+    /// the limit has failures left, as when many users behind one office address sign in
+    /// at once. Nothing is locked: the attempt may be made again in a moment.
+    Crowded,
+}
+
+/// How long a crowded attempt is told to wait.
+const CROWDED_RETRY_SECONDS: i64 = 5;
 
 impl Locked {
     /// Whole minutes left, rounded up and at least one (for "try again in N minutes").
@@ -67,7 +83,18 @@ impl Locked {
     }
 
     /// The message shown on the sign-in page, the same whichever key is locked.
+    /// Stable code of the reason, recorded in refusal events.
+    pub fn reason_code(&self) -> &'static str {
+        match self.reason {
+            LockReason::Failures => "locked",
+            LockReason::Crowded => "crowded",
+        }
+    }
+
     pub fn message(&self, now: DateTime<Utc>) -> String {
+        if self.reason == LockReason::Crowded {
+            return "Many sign-ins are being checked at once from your network. Try again in a few seconds.".into();
+        }
         let n = self.minutes_left(now);
         let unit = if n == 1 { "minute" } else { "minutes" };
         format!("Too many sign-in attempts. Try again in {n} {unit}.")
@@ -180,10 +207,14 @@ impl SignInThrottle {
 
     /// Admits one sign-in attempt, or refuses it (call before any hashing).
     ///
-    /// Each admitted attempt is counted before its password is checked, so concurrent
-    /// guesses cannot slip past the limit while earlier ones are still being hashed; a
-    /// successful sign-in gives its attempt back (`succeeded`). The attempt over the limit
-    /// starts the lock and writes its one event; attempts while locked write nothing here.
+    /// Each admitted attempt is counted as in flight before its password is checked and is
+    /// then decided by [`failed`](Self::failed), [`succeeded`](Self::succeeded) or
+    /// [`abandoned`](Self::abandoned). The attempt after the limit's last failure starts the
+    /// lock and writes its one event; attempts while locked write nothing here. An attempt
+    /// that would put more in flight than the limit has failures left is refused as
+    /// [`LockReason::Crowded`] without a lock: concurrent guesses cannot slip past the limit
+    /// while earlier ones are still being hashed, yet many users signing in at once behind
+    /// one address lock nothing.
     pub async fn admit(
         &self,
         name: &str,
@@ -195,43 +226,85 @@ impl SignInThrottle {
         let refs: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
         let until = self.store.throttle_locked_until(&refs).await?;
         if until > now_ms {
-            return Ok(DateTime::from_timestamp_millis(until).map(|until| Locked { until }));
+            return Ok(DateTime::from_timestamp_millis(until).map(|until| Locked {
+                until,
+                reason: LockReason::Failures,
+            }));
         }
         let expired = (now - self.limits.window).timestamp_millis();
+        let mut counted: Vec<&str> = Vec::with_capacity(keys.len());
         for (kind, key) in &keys {
-            let max = match kind {
+            let max = i64::from(match kind {
                 KeyKind::Account => self.limits.account_max_failures,
                 KeyKind::Address => self.limits.address_max_failures,
-            };
+            });
             let count = self
                 .store
-                .throttle_add_failure(key, now_ms, expired)
+                .throttle_add_attempt(key, now_ms, expired)
                 .await?;
-            if count.failures <= i64::from(max) {
-                continue;
+            counted.push(key);
+            if count.failures >= max {
+                // The attempt after the limit's last failure starts the lock.
+                let until = now + self.limits.lock;
+                self.store
+                    .throttle_lock(key, now_ms, until.timestamp_millis())
+                    .await?;
+                self.release(&counted).await?;
+                let target = match kind {
+                    KeyKind::Account => Some(normalise(name)),
+                    KeyKind::Address => None,
+                };
+                let event =
+                    NewEvent::new(now, &Actor::Anonymous, self.form.event(), target.as_deref())
+                        .details(json!({
+                            "key": kind.as_str(),
+                            "failures": count.failures,
+                            "lockedUntil": until.to_rfc3339(),
+                        }))
+                        .client_ip(ip.map(str::to_string));
+                self.store.record_event(&event).await?;
+                return Ok(Some(Locked {
+                    until,
+                    reason: LockReason::Failures,
+                }));
             }
-            let until = now + self.limits.lock;
-            self.store
-                .throttle_lock(key, now_ms, until.timestamp_millis())
-                .await?;
-            let target = match kind {
-                KeyKind::Account => Some(normalise(name)),
-                KeyKind::Address => None,
-            };
-            let event = NewEvent::new(now, &Actor::Anonymous, self.form.event(), target.as_deref())
-                .details(json!({
-                    "key": kind.as_str(),
-                    "failures": count.failures - 1,
-                    "lockedUntil": until.to_rfc3339(),
-                }))
-                .client_ip(ip.map(str::to_string));
-            self.store.record_event(&event).await?;
-            return Ok(Some(Locked { until }));
+            if count.failures + count.pending > max {
+                // Checking this one too could exceed the limit if all those in flight
+                // fail; refused unchecked, and nothing is locked.
+                self.release(&counted).await?;
+                return Ok(Some(Locked {
+                    until: now + Duration::seconds(CROWDED_RETRY_SECONDS),
+                    reason: LockReason::Crowded,
+                }));
+            }
         }
         Ok(None)
     }
 
-    /// A successful sign-in clears the account's counter and gives the address its attempt
+    /// Takes back the attempts counted on `keys`.
+    async fn release(&self, keys: &[&str]) -> Result<(), ThrottleError> {
+        for key in keys {
+            self.store.throttle_release(key).await?;
+        }
+        Ok(())
+    }
+
+    /// An admitted attempt that was not decided (the check could not run): taken back.
+    pub async fn abandoned(&self, name: &str, ip: Option<&str>) -> Result<(), ThrottleError> {
+        let keys = self.keys(name, ip);
+        let refs: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
+        self.release(&refs).await
+    }
+
+    /// A wrong password: the admitted attempt becomes a failure of the name and the address.
+    pub async fn failed(&self, name: &str, ip: Option<&str>) -> Result<(), ThrottleError> {
+        for (_, key) in self.keys(name, ip) {
+            self.store.throttle_add_failure(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// A successful sign-in clears the account's counter and takes the address's attempt
     /// back (the address's failures stay: one right password must not reset guessing at
     /// other accounts from there).
     pub async fn succeeded(&self, name: &str, ip: Option<&str>) -> Result<(), ThrottleError> {
@@ -274,10 +347,15 @@ mod tests {
         let now = Utc::now();
         let locked = Locked {
             until: now + Duration::seconds(61),
+            reason: LockReason::Failures,
         };
         assert_eq!(locked.minutes_left(now), 2);
         assert_eq!(
-            Locked { until: now }.message(now),
+            Locked {
+                until: now,
+                reason: LockReason::Failures
+            }
+            .message(now),
             "Too many sign-in attempts. Try again in 1 minute."
         );
     }

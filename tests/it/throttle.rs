@@ -144,6 +144,72 @@ async fn thirty_guesses_across_accounts_from_one_address_lock_the_address() {
 }
 
 #[tokio::test]
+async fn many_users_signing_in_at_once_behind_one_address_lock_nothing() {
+    // An office behind one address at nine o'clock: more right passwords in flight at once
+    // than the address's failure limit. Attempts beyond what the limit could absorb are
+    // told to retry in seconds; nothing is locked, and the address signs in afterwards.
+    let app = app_with_user("[sign_in]\naddress_max_failures = 3\n").await;
+    let mut names = vec!["alice".to_string()];
+    for n in 0..11 {
+        let name = format!("staff{n}");
+        app.create_user(&name, &format!("{name}@contoso.com"), PASSWORD)
+            .await;
+        names.push(name);
+    }
+    let attempts = names
+        .iter()
+        .map(|name| sso_attempt(&app, ip(90), name, PASSWORD));
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let mut crowded = 0;
+    for (status, body) in &outcomes {
+        match status {
+            200 | 403 => {}
+            429 => {
+                assert!(body.contains("Try again in a few seconds"), "{body}");
+                crowded += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(crowded < outcomes.len(), "some sign-ins were checked");
+    assert!(
+        lock_starts(&app, "sign_in_throttled").await.is_empty(),
+        "no lock"
+    );
+    let (status, body) = sso_attempt(&app, ip(90), "alice", PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn concurrent_guesses_never_check_more_passwords_than_the_limit() {
+    // Twenty wrong guesses at one account at once, from twenty addresses: at most the
+    // account's limit of them reach the password check, and then the account locks.
+    let app = app_with_user("[sign_in]\naccount_max_failures = 5\n").await;
+    let checks_before = app.state().directory.sign_in_checks();
+    let guesses = (0..20u8).map(|n| sso_attempt(&app, ip(100 + n), "alice", WRONG));
+    let outcomes = futures_util::future::join_all(guesses).await;
+    let checked = outcomes.iter().filter(|(s, _)| *s == 401).count();
+    assert!(checked <= 5, "{checked} guesses were checked");
+    assert!(outcomes.iter().all(|(s, _)| *s == 401 || *s == 429));
+    assert!(app.state().directory.sign_in_checks() - checks_before <= 5);
+    // Once five have failed, the next attempt locks the account, right password or not.
+    let mut locked = false;
+    for n in 0..6u8 {
+        let (status, body) = sso_attempt(&app, ip(200 + n), "alice", WRONG).await;
+        if status == 429 && body.contains("minute") {
+            locked = true;
+            break;
+        }
+    }
+    assert!(locked, "the account locks after its limit of failures");
+    let (status, _) = sso_attempt(&app, ip(250), "alice", PASSWORD).await;
+    assert_eq!(
+        status, 429,
+        "locked: the right password is refused unchecked"
+    );
+}
+
+#[tokio::test]
 async fn a_locked_check_is_cheap() {
     let app = app_with_user("[sign_in]\naccount_max_failures = 1\n").await;
     let (status, _) = sso_attempt(&app, ip(90), "alice", WRONG).await;
