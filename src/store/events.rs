@@ -84,37 +84,27 @@ impl Store {
         events: &[NewEvent],
         request_ids: &[super::ReplayGuard],
     ) -> Result<(), StoreError> {
-        // One multi-row INSERT per table: a statement per record made the write-behind's
-        // commit cost grow with the sign-in rate. Chunks keep the bind parameters far below
-        // SQLite's limit (32,766) and PostgreSQL's (65,535).
-        const ROWS_PER_STATEMENT: usize = 500;
+        // Multi-row INSERTs: a statement per record made the write-behind's commit cost grow
+        // with the sign-in rate.
+        const WIDTH: usize = 3;
         let mut tx = self.pool.begin().await?;
-        for chunk in request_ids.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::<Any>::new(
-                "INSERT INTO saml_seen_requests (sp_entity_id, request_id, expires_at) ",
+        for chunk in request_ids.chunks(super::rows_per_statement(WIDTH)) {
+            let sql = format!(
+                "INSERT INTO saml_seen_requests (sp_entity_id, request_id, expires_at) VALUES {} \
+                 ON CONFLICT DO NOTHING",
+                super::values_tuples(self.backend, chunk.len(), WIDTH)
             );
-            insert.push_values(chunk, |mut row, guard| {
-                row.push_bind(guard.sp_entity_id.clone())
-                    .push_bind(guard.request_id.clone())
-                    .push_bind(guard.expires_at);
-            });
-            insert.push(" ON CONFLICT DO NOTHING");
-            insert.build().execute(&mut *tx).await?;
+            let mut query = sqlx::query(&sql);
+            for guard in chunk {
+                query = query
+                    .bind(&guard.sp_entity_id)
+                    .bind(&guard.request_id)
+                    .bind(guard.expires_at);
+            }
+            query.execute(&mut *tx).await?;
         }
-        for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::<Any>::new(
-                "INSERT INTO events (at, actor, event_type, target, details, client_ip) ",
-            );
-            insert.push_values(chunk, |mut row, event| {
-                row.push_bind(event.at.timestamp_millis())
-                    .push_bind(event.actor.clone())
-                    .push_bind(event.event_type)
-                    .push_bind(event.target.clone())
-                    .push_bind(event.details.to_string())
-                    .push_bind(event.client_ip.clone());
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
+        let events: Vec<&NewEvent> = events.iter().collect();
+        insert_many(&mut tx, self.backend, &events).await?;
         tx.commit().await?;
         Ok(())
     }
