@@ -526,26 +526,41 @@ async fn drive(
     samples: std::path::PathBuf,
 ) -> (Vec<Duration>, f64) {
     let tag = std::process::id();
-    // One client (connection pool) per worker: one connection and one session each.
+    // One client (connection pool) per worker: one connection and one session each. The
+    // clients are built and their connections opened before the clock starts (building a
+    // TLS-capable client reads the system's CA store, tens of milliseconds each).
+    let mut clients = Vec::new();
+    for w in 0..concurrency {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .expect("client");
+        let warm = client
+            .post(&url)
+            .header("cookie", &cookies[w % cookies.len()])
+            .form(&[("SAMLRequest", authn_request(&format!("_w{tag}x{w}")))])
+            .send()
+            .await
+            .expect("warm-up");
+        assert!(warm.status().is_success(), "warm-up answered");
+        let _ = warm.bytes().await;
+        clients.push(client);
+    }
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
-    for w in 0..concurrency {
+    for (w, client) in clients.into_iter().enumerate() {
         let url = url.clone();
         let cookie = cookies[w % cookies.len()].clone();
         let samples = samples.clone();
         workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .expect("client");
             let interval = match pace {
                 Pace::Closed => None,
                 Pace::Rate(r) => Some(Duration::from_secs_f64(concurrency as f64 / r.max(0.001))),
             };
             // Spread the workers' schedules over one interval.
-            let mut due = Instant::now()
-                + interval.map_or(Duration::ZERO, |i| i * w as u32 / concurrency as u32);
+            let mut due =
+                started + interval.map_or(Duration::ZERO, |i| i * w as u32 / concurrency as u32);
             let mut latencies = Vec::new();
             let mut i = 0u64;
             while Instant::now() < deadline {

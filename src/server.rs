@@ -275,6 +275,11 @@ async fn serve(
                 }
             },
         };
+        // Responses go out as soon as they are written: with Nagle's algorithm a response
+        // written in two parts waits for the client's delayed ACK (up to 40 ms on Linux).
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracker.spawn(shed(stream));
             continue;
