@@ -28,6 +28,7 @@
     clippy::indexing_slicing
 )]
 
+mod common;
 mod support;
 
 use std::collections::HashMap;
@@ -35,13 +36,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use common::{arg, percentile, process_cpu_seconds};
 use idbridge::directory::{Attribute, UserChanges};
 use idbridge::events::Actor;
 use idbridge::server::AppState;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use support::graph_fake::GraphFake;
-use support::{arg, process_cpu_seconds, start_server};
+use support::start_server;
 
 /// Users created in the directory (and bound) are `bench00001@contoso.com` …
 const DOMAIN: &str = "contoso.com";
@@ -50,14 +52,6 @@ const RAW_CREATE_DOMAIN: &str = "raw-create.example";
 const RAW_LOOKUP_DOMAIN: &str = "raw-lookup.example";
 /// Graph's `$batch` limit, as the product uses it.
 const BATCH: usize = 20;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

@@ -15,12 +15,15 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
+use common::{arg, authn_request, pending_of};
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use chrono::Utc;
 use idbridge::config::Config;
 use idbridge::directory::{Attribute, UserChanges};
@@ -28,37 +31,14 @@ use idbridge::events::Actor;
 use idbridge::server::App;
 use secrecy::SecretString;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn authn_request() -> String {
-    let xml = format!(
-        r#"<samlp:AuthnRequest ID="_{id}" Version="2.0" IssueInstant="{at}" xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol"><Issuer xmlns="urn:oasis:names:tc:SAML:2.0:assertion">urn:federation:MicrosoftOnline</Issuer></samlp:AuthnRequest>"#,
-        id = idbridge::saml::new_id(),
-        at = Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-    );
-    base64::engine::general_purpose::STANDARD.encode(xml)
-}
-
-fn pending_of(html: &str) -> Option<String> {
-    let at = html.find("name=\"pending\"")?;
-    let tail = &html[at..];
-    let v = tail.find("value=\"")? + 7;
-    let end = tail[v..].find('"')?;
-    Some(tail[v..v + end].to_string())
-}
-
 /// One guess; returns the status of the login POST.
 async fn guess(client: &reqwest::Client, base: &str, user: &str) -> Option<u16> {
     let page = client
         .post(format!("{base}/saml/sso"))
-        .form(&[("SAMLRequest", authn_request())])
+        .form(&[(
+            "SAMLRequest",
+            authn_request(&format!("_{}", idbridge::saml::new_id())),
+        )])
         .send()
         .await
         .ok()?

@@ -24,16 +24,18 @@
     clippy::indexing_slicing
 )]
 
+mod common;
 mod support;
 
 use std::time::Instant;
 
 use chrono::Utc;
+use common::{arg, process_cpu_seconds, threads_cpu_seconds};
 use idbridge::events::Actor;
 use idbridge::m365::ImportSelection;
 use secrecy::ExposeSecret;
 use support::graph_fake::GraphFake;
-use support::{arg, process_cpu_seconds, start_server, threads_cpu_seconds};
+use support::start_server;
 
 const DOMAIN: &str = "contoso.com";
 /// What the product asks for (the most Graph allows per page).

@@ -15,12 +15,15 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
+use common::{arg, authn_request, pending_of, resident_mb};
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use chrono::Utc;
 use idbridge::config::Config;
 use idbridge::directory::{Attribute, UserChanges};
@@ -32,41 +35,6 @@ const PASSWORD: &str = "Memory test 1!";
 const USERS: usize = 64;
 /// argon2id memory cost of the default parameters (m = 19 MiB).
 const HASH_MIB: f64 = 19.0;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn authn_request() -> String {
-    let xml = format!(
-        r#"<samlp:AuthnRequest ID="_{id}" Version="2.0" IssueInstant="{at}" xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol"><Issuer xmlns="urn:oasis:names:tc:SAML:2.0:assertion">urn:federation:MicrosoftOnline</Issuer></samlp:AuthnRequest>"#,
-        id = idbridge::saml::new_id(),
-        at = Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-    );
-    base64::engine::general_purpose::STANDARD.encode(xml)
-}
-
-fn pending_of(html: &str) -> Option<String> {
-    let at = html.find("name=\"pending\"")?;
-    let tail = &html[at..];
-    let v = tail.find("value=\"")? + 7;
-    let end = tail[v..].find('"')?;
-    Some(tail[v..v + end].to_string())
-}
 
 /// Outcomes of the sign-ins of one level.
 #[derive(Default)]
@@ -89,7 +57,10 @@ async fn sign_in(base: &str, user: &str, counts: &Counts) {
         .expect("client");
     let Ok(page) = client
         .post(format!("{base}/saml/sso"))
-        .form(&[("SAMLRequest", authn_request())])
+        .form(&[(
+            "SAMLRequest",
+            authn_request(&format!("_{}", idbridge::saml::new_id())),
+        )])
         .send()
         .await
     else {
@@ -191,7 +162,7 @@ fn main() {
         panic!("the server did not start");
     });
     std::thread::sleep(Duration::from_secs(1));
-    let idle_before = rss_mb(pid);
+    let idle_before = resident_mb(&pid.to_string());
     let bound = 100.0 + workers as f64 * HASH_MIB;
     println!(
         "idbridge sign-in memory: {workers} hash workers, argon2id {HASH_MIB} MiB each; bound 100 MB + workers × hash = {bound:.0} MB"
@@ -207,7 +178,7 @@ fn main() {
             let done = done.clone();
             std::thread::spawn(move || {
                 while !done.load(Ordering::Relaxed) {
-                    let kb = (rss_mb(pid) * 1024.0) as u64;
+                    let kb = (resident_mb(&pid.to_string()) * 1024.0) as u64;
                     peak.fetch_max(kb, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -237,7 +208,7 @@ fn main() {
         done.store(true, Ordering::Relaxed);
         let _ = sampler.join();
         let peak_mb = peak.load(Ordering::Relaxed) as f64 / 1024.0;
-        let idle_after = rss_mb(pid);
+        let idle_after = resident_mb(&pid.to_string());
         println!(
             "  {:>10}   {:>10.1}   {:>9}   {:>8}   {:>11.1}   {:>13.1}   {}",
             concurrency,

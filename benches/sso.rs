@@ -22,6 +22,10 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
+use common::{arg, authn_request, percentile, process_cpu_seconds, resident_mb};
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -36,15 +40,6 @@ use secrecy::SecretString;
 /// The allocator the shipped binary uses (src/main.rs), so the figures are the product's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `openssl speed -multi N`'s RSA sign rate over all N processes, if the command is available.
 fn openssl_speed(bits: u32, processes: usize, seconds: u32) -> Option<f64> {
@@ -70,26 +65,6 @@ fn openssl_speed(bits: u32, processes: usize, seconds: u32) -> Option<f64> {
             let cols: Vec<&str> = l.split_whitespace().collect();
             cols.iter().rev().nth(1).and_then(|v| v.parse().ok())
         })
-}
-
-fn authn_request(id: &str) -> String {
-    let xml = format!(
-        "<samlp:AuthnRequest ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{}\" \
-         xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\"><Issuer \
-         xmlns=\"urn:oasis:names:tc:SAML:2.0:assertion\">urn:federation:MicrosoftOnline</Issuer>\
-         <samlp:NameIDPolicy Format=\"urn:oasis:names:tc:SAML:2.0:nameid-format:persistent\"/>\
-         </samlp:AuthnRequest>",
-        Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
-    );
-    base64::engine::general_purpose::STANDARD.encode(xml)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 /// How the load generator paces its requests.
@@ -290,7 +265,7 @@ fn run_client(
                 rate: n / now.0.duration_since(last.0).as_secs_f64(),
                 cpu_per_sso_us: (now.1 - last.1) / n * 1e6,
                 replay_ids: server.state.idp.replay_ids_held(),
-                rss_mb: resident_mb(),
+                rss_mb: resident_mb("self"),
             });
             last = now;
         }
@@ -315,27 +290,6 @@ fn run_client(
         elapsed: elapsed.parse().expect("elapsed"),
         server_cpu,
     }
-}
-
-/// CPU seconds (user + system) this process has used so far, from /proc/self/stat.
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the ")" of the command name: utime is the 12th, stime the 13th (clock ticks).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
-}
-
-/// This process's resident set in MB, from /proc/self/status.
-fn resident_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// The server under test, in this process.
