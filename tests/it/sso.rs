@@ -1280,6 +1280,133 @@ async fn suspension_ends_access_for_an_existing_session() {
     );
 }
 
+/// Runs the CLI as a separate process against the test server's database.
+fn cli_against(app: &TestApp, dir: &Path, args: &[&str]) {
+    let config = &app.state().config;
+    let file = dir.join("idbridge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\ndatabase_url = {:?}\n[certs]\nkey_file = {:?}\ncert_file = {:?}\n",
+            config.data_dir.display().to_string(),
+            config.database_url(),
+            config.certs.key_file.display().to_string(),
+            config.certs.cert_file.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(crate::support::binary())
+        .arg("--config")
+        .arg(&file)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the CLI runs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_cached_session_ends_when_the_cli_or_the_server_suspends_the_user() {
+    // A sign-in with a session reads no database once its session is cached; every change
+    // must still reach it: through this server at once, through the CLI (another process)
+    // within the change poll.
+    let (app, _) = app_with_bound_user().await;
+    let other = app.create_user("bob", "bob@contoso.com", PASSWORD).await;
+    app.bind(&other, "Ym9iLWltbXV0YWJsZS1pZA==", "bob@contoso.com")
+        .await;
+    let alice = app.browser();
+    let bob = app.browser();
+    for (browser, name) in [(&alice, USERNAME), (&bob, "bob")] {
+        let page = sign_in(browser, &app, &authn_request(&request_id(), ""), None, name).await;
+        auto_post(&page);
+        // Answered from the session, which is now cached.
+        let again = sso_post(browser, &app, &authn_request(&request_id(), ""), None).await;
+        assert!(again.has_saml_response(), "{}", again.body);
+    }
+
+    // Through the server: refused on the very next request.
+    app.state()
+        .directory
+        .set_state(&Actor::System, "bob", UserState::Suspended, Utc::now())
+        .await
+        .expect("suspend");
+    let page = sso_post(&bob, &app, &authn_request(&request_id(), ""), None).await;
+    assert!(!page.has_saml_response(), "answered from a stale cache");
+
+    // Alice's session is cached again (the change above dropped the whole cache).
+    let (hits_before, _) = app.state().idp.session_cache_stats();
+    let page = sso_post(&alice, &app, &authn_request(&request_id(), ""), None).await;
+    assert!(page.has_saml_response(), "{}", page.body);
+    let page = sso_post(&alice, &app, &authn_request(&request_id(), ""), None).await;
+    assert!(page.has_saml_response(), "{}", page.body);
+    assert!(
+        app.state().idp.session_cache_stats().0 > hits_before,
+        "the second sign-in was answered from the cache"
+    );
+
+    // Through the CLI, which writes the database directly.
+    let dir = tempfile::tempdir().unwrap();
+    cli_against(&app, dir.path(), &["user", "suspend", USERNAME]);
+    let deadline = Instant::now() + StdDuration::from_secs(10);
+    loop {
+        let page = sso_post(&alice, &app, &authn_request(&request_id(), ""), None).await;
+        if !page.has_saml_response() {
+            assert!(page.has_login_form(), "{}", page.body);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CLI's suspension never reached the cached session"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn another_process_s_change_moves_the_change_epoch_only_through_the_poll() {
+    // Two store handles on one database stand for the server and the CLI: each counts its own
+    // writes at once, and sees the other's only when it polls the database's change counter
+    // (kept by triggers), which is what lets the server's session cache trust its entries.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display());
+    let server = idbridge::store::Store::connect(&url).await.unwrap();
+    server.migrate().await.unwrap();
+    let cli = idbridge::store::Store::connect(&url).await.unwrap();
+    let directory = idbridge::directory::Directory::new(cli.clone(), Default::default());
+    let changes = idbridge::directory::UserChanges::new()
+        .with(idbridge::directory::Attribute::Username, "carol")
+        .with(idbridge::directory::Attribute::Email, "carol@contoso.com")
+        .with(idbridge::directory::Attribute::Firstname, "Carol")
+        .with(idbridge::directory::Attribute::Lastname, "Jones");
+    directory
+        .create_user(&Actor::System, &changes, None, Utc::now())
+        .await
+        .unwrap();
+    server.poll_changes().await.unwrap();
+    let before = server.change_epoch();
+    let cli_before = cli.change_epoch();
+
+    directory
+        .set_state(&Actor::System, "carol", UserState::Suspended, Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        cli.change_epoch() > cli_before,
+        "the writer's own epoch moves at once"
+    );
+    assert_eq!(server.change_epoch(), before, "not seen before the poll");
+    assert!(
+        server.poll_changes().await.unwrap(),
+        "the poll sees the change"
+    );
+    assert!(server.change_epoch() > before);
+    assert!(!server.poll_changes().await.unwrap(), "and only once");
+}
+
 #[tokio::test]
 async fn a_live_session_is_refused_once_the_password_expires() {
     // The account is re-checked on every answer, not only at the password prompt.
