@@ -251,7 +251,7 @@ impl Store {
             );
             removed += self.delete_in_batches(&sql, now_ms).await?;
         }
-        self.note_change();
+        // No change to note: cached sessions carry their expiry and are not served past it.
         Ok(removed)
     }
 }

@@ -1,16 +1,13 @@
 //! The attribute catalogue round-trips every attribute through the CLI, the API and the
 //! console under the same product name.
 
-use std::path::Path;
-use std::process::Command;
-
 use idbridge::attributes::{AttributeSpec, Kind, CATALOGUE};
 use idbridge::directory::AdminRole;
 use serde_json::{Map, Value};
 
 use crate::console_pages::{edit_form, unescape};
 use crate::support::console::{admin_browser, api_client, api_key};
-use crate::support::{binary, TestApp};
+use crate::support::TestApp;
 
 /// A distinct, valid value of `spec` for the surface `via` (`cli`, `api`, `console`).
 fn value(spec: &AttributeSpec, via: &str) -> String {
@@ -28,38 +25,6 @@ fn value(spec: &AttributeSpec, via: &str) -> String {
 /// The value at a product name in a JSON user (nested at the dots).
 fn at<'v>(json: &'v Value, name: &str) -> &'v Value {
     name.split('.').fold(json, |v, part| &v[part])
-}
-
-/// Runs `idbridge` with a config file pointing at the test server's database.
-fn cli(app: &TestApp, dir: &Path, args: &[&str]) -> String {
-    let config = &app.state().config;
-    let file = dir.join("idbridge.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "data_dir = {:?}\ndatabase_url = {:?}\n[certs]\nkey_file = {:?}\ncert_file = {:?}\n",
-            config.data_dir.display().to_string(),
-            config.database_url(),
-            config.certs.key_file.display().to_string(),
-            config.certs.cert_file.display().to_string(),
-        ),
-    )
-    .unwrap();
-    let out = Command::new(binary())
-        .arg("--config")
-        .arg(&file)
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{args:?}: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// Every attribute has its value under its product name in an API or CLI JSON user.
@@ -125,7 +90,7 @@ async fn the_attribute_catalogue_round_trips_every_attribute_through_cli_api_and
         args.push(value(spec, "cli"));
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    cli(&app, dir.path(), &args);
+    app.cli(dir.path(), &args);
     let json = get(format!("/api/v1/users/{username}")).await;
     assert_json(&json, "cli", "api");
     let id = json["id"].as_str().unwrap().to_string();
@@ -173,9 +138,9 @@ async fn the_attribute_catalogue_round_trips_every_attribute_through_cli_api_and
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let shown = cli(&app, dir.path(), &["user", "show", "api-user", "--json"]);
+    let shown = app.cli(dir.path(), &["user", "show", "api-user", "--json"]);
     assert_json(&serde_json::from_str(&shown).unwrap(), "api", "cli");
-    let table = cli(&app, dir.path(), &["user", "show", "api-user"]);
+    let table = app.cli(dir.path(), &["user", "show", "api-user"]);
     for spec in CATALOGUE {
         let line = format!("{:<30}{}", spec.name, value(spec, "api"));
         assert!(table.contains(&line), "{line:?} in {table}");

@@ -137,44 +137,8 @@ fn corpus_dir() -> PathBuf {
 #[test]
 #[ignore = "run by scripts/fuzz"]
 fn fuzz_decoders() {
-    let total: u64 = std::env::var("FUZZ_INPUTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
-    let limit = Duration::from_secs(
-        std::env::var("FUZZ_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3600),
-    );
-    let save = std::env::var("FUZZ_SAVE").is_ok();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut seen = std::collections::HashSet::new();
-    let (mut runs, mut errors) = (0u64, 0u64);
-    let start = Instant::now();
-    while runs < total && start.elapsed() < limit {
-        let input = generate(&mut rng);
-        let began = Instant::now();
-        let kinds = catch_unwind(AssertUnwindSafe(|| run_one(&input)))
-            .unwrap_or_else(|_| panic!("panic on input {:?}", BASE64.encode(&input)));
-        assert!(
-            began.elapsed() < PER_INPUT,
-            "slow input {:?}",
-            BASE64.encode(&input)
-        );
-        runs += 1;
-        errors += kinds.iter().filter(|k| *k != "ok").count() as u64;
-        let key = kinds.join("|");
-        if seen.insert(key) && save && seen.len() < 200 && input.len() < 8192 {
-            let _ = std::fs::write(corpus_dir().join(format!("{:04}", seen.len())), &input);
-        }
-    }
-    println!(
-        "executions {runs}, errors {errors}, outcome kinds {}, elapsed {:.1}s, peak RSS {} kB",
-        seen.len(),
-        start.elapsed().as_secs_f64(),
-        peak_rss_kb()
-    );
+    // The decoders' corpus is the top of tests/fuzz_corpus (kept there from the first runs).
+    fuzz_loop("", 0x9E37_79B9_7F4A_7C15, 200, generate, run_one);
 }
 
 /// Every saved interesting input still decodes without a panic (fast; normal suite).
@@ -467,10 +431,13 @@ impl Signed {
     }
 }
 
-/// The fuzz loop shared by the targets: inputs from `generate` through `run` until FUZZ_INPUTS
-/// or FUZZ_SECONDS; saves inputs reaching new outcomes under `corpus` when FUZZ_SAVE is set.
+/// The fuzz loop shared by the targets: inputs from `generate` (seeded with `seed`) through
+/// `run` until FUZZ_INPUTS or FUZZ_SECONDS; saves up to `keep` inputs reaching new outcomes
+/// under `corpus` when FUZZ_SAVE is set.
 fn fuzz_loop(
     corpus: &str,
+    seed: u64,
+    keep: usize,
     mut generate: impl FnMut(&mut Rng) -> Vec<u8>,
     run: impl Fn(&[u8]) -> Vec<String>,
 ) {
@@ -489,7 +456,7 @@ fn fuzz_loop(
     if save {
         std::fs::create_dir_all(&dir).unwrap();
     }
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = Rng(seed);
     let mut seen = std::collections::HashSet::new();
     let (mut runs, mut errors, mut slowest) = (0u64, 0u64, Duration::ZERO);
     let start = Instant::now();
@@ -503,7 +470,7 @@ fn fuzz_loop(
         slowest = slowest.max(took);
         runs += 1;
         errors += kinds.iter().filter(|k| !k.ends_with("ok")).count() as u64;
-        if seen.insert(kinds.join("|")) && save && seen.len() < 100 && input.len() < 8192 {
+        if seen.insert(kinds.join("|")) && save && seen.len() < keep && input.len() < 8192 {
             let _ = std::fs::write(dir.join(format!("{:04}", seen.len())), &input);
         }
     }
@@ -522,7 +489,13 @@ fn fuzz_loop(
 fn fuzz_config() {
     // The unmutated template loads, so mutations start from the accepting path.
     assert_eq!(run_config(config_template().as_bytes()), ["ok"]);
-    fuzz_loop("config", generate_config, run_config);
+    fuzz_loop(
+        "config",
+        0x2545_F491_4F6C_DD1D,
+        100,
+        generate_config,
+        run_config,
+    );
 }
 
 /// The signature verifier: certificate PEM, HTTP-Redirect and enveloped signatures.
@@ -532,6 +505,8 @@ fn fuzz_signatures() {
     let signed = Signed::new();
     fuzz_loop(
         "signature",
+        0x2545_F491_4F6C_DD1D,
+        100,
         |rng| signed.generate(rng),
         |input| signed.run(input),
     );

@@ -1280,35 +1280,6 @@ async fn suspension_ends_access_for_an_existing_session() {
     );
 }
 
-/// Runs the CLI as a separate process against the test server's database.
-fn cli_against(app: &TestApp, dir: &Path, args: &[&str]) {
-    let config = &app.state().config;
-    let file = dir.join("idbridge.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "data_dir = {:?}\ndatabase_url = {:?}\n[certs]\nkey_file = {:?}\ncert_file = {:?}\n",
-            config.data_dir.display().to_string(),
-            config.database_url(),
-            config.certs.key_file.display().to_string(),
-            config.certs.cert_file.display().to_string(),
-        ),
-    )
-    .unwrap();
-    let out = Command::new(crate::support::binary())
-        .arg("--config")
-        .arg(&file)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the CLI runs");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn a_cached_session_ends_when_the_cli_or_the_server_suspends_the_user() {
     // A sign-in with a session reads no database once its session is cached; every change
@@ -1350,7 +1321,7 @@ async fn a_cached_session_ends_when_the_cli_or_the_server_suspends_the_user() {
 
     // Through the CLI, which writes the database directly.
     let dir = tempfile::tempdir().unwrap();
-    cli_against(&app, dir.path(), &["user", "suspend", USERNAME]);
+    app.cli(dir.path(), &["user", "suspend", USERNAME]);
     let deadline = Instant::now() + StdDuration::from_secs(10);
     loop {
         let page = sso_post(&alice, &app, &authn_request(&request_id(), ""), None).await;

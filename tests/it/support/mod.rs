@@ -72,6 +72,39 @@ pub fn test_config(dir: &std::path::Path, extra: &str) -> Config {
 }
 
 impl TestApp {
+    /// Runs the `idbridge` CLI (a separate process) with a config file in `dir` pointing at
+    /// this server's database; asserts it succeeds and returns its standard output.
+    pub fn cli(&self, dir: &std::path::Path, args: &[&str]) -> String {
+        let config = &self.state().config;
+        let file = dir.join("idbridge.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "data_dir = {:?}\ndatabase_url = {:?}\n[certs]\nkey_file = {:?}\ncert_file = {:?}\n",
+                config.data_dir.display().to_string(),
+                config.database_url(),
+                config.certs.key_file.display().to_string(),
+                config.certs.cert_file.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     /// Starts a server with default settings.
     pub async fn spawn() -> Self {
         Self::spawn_with("").await
