@@ -65,6 +65,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub sign_in: SignInConfig,
     pub events: EventsConfig,
+    pub mfa: MfaConfig,
     pub log: LogConfig,
 }
 
@@ -99,6 +100,15 @@ impl Default for SignInConfig {
             hash_queue: 64,
         }
     }
+}
+
+/// Multi-factor sign-in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MfaConfig {
+    /// Whether a passkey alone signs a user in (a "Sign in with a passkey" button on the
+    /// sign-in page). Off by default: passkeys are then a second factor only.
+    pub passwordless: bool,
 }
 
 /// The event log.
@@ -253,6 +263,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             sign_in: SignInConfig::default(),
             events: EventsConfig::default(),
+            mfa: MfaConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
         }

@@ -70,6 +70,17 @@ pub mod kind {
     pub const SSO_LOGOUT: &str = "sso_logout";
     /// A LogoutRequest that did not name the browser's own session; nothing was ended.
     pub const SAML_LOGOUT_REFUSED: &str = "saml_logout_refused";
+    /// A passkey (WebAuthn credential) was added to a user.
+    pub const PASSKEY_REGISTER: &str = "passkey_register";
+    /// A passkey was removed from a user.
+    pub const PASSKEY_DELETE: &str = "passkey_delete";
+    /// A passkey answered a sign-in (second factor or passwordless).
+    pub const PASSKEY_AUTHENTICATED: &str = "passkey_authenticated";
+    /// A passkey ceremony refused: replayed or expired ceremony, another user's credential,
+    /// wrong origin or challenge (`details.reason`).
+    pub const PASSKEY_REFUSED: &str = "passkey_refused";
+    /// A passkey's signature counter went back: the credential may have been copied.
+    pub const PASSKEY_CLONE_SUSPECTED: &str = "passkey_clone_suspected";
     pub const M365_CONNECT: &str = "m365_connect";
     pub const M365_CONNECT_FAILED: &str = "m365_connect_failed";
     pub const M365_TOKEN_REFRESH_FAILED: &str = "m365_token_refresh_failed";

@@ -47,6 +47,8 @@ pub struct AppInner {
     pub store: Store,
     pub directory: Directory,
     pub idp: IdentityProvider,
+    /// WebAuthn passkeys: registration and sign-in ceremonies.
+    pub passkeys: crate::mfa::passkey::Passkeys,
     /// Throttles the admin console's sign-in form.
     pub admin_throttle: crate::throttle::SignInThrottle,
     /// Repeated refused requests, counted before they are written as events.
@@ -124,6 +126,8 @@ impl App {
             writes,
             replay,
         )?;
+        let passkeys =
+            crate::mfa::passkey::Passkeys::new(&config, store.clone(), directory.clone())?;
         let m365 = Arc::new(crate::m365::M365::new(&config, store.clone())?);
         let sync = Arc::new(crate::m365::M365Sync::new(
             store.clone(),
@@ -140,6 +144,7 @@ impl App {
                 store,
                 directory,
                 idp,
+                passkeys,
                 m365,
                 sync,
             }),
@@ -159,6 +164,7 @@ impl App {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .merge(crate::sso::router())
+            .merge(crate::mfa::http::router())
             .merge(crate::admin::router(self.state.clone()))
             .fallback(|| async { crate::web::AppError::NotFound })
             .layer(RequestBodyLimitLayer::new(256 * 1024))
@@ -490,6 +496,9 @@ async fn purge_expired(state: AppState, token: CancellationToken) {
                 let now = chrono::Utc::now().timestamp_millis();
                 if let Err(err) = state.store.purge_expired_saml_state(now).await {
                     tracing::warn!(%err, "could not purge expired SAML state");
+                }
+                if let Err(err) = state.passkeys.purge_expired(chrono::Utc::now()).await {
+                    tracing::warn!(%err, "could not purge expired passkey ceremonies");
                 }
                 let idle_ms = (state.config.admin.session_idle_minutes.max(1) * 60_000) as i64;
                 if let Err(err) = state.store.purge_admin_sessions(now, idle_ms).await {

@@ -49,6 +49,8 @@ struct LoginPage<'a> {
     pending: &'a str,
     username: &'a str,
     error: Option<&'a str>,
+    /// Offer "Sign in with a passkey" (`[mfa] passwordless`).
+    passwordless: bool,
 }
 
 #[derive(Template)]
@@ -185,6 +187,7 @@ async fn show_login(
         pending: &pending,
         username: request.login_hint.as_deref().unwrap_or_default(),
         error,
+        passwordless: state.passkeys.passwordless(),
     };
     Ok((jar, render(status, &page)).into_response())
 }

@@ -34,14 +34,15 @@ fn inline_hash(template: &str, tag: &str) -> String {
 }
 
 /// The Content-Security-Policy of every page outside the console: the shared page style and the
-/// SAML auto-post script are allowed by hash, nothing else runs. There is no `form-action`: the
+/// SAML auto-post script are allowed by hash; scripts are otherwise only idbridge's own files
+/// (`/mfa/passkey.js`, which talks JSON to idbridge alone: `connect-src 'self'`). There is no `form-action`: the
 /// auto-post form goes to the service provider's ACS URL.
 pub fn page_csp() -> HeaderValue {
     let style = inline_hash(include_str!("../../templates/base.html"), "style");
     let script = inline_hash(include_str!("../../templates/sso/post.html"), "script");
     let policy = format!(
-        "default-src 'none'; script-src {script}; style-src {style}; img-src 'self' data:; \
-         frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+        "default-src 'none'; script-src 'self' {script}; style-src {style}; img-src 'self' data:; \
+         connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
     );
     HeaderValue::from_str(&policy)
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))

@@ -41,6 +41,12 @@ const CHROMIUM_ARGS = [
 ];
 
 /**
+ * Paths whose 4xx answers to scripts are the point of the current step (a refusal under test),
+ * not a broken page; a script adds them for the steps that provoke them and removes them after.
+ */
+export const expectedRefusals = new Set();
+
+/**
  * Runs `body(page, step, dialogs)` in a fresh browser (a temporary, empty profile) and exits: 0
  * when every step passed, 1 otherwise, after saving a screenshot of the page as it was when the
  * step failed.
@@ -71,7 +77,8 @@ export async function run(name, body) {
   page.on('response', (response) => {
     const request = response.request();
     const url = new URL(response.url());
-    if (response.status() >= 400 && !request.isNavigationRequest() && url.pathname !== '/favicon.ico') {
+    if (response.status() >= 400 && !request.isNavigationRequest() && url.pathname !== '/favicon.ico'
+        && !expectedRefusals.has(url.pathname)) {
       problems.push(`${response.status()} for ${request.resourceType()} ${url.pathname} on ${page.url()}`);
     }
   });

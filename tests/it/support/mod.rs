@@ -118,11 +118,22 @@ impl TestApp {
 
     /// Starts a server in an existing directory (to test restarts).
     pub async fn spawn_in(dir: tempfile::TempDir, extra: &str) -> Self {
+        Self::spawn_on(dir, extra, "127.0.0.1").await
+    }
+
+    /// Starts a server whose base URL names `localhost`: WebAuthn needs a host name for its
+    /// relying party ID (browsers refuse IP addresses), and `localhost` is a secure context.
+    pub async fn spawn_localhost(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn_on(dir, extra, "localhost").await
+    }
+
+    async fn spawn_on(dir: tempfile::TempDir, extra: &str, host: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let base_url = format!("http://127.0.0.1:{port}");
+        let base_url = format!("http://{host}:{port}");
         let mut config = test_config(dir.path(), extra);
         if let Some(url) = postgres_database(dir.path()).await {
             config.database_url = Some(url);

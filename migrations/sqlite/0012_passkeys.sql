@@ -1,0 +1,39 @@
+-- WebAuthn passkeys (W3C Web Authentication Level 3) and the server-side state of their
+-- ceremonies.
+--
+-- `credential` is webauthn-rs's `Passkey` as JSON: the credential ID, the public key and the
+-- signature counter, nothing secret. `credential_id` (base64url) is unique across users: an
+-- assertion names its credential, and WebAuthn §7.1 step 17 asks the relying party to refuse a
+-- registration of a credential ID that is already registered.
+CREATE TABLE mfa_passkeys (
+    id            TEXT PRIMARY KEY,
+    user_id       TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    credential_id TEXT NOT NULL UNIQUE,
+    label         TEXT NOT NULL,
+    credential    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    last_used_at  INTEGER
+);
+CREATE INDEX mfa_passkeys_user ON mfa_passkeys(user_id);
+
+-- A ceremony in progress: the challenge and what it was issued for. The browser holds only a
+-- random token (stored here as its SHA-256); a ceremony is deleted when it is used, so it can
+-- be finished once (webauthn-rs: the state must never live on the client, or an assertion
+-- could be replayed). `user_id` is set for a registration and a second factor, `pending_hash`
+-- (the parked sign-in's token hash) for a sign-in.
+CREATE TABLE mfa_passkey_ceremonies (
+    id_hash      TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    user_id      TEXT REFERENCES users(id) ON DELETE CASCADE,
+    pending_hash TEXT,
+    state        TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+);
+CREATE INDEX mfa_passkey_ceremonies_expiry ON mfa_passkey_ceremonies(expires_at);
+
+-- A user's factors decide what a sign-in asks for: other nodes' caches must hear of a change.
+CREATE TRIGGER passkeys_changed_insert AFTER INSERT ON mfa_passkeys
+BEGIN UPDATE change_epoch SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER passkeys_changed_delete AFTER DELETE ON mfa_passkeys
+BEGIN UPDATE change_epoch SET n = n + 1 WHERE id = 1; END;
