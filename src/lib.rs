@@ -20,6 +20,7 @@ pub mod config;
 pub mod directory;
 pub mod events;
 pub mod m365;
+pub mod mfa;
 pub mod saml;
 pub mod secrets;
 pub mod server;

@@ -8,6 +8,7 @@
 mod admins;
 mod events;
 mod m365;
+mod mfa;
 mod saml;
 mod sync;
 mod sync_round;
@@ -18,6 +19,7 @@ mod write_behind;
 pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
 pub use events::{EventFilter, EventRow};
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
+pub use mfa::{FactorCounts, TotpRow};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
 pub use sync::{
     BindOutcome, BindRequest, BindingListQuery, BindingListRow, BindingRow, Completion,
