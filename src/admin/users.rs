@@ -273,19 +273,7 @@ fn field_groups(
 
 /// The password rule in words, for the password fields.
 fn policy_text(state: &AppState) -> String {
-    let p = state.directory.policy();
-    let mut text = format!(
-        "{} to {} characters mixing at least {} of: lower-case letters, upper-case letters, digits, symbols",
-        p.min_length, p.max_length, p.min_character_classes
-    );
-    if p.disallow_username {
-        text.push_str("; not containing the username");
-    }
-    if p.history > 0 {
-        text.push_str(&format!("; none of the last {} passwords", p.history));
-    }
-    text.push('.');
-    text
+    state.directory.policy().describe()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ use serde_json::json;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::passkey::{PasskeyError, PasskeySummary, SignIn, Verified};
+use super::FactorKind;
 use crate::directory::User;
 use crate::events::{kind, Actor};
 use crate::server::AppState;
@@ -283,6 +284,7 @@ async fn authenticate_finish(
         browser.as_deref(),
         &verified,
         user_id.is_none(),
+        Some(addr.ip().to_string()),
         now,
     )
     .await?;
@@ -378,7 +380,9 @@ fn api_error(err: PasskeyError) -> ApiError {
             field: None,
         },
         PasskeyError::BadLabel => ApiError::validation("label", err.to_string()),
-        PasskeyError::PasswordlessDisabled | PasskeyError::NoPasskeys => ApiError {
+        PasskeyError::PasswordlessDisabled
+        | PasskeyError::NoPasskeys
+        | PasskeyError::Unavailable => ApiError {
             status: StatusCode::CONFLICT,
             code: "not_available",
             message: err.to_string(),
@@ -402,7 +406,7 @@ async fn pending_user(
     now: DateTime<Utc>,
 ) -> Result<Option<String>, ApiError> {
     match state.idp.resume(pending, browser, now).await {
-        Ok(request) => Ok(request.pending_user_id()),
+        Ok(request) => Ok(request.first_factor.map(|(user_id, _)| user_id)),
         Err(err) if err.is_bad_request() => Err(ApiError {
             status: StatusCode::FORBIDDEN,
             code: "sign_in_expired",
@@ -422,84 +426,41 @@ async fn factor_passed(
     browser: Option<&str>,
     verified: &Verified,
     passwordless: bool,
+    client_ip: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    let browser = browser.unwrap_or_default();
-    if passwordless {
+    let passed = if passwordless {
         state
             .idp
-            .first_factor_passed(pending, browser, &verified.user_id, now)
+            .first_factor_passed(
+                pending,
+                browser,
+                &verified.user.id,
+                Some(FactorKind::Passkey),
+                now,
+            )
             .await
-            .map_err(ApiError::internal)?;
-    }
-    state
-        .idp
-        .second_factor_passed(
-            pending,
-            browser,
-            &verified.user_id,
-            FactorKind::Passkey,
-            now,
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(())
-}
-
-// STAND-IN for the lead's sign-in steps (`IncomingRequest::user_id`,
-// `IdentityProvider::first_factor_passed` / `second_factor_passed`, `FactorKind`), which are not
-// on main yet. Removed when main is merged: the calls above then reach the real ones.
-#[derive(Debug, Clone, Copy)]
-enum FactorKind {
-    Passkey,
-}
-
-trait PendingUser {
-    fn pending_user_id(&self) -> Option<String>;
-}
-
-impl PendingUser for crate::sso::IncomingRequest {
-    fn pending_user_id(&self) -> Option<String> {
-        None
-    }
-}
-
-trait SignInSteps {
-    async fn first_factor_passed(
-        &self,
-        pending: &str,
-        browser: &str,
-        user_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), crate::sso::SsoError>;
-    async fn second_factor_passed(
-        &self,
-        pending: &str,
-        browser: &str,
-        user_id: &str,
-        factor: FactorKind,
-        now: DateTime<Utc>,
-    ) -> Result<(), crate::sso::SsoError>;
-}
-
-impl SignInSteps for crate::sso::IdentityProvider {
-    async fn first_factor_passed(
-        &self,
-        _pending: &str,
-        _browser: &str,
-        _user_id: &str,
-        _now: DateTime<Utc>,
-    ) -> Result<(), crate::sso::SsoError> {
-        Err(crate::sso::SsoError::PendingExpired)
-    }
-    async fn second_factor_passed(
-        &self,
-        _pending: &str,
-        _browser: &str,
-        _user_id: &str,
-        _factor: FactorKind,
-        _now: DateTime<Utc>,
-    ) -> Result<(), crate::sso::SsoError> {
-        Err(crate::sso::SsoError::PendingExpired)
+    } else {
+        state
+            .idp
+            .second_factor_passed(
+                pending,
+                browser,
+                &verified.user,
+                FactorKind::Passkey,
+                client_ip,
+                now,
+            )
+            .await
+    };
+    match passed {
+        Ok(_) => Ok(()),
+        Err(err) if err.is_bad_request() => Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "sign_in_expired",
+            message: err.to_string(),
+            field: None,
+        }),
+        Err(err) => Err(ApiError::internal(err)),
     }
 }

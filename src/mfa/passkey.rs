@@ -18,7 +18,7 @@ use webauthn_rs::prelude::{
     WebauthnBuilder, WebauthnError,
 };
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::directory::{Directory, DirectoryError, User};
 use crate::events::{kind, Actor, NewEvent};
 use crate::store::{CeremonyRow, PasskeyRow, Store, StoreError};
@@ -158,6 +158,9 @@ pub enum PasskeyError {
     /// Passwordless sign-in is switched off (`[mfa] passwordless`).
     #[error("sign-in with a passkey alone is not enabled")]
     PasswordlessDisabled,
+    /// The base URL cannot be a WebAuthn relying party (see [`Passkeys::new`]).
+    #[error("passkeys need idbridge's address (base_url) to be https with a host name, or http://localhost")]
+    Unavailable,
     /// The user has no passkey to sign in with.
     #[error("no passkey is registered for this account")]
     NoPasskeys,
@@ -212,15 +215,15 @@ impl From<PasskeyRow> for PasskeySummary {
 /// A finished sign-in ceremony: who signed in, with which passkey.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub user_id: String,
-    pub username: String,
+    pub user: User,
     pub passkey_id: String,
 }
 
 /// The passkey service.
 #[derive(Debug)]
 pub struct Passkeys {
-    webauthn: Webauthn,
+    /// `None` when the base URL cannot be a WebAuthn relying party.
+    webauthn: Option<Webauthn>,
     store: Store,
     directory: Directory,
     passwordless: bool,
@@ -229,27 +232,35 @@ pub struct Passkeys {
 impl Passkeys {
     /// Builds the relying party from the configuration: its ID is the host of `base_url`, its
     /// origin `base_url` itself (WebAuthn §5.1.4.1: the RP ID is a registrable suffix of the
-    /// origin's host; browsers refuse IP addresses, so passkeys need a host name).
-    pub fn new(config: &Config, store: Store, directory: Directory) -> Result<Self, ConfigError> {
-        let invalid = |problem: String| ConfigError::Invalid {
-            setting: "base_url".into(),
-            problem,
-            fix: "set base_url to the https address (a host name) users reach idbridge at".into(),
-        };
-        let origin = Url::parse(&config.base_url).map_err(|e| invalid(e.to_string()))?;
-        let rp_id = origin
-            .host_str()
-            .ok_or_else(|| invalid("has no host".into()))?
-            .to_string();
-        let webauthn = WebauthnBuilder::new(&rp_id, &origin)
-            .and_then(|b| b.rp_name("idbridge").build())
-            .map_err(|e| invalid(format!("cannot be a WebAuthn relying party: {e}")))?;
-        Ok(Self {
-            webauthn,
+    /// origin's host). Browsers allow WebAuthn only in a secure context (https, or
+    /// `http://localhost`) and refuse IP addresses as RP IDs, so with any other `base_url`
+    /// (such as the default `http://127.0.0.1:8080`) idbridge starts without passkeys and says
+    /// why.
+    pub fn new(config: &Config, store: Store, directory: Directory) -> Self {
+        let webauthn = relying_party(&config.base_url);
+        if let Err(problem) = &webauthn {
+            tracing::warn!(
+                base_url = %config.base_url,
+                %problem,
+                "passkeys are off: set base_url to the https address (a host name) users reach idbridge at"
+            );
+        }
+        Self {
+            passwordless: config.mfa.passwordless && webauthn.is_ok(),
+            webauthn: webauthn.ok(),
             store,
             directory,
-            passwordless: config.mfa.passwordless,
-        })
+        }
+    }
+
+    /// The relying party, or why passkeys cannot work at this base URL.
+    fn rp(&self) -> Result<&Webauthn, PasskeyError> {
+        self.webauthn.as_ref().ok_or(PasskeyError::Unavailable)
+    }
+
+    /// Whether passkeys can be used at all (see [`Passkeys::new`]).
+    pub fn available(&self) -> bool {
+        self.webauthn.is_some()
     }
 
     /// Whether a passkey alone may sign a user in (`[mfa] passwordless`).
@@ -290,7 +301,7 @@ impl Passkeys {
             display.trim().to_string()
         };
         let (options, state) = self
-            .webauthn
+            .rp()?
             .start_passkey_registration(handle, &user.email, &display, Some(exclude))
             .map_err(PasskeyError::Webauthn)?;
         let mut options = to_json(&options)?;
@@ -340,7 +351,7 @@ impl Passkeys {
             return Err(self.refuse(&who, Refusal::CeremonyMismatch, now).await);
         }
         let state: PasskeyRegistration = from_json(&row.state)?;
-        let passkey = match self.webauthn.finish_passkey_registration(response, &state) {
+        let passkey = match self.rp()?.finish_passkey_registration(response, &state) {
             Ok(passkey) => passkey,
             Err(err) => {
                 let refusal = Refusal::Verification(format!("{err:?}"));
@@ -421,7 +432,7 @@ impl Passkeys {
                     return Err(PasskeyError::NoPasskeys);
                 }
                 let (options, state) = self
-                    .webauthn
+                    .rp()?
                     .start_passkey_authentication(&passkeys)
                     .map_err(PasskeyError::Webauthn)?;
                 let ceremony = self
@@ -440,7 +451,7 @@ impl Passkeys {
                     return Err(PasskeyError::PasswordlessDisabled);
                 }
                 let (options, state) = self
-                    .webauthn
+                    .rp()?
                     .start_discoverable_authentication()
                     .map_err(PasskeyError::Webauthn)?;
                 let ceremony = self
@@ -551,7 +562,7 @@ impl Passkeys {
         let result = match kind {
             CeremonyKind::Passwordless => {
                 let state: DiscoverableAuthentication = from_json(&row.state)?;
-                self.webauthn.finish_discoverable_authentication(
+                self.rp()?.finish_discoverable_authentication(
                     response,
                     state,
                     &[DiscoverableKey::from(&passkey)],
@@ -559,8 +570,7 @@ impl Passkeys {
             }
             _ => {
                 let state: PasskeyAuthentication = from_json(&row.state)?;
-                self.webauthn
-                    .finish_passkey_authentication(response, &state)
+                self.rp()?.finish_passkey_authentication(response, &state)
             }
         };
         let result = match result {
@@ -605,8 +615,7 @@ impl Passkeys {
         self.record(&who, kind::PASSKEY_AUTHENTICATED, who.target, details, now)
             .await;
         Ok(Verified {
-            user_id: owner.id,
-            username: owner.username,
+            user: owner,
             passkey_id: stored.id,
         })
     }
@@ -695,6 +704,18 @@ impl Passkeys {
             .purge_expired_ceremonies(now.timestamp_millis())
             .await?)
     }
+}
+
+/// The WebAuthn relying party of a base URL.
+fn relying_party(base_url: &str) -> Result<Webauthn, String> {
+    let origin = Url::parse(base_url).map_err(|e| e.to_string())?;
+    let rp_id = origin
+        .host_str()
+        .ok_or("the base URL has no host")?
+        .to_string();
+    WebauthnBuilder::new(&rp_id, &origin)
+        .and_then(|b| b.rp_name("idbridge").build())
+        .map_err(|e| format!("{rp_id:?} cannot be a WebAuthn relying party ID: {e}"))
 }
 
 /// Who a ceremony is about, for its events.

@@ -108,6 +108,8 @@ pub enum Form {
     Sso,
     /// The admin console.
     Admin,
+    /// The second-factor code of a sign-in (keyed by the user who passed the password).
+    SecondFactor,
 }
 
 impl Form {
@@ -115,6 +117,7 @@ impl Form {
         match self {
             Form::Sso => "sso",
             Form::Admin => "admin",
+            Form::SecondFactor => "mfa",
         }
     }
 
@@ -122,6 +125,7 @@ impl Form {
         match self {
             Form::Sso => kind::SIGN_IN_THROTTLED,
             Form::Admin => kind::ADMIN_LOGIN_THROTTLED,
+            Form::SecondFactor => kind::MFA_THROTTLED,
         }
     }
 }
@@ -171,6 +175,24 @@ impl SignInThrottle {
                 address_max_failures: s.address_max_failures,
                 window: Duration::seconds(
                     i64::try_from(s.window_seconds).unwrap_or(i64::MAX / 2_000),
+                ),
+                lock: Duration::seconds(i64::try_from(s.lock_seconds).unwrap_or(i64::MAX / 2_000)),
+            },
+        )
+    }
+
+    /// The second-factor throttle: `[mfa] max_failures` wrong codes per user, the address
+    /// limit and the lock of `[sign_in]`.
+    pub fn second_factor(store: Store, config: &Config) -> Self {
+        let s = &config.sign_in;
+        Self::new(
+            store,
+            Form::SecondFactor,
+            Limits {
+                account_max_failures: config.mfa.max_failures,
+                address_max_failures: s.address_max_failures,
+                window: Duration::seconds(
+                    i64::try_from(s.lock_seconds).unwrap_or(i64::MAX / 2_000),
                 ),
                 lock: Duration::seconds(i64::try_from(s.lock_seconds).unwrap_or(i64::MAX / 2_000)),
             },

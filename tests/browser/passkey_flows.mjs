@@ -159,7 +159,8 @@ run('passkey_flows', async (page, step) => {
     }, { pending, ...options });
   }
 
-  const pendingOnPage = () => page.locator('input[name=pending]').first().inputValue();
+  /** The parked sign-in's token, as the passkey button on the page carries it. */
+  const pendingOnPage = () => page.locator('[data-passkey-sign-in]').first().getAttribute('data-pending');
 
   await step('alice signs in with her password through Microsoft 365 (no factor yet)', async () => {
     const index = await arriveFromMicrosoft();

@@ -303,7 +303,7 @@ async fn run_passkey_script(app: &TestApp, requests: &[String], out: &Path, part
 }
 
 /// Which parts of the script run: `all` needs the sign-in steps of the MFA flow.
-const PART: &str = "register";
+const PART: &str = "all";
 
 #[tokio::test]
 async fn passkeys_in_chromium_register_sign_in_and_refuse() {
@@ -395,4 +395,27 @@ async fn passkeys_in_chromium_register_sign_in_and_refuse() {
     assert!(!app.events("passkey_delete").await.is_empty());
     assert!(app.store.list_passkeys(&alice.id).await.unwrap().is_empty());
     assert_eq!(app.store.list_passkeys(&bob.id).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_ip_address_base_url_starts_without_passkeys() {
+    // The default base URL (http://127.0.0.1:…) cannot be a WebAuthn relying party.
+    let app = TestApp::spawn_with(PASSWORDLESS).await;
+    assert!(!app.state().passkeys.available());
+    assert!(
+        !app.state().passkeys.passwordless(),
+        "no passkey button then"
+    );
+    let alice = app
+        .create_user("alice", "alice@contoso.com", PASSWORD)
+        .await;
+    let result = app
+        .state()
+        .passkeys
+        .start_registration(&alice, Utc::now())
+        .await;
+    assert!(
+        matches!(result, Err(PasskeyError::Unavailable)),
+        "{result:?}"
+    );
 }
