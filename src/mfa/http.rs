@@ -4,6 +4,10 @@
 //!
 //! Handlers are thin: they check the session or the parked sign-in, call
 //! [`crate::mfa::passkey::Passkeys`], and answer JSON.
+//!
+//! There is no guessing throttle here (unlike the password and code forms): an assertion is a
+//! signature by a private key that never leaves the authenticator, over a fresh challenge that
+//! idbridge issued for this browser's sign-in; every failed one is refused and recorded.
 
 use std::net::SocketAddr;
 
@@ -306,13 +310,13 @@ async fn same_origin(
     addr: &SocketAddr,
 ) -> Result<(), ApiError> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let ours = state.config.base_url.as_str();
+    let ours = state.passkeys.origin();
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    let reason = if origin != Some(ours) {
+    let reason = if ours.is_empty() || origin != Some(ours) {
         "cross_origin"
     } else if !json {
         "not_json"

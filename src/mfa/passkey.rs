@@ -224,6 +224,8 @@ pub struct Verified {
 pub struct Passkeys {
     /// `None` when the base URL cannot be a WebAuthn relying party.
     webauthn: Option<Webauthn>,
+    /// `base_url`'s origin (scheme, host, port), what browsers send as `Origin`.
+    origin: String,
     store: Store,
     directory: Directory,
     passwordless: bool,
@@ -245,8 +247,12 @@ impl Passkeys {
                 "passkeys are off: set base_url to the https address (a host name) users reach idbridge at"
             );
         }
+        let origin = Url::parse(&config.base_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
         Self {
             passwordless: config.mfa.passwordless && webauthn.is_ok(),
+            origin,
             webauthn: webauthn.ok(),
             store,
             directory,
@@ -256,6 +262,11 @@ impl Passkeys {
     /// The relying party, or why passkeys cannot work at this base URL.
     fn rp(&self) -> Result<&Webauthn, PasskeyError> {
         self.webauthn.as_ref().ok_or(PasskeyError::Unavailable)
+    }
+
+    /// The origin of idbridge's pages (`https://host[:port]`).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Whether passkeys can be used at all (see [`Passkeys::new`]).
@@ -529,7 +540,7 @@ impl Passkeys {
             .is_none_or(|h| h == owner_handle.as_bytes().as_slice());
         let owner = self.directory.get_user(&stored.user_id).await?;
         let wrong_user = match sign_in.user_id() {
-            Some(expected) => expected != stored.user_id || !handle_names_owner,
+            Some(expected_id) => expected_id != stored.user_id || !handle_names_owner,
             // A discoverable credential must carry its user handle (WebAuthn §7.2 step 6).
             None => handle.is_none() || !handle_names_owner,
         };
