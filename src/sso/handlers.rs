@@ -243,6 +243,16 @@ async fn show_login(
     Ok((jar, render(status, &page)).into_response())
 }
 
+/// The sign-in page for the user portal: a parked portal sign-in that goes through the same
+/// steps as a SAML one (password, password change, second factor) and ends at `/`.
+pub async fn portal_sign_in(state: &AppState, jar: CookieJar) -> Response {
+    let request = state.idp.portal_request(None);
+    match show_login(state, jar, &request, None, StatusCode::OK, None).await {
+        Ok(page) => page,
+        Err(err) => internal(err).into_response(),
+    }
+}
+
 /// The browser's login cookie (made if missing) and its value.
 fn browser_cookie(state: &AppState, jar: CookieJar) -> (CookieJar, String) {
     let browser = jar
@@ -339,6 +349,10 @@ async fn proceed(
                 state.config.is_https(),
                 true,
             ));
+            if request.is_portal() {
+                // No assertion for the portal: the session is what the user signed in for.
+                return (jar, axum::response::Redirect::to("/")).into_response();
+            }
             match state
                 .idp
                 .answer(request, &session, &user, ip.clone(), now)
