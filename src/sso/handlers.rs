@@ -243,13 +243,24 @@ async fn show_login(
     Ok((jar, render(status, &page)).into_response())
 }
 
-/// The sign-in page for the user portal: a parked portal sign-in that goes through the same
-/// steps as a SAML one (password, password change, second factor) and ends at `/`.
-pub async fn portal_sign_in(state: &AppState, jar: CookieJar) -> Response {
-    let request = state.idp.portal_request(None);
-    match show_login(state, jar, &request, None, StatusCode::OK, None).await {
-        Ok(page) => page,
-        Err(err) => internal(err).into_response(),
+/// Goes on with a portal sign-in whose password passed on the portal's own form: the same
+/// steps as a SAML sign-in (a new password when expired or required, a second factor or its
+/// enrolment) on a parked sign-in whose target is the portal, ending in a session and `/`.
+pub async fn portal_steps(
+    state: &AppState,
+    jar: CookieJar,
+    user: &crate::directory::User,
+    ip: Option<String>,
+    now: chrono::DateTime<Utc>,
+) -> Response {
+    let (jar, browser) = browser_cookie(state, jar);
+    let request = IncomingRequest {
+        first_factor: Some((user.id.clone(), now.timestamp_millis())),
+        ..state.idp.portal_request(Some(user.username.clone()))
+    };
+    match state.idp.park(&request, &browser, now).await {
+        Ok(pending) => proceed(state, jar, &pending, &request, ip, now, None).await,
+        Err(err) => (jar, internal(err)).into_response(),
     }
 }
 
