@@ -1003,7 +1003,8 @@ impl IdentityProvider {
         }
     }
 
-    async fn record_mfa_failure(
+    /// Records a wrong second-factor code or enrolment confirmation (a security event).
+    pub async fn record_mfa_failure(
         &self,
         user: &User,
         reason: &str,
