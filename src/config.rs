@@ -103,7 +103,7 @@ impl Default for SignInConfig {
 }
 
 /// Who must pass a second factor at sign-in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MfaPolicy {
     /// Users who enrolled a factor are asked for it; nobody must enrol.

@@ -511,3 +511,115 @@ async fn an_admin_can_require_a_password_change_and_reset_factors_from_the_cli()
     assert!(out.contains("alice"), "{out}");
     assert_eq!(app.events("mfa_requirement_set").await.len(), 1);
 }
+
+#[tokio::test]
+async fn the_api_shows_requires_and_resets_a_user_s_second_factors() {
+    use crate::support::console::{api_client, api_key};
+    use idbridge::directory::AdminRole;
+    let config = format!("{}\n[mfa]\npolicy = \"chosen\"\n", issuer_config());
+    let app = TestApp::spawn_with(&config).await;
+    let user = app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    app.bind(&user, IMMUTABLE_ID, UPN).await;
+    let api = api_client(&api_key(&app, "ci", AdminRole::Admin).await);
+    let url = app.url(&format!("/api/v1/users/{USERNAME}/mfa"));
+    let status: serde_json::Value = api.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["policy"], "chosen");
+    assert_eq!(status["required"], false);
+    assert_eq!(status["totp"], false);
+
+    let r = api
+        .put(format!("{url}/required"))
+        .json(&serde_json::json!({"required": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status["chosen"], true);
+    assert_eq!(status["required"], true);
+
+    // Chosen: the next sign-in enrols before any assertion.
+    let browser = app.browser();
+    let page = sign_in(
+        &browser,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        USERNAME,
+    )
+    .await;
+    assert!(
+        page.body.contains("Set up an authenticator app"),
+        "{}",
+        page.body
+    );
+    assert!(!page.has_saml_response());
+
+    enrol_totp(&app, &user).await;
+    let status: serde_json::Value = api.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["totp"], true);
+    let r = api.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let status: serde_json::Value = api.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["totp"], false);
+    let reset = app.events("mfa_reset").await;
+    assert_eq!(reset.len(), 1);
+    assert_eq!(reset[0].actor, "apikey:ci");
+
+    let r = api
+        .post(app.url(&format!("/api/v1/users/{USERNAME}/require-password-change")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.events("user_password_change_required").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_console_resets_factors_and_requires_a_new_password() {
+    use crate::support::console::admin_browser;
+    use idbridge::directory::AdminRole;
+    let config = format!("{}\n[mfa]\npolicy = \"chosen\"\n", issuer_config());
+    let app = TestApp::spawn_with(&config).await;
+    let user = app.create_user(USERNAME, EMAIL, PASSWORD).await;
+    enrol_totp(&app, &user).await;
+    let admin = admin_browser(&app, "root", AdminRole::Admin).await;
+    let page_path = format!("/admin/users/{}", user.id);
+    let (status, page) = admin.get(&app, &page_path).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("authenticator app"), "{page}");
+    assert!(page.contains("id=\"mfa-reset-form\""), "{page}");
+
+    for path in ["mfa/reset", "mfa/required", "require-password-change"] {
+        let r = admin
+            .post(
+                &app,
+                &format!("{page_path}/{path}"),
+                &[("required", "true")][..usize::from(path == "mfa/required")],
+            )
+            .await;
+        assert_eq!(r.status(), 303, "{path}");
+    }
+    let (_, page) = admin.get(&app, &page_path).await;
+    assert!(
+        page.contains("Second factors: <strong>none</strong>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("The MFA policy requires one of alice"),
+        "{page}"
+    );
+    assert!(page.contains("id=\"must-change\""), "{page}");
+    assert_eq!(app.events("mfa_reset").await[0].actor, "admin:root");
+
+    // A form without the session's CSRF token changes nothing.
+    let r = admin
+        .client
+        .post(app.url(&format!("{page_path}/mfa/required")))
+        .form(&[("required", "false")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert_eq!(app.events("mfa_requirement_set").await.len(), 1);
+}
