@@ -108,7 +108,7 @@ struct ManagePage<'a> {
 }
 
 async fn manage_page(State(state): State<AppState>, jar: CookieJar) -> Result<Response, AppError> {
-    let Some(user) = session_user(&state, &jar, Utc::now())
+    let Some((user, _)) = session_user(&state, &jar, Utc::now())
         .await
         .map_err(|e| AppError::Internal(e.message))?
     else {
@@ -130,7 +130,7 @@ async fn manage_page(State(state): State<AppState>, jar: CookieJar) -> Result<Re
 }
 
 async fn list(State(state): State<AppState>, jar: CookieJar) -> Result<Response, ApiError> {
-    let user = signed_in(&state, &jar, Utc::now()).await?;
+    let (user, _) = signed_in(&state, &jar, Utc::now()).await?;
     let passkeys = state.passkeys.list(&user.id).await.map_err(api_error)?;
     Ok(Json(json!({ "passkeys": passkeys })).into_response())
 }
@@ -143,10 +143,10 @@ async fn register_start(
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
     same_origin(&state, &headers, "/mfa/passkeys/register/start", &addr).await?;
-    let user = signed_in(&state, &jar, now).await?;
+    let (user, session_passed_mfa) = signed_in(&state, &jar, now).await?;
     let challenge = state
         .passkeys
-        .start_registration(&user, now)
+        .start_registration(&user, session_passed_mfa, now)
         .await
         .map_err(api_error)?;
     Ok(Json(json!({"ceremony": challenge.ceremony, "options": challenge.options})).into_response())
@@ -169,7 +169,7 @@ async fn register_finish(
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
     same_origin(&state, &headers, "/mfa/passkeys/register/finish", &addr).await?;
-    let user = signed_in(&state, &jar, now).await?;
+    let (user, _) = signed_in(&state, &jar, now).await?;
     let body: RegisterFinish = parse(&body)?;
     let passkey = state
         .passkeys
@@ -195,7 +195,7 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
     same_origin(&state, &headers, "/mfa/passkeys/delete", &addr).await?;
-    let user = signed_in(&state, &jar, now).await?;
+    let (user, _) = signed_in(&state, &jar, now).await?;
     let removed = state
         .passkeys
         .remove(&user, &id, Some(addr.ip().to_string()), now)
@@ -337,12 +337,13 @@ async fn same_origin(
     ))
 }
 
-/// The user of the browser's live SSO session, if any.
+/// The user of the browser's live SSO session, if any, and whether that session passed a
+/// second factor.
 async fn session_user(
     state: &AppState,
     jar: &CookieJar,
     now: DateTime<Utc>,
-) -> Result<Option<User>, ApiError> {
+) -> Result<Option<(User, bool)>, ApiError> {
     let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
         return Ok(None);
     };
@@ -351,14 +352,14 @@ async fn session_user(
         .session_user(&token, now)
         .await
         .map_err(ApiError::internal)?;
-    Ok(cached.map(|entry| entry.1.clone()))
+    Ok(cached.map(|entry| (entry.1.clone(), entry.0.mfa_at.is_some())))
 }
 
 async fn signed_in(
     state: &AppState,
     jar: &CookieJar,
     now: DateTime<Utc>,
-) -> Result<User, ApiError> {
+) -> Result<(User, bool), ApiError> {
     session_user(state, jar, now)
         .await?
         .ok_or_else(|| ApiError {
@@ -384,6 +385,12 @@ fn api_error(err: PasskeyError) -> ApiError {
             field: None,
         },
         PasskeyError::BadLabel => ApiError::validation("label", err.to_string()),
+        PasskeyError::SecondFactorFirst => ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "second_factor_needed",
+            message: err.to_string(),
+            field: None,
+        },
         PasskeyError::PasswordlessDisabled
         | PasskeyError::NoPasskeys
         | PasskeyError::Unavailable => ApiError {

@@ -152,6 +152,9 @@ pub enum PasskeyError {
     /// A ceremony refused for a security reason (already recorded as an event).
     #[error("passkey refused: {}", .0.code())]
     Refused(Refusal),
+    /// The user has a second factor but the session did not pass one.
+    #[error("sign out and sign in again with your second factor, then add the passkey")]
+    SecondFactorFirst,
     /// The label is empty or too long.
     #[error("give the passkey a name of 1 to {LABEL_MAX_CHARS} characters")]
     BadLabel,
@@ -297,11 +300,23 @@ impl Passkeys {
 
     /// Starts adding a passkey to `user`; the user's existing credentials are excluded, so an
     /// authenticator is not registered twice.
+    ///
+    /// A user who has a second factor adds another only from a session that passed one
+    /// (`session_passed_mfa`): otherwise a stolen password, or a session left open, would be
+    /// enough to plant a passkey and skip the second factor from then on.
     pub async fn start_registration(
         &self,
         user: &User,
+        session_passed_mfa: bool,
         now: DateTime<Utc>,
     ) -> Result<Challenge, PasskeyError> {
+        let rp = self.rp()?;
+        if !session_passed_mfa {
+            let factors = self.store.factor_counts(&user.id).await?;
+            if factors.totp || factors.passkeys > 0 {
+                return Err(PasskeyError::SecondFactorFirst);
+            }
+        }
         let handle = user_handle(&user.id)?;
         let existing = self.stored(&user.id).await?;
         let exclude = existing.iter().map(|(_, p)| p.cred_id().clone()).collect();
@@ -311,8 +326,7 @@ impl Passkeys {
         } else {
             display.trim().to_string()
         };
-        let (options, state) = self
-            .rp()?
+        let (options, state) = rp
             .start_passkey_registration(handle, &user.email, &display, Some(exclude))
             .map_err(PasskeyError::Webauthn)?;
         let mut options = to_json(&options)?;

@@ -393,7 +393,15 @@ async fn passkeys_in_chromium_register_sign_in_and_refuse() {
         "{clone:?}"
     );
     assert!(!app.events("passkey_delete").await.is_empty());
-    assert!(app.store.list_passkeys(&alice.id).await.unwrap().is_empty());
+    let left: Vec<String> = app
+        .store
+        .list_passkeys(&alice.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.label)
+        .collect();
+    assert_eq!(left, ["Phone"]);
     assert_eq!(app.store.list_passkeys(&bob.id).await.unwrap().len(), 1);
 }
 
@@ -412,10 +420,45 @@ async fn an_ip_address_base_url_starts_without_passkeys() {
     let result = app
         .state()
         .passkeys
-        .start_registration(&alice, Utc::now())
+        .start_registration(&alice, false, Utc::now())
         .await;
     assert!(
         matches!(result, Err(PasskeyError::Unavailable)),
         "{result:?}"
     );
+}
+
+#[tokio::test]
+async fn a_user_with_a_second_factor_adds_a_passkey_only_from_a_session_that_passed_one() {
+    let app = TestApp::spawn_localhost("").await;
+    let alice = app
+        .create_user("alice", "alice@contoso.com", PASSWORD)
+        .await;
+    let passkeys = &app.state().passkeys;
+    // No factor yet: a password-only session may add the first one.
+    let first = passkeys.start_registration(&alice, false, Utc::now()).await;
+    assert!(first.is_ok(), "{first:?}");
+    let row = idbridge::store::PasskeyRow {
+        id: idbridge::directory::new_record_id(),
+        user_id: alice.id.clone(),
+        credential_id: "AAAA".into(),
+        label: "Work laptop".into(),
+        credential: "{}".into(),
+        created_at: Utc::now().timestamp_millis(),
+        last_used_at: None,
+    };
+    let event = idbridge::events::NewEvent::new(
+        Utc::now(),
+        &idbridge::events::Actor::System,
+        "passkey_register",
+        Some("alice"),
+    );
+    app.store.insert_passkey(&row, &event).await.unwrap();
+    let result = passkeys.start_registration(&alice, false, Utc::now()).await;
+    assert!(
+        matches!(result, Err(PasskeyError::SecondFactorFirst)),
+        "{result:?}"
+    );
+    // A session that passed a second factor may: the browser test adds Alice's second passkey
+    // after a sign-in with her first.
 }
