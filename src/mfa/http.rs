@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
-use super::passkey::{PasskeyError, PasskeySummary, SignIn, Verified};
+use super::passkey::{AddedBy, PasskeyError, PasskeySummary, RegistrationAnswer, SignIn, Verified};
 use super::FactorKind;
 use crate::directory::User;
 use crate::events::{kind, Actor};
@@ -135,18 +135,32 @@ async fn list(State(state): State<AppState>, jar: CookieJar) -> Result<Response,
     Ok(Json(json!({ "passkeys": passkeys })).into_response())
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterStart {
+    /// A parked sign-in at its enrolment step; without it, the session's user.
+    #[serde(default)]
+    pending: Option<String>,
+}
+
 async fn register_start(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     jar: CookieJar,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
     same_origin(&state, &headers, "/mfa/passkeys/register/start", &addr).await?;
-    let (user, session_passed_mfa) = signed_in(&state, &jar, now).await?;
+    let body: RegisterStart = if body.is_empty() {
+        RegisterStart::default()
+    } else {
+        parse(&body)?
+    };
+    let (user, by) = registrant(&state, &jar, body.pending.as_deref(), now).await?;
     let challenge = state
         .passkeys
-        .start_registration(&user, session_passed_mfa, now)
+        .start_registration(&user, by, now)
         .await
         .map_err(api_error)?;
     Ok(Json(json!({"ceremony": challenge.ceremony, "options": challenge.options})).into_response())
@@ -155,6 +169,8 @@ async fn register_start(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegisterFinish {
+    #[serde(default)]
+    pending: Option<String>,
     ceremony: String,
     label: String,
     credential: RegisterPublicKeyCredential,
@@ -168,22 +184,79 @@ async fn register_finish(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
+    let ip = Some(addr.ip().to_string());
     same_origin(&state, &headers, "/mfa/passkeys/register/finish", &addr).await?;
-    let (user, _) = signed_in(&state, &jar, now).await?;
     let body: RegisterFinish = parse(&body)?;
+    let (user, by) = registrant(&state, &jar, body.pending.as_deref(), now).await?;
     let passkey = state
         .passkeys
         .finish_registration(
             &user,
-            &body.ceremony,
-            &body.label,
-            &body.credential,
-            Some(addr.ip().to_string()),
+            by,
+            RegistrationAnswer {
+                ceremony: &body.ceremony,
+                label: &body.label,
+                response: &body.credential,
+            },
+            ip.clone(),
             now,
         )
         .await
         .map_err(api_error)?;
-    Ok((StatusCode::CREATED, Json(json!({ "passkey": passkey }))).into_response())
+    let Some(pending) = body.pending.as_deref() else {
+        return Ok((StatusCode::CREATED, Json(json!({ "passkey": passkey }))).into_response());
+    };
+    // Enrolled during a sign-in: the new passkey (user-verified when it was made) is the
+    // second factor of this sign-in, which goes on.
+    let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
+    let verified = Verified {
+        user,
+        passkey_id: passkey.id.clone(),
+    };
+    factor_passed(
+        &state,
+        pending,
+        browser.as_deref(),
+        &verified,
+        false,
+        ip,
+        now,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"passkey": passkey, "next": CONTINUE_PATH})),
+    )
+        .into_response())
+}
+
+/// Who is adding a passkey: the session's user, or the user of a parked sign-in from this
+/// browser whose password passed (its enrolment step).
+async fn registrant<'a>(
+    state: &AppState,
+    jar: &CookieJar,
+    pending: Option<&'a str>,
+    now: DateTime<Utc>,
+) -> Result<(User, AddedBy<'a>), ApiError> {
+    let Some(pending) = pending else {
+        let (user, passed_mfa) = signed_in(state, jar, now).await?;
+        return Ok((user, AddedBy::Session { passed_mfa }));
+    };
+    let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
+    let Some(user_id) = pending_user(state, pending, browser.as_deref(), now).await? else {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "sign_in_expired",
+            message: "type your password first".into(),
+            field: None,
+        });
+    };
+    let user = state
+        .directory
+        .get_user(&user_id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((user, AddedBy::SignIn { pending }))
 }
 
 async fn delete(

@@ -85,6 +85,35 @@ impl SignIn<'_> {
     }
 }
 
+/// The browser's answer to a registration ceremony.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistrationAnswer<'a> {
+    /// The ceremony's token from [`Passkeys::start_registration`].
+    pub ceremony: &'a str,
+    /// The name the user gave the passkey.
+    pub label: &'a str,
+    /// What `navigator.credentials.create()` returned.
+    pub response: &'a RegisterPublicKeyCredential,
+}
+
+/// Where a passkey is being added.
+#[derive(Debug, Clone, Copy)]
+pub enum AddedBy<'a> {
+    /// A signed-in user's session; `passed_mfa` when the session passed a second factor.
+    Session { passed_mfa: bool },
+    /// The enrolment step of a parked sign-in (its pending token) whose password passed.
+    SignIn { pending: &'a str },
+}
+
+impl AddedBy<'_> {
+    fn pending(&self) -> Option<&str> {
+        match self {
+            AddedBy::Session { .. } => None,
+            AddedBy::SignIn { pending } => Some(pending),
+        }
+    }
+}
+
 /// Why a passkey ceremony was refused; each is recorded as an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -152,7 +181,8 @@ pub enum PasskeyError {
     /// A ceremony refused for a security reason (already recorded as an event).
     #[error("passkey refused: {}", .0.code())]
     Refused(Refusal),
-    /// The user has a second factor but the session did not pass one.
+    /// The user has a second factor but the session did not pass one (or, during a sign-in,
+    /// the user is past enrolment).
     #[error("sign out and sign in again with your second factor, then add the passkey")]
     SecondFactorFirst,
     /// The label is empty or too long.
@@ -301,19 +331,20 @@ impl Passkeys {
     /// Starts adding a passkey to `user`; the user's existing credentials are excluded, so an
     /// authenticator is not registered twice.
     ///
-    /// A user who has a second factor adds another only from a session that passed one
-    /// (`session_passed_mfa`): otherwise a stolen password, or a session left open, would be
-    /// enough to plant a passkey and skip the second factor from then on.
+    /// A user who has a second factor adds another only from a session that passed one:
+    /// otherwise a stolen password, or a session left open, would be enough to plant a passkey
+    /// and skip the second factor from then on. During a sign-in (`AddedBy::SignIn`) a passkey
+    /// is the enrolment of a user who has no factor yet.
     pub async fn start_registration(
         &self,
         user: &User,
-        session_passed_mfa: bool,
+        by: AddedBy<'_>,
         now: DateTime<Utc>,
     ) -> Result<Challenge, PasskeyError> {
         let rp = self.rp()?;
-        if !session_passed_mfa {
+        if !matches!(by, AddedBy::Session { passed_mfa: true }) {
             let factors = self.store.factor_counts(&user.id).await?;
-            if factors.totp || factors.passkeys > 0 {
+            if factors.totp || factors.passkeys > 0 || factors.recovery_codes > 0 {
                 return Err(PasskeyError::SecondFactorFirst);
             }
         }
@@ -341,23 +372,34 @@ impl Passkeys {
                 selection.insert("requireResidentKey".into(), json!(true));
             }
         }
+        let pending_hash = by.pending().map(token_hash);
         let ceremony = self
-            .begin(CeremonyKind::Register, Some(&user.id), None, &state, now)
+            .begin(
+                CeremonyKind::Register,
+                Some(&user.id),
+                pending_hash.as_deref(),
+                &state,
+                now,
+            )
             .await?;
         Ok(Challenge { ceremony, options })
     }
 
     /// Finishes adding a passkey: checks the authenticator's answer against the ceremony and
-    /// stores the credential under `label`.
+    /// stores the credential under its label.
     pub async fn finish_registration(
         &self,
         user: &User,
-        ceremony: &str,
-        label: &str,
-        response: &RegisterPublicKeyCredential,
+        by: AddedBy<'_>,
+        answer: RegistrationAnswer<'_>,
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<PasskeySummary, PasskeyError> {
+        let RegistrationAnswer {
+            ceremony,
+            label,
+            response,
+        } = answer;
         let label = label.trim();
         if label.is_empty() || label.chars().count() > LABEL_MAX_CHARS {
             return Err(PasskeyError::BadLabel);
@@ -372,6 +414,7 @@ impl Passkeys {
         let row = self.take(ceremony, &who, now).await?;
         if row.kind != CeremonyKind::Register.as_str()
             || row.user_id.as_deref() != Some(user.id.as_str())
+            || row.pending_hash != by.pending().map(token_hash)
         {
             return Err(self.refuse(&who, Refusal::CeremonyMismatch, now).await);
         }

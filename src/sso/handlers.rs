@@ -80,6 +80,8 @@ struct EnrolPage<'a> {
     qr_data_url: &'a str,
     secret: &'a str,
     error: Option<&'a str>,
+    /// Offer a passkey instead of the app (passkeys work at this base URL).
+    passkeys: bool,
 }
 
 #[derive(Template)]
@@ -343,6 +345,7 @@ async fn proceed(
                 qr_data_url: &enrolment.qr_data_url,
                 secret: &enrolment.secret_base32,
                 error,
+                passkeys: state.passkeys.available(),
             };
             (jar, render(status, &page)).into_response()
         }

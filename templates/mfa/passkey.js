@@ -98,28 +98,8 @@
     return (err && err.message) || 'The passkey did not work. Try again.';
   }
 
-  async function register(form) {
-    const label = form.querySelector('input[name=label]').value.trim();
-    if (!label) {
-      say(form, 'Give the passkey a name first, such as "Work laptop".', true);
-      return;
-    }
-    say(form, 'Follow your browser\'s prompt…', false);
-    const { ceremony, options } = await post('/mfa/passkeys/register/start', {});
-    const credential = await navigator.credentials.create(creationOptions(options));
-    await post('/mfa/passkeys/register/finish', { ceremony, label, credential: registrationJSON(credential) });
-    window.location.reload();
-  }
-
-  async function signIn(button) {
-    const pending = button.dataset.pending;
-    say(document, 'Follow your browser\'s prompt…', false);
-    const { ceremony, options } = await post('/mfa/passkeys/authenticate/start', { pending });
-    const credential = await navigator.credentials.get(requestOptions(options));
-    const { next } = await post('/mfa/passkeys/authenticate/finish', {
-      pending, ceremony, credential: assertionJSON(credential),
-    });
-    // The sign-in continues where a form would have taken it: the next step of the flow.
+  // The sign-in goes on where a form would have taken it: the next step of the flow.
+  function continueSignIn(next, pending) {
     const form = document.createElement('form');
     form.method = 'post';
     form.action = next;
@@ -130,6 +110,39 @@
     form.appendChild(field);
     document.body.appendChild(form);
     form.submit();
+  }
+
+  // Adds a passkey: for the signed-in user, or (with data-pending) as the enrolment step of a
+  // sign-in, which then goes on.
+  async function register(form) {
+    const label = form.querySelector('input[name=label]').value.trim();
+    if (!label) {
+      say(form, 'Give the passkey a name first, such as "Work laptop".', true);
+      return;
+    }
+    const pending = form.dataset.pending || undefined;
+    say(form, 'Follow your browser\'s prompt…', false);
+    const { ceremony, options } = await post('/mfa/passkeys/register/start', { pending });
+    const credential = await navigator.credentials.create(creationOptions(options));
+    const { next } = await post('/mfa/passkeys/register/finish', {
+      pending, ceremony, label, credential: registrationJSON(credential),
+    });
+    if (next && pending) {
+      continueSignIn(next, pending);
+    } else {
+      window.location.reload();
+    }
+  }
+
+  async function signIn(button) {
+    const pending = button.dataset.pending;
+    say(document, 'Follow your browser\'s prompt…', false);
+    const { ceremony, options } = await post('/mfa/passkeys/authenticate/start', { pending });
+    const credential = await navigator.credentials.get(requestOptions(options));
+    const { next } = await post('/mfa/passkeys/authenticate/finish', {
+      pending, ceremony, credential: assertionJSON(credential),
+    });
+    continueSignIn(next, pending);
   }
 
   async function remove(button) {

@@ -162,6 +162,27 @@ run('passkey_flows', async (page, step) => {
   /** The parked sign-in's token, as the passkey button on the page carries it. */
   const pendingOnPage = () => page.locator('[data-passkey-sign-in]').first().getAttribute('data-pending');
 
+  if (part === 'enrol') {
+    await step('a user who must enrol adds a passkey instead of an app, and the sign-in goes on', async () => {
+      const index = await arriveFromMicrosoft();
+      await typePassword(alice);
+      await page.getByRole('button', { name: 'Use a passkey instead' }).waitFor();
+      await shoot(page, 'enrol');
+      await page.getByLabel('Name of the new passkey').fill('Work laptop');
+      await page.getByRole('button', { name: 'Use a passkey instead' }).click();
+      await landedAtMicrosoft('enrolled', index);
+    });
+    await step('her next sign-in asks for the passkey', async () => {
+      await page.context().clearCookies({ name: 'idbridge_session' });
+      const index = await arriveFromMicrosoft();
+      await typePassword(alice);
+      await page.getByRole('button', { name: 'Sign in with a passkey' }).click();
+      await landedAtMicrosoft('second_factor', index);
+    });
+    save();
+    return;
+  }
+
   await step('alice signs in with her password through Microsoft 365 (no factor yet)', async () => {
     const index = await arriveFromMicrosoft();
     await typePassword(alice);

@@ -10,7 +10,7 @@ use std::time::{Duration as StdDuration, Instant};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use chrono::{Duration, Utc};
-use idbridge::mfa::passkey::{PasskeyError, Refusal, SignIn};
+use idbridge::mfa::passkey::{AddedBy, PasskeyError, Refusal, SignIn};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -420,7 +420,7 @@ async fn an_ip_address_base_url_starts_without_passkeys() {
     let result = app
         .state()
         .passkeys
-        .start_registration(&alice, false, Utc::now())
+        .start_registration(&alice, AddedBy::Session { passed_mfa: false }, Utc::now())
         .await;
     assert!(
         matches!(result, Err(PasskeyError::Unavailable)),
@@ -436,7 +436,9 @@ async fn a_user_with_a_second_factor_adds_a_passkey_only_from_a_session_that_pas
         .await;
     let passkeys = &app.state().passkeys;
     // No factor yet: a password-only session may add the first one.
-    let first = passkeys.start_registration(&alice, false, Utc::now()).await;
+    let first = passkeys
+        .start_registration(&alice, AddedBy::Session { passed_mfa: false }, Utc::now())
+        .await;
     assert!(first.is_ok(), "{first:?}");
     let row = idbridge::store::PasskeyRow {
         id: idbridge::directory::new_record_id(),
@@ -454,11 +456,58 @@ async fn a_user_with_a_second_factor_adds_a_passkey_only_from_a_session_that_pas
         Some("alice"),
     );
     app.store.insert_passkey(&row, &event).await.unwrap();
-    let result = passkeys.start_registration(&alice, false, Utc::now()).await;
+    let result = passkeys
+        .start_registration(&alice, AddedBy::Session { passed_mfa: false }, Utc::now())
+        .await;
     assert!(
         matches!(result, Err(PasskeyError::SecondFactorFirst)),
         "{result:?}"
     );
     // A session that passed a second factor may: the browser test adds Alice's second passkey
     // after a sign-in with her first.
+}
+
+#[tokio::test]
+async fn a_user_who_must_enrol_can_enrol_a_passkey_at_sign_in_in_chromium() {
+    let app = TestApp::spawn_localhost("[mfa]\npolicy = \"required\"\n").await;
+    let alice = app
+        .create_user("alice", "alice@contoso.com", PASSWORD)
+        .await;
+    app.bind(&alice, "YWxpY2UtaW1tdXRhYmxl", "alice@contoso.com")
+        .await;
+    let (ids, requests): (Vec<String>, Vec<String>) = (0..3).map(|_| m365_authn_request()).unzip();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("passkeys.json");
+
+    run_passkey_script(&app, &requests, &out, "enrol").await;
+
+    let result: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let captured = result["captured"].as_array().unwrap();
+    assert_eq!(captured.len(), 2, "{result}");
+    for capture in captured {
+        let index = capture["requestIndex"].as_u64().unwrap() as usize;
+        let (base_url, request_id) = (app.base_url.clone(), ids[index].clone());
+        let response = capture["samlResponse"].as_str().unwrap().to_string();
+        let checked =
+            tokio::task::spawn_blocking(move || m365_verify(&base_url, &request_id, &response))
+                .await
+                .unwrap();
+        assert_eq!(
+            checked["authn_context_class_ref"][0], AC_MFA,
+            "{}",
+            capture["label"]
+        );
+    }
+    let passed = app.events("mfa_passed").await;
+    assert_eq!(
+        passed
+            .iter()
+            .filter(|e| e.details.contains("\"passkey\""))
+            .count(),
+        2,
+        "{passed:?}"
+    );
+    let passkeys = app.store.list_passkeys(&alice.id).await.unwrap();
+    assert_eq!(passkeys.len(), 1);
+    assert_eq!(passkeys[0].label, "Work laptop");
 }
