@@ -70,6 +70,21 @@ pub mod kind {
     pub const SSO_LOGOUT: &str = "sso_logout";
     /// A LogoutRequest that did not name the browser's own session; nothing was ended.
     pub const SAML_LOGOUT_REFUSED: &str = "saml_logout_refused";
+    /// A user-portal request refused (a form without the session's CSRF token).
+    pub const PORTAL_ACCESS_DENIED: &str = "portal_access_denied";
+    /// Someone asked for a password-reset link (for an account that exists or not).
+    pub const PASSWORD_RESET_REQUESTED: &str = "password_reset_requested";
+    /// A password-reset link was handed to the SMTP server.
+    pub const PASSWORD_RESET_SENT: &str = "password_reset_sent";
+    /// The SMTP server did not take a password-reset mail.
+    pub const PASSWORD_RESET_SEND_FAILED: &str = "password_reset_send_failed";
+    /// A password-reset link was used: the password was changed through it.
+    pub const PASSWORD_RESET_USED: &str = "password_reset_used";
+    /// A reset request or link refused: unknown, used, expired or superseded link, a
+    /// suspended account, too many links for one account.
+    pub const PASSWORD_RESET_REFUSED: &str = "password_reset_refused";
+    /// Too many reset requests for one typed name or from one address: refused for a while.
+    pub const PASSWORD_RESET_THROTTLED: &str = "password_reset_throttled";
     pub const M365_CONNECT: &str = "m365_connect";
     pub const M365_CONNECT_FAILED: &str = "m365_connect_failed";
     pub const M365_TOKEN_REFRESH_FAILED: &str = "m365_token_refresh_failed";

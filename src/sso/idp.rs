@@ -502,12 +502,13 @@ impl IdentityProvider {
             .await?)
     }
 
-    /// Checks a username (or email) and password and opens a session.
+    /// Checks a username (or email) and password and opens a session; `sp` is the service
+    /// provider the sign-in is for (`None`: the user portal).
     pub async fn login(
         &self,
         login: &str,
         password: &SecretString,
-        sp: &ServiceProvider,
+        sp: Option<&ServiceProvider>,
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<LoginOutcome, SsoError> {
@@ -545,7 +546,7 @@ impl IdentityProvider {
             )
             .details(json!({
                 "reason": "wrong username or password",
-                "serviceProvider": sp.entity_id,
+                "serviceProvider": sp.map(|s| s.entity_id.as_str()),
             }))
             .client_ip(client_ip.clone());
             self.store.record_event(&event).await?;
@@ -553,7 +554,7 @@ impl IdentityProvider {
         };
         self.throttle.succeeded(login, client_ip.as_deref()).await?;
         if let Some(refusal) = self.account_refusal(&user, now) {
-            self.record_refusal(&user, Some(sp), refusal, client_ip, now)
+            self.record_refusal(&user, sp, refusal, client_ip, now)
                 .await?;
             return Ok(LoginOutcome::Refused(refusal));
         }

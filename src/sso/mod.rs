@@ -8,7 +8,7 @@ mod registry;
 mod replay;
 mod session_cache;
 
-pub use handlers::router;
+pub use handlers::{router, SESSION_COOKIE};
 pub use idp::{
     Answer, IdentityProvider, IncomingRequest, LoginOutcome, LogoutMessage, LogoutOutcome, Refusal,
     SsoError,

@@ -8,6 +8,7 @@
 mod admins;
 mod events;
 mod m365;
+mod resets;
 mod saml;
 mod sync;
 mod sync_round;
@@ -18,6 +19,7 @@ mod write_behind;
 pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
 pub use events::{EventFilter, EventRow};
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
+pub use resets::{ResetTokenRow, ENDED_PASSWORD_CHANGED, ENDED_USED};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
 pub use sync::{
     BindOutcome, BindRequest, BindingListQuery, BindingListRow, BindingRow, Completion,
@@ -25,7 +27,7 @@ pub use sync::{
     REVOKE_SESSIONS, WORKER_IMPORT,
 };
 pub use throttle::FailureCount;
-pub use users::{UserListQuery, UserRow, UserWrite};
+pub use users::{SignOut, UserListQuery, UserRow, UserWrite};
 pub use write_behind::WriteBehind;
 
 use std::str::FromStr;
