@@ -20,6 +20,7 @@ mod front_door;
 mod fuzz;
 mod graph_fake_selftest;
 mod m365;
+mod portal;
 mod server;
 mod sso;
 mod sync;
