@@ -48,7 +48,7 @@ const CHROMIUM_ARGS = [
  * confirmation dialog is accepted, its question appended to `dialogs`.
  */
 export async function run(name, body) {
-  const { screenshots } = settings();
+  const screenshots = setting('IDBRIDGE_SCREENSHOT_DIR');
   const started = Date.now();
   const browser = await chromium.launch({
     executablePath: process.env.IDBRIDGE_CHROMIUM || '/usr/bin/chromium',
