@@ -400,7 +400,13 @@ async fn start_server(key_bits: u32, sessions: usize) -> Server {
             .await
             .expect("login")
         {
-            LoginOutcome::SignedIn { token, .. } => {
+            LoginOutcome::PasswordPassed(user) => {
+                let now = Utc::now();
+                let (_, token) = state
+                    .idp
+                    .open_session(&user, now.timestamp_millis(), None, None, now)
+                    .await
+                    .expect("session");
                 cookies.push(format!("idbridge_session={token}"))
             }
             other => panic!("login failed: {other:?}"),

@@ -120,6 +120,27 @@ pub enum UserCommand {
     Activate { user: String },
     /// Delete a user (not allowed while bound to Microsoft 365).
     Delete { user: String },
+    /// Make the user choose a new password at their next sign-in.
+    RequirePasswordChange { user: String },
+    /// The user's second factors.
+    #[command(subcommand)]
+    Mfa(MfaCommand),
+}
+
+/// `user mfa …`
+#[derive(Debug, Subcommand)]
+pub enum MfaCommand {
+    /// Show the user's second factors.
+    Show { user: String },
+    /// Remove every second factor of the user (a lost phone); under a policy that requires
+    /// MFA they enrol again at the next sign-in.
+    Reset { user: String },
+    /// Require a second factor of the user under the `chosen` policy (`--off` to stop).
+    Require {
+        user: String,
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 /// User attributes settable from the command line: one flag per attribute of the catalogue
@@ -571,6 +592,48 @@ async fn open_directory(config: &Config) -> Result<Directory, CliError> {
     )
 }
 
+async fn mfa_command(
+    directory: &Directory,
+    mfa: &crate::mfa::Mfa,
+    actor: &Actor,
+    cmd: MfaCommand,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), CliError> {
+    match cmd {
+        MfaCommand::Show { user } => {
+            let u = directory.get_user(&user).await.map_err(fail)?;
+            let f = mfa.factors(&u.id).await.map_err(fail)?;
+            println!("user:            {}", u.username);
+            println!("policy:          {:?}", mfa.policy());
+            println!("required:        {}", mfa.required_for(&u));
+            println!("authenticator:   {}", if f.totp { "yes" } else { "no" });
+            println!("passkeys:        {}", f.passkeys);
+            println!("recovery codes:  {} unused", f.recovery_codes);
+        }
+        MfaCommand::Reset { user } => {
+            let u = directory.get_user(&user).await.map_err(fail)?;
+            mfa.reset(actor, &u, now).await.map_err(fail)?;
+            println!("removed every second factor of {}", u.username);
+        }
+        MfaCommand::Require { user, off } => {
+            let u = directory.get_user(&user).await.map_err(fail)?;
+            mfa.set_required(actor, &u, !off, now).await.map_err(fail)?;
+            if mfa.policy() != crate::mfa::MfaPolicy::Chosen {
+                eprintln!(
+                    "note: the policy is {:?}; this setting counts only with [mfa] policy = \"chosen\"",
+                    mfa.policy()
+                );
+            }
+            println!(
+                "{} {} a second factor",
+                u.username,
+                if off { "no longer needs" } else { "now needs" }
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn user_command(config: &Config, cmd: UserCommand) -> Result<(), CliError> {
     let directory = open_directory(config).await?;
     let actor = Actor::cli();
@@ -675,6 +738,26 @@ async fn user_command(config: &Config, cmd: UserCommand) -> Result<(), CliError>
                 .await
                 .map_err(fail)?;
             println!("deleted {user}");
+        }
+        UserCommand::RequirePasswordChange { user } => {
+            let u = directory
+                .require_password_change(&actor, &user, now)
+                .await
+                .map_err(fail)?;
+            println!(
+                "{} must choose a new password at the next sign-in",
+                u.username
+            );
+        }
+        UserCommand::Mfa(cmd) => {
+            let key = crate::m365::data_key(config).map_err(fail)?;
+            let mfa = crate::mfa::Mfa::new(
+                directory.store().clone(),
+                key,
+                config.mfa.policy,
+                config.mfa_issuer(),
+            );
+            mfa_command(&directory, &mfa, &actor, cmd, now).await?;
         }
     }
     directory.store().close().await;

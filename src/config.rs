@@ -64,6 +64,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub server: ServerConfig,
     pub sign_in: SignInConfig,
+    pub mfa: MfaConfig,
     pub events: EventsConfig,
     pub log: LogConfig,
     /// The mail server for password-reset links; without it the forgot-password page says
@@ -102,6 +103,46 @@ impl Default for SignInConfig {
             lock_seconds: 900,
             hash_workers: 0,
             hash_queue: 64,
+        }
+    }
+}
+
+/// Who must pass a second factor at sign-in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MfaPolicy {
+    /// Users who enrolled a factor are asked for it; nobody must enrol.
+    #[default]
+    Optional,
+    /// Users an admin marked (`user mfa require`) must enrol and pass a second factor;
+    /// others as under `optional`.
+    Chosen,
+    /// Every user must enrol and pass a second factor.
+    Required,
+}
+
+/// Multi-factor sign-in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MfaConfig {
+    /// `optional`, `chosen` or `required`.
+    pub policy: MfaPolicy,
+    /// The name authenticator apps show beside a TOTP code (default: the host of `base_url`).
+    pub issuer: Option<String>,
+    /// Wrong second-factor codes for one user, from any address, that lock the second factor
+    /// for `sign_in.lock_seconds`.
+    pub max_failures: u32,
+    /// Offer "Sign in with a passkey" on the sign-in page, with no password.
+    pub passwordless: bool,
+}
+
+impl Default for MfaConfig {
+    fn default() -> Self {
+        Self {
+            policy: MfaPolicy::Optional,
+            issuer: None,
+            max_failures: 5,
+            passwordless: false,
         }
     }
 }
@@ -257,6 +298,7 @@ impl Default for Config {
             m365: M365Config::default(),
             admin: AdminConfig::default(),
             sign_in: SignInConfig::default(),
+            mfa: MfaConfig::default(),
             events: EventsConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
@@ -971,6 +1013,16 @@ impl Config {
             url::Url::parse(&self.base_url)
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_else(|| "idbridge".into())
+        })
+    }
+
+    /// The name authenticator apps show beside idbridge's TOTP codes.
+    pub fn mfa_issuer(&self) -> String {
+        self.mfa.issuer.clone().unwrap_or_else(|| {
+            url::Url::parse(&self.base_url)
+                .ok()
+                .and_then(|u| u.host_str().map(|h| format!("idbridge ({h})")))
                 .unwrap_or_else(|| "idbridge".into())
         })
     }

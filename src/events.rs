@@ -61,6 +61,9 @@ pub mod kind {
     pub const API_KEY_REVOKE: &str = "api_key_revoke";
     pub const SIGNING_CERT_CREATE: &str = "signing_certificate_create";
     pub const SSO_LOGIN_SUCCESS: &str = "sso_login_success";
+    /// Every step of a sign-in passed (password, and a second factor where needed): a new
+    /// idbridge session.
+    pub const SSO_SESSION_START: &str = "sso_session_start";
     pub const SSO_LOGIN_FAILED: &str = "sso_login_failed";
     /// Too many failed SSO sign-ins: an account name or a client address is locked for a while.
     pub const SIGN_IN_THROTTLED: &str = "sign_in_throttled";
@@ -101,6 +104,26 @@ pub mod kind {
     pub const INTEGRATION_ATTRIBUTE_INCLUDE: &str = "integrationattribute_include";
     /// Seed 004: an attribute's direction was set to Exclude.
     pub const INTEGRATION_ATTRIBUTE_EXCLUDE: &str = "integrationattribute_exclude";
+    /// A TOTP authenticator was confirmed with its first code.
+    pub const MFA_TOTP_ENROLLED: &str = "mfa_totp_enrolled";
+    /// A TOTP authenticator was removed by its user.
+    pub const MFA_TOTP_REMOVED: &str = "mfa_totp_removed";
+    /// A new set of recovery codes replaced the old one.
+    pub const MFA_RECOVERY_CODES_CREATED: &str = "mfa_recovery_codes_created";
+    /// A recovery code was used to sign in (the user should make new ones).
+    pub const MFA_RECOVERY_CODE_USED: &str = "mfa_recovery_code_used";
+    /// A second factor passed during a sign-in.
+    pub const MFA_PASSED: &str = "mfa_passed";
+    /// A wrong, reused or malformed second-factor code, or an enrolment confirmed wrongly.
+    pub const MFA_FAILED: &str = "mfa_failed";
+    /// Too many wrong second-factor codes: the account's second factor is locked for a while.
+    pub const MFA_THROTTLED: &str = "mfa_throttled";
+    /// An admin removed every second factor of a user.
+    pub const MFA_RESET: &str = "mfa_reset";
+    /// An admin changed whether the `chosen` MFA policy requires a user's second factor.
+    pub const MFA_REQUIREMENT_SET: &str = "mfa_requirement_set";
+    /// An admin asked a user to change their password at the next sign-in.
+    pub const USER_PASSWORD_CHANGE_REQUIRED: &str = "user_password_change_required";
 }
 
 /// An event about to be recorded.

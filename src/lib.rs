@@ -22,6 +22,7 @@ pub mod directory;
 pub mod events;
 pub mod m365;
 pub mod mail;
+pub mod mfa;
 pub mod portal;
 pub mod saml;
 pub mod secrets;

@@ -120,6 +120,12 @@ impl App {
             chrono::Utc::now().timestamp_millis(),
         )
         .await?;
+        let mfa = crate::mfa::Mfa::new(
+            store.clone(),
+            data_key.clone(),
+            config.mfa.policy,
+            config.mfa_issuer(),
+        );
         let idp = IdentityProvider::new(
             &config,
             store.clone(),
@@ -127,6 +133,7 @@ impl App {
             signing,
             writes,
             replay,
+            mfa,
         )?;
         let m365 = Arc::new(crate::m365::M365::new(&config, store.clone())?);
         let sync = Arc::new(crate::m365::M365Sync::new(

@@ -33,6 +33,12 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users/{id}/state", post(set_state))
         .route("/admin/users/{id}/password", post(reset_password))
         .route("/admin/users/{id}/delete", post(delete))
+        .route(
+            "/admin/users/{id}/require-password-change",
+            post(require_password_change),
+        )
+        .route("/admin/users/{id}/mfa/reset", post(reset_mfa))
+        .route("/admin/users/{id}/mfa/required", post(set_mfa_required))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,19 +279,7 @@ fn field_groups(
 
 /// The password rule in words, for the password fields.
 fn policy_text(state: &AppState) -> String {
-    let p = state.directory.policy();
-    let mut text = format!(
-        "{} to {} characters mixing at least {} of: lower-case letters, upper-case letters, digits, symbols",
-        p.min_length, p.max_length, p.min_character_classes
-    );
-    if p.disallow_username {
-        text.push_str("; not containing the username");
-    }
-    if p.history > 0 {
-        text.push_str(&format!("; none of the last {} passwords", p.history));
-    }
-    text.push('.');
-    text
+    state.directory.policy().describe()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,6 +408,16 @@ struct UserPage {
     groups: Vec<FieldGroup>,
     policy: String,
     password_invalid: bool,
+    must_change_password: bool,
+    /// The second factors, in words ("Authenticator app, 10 recovery codes" or "None").
+    mfa_factors: String,
+    /// Whether any factor can be reset.
+    has_factors: bool,
+    /// `[mfa] policy` is `chosen` (the per-user switch shows).
+    mfa_chosen_policy: bool,
+    mfa_required: bool,
+    /// The policy makes this user pass a second factor.
+    mfa_enforced: bool,
 }
 
 /// What an edit form shows instead of the stored values after a refusal.
@@ -453,6 +457,18 @@ async fn user_page(
         },
         refused.field,
     );
+    let mfa = state.idp.mfa();
+    let factors = mfa.factors(&user.id).await?;
+    let mut words = Vec::new();
+    if factors.totp {
+        words.push("authenticator app".to_string());
+    }
+    if factors.passkeys > 0 {
+        words.push(format!("{} passkey(s)", factors.passkeys));
+    }
+    if factors.recovery_codes > 0 {
+        words.push(format!("{} unused recovery codes", factors.recovery_codes));
+    }
     let rfc = |t: Option<String>| {
         t.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| display_time(Some(t.timestamp_millis())))
@@ -504,7 +520,100 @@ async fn user_page(
         groups,
         policy: policy_text(state),
         password_invalid: refused.field == Some("password"),
+        must_change_password: user.must_change_password,
+        has_factors: !words.is_empty(),
+        mfa_factors: if words.is_empty() {
+            "none".into()
+        } else {
+            words.join(", ")
+        },
+        mfa_chosen_policy: mfa.policy() == crate::mfa::MfaPolicy::Chosen,
+        mfa_required: user.mfa_required,
+        mfa_enforced: mfa.required_for(user),
     })
+}
+
+async fn require_password_change(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let user = find(&state, &id).await?;
+    let updated = state
+        .directory
+        .require_password_change(&admin.actor(), &user.id, Utc::now())
+        .await?;
+    let done = format!(
+        "{} must choose a new password at their next sign-in.",
+        updated.username
+    );
+    Ok(redirect_with_notice(
+        &format!("/admin/users/{}", updated.id),
+        &notice(&updated, &done),
+    ))
+}
+
+async fn reset_mfa(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let user = find(&state, &id).await?;
+    let mfa = state.idp.mfa();
+    mfa.reset(&admin.actor(), &user, Utc::now()).await?;
+    let done = if mfa.required_for(&user) {
+        format!(
+            "Every second factor of {} was removed; they set up a new one at their next sign-in.",
+            user.username
+        )
+    } else {
+        format!("Every second factor of {} was removed.", user.username)
+    };
+    Ok(redirect_with_notice(
+        &format!("/admin/users/{}", user.id),
+        &notice(&user, &done),
+    ))
+}
+
+#[derive(Deserialize)]
+struct MfaRequiredForm {
+    required: String,
+}
+
+async fn set_mfa_required(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    Path(id): Path<String>,
+    Form(form): Form<MfaRequiredForm>,
+) -> Result<Response, AppError> {
+    let user = find(&state, &id).await?;
+    let required = match form.required.as_str() {
+        "true" => true,
+        "false" => false,
+        other => {
+            return Err(AppError::bad_request(
+                "Unknown choice",
+                format!("{other:?} is neither true nor false."),
+            ))
+        }
+    };
+    state
+        .idp
+        .mfa()
+        .set_required(&admin.actor(), &user, required, Utc::now())
+        .await?;
+    let done = if required {
+        format!(
+            "{} must use a second factor from their next sign-in.",
+            user.username
+        )
+    } else {
+        format!("{} no longer needs a second factor.", user.username)
+    };
+    Ok(redirect_with_notice(
+        &format!("/admin/users/{}", user.id),
+        &notice(&user, &done),
+    ))
 }
 
 /// The user of a path, or the 404 page.

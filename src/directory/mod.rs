@@ -549,6 +549,26 @@ impl Directory {
         Ok(())
     }
 
+    /// Makes the user choose a new password at the next sign-in (before any assertion).
+    pub async fn require_password_change(
+        &self,
+        actor: &Actor,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<User, DirectoryError> {
+        let user = self.get_user(key).await?;
+        let event = NewEvent::new(
+            now,
+            actor,
+            kind::USER_PASSWORD_CHANGE_REQUIRED,
+            Some(&user.username),
+        );
+        self.store
+            .set_must_change_password(&user.id, true, Some(&event))
+            .await?;
+        self.get_user(&user.id).await
+    }
+
     pub(crate) async fn check_new_password(
         &self,
         user: &User,

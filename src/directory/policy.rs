@@ -53,6 +53,22 @@ pub enum PolicyViolation {
 }
 
 impl PasswordPolicy {
+    /// The rules in one sentence, for the pages where a password is chosen.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "{} to {} characters mixing at least {} of: lower-case letters, upper-case letters, digits, symbols",
+            self.min_length, self.max_length, self.min_character_classes
+        );
+        if self.disallow_username {
+            text.push_str("; not containing the username");
+        }
+        if self.history > 0 {
+            text.push_str(&format!("; none of the last {} passwords", self.history));
+        }
+        text.push('.');
+        text
+    }
+
     /// Checks the settings themselves; returns (setting, problem) when weaker than Entra ID's rule.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.min_length < 8 {

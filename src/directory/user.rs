@@ -56,6 +56,10 @@ pub struct User {
     pub created_at: i64,
     pub updated_at: i64,
     pub m365: Option<M365Binding>,
+    /// The user must change their password at the next sign-in (an admin asked for it).
+    pub must_change_password: bool,
+    /// The `chosen` MFA policy requires a second factor of this user.
+    pub mfa_required: bool,
 }
 
 /// Names that service providers can receive besides the catalogue's attributes.
@@ -178,6 +182,8 @@ impl User {
             created_at: row.created_at,
             updated_at: row.updated_at,
             m365,
+            must_change_password: row.must_change_password != 0,
+            mfa_required: row.mfa_required != 0,
         })
     }
 

@@ -14,7 +14,9 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::idp::{Answer, IncomingRequest, LoginOutcome, LogoutMessage, LogoutOutcome, SsoError};
+use super::idp::{
+    Answer, CodeResult, IncomingRequest, LoginOutcome, LogoutMessage, LogoutOutcome, SsoError, Step,
+};
 use crate::saml::RedirectQuery;
 use crate::server::AppState;
 use crate::web::{new_cookie, new_token, render, AppError};
@@ -31,6 +33,10 @@ pub fn router() -> Router<AppState> {
         .route("/saml/metadata", get(metadata))
         .route("/saml/sso", get(sso_redirect).post(sso_post))
         .route("/saml/login", post(login))
+        .route("/saml/login/continue", post(continue_sign_in))
+        .route("/saml/login/code", post(second_factor_code))
+        .route("/saml/login/enrol", post(confirm_enrolment))
+        .route("/saml/login/password", post(new_password))
         .route("/saml/slo", get(slo_redirect).post(slo_post))
 }
 
@@ -49,6 +55,47 @@ struct LoginPage<'a> {
     sp_name: &'a str,
     pending: &'a str,
     username: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "sso/second_factor.html")]
+struct SecondFactorPage<'a> {
+    sp_name: &'a str,
+    username: &'a str,
+    pending: &'a str,
+    totp: bool,
+    recovery_codes: bool,
+    contact: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "sso/enrol.html")]
+struct EnrolPage<'a> {
+    pending: &'a str,
+    qr_data_url: &'a str,
+    secret: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "sso/recovery_codes.html")]
+struct RecoveryCodesPage<'a> {
+    codes: &'a [String],
+    /// Where "continue" posts, with one hidden field.
+    action: &'a str,
+    field: &'a str,
+    value: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "sso/change_password.html")]
+struct ChangePasswordPage<'a> {
+    pending: &'a str,
+    username: &'a str,
+    expired: bool,
+    policy: &'a str,
     error: Option<&'a str>,
 }
 
@@ -131,6 +178,25 @@ async fn sso(
                 .map_err(internal)?
             {
                 let (session, user) = &*cached;
+                if state.idp.needs_step_up(&request, session, user) {
+                    if request.is_passive {
+                        return match state.idp.passive_failure(&request, now).await {
+                            Ok(answer) => Ok(answer_page(&state, answer)),
+                            Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
+                        };
+                    }
+                    let (jar, browser) = browser_cookie(&state, jar);
+                    return match state
+                        .idp
+                        .park_step_up(&request, session, &browser, now)
+                        .await
+                    {
+                        Ok((pending, request)) => {
+                            Ok(proceed(&state, jar, &pending, &request, ip, now, None).await)
+                        }
+                        Err(err) => Err(rejected(&state, err, "/saml/sso", ip).await),
+                    };
+                }
                 return match state
                     .idp
                     .answer(&request, session, user, ip.clone(), now)
@@ -162,25 +228,13 @@ async fn show_login(
     status: StatusCode,
     retry_of: Option<&str>,
 ) -> Result<Response, SsoError> {
-    let browser = jar
-        .get(BROWSER_COOKIE)
-        .map(|c| c.value().to_string())
-        .unwrap_or_else(new_token);
+    let (jar, browser) = browser_cookie(state, jar);
     // A retry keeps the same pending token: a second token for the same AuthnRequest would
     // let it be answered twice (SAML core §3.2.2: one Response per request, InResponseTo).
     let pending = match retry_of {
         Some(token) => token.to_string(),
         None => state.idp.park(request, &browser, Utc::now()).await?,
     };
-    // Cross-site like the session cookie: Microsoft's POST must carry it, or every sign-in in
-    // another tab would replace it and fail this one. The login-CSRF guard is the binding of
-    // the pending request to this secret, not SameSite.
-    let jar = jar.add(new_cookie(
-        BROWSER_COOKIE,
-        browser,
-        state.config.is_https(),
-        true,
-    ));
     let page = LoginPage {
         sp_name: &request.sp.name,
         pending: &pending,
@@ -188,6 +242,295 @@ async fn show_login(
         error,
     };
     Ok((jar, render(status, &page)).into_response())
+}
+
+/// The browser's login cookie (made if missing) and its value.
+fn browser_cookie(state: &AppState, jar: CookieJar) -> (CookieJar, String) {
+    let browser = jar
+        .get(BROWSER_COOKIE)
+        .map(|c| c.value().to_string())
+        .unwrap_or_else(new_token);
+    // Cross-site like the session cookie: Microsoft's POST must carry it, or every sign-in in
+    // another tab would replace it and fail this one. The login-CSRF guard is the binding of
+    // the pending request to this secret, not SameSite.
+    let jar = jar.add(new_cookie(
+        BROWSER_COOKIE,
+        browser.clone(),
+        state.config.is_https(),
+        true,
+    ));
+    (jar, browser)
+}
+
+/// Renders the next step of a parked sign-in, or signs the user in and answers the request.
+async fn proceed(
+    state: &AppState,
+    jar: CookieJar,
+    pending: &str,
+    request: &IncomingRequest,
+    ip: Option<String>,
+    now: chrono::DateTime<Utc>,
+    error: Option<&str>,
+) -> Response {
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    let step = match state.idp.next_step(pending, request, ip.clone(), now).await {
+        Ok(step) => step,
+        Err(err) => return (jar, rejected(state, err, "/saml/login", ip).await).into_response(),
+    };
+    match step {
+        Step::Password => {
+            match show_login(state, jar.clone(), request, error, status, Some(pending)).await {
+                Ok(page) => page,
+                Err(err) => (jar, internal(err)).into_response(),
+            }
+        }
+        Step::ChangePassword { user, expired } => {
+            let policy = state.directory.policy().describe();
+            let page = ChangePasswordPage {
+                pending,
+                username: &user.username,
+                expired,
+                policy: &policy,
+                error,
+            };
+            (jar, render(status, &page)).into_response()
+        }
+        Step::SecondFactor { user, factors } => {
+            let page = SecondFactorPage {
+                sp_name: &request.sp.name,
+                username: &user.username,
+                pending,
+                totp: factors.totp,
+                recovery_codes: factors.recovery_codes > 0,
+                contact: state.idp.support_contact(),
+                error,
+            };
+            (jar, render(status, &page)).into_response()
+        }
+        Step::Enrol { enrolment, .. } => {
+            let page = EnrolPage {
+                pending,
+                qr_data_url: &enrolment.qr_data_url,
+                secret: &enrolment.secret_base32,
+                error,
+            };
+            (jar, render(status, &page)).into_response()
+        }
+        Step::Refused(refusal) => (
+            jar,
+            AppError::Refused {
+                title: refusal.title().into(),
+                message: refusal.message(&request.sp.name),
+                hint: refusal.hint(state.idp.support_contact()),
+            },
+        )
+            .into_response(),
+        Step::SignedIn {
+            user,
+            session,
+            token,
+        } => {
+            let jar = jar.add(new_cookie(
+                SESSION_COOKIE,
+                token,
+                state.config.is_https(),
+                true,
+            ));
+            match state
+                .idp
+                .answer(request, &session, &user, ip.clone(), now)
+                .await
+            {
+                Ok(answer) => (jar, answer_page(state, answer)).into_response(),
+                Err(err) => (jar, rejected(state, err, "/saml/login", ip).await).into_response(),
+            }
+        }
+    }
+}
+
+/// A form that names a parked sign-in.
+#[derive(Deserialize)]
+pub struct PendingForm {
+    pending: String,
+}
+
+async fn continue_sign_in(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Form(form): Form<PendingForm>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let ip = Some(addr.ip().to_string());
+    let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
+    match state
+        .idp
+        .resume(&form.pending, browser.as_deref(), now)
+        .await
+    {
+        Ok(request) => Ok(proceed(&state, jar, &form.pending, &request, ip, now, None).await),
+        Err(err) => Err(rejected(&state, err, "/saml/login", ip).await),
+    }
+}
+
+/// The second-factor form's fields.
+#[derive(Deserialize)]
+pub struct CodeForm {
+    pending: String,
+    code: String,
+}
+
+async fn second_factor_code(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Form(form): Form<CodeForm>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let ip = Some(addr.ip().to_string());
+    let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
+    let result = match state
+        .idp
+        .check_second_factor(
+            &form.pending,
+            browser.as_deref(),
+            &form.code,
+            ip.clone(),
+            now,
+        )
+        .await
+    {
+        Ok(result) => result,
+        Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
+    };
+    let request = match state
+        .idp
+        .resume(&form.pending, browser.as_deref(), now)
+        .await
+    {
+        Ok(request) => request,
+        Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
+    };
+    Ok(match result {
+        CodeResult::Passed => proceed(&state, jar, &form.pending, &request, ip, now, None).await,
+        CodeResult::Wrong => {
+            let error = "That code is not right, or was already used. Try the next code.";
+            proceed(&state, jar, &form.pending, &request, ip, now, Some(error)).await
+        }
+        CodeResult::Throttled(locked) => {
+            let mut page = proceed(
+                &state,
+                jar,
+                &form.pending,
+                &request,
+                ip,
+                now,
+                Some(&locked.message(now)),
+            )
+            .await;
+            *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            page
+        }
+    })
+}
+
+async fn confirm_enrolment(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Form(form): Form<CodeForm>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let ip = Some(addr.ip().to_string());
+    let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
+    let codes = match state
+        .idp
+        .confirm_enrolment(
+            &form.pending,
+            browser.as_deref(),
+            &form.code,
+            ip.clone(),
+            now,
+        )
+        .await
+    {
+        Ok(codes) => codes,
+        Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
+    };
+    match codes {
+        Some(codes) => Ok(render(
+            StatusCode::OK,
+            &RecoveryCodesPage {
+                codes: &codes,
+                action: "/saml/login/continue",
+                field: "pending",
+                value: &form.pending,
+            },
+        )),
+        None => {
+            let request = match state
+                .idp
+                .resume(&form.pending, browser.as_deref(), now)
+                .await
+            {
+                Ok(request) => request,
+                Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
+            };
+            let error = "That code does not match. Check the app shows idbridge and type the code it shows now.";
+            Ok(proceed(&state, jar, &form.pending, &request, ip, now, Some(error)).await)
+        }
+    }
+}
+
+/// The new-password form's fields.
+#[derive(Deserialize)]
+pub struct NewPasswordForm {
+    pending: String,
+    new_password: String,
+    confirm_password: String,
+}
+
+async fn new_password(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    Form(form): Form<NewPasswordForm>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let ip = Some(addr.ip().to_string());
+    let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
+    let request = match state
+        .idp
+        .resume(&form.pending, browser.as_deref(), now)
+        .await
+    {
+        Ok(request) => request,
+        Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
+    };
+    if form.new_password != form.confirm_password {
+        let error = "The two passwords differ.";
+        return Ok(proceed(&state, jar, &form.pending, &request, ip, now, Some(error)).await);
+    }
+    let password = SecretString::from(form.new_password);
+    match state
+        .idp
+        .change_password(&form.pending, browser.as_deref(), &password, now)
+        .await
+    {
+        Ok(Ok(())) => Ok(proceed(&state, jar, &form.pending, &request, ip, now, None).await),
+        Ok(Err(refused)) => {
+            let error = format!("This password cannot be used: {refused}.");
+            let mut page =
+                proceed(&state, jar, &form.pending, &request, ip, now, Some(&error)).await;
+            *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(page)
+        }
+        Err(err) => Err(rejected(&state, err, "/saml/login", ip).await),
+    }
 }
 
 /// The login form's fields.
@@ -279,36 +622,16 @@ async fn login(
                 hint: refusal.hint(state.idp.support_contact()),
             })
         }
-        LoginOutcome::SignedIn {
-            user,
-            session,
-            token,
-        } => {
-            let jar = jar.add(new_cookie(
-                SESSION_COOKIE,
-                token,
-                state.config.is_https(),
-                true,
-            ));
-            if !state
+        LoginOutcome::PasswordPassed(user) => {
+            let request = match state
                 .idp
-                .take_pending(&form.pending)
-                .await
-                .map_err(internal)?
-            {
-                let err = SsoError::PendingExpired;
-                return Ok((jar, rejected(&state, err, "/saml/login", ip).await).into_response());
-            }
-            match state
-                .idp
-                .answer(&request, &session, &user, ip.clone(), now)
+                .first_factor_passed(&form.pending, browser.as_deref(), &user.id, None, now)
                 .await
             {
-                Ok(answer) => Ok((jar, answer_page(&state, answer)).into_response()),
-                Err(err) => {
-                    Ok((jar, rejected(&state, err, "/saml/login", ip).await).into_response())
-                }
-            }
+                Ok(request) => request,
+                Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
+            };
+            Ok(proceed(&state, jar, &form.pending, &request, ip, now, None).await)
         }
     }
 }

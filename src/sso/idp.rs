@@ -14,8 +14,9 @@ use super::registry::{NameIdSource, ServiceProvider, ServiceProviders};
 use super::replay::{ReplayCache, ReplayError};
 use super::session_cache::{CachedSession, SessionCache};
 use crate::config::Config;
-use crate::directory::{Directory, User, UserState};
+use crate::directory::{Directory, DirectoryError, User, UserState};
 use crate::events::{kind, Actor, NewEvent};
+use crate::mfa::{CodeOutcome, FactorKind, Factors, Mfa, TotpEnrolment};
 use crate::saml::{
     self, AssertionParams, AuthnRequest, LogoutRequest, LogoutResponseParams, SamlError,
     SignatureAlgorithm, SigningCredential,
@@ -166,6 +167,13 @@ pub struct IncomingRequest {
     pub force_authn: bool,
     pub is_passive: bool,
     pub login_hint: Option<String>,
+    /// Whether the request asked for multi-factor authentication (Microsoft's
+    /// `multipleauthn` in RequestedAuthnContext).
+    pub mfa_requested: bool,
+    /// Who passed the first factor of this sign-in and when (ms), once they have.
+    pub first_factor: Option<(String, i64)>,
+    /// When a second factor of this sign-in passed (ms).
+    pub mfa_at: Option<i64>,
     /// The request ID to remember when the request is first parked or answered; `None` once
     /// remembered. Written in the same transaction as that park or answer, so the hot path has
     /// one write.
@@ -196,12 +204,43 @@ pub enum LoginOutcome {
     Throttled(Locked),
     /// Correct password, but the account may not sign in at all.
     Refused(Refusal),
+    /// The password passed; [`IdentityProvider::next_step`] tells what comes next.
+    PasswordPassed(Box<User>),
+}
+
+/// What a parked sign-in needs next.
+#[derive(Debug)]
+pub enum Step {
+    /// The first factor (the password form).
+    Password,
+    /// A new password: the old one expired (`expired`) or an admin asked for a change.
+    ChangePassword { user: Box<User>, expired: bool },
+    /// A second factor the user has.
+    SecondFactor { user: Box<User>, factors: Factors },
+    /// The user must enrol an authenticator app before going on.
+    Enrol {
+        user: Box<User>,
+        enrolment: Box<TotpEnrolment>,
+    },
+    /// The account may not sign in; the request is used up.
+    Refused(Refusal),
     /// Signed in: a new session with its cookie token.
     SignedIn {
         user: Box<User>,
         session: SessionRow,
         token: String,
     },
+}
+
+/// What a second-factor code did.
+#[derive(Debug)]
+pub enum CodeResult {
+    /// Accepted; the sign-in goes on.
+    Passed,
+    /// Wrong, reused or not a code.
+    Wrong,
+    /// Too many wrong codes for this user or from this address.
+    Throttled(Locked),
 }
 
 /// Settings of the flow taken from config once.
@@ -231,6 +270,8 @@ pub struct IdentityProvider {
     writes: WriteBehind,
     replay: ReplayCache,
     throttle: SignInThrottle,
+    second_factor_throttle: SignInThrottle,
+    mfa: Mfa,
     sessions: SessionCache,
     session_reads: CacheCounters,
 }
@@ -254,6 +295,7 @@ impl IdentityProvider {
         signing: SigningCredential,
         writes: WriteBehind,
         replay: ReplayCache,
+        mfa: Mfa,
     ) -> Result<Self, crate::config::ConfigError> {
         let algorithm = config.saml_signature_algorithm()?;
         let metadata = saml::idp_metadata(
@@ -270,6 +312,8 @@ impl IdentityProvider {
         let s = &config.saml;
         Ok(Self {
             throttle: SignInThrottle::sso(store.clone(), config),
+            second_factor_throttle: SignInThrottle::second_factor(store.clone(), config),
+            mfa,
             store,
             directory,
             signing,
@@ -330,6 +374,11 @@ impl IdentityProvider {
     /// The registered service providers.
     pub fn service_providers(&self) -> &ServiceProviders {
         &self.service_providers
+    }
+
+    /// The second-factor service.
+    pub fn mfa(&self) -> &Mfa {
+        &self.mfa
     }
 
     /// Whom refused users are told to ask.
@@ -412,6 +461,12 @@ impl IdentityProvider {
             force_authn: request.force_authn,
             is_passive: request.is_passive,
             login_hint: request.subject_name_id,
+            mfa_requested: request
+                .requested_authn_context
+                .iter()
+                .any(|c| c == saml::AC_MS_MULTIPLE_AUTHN),
+            first_factor: None,
+            mfa_at: None,
             replay_guard,
         })
     }
@@ -454,6 +509,10 @@ impl IdentityProvider {
             browser_hash: token_hash(browser_token),
             created_at: now.timestamp_millis(),
             expires_at: (now + Duration::minutes(LOGIN_WINDOW_MINUTES)).timestamp_millis(),
+            user_id: request.first_factor.as_ref().map(|(id, _)| id.clone()),
+            authn_at: request.first_factor.as_ref().map(|(_, at)| *at),
+            mfa_at: request.mfa_at,
+            mfa_requested: i64::from(request.mfa_requested),
         };
         self.remember(request, now).await?;
         self.store.insert_pending_request(&row).await?;
@@ -490,6 +549,9 @@ impl IdentityProvider {
             force_authn: row.force_authn != 0,
             is_passive: false,
             login_hint: row.login_hint,
+            mfa_requested: row.mfa_requested != 0,
+            first_factor: row.user_id.zip(row.authn_at),
+            mfa_at: row.mfa_at,
             replay_guard: None,
         })
     }
@@ -553,42 +615,373 @@ impl IdentityProvider {
             return Ok(LoginOutcome::Failed);
         };
         self.throttle.succeeded(login, client_ip.as_deref()).await?;
-        if let Some(refusal) = self.account_refusal(&user, now) {
+        if user.state != UserState::Active {
+            let refusal = Refusal::Suspended;
             self.record_refusal(&user, sp, refusal, client_ip, now)
                 .await?;
             return Ok(LoginOutcome::Refused(refusal));
         }
-        let token = crate::web::new_token();
-        let session = SessionRow {
-            id_hash: token_hash(&token),
-            user_id: user.id.clone(),
-            session_index: saml::new_id(),
-            authn_instant: now.timestamp_millis(),
-            created_at: now.timestamp_millis(),
-            expires_at: (now + self.settings.session).timestamp_millis(),
-        };
         let event = NewEvent::new(
             now,
             &Actor::User(user.username.clone()),
             kind::SSO_LOGIN_SUCCESS,
             Some(&user.username),
         )
+        .details(json!({"factor": "password", "serviceProvider": sp.map(|s| s.entity_id.as_str())}))
         .client_ip(client_ip);
-        self.store.insert_session(&session, &event).await?;
+        self.store.record_event(&event).await?;
         // Seed 000: idbridge becomes the password authority once the user signs in here; the
-        // M365 account was created with a random password.
-        if let Err(err) = self
-            .directory
-            .push_password_if_needed(&user, password, now)
-            .await
-        {
-            tracing::warn!(user = %user.username, %err, "could not queue the password for Microsoft 365");
+        // M365 account was created with a random password. An expired password is not
+        // pushed: the user replaces it in the next step.
+        if !self.directory.password_expired(&user, now) {
+            if let Err(err) = self
+                .directory
+                .push_password_if_needed(&user, password, now)
+                .await
+            {
+                tracing::warn!(user = %user.username, %err, "could not queue the password for Microsoft 365");
+            }
         }
-        Ok(LoginOutcome::SignedIn {
+        Ok(LoginOutcome::PasswordPassed(Box::new(user)))
+    }
+
+    /// Records on a parked sign-in that `user_id` passed the first factor: the password, or
+    /// a passkey (`with_mfa`: a passkey with user verification is two factors in one).
+    pub async fn first_factor_passed(
+        &self,
+        pending_token: &str,
+        browser_token: Option<&str>,
+        user_id: &str,
+        with_mfa: Option<FactorKind>,
+        now: DateTime<Utc>,
+    ) -> Result<IncomingRequest, SsoError> {
+        let mut request = self.resume(pending_token, browser_token, now).await?;
+        let at = now.timestamp_millis();
+        let mfa_at = with_mfa.map(|_| at);
+        if !self
+            .store
+            .set_pending_user(&token_hash(pending_token), user_id, at, mfa_at)
+            .await?
+        {
+            return Err(SsoError::PendingExpired);
+        }
+        request.first_factor = Some((user_id.to_string(), at));
+        request.mfa_at = mfa_at;
+        Ok(request)
+    }
+
+    /// Records on a parked sign-in that its user passed a second factor (with an event).
+    pub async fn second_factor_passed(
+        &self,
+        pending_token: &str,
+        browser_token: Option<&str>,
+        user: &User,
+        factor: FactorKind,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<IncomingRequest, SsoError> {
+        let mut request = self.resume(pending_token, browser_token, now).await?;
+        if request.first_factor.as_ref().map(|(id, _)| id) != Some(&user.id) {
+            return Err(SsoError::PendingExpired);
+        }
+        let at = now.timestamp_millis();
+        let event = NewEvent::new(
+            now,
+            &Actor::User(user.username.clone()),
+            kind::MFA_PASSED,
+            Some(&user.username),
+        )
+        .details(json!({"factor": factor.as_str(), "serviceProvider": request.sp.entity_id}))
+        .client_ip(client_ip);
+        if !self
+            .store
+            .set_pending_mfa(&token_hash(pending_token), &user.id, at, &event)
+            .await?
+        {
+            return Err(SsoError::PendingExpired);
+        }
+        request.mfa_at = Some(at);
+        Ok(request)
+    }
+
+    /// The user who passed the first factor of a parked sign-in.
+    pub async fn pending_user(&self, request: &IncomingRequest) -> Result<User, SsoError> {
+        let Some((user_id, _)) = &request.first_factor else {
+            return Err(SsoError::PendingExpired);
+        };
+        match self.directory.get_user(user_id).await {
+            Ok(user) => Ok(user),
+            Err(DirectoryError::NotFound(_)) => Err(SsoError::PendingExpired),
+            Err(DirectoryError::Store(e)) => Err(e.into()),
+            Err(other) => Err(SsoError::Store(StoreError::Corrupt(other.to_string()))),
+        }
+    }
+
+    /// Whether a session must pass a second factor before answering this request: the
+    /// request asks for MFA, or the policy requires it of the user, and the session has had
+    /// only a password.
+    pub fn needs_step_up(
+        &self,
+        request: &IncomingRequest,
+        session: &SessionRow,
+        user: &User,
+    ) -> bool {
+        session.mfa_at.is_none() && (request.mfa_requested || self.mfa.required_for(user))
+    }
+
+    /// Parks a request answered from a session that must first pass a second factor.
+    pub async fn park_step_up(
+        &self,
+        request: &IncomingRequest,
+        session: &SessionRow,
+        browser_token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(String, IncomingRequest), SsoError> {
+        let request = IncomingRequest {
+            first_factor: Some((session.user_id.clone(), session.authn_instant)),
+            ..request.clone()
+        };
+        let token = self.park(&request, browser_token, now).await?;
+        Ok((token, request))
+    }
+
+    /// What a parked sign-in needs next; when nothing, signs the user in (once: the parked
+    /// request is consumed) with a new session.
+    pub async fn next_step(
+        &self,
+        pending_token: &str,
+        request: &IncomingRequest,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Step, SsoError> {
+        let Some((_, authn_at)) = request.first_factor.clone() else {
+            return Ok(Step::Password);
+        };
+        let user = self.pending_user(request).await?;
+        if user.state != UserState::Active {
+            let _ = self.take_pending(pending_token).await?;
+            self.record_refusal(&user, Some(&request.sp), Refusal::Suspended, client_ip, now)
+                .await?;
+            return Ok(Step::Refused(Refusal::Suspended));
+        }
+        let expired = self.directory.password_expired(&user, now);
+        if expired || user.must_change_password {
+            return Ok(Step::ChangePassword {
+                user: Box::new(user),
+                expired,
+            });
+        }
+        let factors = self.mfa.factors(&user.id).await.map_err(mfa_error)?;
+        let needed = request.mfa_requested || self.mfa.required_for(&user) || factors.any();
+        if needed && request.mfa_at.is_none() {
+            if factors.any() || factors.recovery_codes > 0 {
+                return Ok(Step::SecondFactor {
+                    user: Box::new(user),
+                    factors,
+                });
+            }
+            let enrolment = self
+                .mfa
+                .totp_enrolment(&user, now)
+                .await
+                .map_err(mfa_error)?;
+            return Ok(Step::Enrol {
+                user: Box::new(user),
+                enrolment: Box::new(enrolment),
+            });
+        }
+        if !self.take_pending(pending_token).await? {
+            return Err(SsoError::PendingExpired);
+        }
+        let (session, token) = self
+            .open_session(&user, authn_at, request.mfa_at, client_ip, now)
+            .await?;
+        Ok(Step::SignedIn {
             user: Box::new(user),
             session,
             token,
         })
+    }
+
+    /// Opens an idbridge session for a user who passed every step of a sign-in: the first
+    /// factor at `authn_at` (ms) and a second one at `mfa_at`. Returns it with its cookie
+    /// token.
+    pub async fn open_session(
+        &self,
+        user: &User,
+        authn_at: i64,
+        mfa_at: Option<i64>,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(SessionRow, String), SsoError> {
+        let token = crate::web::new_token();
+        let session = SessionRow {
+            id_hash: token_hash(&token),
+            user_id: user.id.clone(),
+            session_index: saml::new_id(),
+            authn_instant: authn_at,
+            created_at: now.timestamp_millis(),
+            expires_at: (now + self.settings.session).timestamp_millis(),
+            mfa_at,
+        };
+        let event = NewEvent::new(
+            now,
+            &Actor::User(user.username.clone()),
+            kind::SSO_SESSION_START,
+            Some(&user.username),
+        )
+        .details(json!({"multiFactor": mfa_at.is_some()}))
+        .client_ip(client_ip);
+        self.store.insert_session(&session, &event).await?;
+        Ok((session, token))
+    }
+
+    /// Checks a second-factor code (TOTP or recovery code) for a parked sign-in, throttled
+    /// per user and per address like passwords.
+    pub async fn check_second_factor(
+        &self,
+        pending_token: &str,
+        browser_token: Option<&str>,
+        code: &str,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<CodeResult, SsoError> {
+        let request = self.resume(pending_token, browser_token, now).await?;
+        let user = self.pending_user(&request).await?;
+        let ip = client_ip.as_deref();
+        if let Some(locked) = self.second_factor_throttle.admit(&user.id, ip, now).await? {
+            return Ok(CodeResult::Throttled(locked));
+        }
+        let outcome = match self.mfa.check_code(&user, code, now).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                self.second_factor_throttle.abandoned(&user.id, ip).await?;
+                return Err(mfa_error(err));
+            }
+        };
+        match outcome {
+            CodeOutcome::Passed(factor) => {
+                self.second_factor_throttle.succeeded(&user.id, ip).await?;
+                self.second_factor_passed(
+                    pending_token,
+                    browser_token,
+                    &user,
+                    factor,
+                    client_ip,
+                    now,
+                )
+                .await?;
+                Ok(CodeResult::Passed)
+            }
+            CodeOutcome::Wrong => {
+                self.second_factor_throttle.failed(&user.id, ip).await?;
+                self.record_mfa_failure(&user, "wrong or already used code", client_ip, now)
+                    .await?;
+                Ok(CodeResult::Wrong)
+            }
+        }
+    }
+
+    /// Confirms the enrolment of an authenticator app during a sign-in with its first code;
+    /// on success the sign-in has passed its second factor and the user gets recovery codes.
+    pub async fn confirm_enrolment(
+        &self,
+        pending_token: &str,
+        browser_token: Option<&str>,
+        code: &str,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<String>>, SsoError> {
+        let request = self.resume(pending_token, browser_token, now).await?;
+        let user = self.pending_user(&request).await?;
+        let ip = client_ip.as_deref();
+        if self
+            .second_factor_throttle
+            .admit(&user.id, ip, now)
+            .await?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        match self.mfa.confirm_totp(&user, code, now).await {
+            Ok(true) => {
+                self.second_factor_throttle.succeeded(&user.id, ip).await?;
+            }
+            Ok(false) => {
+                self.second_factor_throttle.failed(&user.id, ip).await?;
+                self.record_mfa_failure(
+                    &user,
+                    "wrong code confirming an authenticator app",
+                    client_ip,
+                    now,
+                )
+                .await?;
+                return Ok(None);
+            }
+            Err(err) => {
+                self.second_factor_throttle.abandoned(&user.id, ip).await?;
+                return Err(mfa_error(err));
+            }
+        }
+        self.second_factor_passed(
+            pending_token,
+            browser_token,
+            &user,
+            FactorKind::Totp,
+            client_ip,
+            now,
+        )
+        .await?;
+        let codes = self
+            .mfa
+            .new_recovery_codes(&Actor::User(user.username.clone()), &user, now)
+            .await
+            .map_err(mfa_error)?;
+        Ok(Some(codes))
+    }
+
+    /// Sets the new password of the user of a parked sign-in (expired, or an admin asked
+    /// for a change); the policy is enforced by the directory, which pushes the password to
+    /// Microsoft 365 and unblocks an account blocked for expiry.
+    pub async fn change_password(
+        &self,
+        pending_token: &str,
+        browser_token: Option<&str>,
+        password: &SecretString,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), DirectoryError>, SsoError> {
+        let request = self.resume(pending_token, browser_token, now).await?;
+        let user = self.pending_user(&request).await?;
+        let actor = Actor::User(user.username.clone());
+        match self
+            .directory
+            .set_password(&actor, &user.id, password, now)
+            .await
+        {
+            Ok(()) => Ok(Ok(())),
+            Err(DirectoryError::Store(e)) => Err(e.into()),
+            Err(DirectoryError::Busy) => Err(SsoError::Busy),
+            Err(other) => Ok(Err(other)),
+        }
+    }
+
+    async fn record_mfa_failure(
+        &self,
+        user: &User,
+        reason: &str,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), SsoError> {
+        let event = NewEvent::new(
+            now,
+            &Actor::Anonymous,
+            kind::MFA_FAILED,
+            Some(&user.username),
+        )
+        .details(json!({"reason": reason}))
+        .client_ip(client_ip);
+        self.store.record_event(&event).await?;
+        Ok(())
     }
 
     /// The live session and its user for a session cookie token: from the session cache, or
@@ -617,6 +1010,7 @@ impl IdentityProvider {
             authn_instant: row.authn_instant,
             created_at: row.authn_instant,
             expires_at: row.session_expires_at,
+            mfa_at: row.session_mfa_at,
         };
         let user = User::from_row(row.user)
             .map_err(|e| SsoError::Store(StoreError::Corrupt(e.to_string())))?;
@@ -711,7 +1105,13 @@ impl IdentityProvider {
             attributes: &attributes,
             authn_instant,
             session_index: &session.session_index,
-            authn_context_class_ref: saml::AC_PASSWORD_PROTECTED_TRANSPORT,
+            // Microsoft's documented class for federated MFA, so Entra with
+            // federatedIdpMfaBehavior = acceptIfMfaDoneByFederatedIdp does not ask again.
+            authn_context_class_ref: if session.mfa_at.is_some() {
+                saml::AC_MS_MULTIPLE_AUTHN
+            } else {
+                saml::AC_PASSWORD_PROTECTED_TRANSPORT
+            },
             now,
             not_before_skew: self.settings.skew,
             subject_lifetime: self.settings.assertion_lifetime,
@@ -944,4 +1344,12 @@ pub enum LogoutOutcome {
     Ended(Option<Answer>),
     /// The request did not name this browser's session: nothing ended.
     Refused,
+}
+
+/// Maps a second-factor failure into the flow's errors.
+fn mfa_error(err: crate::mfa::MfaError) -> SsoError {
+    match err {
+        crate::mfa::MfaError::Store(e) => SsoError::Store(e),
+        other => SsoError::Store(StoreError::Corrupt(other.to_string())),
+    }
 }

@@ -10,8 +10,8 @@ mod session_cache;
 
 pub use handlers::{router, SESSION_COOKIE};
 pub use idp::{
-    Answer, IdentityProvider, IncomingRequest, LoginOutcome, LogoutMessage, LogoutOutcome, Refusal,
-    SsoError,
+    Answer, CodeResult, IdentityProvider, IncomingRequest, LoginOutcome, LogoutMessage,
+    LogoutOutcome, Refusal, SsoError, Step,
 };
 pub use registry::{NameIdSource, ServiceProvider, ServiceProviders, M365_ENTITY_ID};
 pub use replay::ReplayCache;

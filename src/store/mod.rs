@@ -8,6 +8,7 @@
 mod admins;
 mod events;
 mod m365;
+mod mfa;
 mod resets;
 mod saml;
 mod sync;
@@ -19,6 +20,7 @@ mod write_behind;
 pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
 pub use events::{EventFilter, EventRow};
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
+pub use mfa::{FactorCounts, TotpRow};
 pub use resets::{ResetTokenRow, ENDED_PASSWORD_CHANGED, ENDED_USED};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
 pub use sync::{

@@ -15,6 +15,8 @@ pub struct SessionRow {
     pub authn_instant: i64,
     pub created_at: i64,
     pub expires_at: i64,
+    /// When the user last passed a second factor (`None`: password only).
+    pub mfa_at: Option<i64>,
 }
 
 /// An AuthnRequest parked while the user signs in.
@@ -30,6 +32,14 @@ pub struct PendingRequestRow {
     pub browser_hash: String,
     pub created_at: i64,
     pub expires_at: i64,
+    /// The user who passed the first factor, once they have.
+    pub user_id: Option<String>,
+    /// When the first factor passed (the assertion's AuthnInstant).
+    pub authn_at: Option<i64>,
+    /// When a second factor passed.
+    pub mfa_at: Option<i64>,
+    /// Whether the request asked for multi-factor authentication (1) or not (0).
+    pub mfa_requested: i64,
 }
 
 /// A live session together with its user (one query on the sign-in hot path).
@@ -38,6 +48,7 @@ pub struct SessionUserRow {
     pub session_index: String,
     pub authn_instant: i64,
     pub session_expires_at: i64,
+    pub session_mfa_at: Option<i64>,
     #[sqlx(flatten)]
     pub user: UserRow,
 }
@@ -74,7 +85,7 @@ impl Store {
     ) -> Result<Option<SessionUserRow>, StoreError> {
         Ok(sqlx::query_as::<_, SessionUserRow>(&format!(
             "SELECT s.session_index, s.authn_instant, s.expires_at AS session_expires_at, \
-             {USER_COLUMNS} FROM sso_sessions s JOIN users u ON u.id = s.user_id {USER_JOINS} \
+             s.mfa_at AS session_mfa_at, {USER_COLUMNS} FROM sso_sessions s JOIN users u ON u.id = s.user_id {USER_JOINS} \
              WHERE s.id_hash = $1 AND s.expires_at > $2"
         ))
         .bind(id_hash)
@@ -120,8 +131,9 @@ impl Store {
     pub async fn insert_pending_request(&self, row: &PendingRequestRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO saml_pending_requests (id_hash, sp_entity_id, request_id, acs_url, \
-             relay_state, force_authn, login_hint, browser_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             relay_state, force_authn, login_hint, browser_hash, created_at, expires_at, \
+             user_id, authn_at, mfa_at, mfa_requested) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&row.id_hash)
         .bind(&row.sp_entity_id)
@@ -133,9 +145,63 @@ impl Store {
         .bind(&row.browser_hash)
         .bind(row.created_at)
         .bind(row.expires_at)
+        .bind(&row.user_id)
+        .bind(row.authn_at)
+        .bind(row.mfa_at)
+        .bind(row.mfa_requested)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records on a parked request that `user_id` passed the first factor at `at_ms` (and,
+    /// for a passkey with user verification, a second factor too). Only an unclaimed request
+    /// takes a user: a sign-in cannot switch accounts halfway.
+    pub async fn set_pending_user(
+        &self,
+        id_hash: &str,
+        user_id: &str,
+        at_ms: i64,
+        mfa_at_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE saml_pending_requests SET user_id = $1, authn_at = $2, mfa_at = $3 \
+             WHERE id_hash = $4 AND (user_id IS NULL OR user_id = $5)",
+        )
+        .bind(user_id)
+        .bind(at_ms)
+        .bind(mfa_at_ms)
+        .bind(id_hash)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records on a parked request that its user passed a second factor at `at_ms`, with the
+    /// event; false when the request is gone or belongs to another user.
+    pub async fn set_pending_mfa(
+        &self,
+        id_hash: &str,
+        user_id: &str,
+        at_ms: i64,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE saml_pending_requests SET mfa_at = $1 WHERE id_hash = $2 AND user_id = $3",
+        )
+        .bind(at_ms)
+        .bind(id_hash)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        let updated = done.rows_affected() == 1;
+        if updated {
+            events::insert(&mut *tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(updated)
     }
 
     /// Reads a parked request that has not expired.
@@ -146,8 +212,8 @@ impl Store {
     ) -> Result<Option<PendingRequestRow>, StoreError> {
         Ok(sqlx::query_as::<_, PendingRequestRow>(
             "SELECT id_hash, sp_entity_id, request_id, acs_url, relay_state, force_authn, \
-             login_hint, browser_hash, created_at, expires_at FROM saml_pending_requests \
-             WHERE id_hash = $1 AND expires_at > $2",
+             login_hint, browser_hash, created_at, expires_at, user_id, authn_at, mfa_at, \
+             mfa_requested FROM saml_pending_requests WHERE id_hash = $1 AND expires_at > $2",
         )
         .bind(id_hash)
         .bind(now_ms)
@@ -172,8 +238,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO sso_sessions (id_hash, user_id, session_index, authn_instant, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO sso_sessions (id_hash, user_id, session_index, authn_instant, created_at, \
+             expires_at, mfa_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&row.id_hash)
         .bind(&row.user_id)
@@ -181,6 +247,7 @@ impl Store {
         .bind(row.authn_instant)
         .bind(row.created_at)
         .bind(row.expires_at)
+        .bind(row.mfa_at)
         .execute(&mut *tx)
         .await?;
         events::insert(&mut *tx, event).await?;
@@ -195,8 +262,8 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<SessionRow>, StoreError> {
         Ok(sqlx::query_as::<_, SessionRow>(
-            "SELECT id_hash, user_id, session_index, authn_instant, created_at, expires_at \
-             FROM sso_sessions WHERE id_hash = $1 AND expires_at > $2",
+            "SELECT id_hash, user_id, session_index, authn_instant, created_at, expires_at, \
+             mfa_at FROM sso_sessions WHERE id_hash = $1 AND expires_at > $2",
         )
         .bind(id_hash)
         .bind(now_ms)

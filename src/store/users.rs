@@ -29,6 +29,10 @@ pub struct UserRow {
     pub binding_state: Option<String>,
     /// Whether the user's real password has reached Microsoft 365 (NULL without a binding).
     pub password_pushed: Option<i64>,
+    /// Whether the user must change their password at the next sign-in.
+    pub must_change_password: i64,
+    /// Whether the `chosen` MFA policy requires a second factor of the user.
+    pub mfa_required: i64,
 }
 
 impl<'r> sqlx::FromRow<'r, AnyRow> for UserRow {
@@ -55,6 +59,8 @@ impl<'r> sqlx::FromRow<'r, AnyRow> for UserRow {
             user_principal_name: row.try_get("user_principal_name")?,
             binding_state: row.try_get("binding_state")?,
             password_pushed: row.try_get("password_pushed")?,
+            must_change_password: row.try_get("must_change_password")?,
+            mfa_required: row.try_get("mfa_required")?,
         })
     }
 }
@@ -113,7 +119,8 @@ impl std::fmt::Display for UserColumns {
             "u.id, u.username, u.email, u.firstname, u.lastname, u.manager_id, \
              m.username AS manager_username, u.state, u.password_hash, u.password_changed_at, \
              u.created_at, u.updated_at, b.immutable_id, b.user_principal_name, \
-             b.state AS binding_state, b.password_pushed",
+             b.state AS binding_state, b.password_pushed, u.must_change_password, \
+             u.mfa_required",
         )?;
         for spec in optional_columns() {
             write!(f, ", u.{}", spec.column)?;
@@ -677,7 +684,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3 WHERE id = $1",
+            "UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3, must_change_password = 0 WHERE id = $1",
         )
         .bind(user_id)
         .bind(hash)

@@ -110,6 +110,8 @@ pub enum Form {
     Admin,
     /// "Forgot password" requests and reset links of the user portal.
     PasswordReset,
+    /// The second-factor code of a sign-in (keyed by the user who passed the password).
+    SecondFactor,
 }
 
 impl Form {
@@ -118,6 +120,7 @@ impl Form {
             Form::Sso => "sso",
             Form::Admin => "admin",
             Form::PasswordReset => "reset",
+            Form::SecondFactor => "mfa",
         }
     }
 
@@ -126,6 +129,7 @@ impl Form {
             Form::Sso => kind::SIGN_IN_THROTTLED,
             Form::Admin => kind::ADMIN_LOGIN_THROTTLED,
             Form::PasswordReset => kind::PASSWORD_RESET_THROTTLED,
+            Form::SecondFactor => kind::MFA_THROTTLED,
         }
     }
 }
@@ -175,6 +179,24 @@ impl SignInThrottle {
                 address_max_failures: s.address_max_failures,
                 window: Duration::seconds(
                     i64::try_from(s.window_seconds).unwrap_or(i64::MAX / 2_000),
+                ),
+                lock: Duration::seconds(i64::try_from(s.lock_seconds).unwrap_or(i64::MAX / 2_000)),
+            },
+        )
+    }
+
+    /// The second-factor throttle: `[mfa] max_failures` wrong codes per user, the address
+    /// limit and the lock of `[sign_in]`.
+    pub fn second_factor(store: Store, config: &Config) -> Self {
+        let s = &config.sign_in;
+        Self::new(
+            store,
+            Form::SecondFactor,
+            Limits {
+                account_max_failures: config.mfa.max_failures,
+                address_max_failures: s.address_max_failures,
+                window: Duration::seconds(
+                    i64::try_from(s.lock_seconds).unwrap_or(i64::MAX / 2_000),
                 ),
                 lock: Duration::seconds(i64::try_from(s.lock_seconds).unwrap_or(i64::MAX / 2_000)),
             },

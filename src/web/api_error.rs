@@ -157,6 +157,18 @@ impl From<DirectoryError> for ApiError {
     }
 }
 
+impl From<crate::mfa::MfaError> for ApiError {
+    fn from(err: crate::mfa::MfaError) -> Self {
+        match err {
+            crate::mfa::MfaError::Store(e) => e.into(),
+            crate::mfa::MfaError::TotpExists(_) | crate::mfa::MfaError::NoEnrolment(_) => {
+                ApiError::conflict(None, err.to_string())
+            }
+            crate::mfa::MfaError::Secret(_) => ApiError::internal(err),
+        }
+    }
+}
+
 impl From<M365Error> for ApiError {
     fn from(err: M365Error) -> Self {
         let message = err.to_string();

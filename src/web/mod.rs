@@ -83,6 +83,12 @@ impl From<DirectoryError> for AppError {
     }
 }
 
+impl From<crate::mfa::MfaError> for AppError {
+    fn from(err: crate::mfa::MfaError) -> Self {
+        AppError::Internal(err.to_string())
+    }
+}
+
 impl From<crate::throttle::ThrottleError> for AppError {
     fn from(err: crate::throttle::ThrottleError) -> Self {
         AppError::Internal(err.to_string())

@@ -28,6 +28,10 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/api/v1/users/{id}/suspend"),
     ("POST", "/api/v1/users/{id}/activate"),
     ("PUT", "/api/v1/users/{id}/password"),
+    ("POST", "/api/v1/users/{id}/require-password-change"),
+    ("GET", "/api/v1/users/{id}/mfa"),
+    ("DELETE", "/api/v1/users/{id}/mfa"),
+    ("PUT", "/api/v1/users/{id}/mfa/required"),
     ("GET", "/api/v1/bindings"),
     ("POST", "/api/v1/bindings"),
     ("POST", "/api/v1/bindings/unbind"),
@@ -350,6 +354,7 @@ fn request_for(method: &str, path: &str) -> (String, Option<Value>) {
         }
         ("PATCH", _) => Some(json!({"department": "Sales"})),
         ("PUT", "/api/v1/users/{id}/password") => Some(json!({"password": "An0ther-Passw0rd!"})),
+        ("PUT", "/api/v1/users/{id}/mfa/required") => Some(json!({"required": true})),
         ("POST", "/api/v1/bindings") => Some(json!({"users": ["bob"]})),
         ("POST", "/api/v1/bindings/unbind") => Some(json!({"users": ["bob"]})),
         ("POST", "/api/v1/bindings/retry") => Some(json!({})),

@@ -514,7 +514,7 @@ async fn the_password_reaches_m365_at_the_next_sign_in_and_on_every_change() {
         .unwrap();
     assert!(matches!(
         outcome,
-        idbridge::sso::LoginOutcome::SignedIn { .. }
+        idbridge::sso::LoginOutcome::PasswordPassed(_)
     ));
     eventually("password pushed", || async {
         (prop(&fake, "kim@contoso.com", "passwordProfile")["password"] == PASSWORD).then_some(())

@@ -25,6 +25,10 @@ import argparse
 import base64
 import datetime
 import json
+import hashlib
+import hmac
+import struct
+import time
 import os
 import shutil
 import sys
@@ -96,15 +100,37 @@ def forms_of(html):
     return parser.forms
 
 
-def microsoft_authn_request(request_id):
-    """The AuthnRequest as Entra ID sends it (see Microsoft's SAML 2.0 IdP documentation)."""
+MULTIPLE_AUTHN = "http://schemas.microsoft.com/claims/multipleauthn"
+
+
+def totp_code(secret_base32, at=None):
+    """RFC 6238 TOTP (SHA-1, 6 digits, 30 s), computed independently of idbridge."""
+    key = base64.b32decode(secret_base32 + "=" * (-len(secret_base32) % 8))
+    counter = int((time.time() if at is None else at) // 30)
+    digest = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = digest[-1] & 0x0F
+    value = (struct.unpack(">I", digest[offset:offset + 4])[0] & 0x7FFFFFFF) % 1_000_000
+    return f"{value:06d}"
+
+
+def microsoft_authn_request(request_id, request_mfa=False):
+    """The AuthnRequest as Entra ID sends it (see Microsoft's SAML 2.0 IdP documentation);
+    with `request_mfa`, the RequestedAuthnContext Entra adds when it needs MFA from a
+    federated IdP (federatedIdpMfaBehavior = enforceMfaByFederatedIdp)."""
     instant = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     return (
         f'<samlp:AuthnRequest ID="{request_id}" Version="2.0" IssueInstant="{instant}" '
         'xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol">'
         f'<Issuer xmlns="urn:oasis:names:tc:SAML:2.0:assertion">{ENTITY_ID}</Issuer>'
         '<samlp:NameIDPolicy Format="urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"/>'
-        "</samlp:AuthnRequest>"
+        + (
+            '<samlp:RequestedAuthnContext Comparison="minimum">'
+            f'<AuthnContextClassRef xmlns="urn:oasis:names:tc:SAML:2.0:assertion">{MULTIPLE_AUTHN}</AuthnContextClassRef>'
+            "</samlp:RequestedAuthnContext>"
+            if request_mfa
+            else ""
+        )
+        + "</samlp:AuthnRequest>"
     )
 
 
@@ -162,6 +188,8 @@ def main():
     parser.add_argument("password")
     parser.add_argument("--relay-state", default="https://portal.office.com/?a=1&b=<2>")
     parser.add_argument("--expect-status", type=int, default=200)
+    parser.add_argument("--totp-secret", help="answer the second-factor page with this TOTP secret (base32)")
+    parser.add_argument("--request-mfa", action="store_true", help="ask for multipleauthn")
     args = parser.parse_args()
 
     if shutil.which("xmlsec1") is None:
@@ -185,7 +213,7 @@ def main():
 
     # 2. The browser arrives with Microsoft's AuthnRequest (HTTP-POST binding).
     request_id = "_" + str(uuid.uuid4())
-    saml_request = base64.b64encode(microsoft_authn_request(request_id).encode()).decode()
+    saml_request = base64.b64encode(microsoft_authn_request(request_id, args.request_mfa).encode()).decode()
     r = http.post(
         f"{base}/saml/sso",
         data={"SAMLRequest": saml_request, "RelayState": args.relay_state},
@@ -204,6 +232,13 @@ def main():
     fields["username"] = args.username
     fields["password"] = args.password
     r = http.post(urljoin(r.url, login["action"]), data=fields, allow_redirects=False, timeout=30)
+    if args.totp_secret:
+        code_forms = [f for f in forms_of(r.text) if "code" in f["inputs"]]
+        if r.status_code != 200 or len(code_forms) != 1:
+            fail(f"expected the second-factor form after the password, got {r.status_code}: {r.text[:500]}")
+        fields = dict(code_forms[0]["inputs"])
+        fields["code"] = totp_code(args.totp_secret)
+        r = http.post(urljoin(r.url, code_forms[0]["action"]), data=fields, allow_redirects=False, timeout=30)
     if r.status_code != args.expect_status:
         fail(f"login answered {r.status_code}, expected {args.expect_status}: {r.text[:500]}")
     posts = [f for f in forms_of(r.text) if "SAMLResponse" in f["inputs"]]
@@ -269,6 +304,9 @@ def main():
                     for a in r_.audience
                 ],
                 "session_index": [s.session_index for s in assertion.authn_statement],
+                "authn_context_class_ref": [
+                    s.authn_context.authn_context_class_ref.text for s in assertion.authn_statement
+                ],
             }
         )
     )

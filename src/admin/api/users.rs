@@ -32,6 +32,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(suspend_user))
         .routes(routes!(activate_user))
         .routes(routes!(set_password))
+        .routes(routes!(require_password_change))
+        .routes(routes!(get_mfa, reset_mfa))
+        .routes(routes!(set_mfa_required))
 }
 
 /// A user, with the catalogue's attribute names (nested at their dots) as
@@ -610,4 +613,137 @@ async fn delete_user(
         .delete_user(&caller.actor(), &id, Utc::now())
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Makes the user choose a new password at their next sign-in, before any assertion.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{id}/require-password-change",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id, username or email")),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 404, description = "No such user", body = ErrorResponse),
+    )
+)]
+async fn require_password_change(
+    State(state): State<AppState>,
+    Extension(caller): Extension<AdminPrincipal>,
+    Path(id): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    let user = state
+        .directory
+        .require_password_change(&caller.actor(), &id, Utc::now())
+        .await?;
+    Ok(Json(User::from(&user)))
+}
+
+/// A user's second factors and whether the policy requires one.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MfaStatus {
+    /// `optional`, `chosen` or `required` (`[mfa] policy`).
+    pub policy: crate::mfa::MfaPolicy,
+    /// Whether the `chosen` policy names this user.
+    pub chosen: bool,
+    /// Whether the user must pass a second factor under the policy.
+    pub required: bool,
+    /// Whether an authenticator app (TOTP) is confirmed.
+    pub totp: bool,
+    pub passkeys: i64,
+    /// Unused recovery codes.
+    pub recovery_codes: i64,
+}
+
+async fn mfa_status(state: &AppState, id: &str) -> Result<MfaStatus, ApiError> {
+    let user = state.directory.get_user(id).await?;
+    let mfa = state.idp.mfa();
+    let factors = mfa.factors(&user.id).await?;
+    Ok(MfaStatus {
+        policy: mfa.policy(),
+        chosen: user.mfa_required,
+        required: mfa.required_for(&user),
+        totp: factors.totp,
+        passkeys: factors.passkeys,
+        recovery_codes: factors.recovery_codes,
+    })
+}
+
+/// The user's second factors.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{id}/mfa",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id, username or email")),
+    responses(
+        (status = 200, description = "The user's second factors", body = MfaStatus),
+        (status = 404, description = "No such user", body = ErrorResponse),
+    )
+)]
+async fn get_mfa(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MfaStatus>, ApiError> {
+    Ok(Json(mfa_status(&state, &id).await?))
+}
+
+/// Removes every second factor of the user (a lost phone); under a policy that requires MFA
+/// they enrol again at their next sign-in.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{id}/mfa",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id, username or email")),
+    responses(
+        (status = 204, description = "Every second factor removed"),
+        (status = 404, description = "No such user", body = ErrorResponse),
+    )
+)]
+async fn reset_mfa(
+    State(state): State<AppState>,
+    Extension(caller): Extension<AdminPrincipal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = state.directory.get_user(&id).await?;
+    state
+        .idp
+        .mfa()
+        .reset(&caller.actor(), &user, Utc::now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether the `chosen` policy requires a user's second factor.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaRequirement {
+    pub required: bool,
+}
+
+/// Sets whether the `chosen` MFA policy requires the user's second factor.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/{id}/mfa/required",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id, username or email")),
+    request_body = MfaRequirement,
+    responses(
+        (status = 200, description = "The user's second factors", body = MfaStatus),
+        (status = 400, description = "The body is not JSON", body = ErrorResponse),
+        (status = 404, description = "No such user", body = ErrorResponse),
+    )
+)]
+async fn set_mfa_required(
+    State(state): State<AppState>,
+    Extension(caller): Extension<AdminPrincipal>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<MfaRequirement>,
+) -> Result<Json<MfaStatus>, ApiError> {
+    let user = state.directory.get_user(&id).await?;
+    state
+        .idp
+        .mfa()
+        .set_required(&caller.actor(), &user, body.required, Utc::now())
+        .await?;
+    Ok(Json(mfa_status(&state, &id).await?))
 }
