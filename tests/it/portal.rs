@@ -713,3 +713,64 @@ async fn a_failed_delivery_is_recorded_and_without_smtp_the_page_says_whom_to_as
         "{html}"
     );
 }
+
+#[tokio::test]
+async fn the_portal_and_microsoft_365_share_one_sign_in_session() {
+    use crate::sso::{app_with_bound_user, authn_request, auto_post, request_id, sso_post};
+    let (app, _) = app_with_bound_user().await;
+
+    // Signed in at the portal: Microsoft 365's AuthnRequest is answered at once.
+    let portal_first = signed_in(&app, crate::sso::USERNAME, crate::sso::PASSWORD).await;
+    let page = sso_post(&portal_first, &app, &authn_request(&request_id(), ""), None).await;
+    auto_post(&page);
+
+    // Signed in through Microsoft 365: the portal knows the user.
+    let sso_first = app.browser();
+    let page = crate::sso::sign_in(
+        &sso_first,
+        &app,
+        &authn_request(&request_id(), ""),
+        None,
+        crate::sso::USERNAME,
+    )
+    .await;
+    auto_post(&page);
+    let (status, html) = get(&app, &sso_first, "/").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Hello, Test alice"), "{html}");
+    // Signing out at the portal ends it for SSO too.
+    let token = csrf(&app, &sso_first).await;
+    let r = sso_first
+        .post(app.url("/logout"))
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let page = sso_post(&sso_first, &app, &authn_request(&request_id(), ""), None).await;
+    assert!(page.has_login_form(), "signed out: {}", page.body);
+}
+
+#[tokio::test]
+async fn an_account_with_a_second_factor_gets_no_password_only_portal_session() {
+    let app = TestApp::spawn_with("[mfa]\npolicy = \"required\"\n").await;
+    app.create_user("ines", "ines@contoso.com", PASSWORD).await;
+    let client = app.browser();
+    let r = sign_in(&app, &client, "ines", PASSWORD).await;
+    assert_eq!(r.status(), 403);
+    let cookies: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !cookies.iter().any(|c| c.starts_with("idbridge_session=")),
+        "{cookies:?}"
+    );
+    assert!(r.text().await.unwrap().contains("second factor"));
+    assert!(get(&app, &client, "/")
+        .await
+        .1
+        .contains("Sign in to your account"));
+}
