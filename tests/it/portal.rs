@@ -774,3 +774,33 @@ async fn an_account_with_a_second_factor_gets_no_password_only_portal_session() 
         .1
         .contains("Sign in to your account"));
 }
+
+#[tokio::test]
+async fn a_bad_smtp_password_file_stops_start_up_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("smtp-password");
+    std::fs::write(&secret, "s3cret-smtp\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (path, problem) in [
+        (secret.clone(), "readable by other users"),
+        (dir.path().join("missing"), "missing"),
+    ] {
+        let config = crate::support::test_config(
+            dir.path(),
+            &format!(
+                "[smtp]\nhost = \"smtp.example.com\"\nfrom = \"it@example.com\"\nusername = \"it\"\npassword_file = \"{}\"\n",
+                path.display()
+            ),
+        );
+        let err = match idbridge::server::App::build(config).await {
+            Ok(_) => panic!("started with {}", path.display()),
+            Err(err) => err.to_string(),
+        };
+        assert!(
+            err.contains("smtp.password_file") && err.contains(problem),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret-smtp"), "{err}");
+    }
+}
