@@ -23,7 +23,7 @@ use crate::m365::sync::{Direction, Directions};
 use crate::portal::ChangeOutcome;
 use crate::server::AppState;
 use crate::sso::{LoginOutcome, Refusal, SESSION_COOKIE};
-use crate::web::{display_time, new_cookie, render, AppError};
+use crate::web::{display_time, render, AppError};
 
 /// Routes without a session (`/` shows the sign-in form to a signed-out visitor).
 pub fn public_router() -> Router<AppState> {
@@ -121,20 +121,20 @@ struct LoginForm {
 
 /// What a portal sign-in leads to.
 enum SignIn {
-    /// A new SSO session: its cookie's token.
-    Session(String),
     /// The form again, with this message and status.
     Again(String, StatusCode),
     /// Correct password, but the account may not sign in.
     Refused(AppError),
+    /// The password passed: the sign-in's further steps take over.
+    Steps(Box<User>),
 }
 
 /// The portal sign-in, in one place: the password through the SSO sign-in (its throttle, its
 /// events, the first push of the password to Microsoft 365), then the session.
 ///
-/// Second factors go here: between the password (`LoginOutcome::PasswordPassed`) and handing
-/// out the session, the sign-in steps of issue 13 (second factor, enrolment, required password
-/// change) take over; see [`after_password`].
+/// After the password (`LoginOutcome::PasswordPassed`) the sign-in steps of the SAML flow take
+/// over ([`crate::sso::portal_steps`]): a new password when expired or required, a second
+/// factor or its enrolment; they end in the session.
 async fn sign_in(
     state: &AppState,
     username: &str,
@@ -168,52 +168,11 @@ async fn sign_in(
             ))
         }
         LoginOutcome::Refused(refusal) => Ok(SignIn::Refused(refused(state, refusal))),
-        LoginOutcome::PasswordPassed(user) => after_password(state, &user, ip, now).await,
+        // The SAML sign-in's steps (a new password when expired or required, a second factor
+        // or its enrolment) on a parked sign-in whose target is the portal, ending in the
+        // session and `/`.
+        LoginOutcome::PasswordPassed(user) => Ok(SignIn::Steps(user)),
     }
-}
-
-/// The steps after the password. The SSO flow's steps (a new password when expired or
-/// required, a second factor or its enrolment) run on a parked SAML request and are not wired
-/// here yet: until they are, an account that needs one of them gets no password-only session
-/// from the portal (which would let it skip its second factor), only a page saying where to
-/// sign in instead.
-async fn after_password(
-    state: &AppState,
-    user: &User,
-    ip: Option<String>,
-    now: DateTime<Utc>,
-) -> Result<SignIn, AppError> {
-    let contact = state.self_service.support_contact();
-    if state.directory.password_expired(user, now) || user.must_change_password {
-        let hint = if state.self_service.can_mail() {
-            format!("Choose a new one with \u{201c}Forgot your password?\u{201d} on the sign-in page, or by signing in to Microsoft 365. Questions: {contact}.")
-        } else {
-            format!("Choose a new one by signing in to Microsoft 365, or ask {contact}.")
-        };
-        return Ok(SignIn::Refused(AppError::Refused {
-            title: "Choose a new password first".into(),
-            message: "Your password has expired, or your administrator asked you to change it."
-                .into(),
-            hint,
-        }));
-    }
-    let mfa = state.idp.mfa();
-    let factors = mfa
-        .factors(&user.id)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
-    if mfa.required_for(user) || factors.any() || factors.recovery_codes > 0 {
-        return Ok(SignIn::Refused(AppError::Refused {
-            title: "Sign in with your second factor".into(),
-            message: "Your account signs in with a second factor, which this page does not ask for yet.".into(),
-            hint: format!("Sign in to Microsoft 365 (https://www.office.com) in this browser, then open this page again. Questions: {contact}."),
-        }));
-    }
-    let (_, token) = state
-        .idp
-        .open_session(user, now.timestamp_millis(), None, ip, now)
-        .await?;
-    Ok(SignIn::Session(token))
 }
 
 /// The refusal page of a correct password on an account that may not sign in.
@@ -262,16 +221,8 @@ async fn login(
         ));
     }
     let password = SecretString::from(form.password);
-    match sign_in(&state, &form.username, &password, ip, now).await? {
-        SignIn::Session(token) => {
-            let jar = jar.add(new_cookie(
-                SESSION_COOKIE,
-                token,
-                state.config.is_https(),
-                true,
-            ));
-            Ok((jar, Redirect::to(next)).into_response())
-        }
+    match sign_in(&state, &form.username, &password, ip.clone(), now).await? {
+        SignIn::Steps(user) => Ok(crate::sso::portal_steps(&state, jar, &user, ip, now).await),
         SignIn::Again(message, status) => Ok(login_form(
             &state,
             jar,

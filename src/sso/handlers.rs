@@ -244,6 +244,27 @@ async fn show_login(
     Ok((jar, render(status, &page)).into_response())
 }
 
+/// Goes on with a portal sign-in whose password passed on the portal's own form: the same
+/// steps as a SAML sign-in (a new password when expired or required, a second factor or its
+/// enrolment) on a parked sign-in whose target is the portal, ending in a session and `/`.
+pub async fn portal_steps(
+    state: &AppState,
+    jar: CookieJar,
+    user: &crate::directory::User,
+    ip: Option<String>,
+    now: chrono::DateTime<Utc>,
+) -> Response {
+    let (jar, browser) = browser_cookie(state, jar);
+    let request = IncomingRequest {
+        first_factor: Some((user.id.clone(), now.timestamp_millis())),
+        ..state.idp.portal_request(Some(user.username.clone()))
+    };
+    match state.idp.park(&request, &browser, now).await {
+        Ok(pending) => proceed(state, jar, &pending, &request, ip, now, None).await,
+        Err(err) => (jar, internal(err)).into_response(),
+    }
+}
+
 /// The browser's login cookie (made if missing) and its value.
 fn browser_cookie(state: &AppState, jar: CookieJar) -> (CookieJar, String) {
     let browser = jar
@@ -340,6 +361,10 @@ async fn proceed(
                 state.config.is_https(),
                 true,
             ));
+            if request.is_portal() {
+                // No assertion for the portal: the session is what the user signed in for.
+                return (jar, axum::response::Redirect::to("/")).into_response();
+            }
             match state
                 .idp
                 .answer(request, &session, &user, ip.clone(), now)

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use secrecy::SecretString;
 use serde_json::json;
 
-use super::registry::{NameIdSource, ServiceProvider, ServiceProviders};
+use super::registry::{NameIdSource, ServiceProvider, ServiceProviders, PORTAL_TARGET};
 use super::replay::{ReplayCache, ReplayError};
 use super::session_cache::{CachedSession, SessionCache};
 use crate::config::Config;
@@ -178,6 +178,13 @@ pub struct IncomingRequest {
     /// remembered. Written in the same transaction as that park or answer, so the hot path has
     /// one write.
     pub replay_guard: Option<ReplayGuard>,
+}
+
+impl IncomingRequest {
+    /// Whether this sign-in is to idbridge's user portal rather than for a SAML request.
+    pub fn is_portal(&self) -> bool {
+        self.sp.entity_id == PORTAL_TARGET
+    }
 }
 
 /// What to send the browser after a sign-in or a session hit.
@@ -519,6 +526,35 @@ impl IdentityProvider {
         Ok(token)
     }
 
+    /// Parks a sign-in to the user portal: the same steps as a SAML sign-in (password,
+    /// password change, second factor), ending in a session instead of an assertion.
+    pub async fn park_portal(
+        &self,
+        browser_token: &str,
+        login_hint: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<String, SsoError> {
+        let request = self.portal_request(login_hint);
+        self.park(&request, browser_token, now).await
+    }
+
+    /// A sign-in to the user portal, not yet parked.
+    pub fn portal_request(&self, login_hint: Option<String>) -> IncomingRequest {
+        IncomingRequest {
+            sp: self.service_providers.portal(),
+            request_id: None,
+            acs_url: String::new(),
+            relay_state: None,
+            force_authn: false,
+            is_passive: false,
+            login_hint,
+            mfa_requested: false,
+            first_factor: None,
+            mfa_at: None,
+            replay_guard: None,
+        }
+    }
+
     /// Finds a parked request for a login form post from the same browser.
     pub async fn resume(
         &self,
@@ -537,10 +573,13 @@ impl IdentityProvider {
         if !same_browser {
             return Err(SsoError::PendingExpired);
         }
-        let sp = self
-            .service_providers
-            .get(&row.sp_entity_id)
-            .ok_or_else(|| SsoError::UnknownServiceProvider(row.sp_entity_id.clone()))?;
+        let sp = if row.sp_entity_id == PORTAL_TARGET {
+            self.service_providers.portal()
+        } else {
+            self.service_providers
+                .get(&row.sp_entity_id)
+                .ok_or_else(|| SsoError::UnknownServiceProvider(row.sp_entity_id.clone()))?
+        };
         Ok(IncomingRequest {
             sp,
             request_id: row.request_id,
@@ -965,7 +1004,8 @@ impl IdentityProvider {
         }
     }
 
-    async fn record_mfa_failure(
+    /// Records a wrong second-factor code or enrolment confirmation (a security event).
+    pub async fn record_mfa_failure(
         &self,
         user: &User,
         reason: &str,

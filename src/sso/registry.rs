@@ -8,6 +8,9 @@ use crate::saml::{VerificationKeys, NAMEID_EMAIL, NAMEID_PERSISTENT, NAMEID_UNSP
 
 /// Entity ID Microsoft Entra ID uses in its AuthnRequests and as the assertion audience.
 pub const M365_ENTITY_ID: &str = "urn:federation:MicrosoftOnline";
+/// The target of a sign-in to idbridge's own user portal: never a registered service
+/// provider, so no AuthnRequest can name it, and no SAML message is ever made for it.
+pub const PORTAL_TARGET: &str = "urn:idbridge:portal";
 
 /// Which user value becomes the NameID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +57,7 @@ pub struct ServiceProvider {
 #[derive(Debug, Clone)]
 pub struct ServiceProviders {
     by_entity_id: HashMap<String, Arc<ServiceProvider>>,
+    portal: Arc<ServiceProvider>,
 }
 
 impl ServiceProviders {
@@ -97,12 +101,33 @@ impl ServiceProviders {
             };
             by_entity_id.insert(entry.entity_id.clone(), Arc::new(entry));
         }
-        Self { by_entity_id }
+        let portal = Arc::new(ServiceProvider {
+            entity_id: PORTAL_TARGET.into(),
+            name: "your idbridge account".into(),
+            acs_urls: Vec::new(),
+            slo_url: None,
+            name_id: NameIdSource::Username,
+            attributes: Vec::new(),
+            requires_m365_binding: false,
+            is_m365: false,
+            verification_keys: None,
+        });
+        // A configured entry cannot take the portal's name.
+        by_entity_id.remove(PORTAL_TARGET);
+        Self {
+            by_entity_id,
+            portal,
+        }
     }
 
     /// Looks up a service provider by the Issuer of its request.
     pub fn get(&self, entity_id: &str) -> Option<Arc<ServiceProvider>> {
         self.by_entity_id.get(entity_id).cloned()
+    }
+
+    /// The user portal as the target of a parked sign-in (see [`PORTAL_TARGET`]).
+    pub fn portal(&self) -> Arc<ServiceProvider> {
+        self.portal.clone()
     }
 
     /// All registered service providers, Microsoft 365 first.

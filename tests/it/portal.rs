@@ -752,12 +752,12 @@ async fn the_portal_and_microsoft_365_share_one_sign_in_session() {
 }
 
 #[tokio::test]
-async fn an_account_with_a_second_factor_gets_no_password_only_portal_session() {
+async fn a_portal_sign_in_goes_through_the_second_factor_steps_before_any_session() {
     let app = TestApp::spawn_with("[mfa]\npolicy = \"required\"\n").await;
     app.create_user("ines", "ines@contoso.com", PASSWORD).await;
     let client = app.browser();
     let r = sign_in(&app, &client, "ines", PASSWORD).await;
-    assert_eq!(r.status(), 403);
+    assert_eq!(r.status(), 200);
     let cookies: Vec<String> = r
         .headers()
         .get_all("set-cookie")
@@ -766,9 +766,10 @@ async fn an_account_with_a_second_factor_gets_no_password_only_portal_session() 
         .collect();
     assert!(
         !cookies.iter().any(|c| c.starts_with("idbridge_session=")),
-        "{cookies:?}"
+        "no session before the second factor: {cookies:?}"
     );
-    assert!(r.text().await.unwrap().contains("second factor"));
+    let html = r.text().await.unwrap();
+    assert!(html.contains("Set up an authenticator app"), "{html}");
     assert!(get(&app, &client, "/")
         .await
         .1
@@ -803,4 +804,49 @@ async fn a_bad_smtp_password_file_stops_start_up_naming_the_setting() {
         );
         assert!(!err.contains("s3cret-smtp"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn an_enrolled_user_signs_in_to_the_portal_with_the_second_factor() {
+    use idbridge::mfa::totp::Generator;
+    let app = TestApp::spawn().await;
+    let jon = app.create_user("jon", "jon@contoso.com", PASSWORD).await;
+    let now = Utc::now();
+    let mfa = app.state().idp.mfa();
+    let enrolment = mfa.totp_enrolment(&jon, now).await.unwrap();
+    let secret = totp_rs::Secret::Encoded(enrolment.secret_base32.clone())
+        .to_bytes()
+        .unwrap();
+    let generator = Generator::new(secret, "test", "test").unwrap();
+    let seconds = u64::try_from(now.timestamp()).unwrap();
+    // Confirmed with the previous step's code, so the current one is still unused.
+    assert!(mfa
+        .confirm_totp(&jon, &generator.code_at(seconds - 30), now)
+        .await
+        .unwrap());
+
+    let client = app.browser();
+    let r = sign_in(&app, &client, "jon", PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("Verify it"),
+        "the second factor is asked for: {html}"
+    );
+    assert!(get(&app, &client, "/")
+        .await
+        .1
+        .contains("Sign in to your account"));
+    let pending = hidden_input(&html, "pending").expect("the parked sign-in");
+    let code = generator.code_at(u64::try_from(Utc::now().timestamp()).unwrap());
+    let r = client
+        .post(app.url("/saml/login/code"))
+        .form(&[("pending", pending.as_str()), ("code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(r.headers()["location"], "/");
+    let (_, html) = get(&app, &client, "/").await;
+    assert!(html.contains("Hello, Test jon"), "{html}");
 }
