@@ -110,6 +110,9 @@ pub enum PasswordChange<'a> {
     SelfService { session_hash: &'a str },
     /// The user, through an emailed reset link: every idbridge session of the user ends.
     ResetLink,
+    /// The user, during a sign-in, because the password expired or an admin asked for a change
+    /// (the sign-in goes on and opens its session after it).
+    AtSignIn,
 }
 
 impl<'a> PasswordChange<'a> {
@@ -119,12 +122,13 @@ impl<'a> PasswordChange<'a> {
             PasswordChange::AdminReset => "admin",
             PasswordChange::SelfService { .. } => "portal",
             PasswordChange::ResetLink => "reset_link",
+            PasswordChange::AtSignIn => "sign_in",
         }
     }
 
     fn sign_out(self) -> crate::store::SignOut<'a> {
         match self {
-            PasswordChange::AdminReset => crate::store::SignOut::Nobody,
+            PasswordChange::AdminReset | PasswordChange::AtSignIn => crate::store::SignOut::Nobody,
             PasswordChange::ResetLink => crate::store::SignOut::Everywhere,
             PasswordChange::SelfService { session_hash } => {
                 crate::store::SignOut::ElsewhereThan(session_hash)

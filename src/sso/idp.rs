@@ -994,7 +994,13 @@ impl IdentityProvider {
         let actor = Actor::User(user.username.clone());
         match self
             .directory
-            .set_password(&actor, &user.id, password, now)
+            .set_password_by(
+                &actor,
+                &user.id,
+                password,
+                crate::directory::PasswordChange::AtSignIn,
+                now,
+            )
             .await
         {
             Ok(()) => Ok(Ok(())),
