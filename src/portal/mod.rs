@@ -212,12 +212,7 @@ fn redirect_with_notice(to: &str, notice: &str) -> Response {
 
 /// The notice a POST left, and the jar that clears it (shown once).
 fn take_notice(jar: CookieJar) -> (Option<String>, CookieJar) {
-    let notice = jar.get(NOTICE_COOKIE).map(|c| {
-        url::form_urlencoded::parse(format!("n={}", c.value()).as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    });
+    let notice = crate::web::notice_in(&jar, NOTICE_COOKIE);
     let jar = if notice.is_some() {
         jar.remove(axum_extra::extract::cookie::Cookie::build(NOTICE_COOKIE).path("/"))
     } else {

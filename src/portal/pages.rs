@@ -236,58 +236,80 @@ async fn login(
     }
 }
 
+/// Where an attribute's value goes, as the profile says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Always exported (cannot be deselected).
+    Always,
+    /// Exported, as the export table says.
+    Export,
+    /// Taken from Microsoft 365.
+    Import,
+    /// Neither (or the account is not bound).
+    Exclude,
+    /// Never leaves idbridge (the username).
+    Local,
+}
+
+impl Flow {
+    /// The badge's class (the export table's colours).
+    fn css(self) -> &'static str {
+        match self {
+            Flow::Always => "always",
+            Flow::Export => "export",
+            Flow::Import => "import",
+            Flow::Exclude => "exclude",
+            Flow::Local => "local",
+        }
+    }
+
+    /// In words.
+    fn text(self) -> &'static str {
+        match self {
+            Flow::Always => "always sent to Microsoft 365",
+            Flow::Export => "sent to Microsoft 365",
+            Flow::Import => "taken from Microsoft 365",
+            Flow::Exclude => "not shared",
+            Flow::Local => "stays in idbridge",
+        }
+    }
+}
+
 /// One attribute on the profile: what idbridge holds and where it goes in Microsoft 365.
 struct ProfileRow {
     label: &'static str,
     value: String,
     /// The Graph property, or empty for what stays in idbridge.
     property: &'static str,
-    /// `always`, `export`, `import`, `exclude`, or `local`.
-    flow: &'static str,
-    /// The flow in words.
-    flow_text: &'static str,
-}
-
-fn flow_text(flow: &'static str) -> &'static str {
-    match flow {
-        "always" => "always sent to Microsoft 365",
-        "export" => "sent to Microsoft 365",
-        "import" => "taken from Microsoft 365",
-        "exclude" => "not shared",
-        _ => "stays in idbridge",
-    }
+    flow: Flow,
 }
 
 fn profile_rows(user: &User, directions: &Directions, bound: bool) -> Vec<ProfileRow> {
-    let row = |label, value: String, property, flow| ProfileRow {
+    // An account not bound to Microsoft 365 sends nothing there, whatever the export table.
+    let row = |label, value: String, property, flow: Flow| ProfileRow {
         label,
         value,
         property,
-        flow: if bound || flow == "local" {
+        flow: if bound || flow == Flow::Local {
             flow
         } else {
-            "exclude"
+            Flow::Exclude
         },
-        flow_text: flow_text(if bound || flow == "local" {
-            flow
-        } else {
-            "exclude"
-        }),
     };
     let mut rows: Vec<ProfileRow> = CATALOGUE
         .iter()
         .map(|spec| {
             let value = user.get(spec.attribute).unwrap_or_default().to_string();
             let Some(graph) = spec.graph else {
-                return row(spec.label, value, "", "local");
+                return row(spec.label, value, "", Flow::Local);
             };
             let flow = if spec.always_exported {
-                "always"
+                Flow::Always
             } else {
                 match directions.of(spec.name) {
-                    Direction::Export => "export",
-                    Direction::Import => "import",
-                    Direction::Exclude => "exclude",
+                    Direction::Export => Flow::Export,
+                    Direction::Import => Flow::Import,
+                    Direction::Exclude => Flow::Exclude,
                 }
             };
             row(spec.label, value, graph.name, flow)
@@ -297,13 +319,13 @@ fn profile_rows(user: &User, directions: &Directions, bound: bool) -> Vec<Profil
         "Display name",
         user.display_name(),
         "displayName",
-        "always",
+        Flow::Always,
     ));
     let password = match user.password_changed_at {
         Some(at) if user.has_password() => format!("set {}", display_time(Some(at))),
         _ => "not set".into(),
     };
-    rows.push(row("Password", password, "passwordProfile", "always"));
+    rows.push(row("Password", password, "passwordProfile", Flow::Always));
     rows
 }
 

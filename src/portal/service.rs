@@ -280,6 +280,7 @@ impl SelfService {
             Some(row) => Some(User::from_row(row)?),
             None => None,
         };
+        // The store also finds users by their internal id, which nobody types into this form.
         let Some(user) = user.filter(|u| !u.id.eq_ignore_ascii_case(login)) else {
             // Nobody to write to: recorded, nothing sent.
             let event = NewEvent::new(

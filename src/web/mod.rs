@@ -216,7 +216,14 @@ pub fn redirect_with_notice(to: &str, name: &str, path: &str, notice: &str) -> R
 
 /// The one-time notice a POST left in cookie `name`, if any.
 pub fn read_notice(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
-    let jar = axum_extra::extract::cookie::CookieJar::from_headers(headers);
+    notice_in(
+        &axum_extra::extract::cookie::CookieJar::from_headers(headers),
+        name,
+    )
+}
+
+/// The one-time notice in cookie `name` of `jar`, if any.
+pub fn notice_in(jar: &axum_extra::extract::cookie::CookieJar, name: &str) -> Option<String> {
     jar.get(name).map(|c| {
         url::form_urlencoded::parse(format!("n={}", c.value()).as_bytes())
             .next()
