@@ -257,6 +257,12 @@ pub async fn run(
     })
     .await;
     token.cancel();
+    app.state
+        .self_service
+        .finish_deliveries(Duration::from_secs(
+            app.state.config.server.shutdown_timeout_seconds,
+        ))
+        .await;
     let _ = janitor.await;
     let _ = change_poll.await;
     let _ = sync_worker.await;

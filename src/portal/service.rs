@@ -134,6 +134,8 @@ pub struct SelfService {
     links_per_account: u32,
     window: Duration,
     support_contact: String,
+    /// Reset deliveries under way (they run after the answer); awaited at shutdown.
+    deliveries: tokio_util::task::TaskTracker,
 }
 
 impl SelfService {
@@ -156,6 +158,22 @@ impl SelfService {
             links_per_account: reset.account_max_requests,
             window: Duration::minutes(i64::from(reset.window_minutes)),
             support_contact: config.saml.support_contact.clone(),
+            deliveries: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    /// Waits (at most `deadline`) for the reset mails under way, at shutdown: a link asked for
+    /// just before a restart is still sent.
+    pub async fn finish_deliveries(&self, deadline: std::time::Duration) {
+        self.deliveries.close();
+        if tokio::time::timeout(deadline, self.deliveries.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                deliveries = self.deliveries.len(),
+                "shutdown deadline passed with password-reset mails still being sent"
+            );
         }
     }
 
@@ -257,7 +275,7 @@ impl SelfService {
         // Every request counts, found or not: the limit is on requests, not on failures.
         self.resets.failed(&login, client_ip.as_deref()).await?;
         let this = self.clone();
-        tokio::spawn(async move {
+        self.deliveries.spawn(async move {
             if let Err(err) = this.deliver_reset(&login, client_ip, now).await {
                 tracing::warn!(%err, "could not handle a password-reset request");
             }

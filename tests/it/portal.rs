@@ -850,3 +850,16 @@ async fn an_enrolled_user_signs_in_to_the_portal_with_the_second_factor() {
     let (_, html) = get(&app, &client, "/").await;
     assert!(html.contains("Hello, Test jon"), "{html}");
 }
+
+#[tokio::test]
+async fn a_link_asked_for_just_before_shutdown_is_still_sent() {
+    let (app, sink) = with_mail("").await;
+    app.create_user("kai", "kai@contoso.com", PASSWORD).await;
+    assert_eq!(forgot(&app, &app.browser(), "kai").await.0, 200);
+    let _dir = app.stop().await;
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "delivered before the server stopped"
+    );
+}
