@@ -396,7 +396,7 @@ async fn start_server(key_bits: u32, sessions: usize) -> Server {
             .expect("bind");
         match state
             .idp
-            .login(&username, &password, &m365, None, Utc::now())
+            .login(&username, &password, Some(&*m365), None, Utc::now())
             .await
             .expect("login")
         {

@@ -67,6 +67,11 @@ pub struct Config {
     pub mfa: MfaConfig,
     pub events: EventsConfig,
     pub log: LogConfig,
+    /// The mail server for password-reset links; without it the forgot-password page says
+    /// whom to ask.
+    pub smtp: Option<SmtpConfig>,
+    /// Self-service password resets by emailed link.
+    pub password_reset: PasswordResetConfig,
 }
 
 /// Throttling of the SSO sign-in page against password guessing.
@@ -297,6 +302,120 @@ impl Default for Config {
             events: EventsConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
+            smtp: None,
+            password_reset: PasswordResetConfig::default(),
+        }
+    }
+}
+
+/// How idbridge talks to the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP (a relay on this host or a trusted network only).
+    None,
+    /// SMTP, upgraded with STARTTLS before anything else is sent (RFC 3207); refused if the
+    /// server does not offer it.
+    #[default]
+    Starttls,
+    /// TLS from the first byte ("implicit TLS", RFC 8314 §3.3).
+    Tls,
+}
+
+impl SmtpTls {
+    /// The port used when none is set: 25, 587 (submission) or 465 (submissions).
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        }
+    }
+}
+
+/// A secret read from the configuration: never printed, never written back out.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ConfigSecret(String);
+
+impl ConfigSecret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for ConfigSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
+/// `[smtp]`: the mail server that sends password-reset links.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Host name of the SMTP server (also the name its TLS certificate must carry).
+    pub host: String,
+    /// Port; default by `tls`: 25, 587 or 465.
+    pub port: Option<u16>,
+    /// The sender, e.g. `"IT Service Desk <it@contoso.com>"`.
+    pub from: String,
+    /// User name for SMTP AUTH (omit for a relay that needs none).
+    pub username: Option<String>,
+    /// Password for SMTP AUTH (prefer `password_file` or `IDBRIDGE_SMTP__PASSWORD`).
+    #[serde(default, skip_serializing)]
+    pub password: Option<ConfigSecret>,
+    /// File holding the SMTP password (must be mode 0600).
+    pub password_file: Option<PathBuf>,
+    /// `none`, `starttls` (default) or `tls`.
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// How long one delivery may take before it is given up, in seconds.
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_smtp_timeout() -> u64 {
+    20
+}
+
+impl SmtpConfig {
+    /// The port in force.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or_else(|| self.tls.default_port())
+    }
+}
+
+/// `[password_reset]`: the emailed single-use link of "forgot password".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordResetConfig {
+    /// How long a link works, in minutes.
+    pub link_minutes: u32,
+    /// Requests for one typed name (existing or not) per window before it is refused for a
+    /// while; also the most links one account is sent per window (0: no limit).
+    pub account_max_requests: u32,
+    /// Requests from one client address per window before it is refused for a while (0: no
+    /// limit).
+    pub address_max_requests: u32,
+    /// How long requests count, and how long a refusal lasts, in minutes.
+    pub window_minutes: u32,
+}
+
+impl Default for PasswordResetConfig {
+    fn default() -> Self {
+        Self {
+            link_minutes: 30,
+            account_max_requests: 3,
+            address_max_requests: 10,
+            window_minutes: 60,
         }
     }
 }
@@ -834,6 +953,24 @@ impl Config {
                 "list addresses such as \"127.0.0.1\" or networks such as \"10.0.0.0/8\"",
             ));
         }
+        if let Some(smtp) = &self.smtp {
+            validate_smtp(smtp)?;
+        }
+        let reset = &self.password_reset;
+        if !(1..=24 * 60).contains(&reset.link_minutes) {
+            return Err(invalid(
+                "password_reset.link_minutes",
+                format!("{} is out of range", reset.link_minutes),
+                "use 1 to 1440 minutes (default 30)",
+            ));
+        }
+        if !(1..=7 * 24 * 60).contains(&reset.window_minutes) {
+            return Err(invalid(
+                "password_reset.window_minutes",
+                format!("{} is out of range", reset.window_minutes),
+                "use 1 to 10080 minutes (default 60)",
+            ));
+        }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(invalid(
                 "log.format",
@@ -905,6 +1042,83 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// Checks `[smtp]`: a host, a parseable sender, one way to give the password, and no password
+/// sent in clear text over the network.
+fn validate_smtp(smtp: &SmtpConfig) -> Result<(), ConfigError> {
+    if smtp.host.trim().is_empty() || smtp.host.trim() != smtp.host {
+        return Err(invalid(
+            "smtp.host",
+            "is empty or has surrounding spaces",
+            "set the host name of your SMTP server, e.g. smtp.office365.com",
+        ));
+    }
+    if smtp.port == Some(0) {
+        return Err(invalid(
+            "smtp.port",
+            "0 is not a port",
+            "leave it unset (25, 587 or 465 by tls) or name the server's port",
+        ));
+    }
+    if let Err(e) = smtp.from.parse::<lettre::message::Mailbox>() {
+        return Err(invalid(
+            "smtp.from",
+            format!("{:?} is not an email address ({e})", smtp.from),
+            "use an address such as it@contoso.com or \"IT Service Desk <it@contoso.com>\"",
+        ));
+    }
+    if smtp.password.is_some() && smtp.password_file.is_some() {
+        return Err(invalid(
+            "smtp.password / smtp.password_file",
+            "both are set",
+            "keep one of them (password_file is preferred)",
+        ));
+    }
+    let has_password = smtp.password.is_some() || smtp.password_file.is_some();
+    if has_password != smtp.username.is_some() {
+        return Err(invalid(
+            "smtp.username / smtp.password",
+            "only one of the user name and the password is set",
+            "set both for SMTP AUTH, or neither for a relay that needs none",
+        ));
+    }
+    let loopback = matches!(smtp.host.as_str(), "localhost" | "127.0.0.1" | "::1");
+    if has_password && smtp.tls == SmtpTls::None && !loopback {
+        return Err(invalid(
+            "smtp.tls",
+            "\"none\" would send the SMTP password in clear text over the network",
+            "use tls = \"starttls\" or \"tls\", or a relay on localhost",
+        ));
+    }
+    if !(1..=300).contains(&smtp.timeout_seconds) {
+        return Err(invalid(
+            "smtp.timeout_seconds",
+            format!("{} is out of range", smtp.timeout_seconds),
+            "use 1 to 300 seconds (default 20)",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a secret file that must be private to idbridge (mode 0600 or stricter).
+pub fn read_private_file(setting: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        invalid(
+            setting,
+            format!("{}: {e}", path.display()),
+            "check the path",
+        )
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(invalid(
+            setting,
+            format!("{} is readable by other users", path.display()),
+            "run `chmod 600` on it",
+        ));
+    }
+    std::fs::read(path).map_err(|e| invalid(setting, e.to_string(), "make it readable by idbridge"))
 }
 
 /// Reads a service provider's PEM certificate file, refusing anything but a small regular file
@@ -1003,6 +1217,36 @@ mod tests {
                 panic!("README example does not load: {e}\n{toml}");
             }
         }
+    }
+
+    #[test]
+    fn smtp_settings_are_checked_and_the_password_never_printed() {
+        let ok = Config::from_toml(
+            "[smtp]\nhost = \"mail.example.com\"\nfrom = \"IT <it@example.com>\"\nusername = \"it\"\npassword = \"s3cret-smtp\"\n",
+        )
+        .unwrap();
+        let smtp = ok.smtp.as_ref().unwrap();
+        assert_eq!((smtp.tls, smtp.port()), (SmtpTls::Starttls, 587));
+        assert!(!format!("{ok:?}").contains("s3cret-smtp"));
+        for (toml, setting) in [
+            ("host = \"\"\nfrom = \"a@b.c\"", "smtp.host"),
+            ("host = \"m\"\nfrom = \"not an address\"", "smtp.from"),
+            ("host = \"m\"\nfrom = \"a@b.c\"\npassword = \"x\"", "smtp.username"),
+            (
+                "host = \"m.example\"\nfrom = \"a@b.c\"\nusername = \"u\"\npassword = \"x\"\ntls = \"none\"",
+                "smtp.tls",
+            ),
+            ("host = \"m\"\nfrom = \"a@b.c\"\ntls = \"ssl\"", "smtp.tls"),
+        ] {
+            let e = Config::from_toml(&format!("[smtp]\n{toml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(setting), "{setting}: {e}");
+        }
+        let e = Config::from_toml("[password_reset]\nlink_minutes = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_reset.link_minutes"), "{e}");
     }
 
     #[test]

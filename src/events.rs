@@ -84,6 +84,21 @@ pub mod kind {
     pub const PASSKEY_REFUSED: &str = "passkey_refused";
     /// A passkey's signature counter went back: the credential may have been copied.
     pub const PASSKEY_CLONE_SUSPECTED: &str = "passkey_clone_suspected";
+    /// A user-portal request refused (a form without the session's CSRF token).
+    pub const PORTAL_ACCESS_DENIED: &str = "portal_access_denied";
+    /// Someone asked for a password-reset link (for an account that exists or not).
+    pub const PASSWORD_RESET_REQUESTED: &str = "password_reset_requested";
+    /// A password-reset link was handed to the SMTP server.
+    pub const PASSWORD_RESET_SENT: &str = "password_reset_sent";
+    /// The SMTP server did not take a password-reset mail.
+    pub const PASSWORD_RESET_SEND_FAILED: &str = "password_reset_send_failed";
+    /// A password-reset link was used: the password was changed through it.
+    pub const PASSWORD_RESET_USED: &str = "password_reset_used";
+    /// A reset request or link refused: unknown, used, expired or superseded link, a
+    /// suspended account, too many links for one account.
+    pub const PASSWORD_RESET_REFUSED: &str = "password_reset_refused";
+    /// Too many reset requests for one typed name or from one address: refused for a while.
+    pub const PASSWORD_RESET_THROTTLED: &str = "password_reset_throttled";
     pub const M365_CONNECT: &str = "m365_connect";
     pub const M365_CONNECT_FAILED: &str = "m365_connect_failed";
     pub const M365_TOKEN_REFRESH_FAILED: &str = "m365_token_refresh_failed";

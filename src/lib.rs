@@ -1,7 +1,8 @@
 //! idbridge: keep users in one directory and sign them in to Microsoft 365 / Entra ID.
 //!
 //! Rooms: `saml` (protocol, no HTTP), `sso` (login and SAML endpoints), `directory` (users,
-//! passwords, policy), `store` (SQL), `web` (shared HTTP plumbing), `server` (assembly), `cli`.
+//! passwords, policy), `store` (SQL), `web` (shared HTTP plumbing), `portal` (the user portal at
+//! `/`), `mail` (SMTP), `server` (assembly), `cli`.
 #![cfg_attr(
     test,
     allow(
@@ -20,7 +21,9 @@ pub mod config;
 pub mod directory;
 pub mod events;
 pub mod m365;
+pub mod mail;
 pub mod mfa;
+pub mod portal;
 pub mod saml;
 pub mod secrets;
 pub mod server;

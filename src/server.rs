@@ -34,6 +34,8 @@ pub enum StartError {
     Cert(#[from] CertError),
     #[error("configuration error: {0}")]
     M365(#[from] crate::m365::M365SetupError),
+    #[error("configuration error: smtp: {0}")]
+    Mail(#[from] crate::mail::MailError),
     #[error("cannot listen on {addr}: {source}. Fix: choose a free address with `listen` (IDBRIDGE_LISTEN)")]
     Listen {
         addr: SocketAddr,
@@ -56,6 +58,8 @@ pub struct AppInner {
     pub m365: Arc<crate::m365::M365>,
     /// Binding and sync with Microsoft 365.
     pub sync: Arc<crate::m365::M365Sync>,
+    /// The user portal's self-service passwords (change, reset by emailed link).
+    pub self_service: Arc<crate::portal::SelfService>,
 }
 
 /// Shared application state, cheap to clone.
@@ -143,8 +147,20 @@ impl App {
             data_key,
             config.m365.sync.clone(),
         ));
+        let mailer = config
+            .smtp
+            .as_ref()
+            .map(crate::mail::Mailer::from_config)
+            .transpose()?;
+        let self_service = Arc::new(crate::portal::SelfService::new(
+            &config,
+            store.clone(),
+            directory.clone(),
+            mailer,
+        ));
         Ok(Self {
             state: Arc::new(AppInner {
+                self_service,
                 admin_throttle: crate::throttle::SignInThrottle::admin(store.clone(), &config),
                 refusals: crate::throttle::refusals::RefusalTally::new(),
                 config,
@@ -167,12 +183,12 @@ impl App {
         let trusted = Arc::new(server.trusted_proxy_nets());
         let deadline = Duration::from_secs(server.request_timeout_seconds);
         let router = Router::new()
-            .route("/", get(home))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .merge(crate::sso::router())
             .merge(crate::mfa::http::router())
             .merge(crate::admin::router(self.state.clone()))
+            .merge(crate::portal::router(self.state.clone()))
             .fallback(|| async { crate::web::AppError::NotFound })
             .layer(RequestBodyLimitLayer::new(256 * 1024))
             .layer(SetResponseHeaderLayer::if_not_present(
@@ -247,6 +263,12 @@ pub async fn run(
     })
     .await;
     token.cancel();
+    app.state
+        .self_service
+        .finish_deliveries(Duration::from_secs(
+            app.state.config.server.shutdown_timeout_seconds,
+        ))
+        .await;
     let _ = janitor.await;
     let _ = change_poll.await;
     let _ = sync_worker.await;
@@ -534,6 +556,10 @@ pub async fn purge_old(state: &AppState, now_ms: i64) {
     if let Err(err) = state.store.purge_throttle(now_ms - 86_400_000).await {
         tracing::warn!(%err, "could not purge old sign-in counters");
     }
+    // Reset links are kept a day past their expiry, so a late click still gets "expired".
+    if let Err(err) = state.store.purge_reset_tokens(now_ms - 86_400_000).await {
+        tracing::warn!(%err, "could not purge old password-reset links");
+    }
     let days = i64::from(state.config.events.retention_days);
     if days > 0 {
         match state
@@ -546,19 +572,6 @@ pub async fn purge_old(state: &AppState, now_ms: i64) {
             Err(err) => tracing::warn!(%err, "could not purge old events"),
         }
     }
-}
-
-async fn home(State(state): State<AppState>) -> impl IntoResponse {
-    let base = &state.config.base_url;
-    let body = crate::web::MessagePage {
-        title: "idbridge is running",
-        message: &format!(
-            "SAML metadata: {base}/saml/metadata · sign-in URL: {base}/saml/sso · sign-out URL: {base}/saml/slo"
-        ),
-        hint: Some("Users reach the sign-in page from Microsoft 365; there is nothing to do here."),
-        reference: None,
-    };
-    crate::web::render(StatusCode::OK, &body)
 }
 
 async fn healthz() -> &'static str {

@@ -117,10 +117,9 @@ async fn login(
         let jar = jar.add(cookie(&state, LOGIN_COOKIE, fresh.clone()));
         (jar, render(status, &page)).into_response()
     };
-    let form_ok = jar.get(LOGIN_COOKIE).is_some_and(|c| {
-        c.value().len() == form.csrf.len()
-            && openssl::memcmp::eq(c.value().as_bytes(), form.csrf.as_bytes())
-    });
+    let form_ok = jar
+        .get(LOGIN_COOKIE)
+        .is_some_and(|c| crate::web::csrf::tokens_match(&form.csrf, c.value()));
     if !form_ok {
         let event = NewEvent::new(now, &Actor::Anonymous, kind::ADMIN_ACCESS_DENIED, None)
             .details(json!({"reason": "csrf", "path": "/admin/login"}))

@@ -128,13 +128,7 @@ impl Chrome {
     }
 }
 
-/// A time for display: `2026-11-23 11:15 UTC`, or empty.
-pub fn display_time(ms: Option<i64>) -> String {
-    use chrono::TimeZone;
-    ms.and_then(|ms| chrono::Utc.timestamp_millis_opt(ms).single())
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_default()
-}
+pub use crate::web::display_time;
 
 /// The cookie carrying a one-time notice from a POST to the page it redirects to.
 pub const NOTICE_COOKIE: &str = "idbridge_notice";
@@ -143,15 +137,7 @@ pub const NOTICE_COOKIE: &str = "idbridge_notice";
 /// repeat the change). The notice travels in a short-lived cookie, never in the URL, so a
 /// crafted link cannot put text on a console page.
 pub fn redirect_with_notice(path: &str, notice: &str) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let value = url::form_urlencoded::byte_serialize(notice.as_bytes()).collect::<String>();
-    let cookie =
-        format!("{NOTICE_COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=60");
-    let mut response = axum::response::Redirect::to(path).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
-    response
+    crate::web::redirect_with_notice(path, NOTICE_COOKIE, "/admin", notice)
 }
 
 /// The one-time notice of this request, if a POST left one (the session guard clears it).
@@ -165,12 +151,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Notice {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let jar = axum_extra::extract::cookie::CookieJar::from_headers(&parts.headers);
-        Ok(Notice(jar.get(NOTICE_COOKIE).map(|c| {
-            url::form_urlencoded::parse(format!("n={}", c.value()).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        })))
+        Ok(Notice(crate::web::read_notice(
+            &parts.headers,
+            NOTICE_COOKIE,
+        )))
     }
 }

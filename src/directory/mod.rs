@@ -100,6 +100,43 @@ pub fn new_record_id() -> String {
         .collect()
 }
 
+/// Who sets a password, which decides the idbridge sessions that end with the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordChange<'a> {
+    /// An admin sets it (console, API, CLI): the user's idbridge sessions stay.
+    AdminReset,
+    /// The user, signed in at the portal, from the session with this hash (which stays; the
+    /// user's other sessions end).
+    SelfService { session_hash: &'a str },
+    /// The user, through an emailed reset link: every idbridge session of the user ends.
+    ResetLink,
+    /// The user, during a sign-in, because the password expired or an admin asked for a change
+    /// (the sign-in goes on and opens its session after it).
+    AtSignIn,
+}
+
+impl<'a> PasswordChange<'a> {
+    /// The `source` recorded in the event.
+    pub fn source(self) -> &'static str {
+        match self {
+            PasswordChange::AdminReset => "admin",
+            PasswordChange::SelfService { .. } => "portal",
+            PasswordChange::ResetLink => "reset_link",
+            PasswordChange::AtSignIn => "sign_in",
+        }
+    }
+
+    fn sign_out(self) -> crate::store::SignOut<'a> {
+        match self {
+            PasswordChange::AdminReset | PasswordChange::AtSignIn => crate::store::SignOut::Nobody,
+            PasswordChange::ResetLink => crate::store::SignOut::Everywhere,
+            PasswordChange::SelfService { session_hash } => {
+                crate::store::SignOut::ElsewhereThan(session_hash)
+            }
+        }
+    }
+}
+
 /// A user created by an import from Microsoft 365.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportedUser {
@@ -458,7 +495,8 @@ impl Directory {
         self.get_user(&user.id).await
     }
 
-    /// Sets a user's password after checking the policy and the history.
+    /// Sets a user's password after checking the policy and the history (an admin's reset:
+    /// console, API or CLI).
     ///
     /// A refusal is recorded as an event (with the rule, never the password).
     pub async fn set_password(
@@ -466,6 +504,21 @@ impl Directory {
         actor: &Actor,
         key: &str,
         password: &SecretString,
+        now: DateTime<Utc>,
+    ) -> Result<(), DirectoryError> {
+        self.set_password_by(actor, key, password, PasswordChange::AdminReset, now)
+            .await
+    }
+
+    /// Sets a user's password for `how`: the same checks, the same push to Microsoft 365 (which
+    /// ends the user's Microsoft 365 sessions, seed 003) and the same end of every reset link,
+    /// whoever changes it; only which idbridge sessions end differs.
+    pub async fn set_password_by(
+        &self,
+        actor: &Actor,
+        key: &str,
+        password: &SecretString,
+        how: PasswordChange<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), DirectoryError> {
         let user = self.get_user(key).await?;
@@ -476,12 +529,13 @@ impl Directory {
                 kind::USER_PASSWORD_REJECTED,
                 Some(&user.username),
             )
-            .details(json!({"reason": violation.to_string()}));
+            .details(json!({"reason": violation.to_string(), "source": how.source()}));
             self.store.record_event(&event).await?;
             return Err(violation);
         }
         let hash = self.hash(password).await?;
-        let event = NewEvent::new(now, actor, kind::USER_PASSWORD_SET, Some(&user.username));
+        let event = NewEvent::new(now, actor, kind::USER_PASSWORD_SET, Some(&user.username))
+            .details(json!({"source": how.source()}));
         // Seed 003: a new password here signs the user out of Microsoft 365.
         let job = self.password_job(password, true)?;
         self.store
@@ -492,6 +546,7 @@ impl Directory {
                 now.timestamp_millis(),
                 &event,
                 job.as_ref(),
+                how.sign_out(),
             )
             .await?;
         self.wake_sync();

@@ -128,6 +128,37 @@ impl PasswordPolicy {
         Ok(())
     }
 
+    /// The rules in force, one sentence each, as users read them before choosing a password.
+    pub fn rules(&self) -> Vec<String> {
+        let mut rules = vec![
+            format!(
+                "Between {} and {} characters long.",
+                self.min_length, self.max_length
+            ),
+            format!(
+                "At least {} of: lower-case letters, upper-case letters, digits, symbols.",
+                self.min_character_classes
+            ),
+            format!("Only ASCII letters, digits, spaces and the symbols {ENTRA_SYMBOLS}"),
+        ];
+        if self.disallow_username {
+            rules.push("It must not contain your username.".into());
+        }
+        if self.history > 0 {
+            rules.push(format!(
+                "It must not be one of your last {} passwords.",
+                self.history
+            ));
+        }
+        if self.expiry_days > 0 {
+            rules.push(format!(
+                "It expires {} days after you set it.",
+                self.expiry_days
+            ));
+        }
+        rules
+    }
+
     /// Whether a password last changed at `changed_at_ms` has expired at `now_ms`.
     pub fn is_expired(&self, changed_at_ms: Option<i64>, now_ms: i64) -> bool {
         match (self.expiry_days, changed_at_ms) {

@@ -199,24 +199,16 @@ fn setting_error(
     }
 }
 
-/// Reads a secret file that must be private to idbridge.
+/// Reads a secret file that must be private to idbridge (the check is shared with `[smtp]`).
 fn read_private_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, M365SetupError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        setting_error(
+    crate::config::read_private_file(setting, path).map_err(|err| match err {
+        crate::config::ConfigError::Invalid { problem, .. } => setting_error(
             setting,
-            format!("{}: {e}", path.display()),
-            "check the path",
-        )
-    })?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(setting_error(
-            setting,
-            format!("{} is readable by other users", path.display()),
-            "run `chmod 600` on it",
-        ));
-    }
-    std::fs::read(path).map_err(|e| setting_error(setting, e, "make it readable by idbridge"))
+            problem,
+            "name an existing file readable by idbridge and by nobody else (`chmod 600`)",
+        ),
+        other => setting_error(setting, other, "check the path"),
+    })
 }
 
 /// The key that seals tokens and queued passwords at rest: `m365.token_key`, else the key

@@ -21,8 +21,9 @@ use crate::saml::RedirectQuery;
 use crate::server::AppState;
 use crate::web::{new_cookie, new_token, render, AppError};
 
-/// The idbridge sign-in session; it must survive Microsoft's cross-site POST.
-const SESSION_COOKIE: &str = "idbridge_session";
+/// The idbridge sign-in session (the user portal's too); it must survive Microsoft's
+/// cross-site POST.
+pub const SESSION_COOKIE: &str = "idbridge_session";
 /// Ties a login form to the browser that received the AuthnRequest (login-CSRF guard).
 const BROWSER_COOKIE: &str = "idbridge_browser";
 
@@ -594,7 +595,13 @@ async fn login(
     let password = SecretString::from(form.password);
     match state
         .idp
-        .login(&form.username, &password, &request.sp, ip.clone(), now)
+        .login(
+            &form.username,
+            &password,
+            Some(&request.sp),
+            ip.clone(),
+            now,
+        )
         .await
         .map_err(internal)?
     {

@@ -603,12 +603,13 @@ impl IdentityProvider {
             .await?)
     }
 
-    /// Checks a username (or email) and password and opens a session.
+    /// Checks a username (or email) and password and opens a session; `sp` is the service
+    /// provider the sign-in is for (`None`: the user portal).
     pub async fn login(
         &self,
         login: &str,
         password: &SecretString,
-        sp: &ServiceProvider,
+        sp: Option<&ServiceProvider>,
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<LoginOutcome, SsoError> {
@@ -646,7 +647,7 @@ impl IdentityProvider {
             )
             .details(json!({
                 "reason": "wrong username or password",
-                "serviceProvider": sp.entity_id,
+                "serviceProvider": sp.map(|s| s.entity_id.as_str()),
             }))
             .client_ip(client_ip.clone());
             self.store.record_event(&event).await?;
@@ -655,7 +656,7 @@ impl IdentityProvider {
         self.throttle.succeeded(login, client_ip.as_deref()).await?;
         if user.state != UserState::Active {
             let refusal = Refusal::Suspended;
-            self.record_refusal(&user, Some(sp), refusal, client_ip, now)
+            self.record_refusal(&user, sp, refusal, client_ip, now)
                 .await?;
             return Ok(LoginOutcome::Refused(refusal));
         }
@@ -665,7 +666,7 @@ impl IdentityProvider {
             kind::SSO_LOGIN_SUCCESS,
             Some(&user.username),
         )
-        .details(json!({"factor": "password", "serviceProvider": sp.entity_id}))
+        .details(json!({"factor": "password", "serviceProvider": sp.map(|s| s.entity_id.as_str())}))
         .client_ip(client_ip);
         self.store.record_event(&event).await?;
         // Seed 000: idbridge becomes the password authority once the user signs in here; the
@@ -993,7 +994,13 @@ impl IdentityProvider {
         let actor = Actor::User(user.username.clone());
         match self
             .directory
-            .set_password(&actor, &user.id, password, now)
+            .set_password_by(
+                &actor,
+                &user.id,
+                password,
+                crate::directory::PasswordChange::AtSignIn,
+                now,
+            )
             .await
         {
             Ok(()) => Ok(Ok(())),

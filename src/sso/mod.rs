@@ -8,7 +8,7 @@ mod registry;
 mod replay;
 mod session_cache;
 
-pub use handlers::{portal_steps, router};
+pub use handlers::{portal_steps, router, SESSION_COOKIE};
 pub use idp::{
     Answer, CodeResult, IdentityProvider, IncomingRequest, LoginOutcome, LogoutMessage,
     LogoutOutcome, Refusal, SsoError, Step,

@@ -10,6 +10,7 @@ mod events;
 mod m365;
 mod mfa;
 mod passkeys;
+mod resets;
 mod saml;
 mod sync;
 mod sync_round;
@@ -22,6 +23,7 @@ pub use events::{EventFilter, EventRow};
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
 pub use mfa::{FactorCounts, TotpRow};
 pub use passkeys::{CeremonyRow, PasskeyRow};
+pub use resets::{ResetTokenRow, ENDED_PASSWORD_CHANGED, ENDED_USED};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
 pub use sync::{
     BindOutcome, BindRequest, BindingListQuery, BindingListRow, BindingRow, Completion,
@@ -29,7 +31,7 @@ pub use sync::{
     REVOKE_SESSIONS, WORKER_IMPORT,
 };
 pub use throttle::FailureCount;
-pub use users::{UserListQuery, UserRow, UserWrite};
+pub use users::{SignOut, UserListQuery, UserRow, UserWrite};
 pub use write_behind::WriteBehind;
 
 use std::str::FromStr;

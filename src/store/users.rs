@@ -87,6 +87,17 @@ fn optional_columns() -> impl Iterator<Item = &'static AttributeSpec> {
         .filter(|s| s.is_optional() && s.kind != Kind::UserRef)
 }
 
+/// Which of a user's idbridge sign-in sessions a password change ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignOut<'a> {
+    /// None (an admin's reset: the user's Microsoft 365 sessions end through the outbox).
+    Nobody,
+    /// Every session (a reset by emailed link: whoever knew the old password is out).
+    Everywhere,
+    /// Every session but this one (hash), from which the user changed their own password.
+    ElsewhereThan(&'a str),
+}
+
 /// A page of the user list.
 #[derive(Debug, Clone, Default)]
 pub struct UserListQuery {
@@ -658,7 +669,9 @@ impl Store {
     }
 
     /// Sets a new password hash, appends it to the history (pruned to `keep`), records the event
-    /// and, for a bound user, queues `sync` (the sealed password for Microsoft 365).
+    /// and, for a bound user, queues `sync` (the sealed password for Microsoft 365). Every
+    /// reset link of the user dies, and the sessions `sign_out` names end.
+    #[allow(clippy::too_many_arguments)] // reason: one transaction, each part its own argument
     pub async fn set_password(
         &self,
         user_id: &str,
@@ -667,6 +680,7 @@ impl Store {
         now_ms: i64,
         event: &NewEvent,
         sync: Option<&OutboxJob>,
+        sign_out: SignOut<'_>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -696,6 +710,24 @@ impl Store {
         .await?;
         if let Some(job) = sync {
             enqueue_if_bound(&mut *tx, user_id, job, now_ms).await?;
+        }
+        super::resets::end_reset_tokens(&mut *tx, user_id, super::ENDED_PASSWORD_CHANGED, now_ms)
+            .await?;
+        match sign_out {
+            SignOut::Nobody => {}
+            SignOut::Everywhere => {
+                sqlx::query("DELETE FROM sso_sessions WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            SignOut::ElsewhereThan(keep) => {
+                sqlx::query("DELETE FROM sso_sessions WHERE user_id = $1 AND id_hash <> $2")
+                    .bind(user_id)
+                    .bind(keep)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;

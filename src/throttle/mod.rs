@@ -108,6 +108,8 @@ pub enum Form {
     Sso,
     /// The admin console.
     Admin,
+    /// "Forgot password" requests and reset links of the user portal.
+    PasswordReset,
     /// The second-factor code of a sign-in (keyed by the user who passed the password).
     SecondFactor,
 }
@@ -117,6 +119,7 @@ impl Form {
         match self {
             Form::Sso => "sso",
             Form::Admin => "admin",
+            Form::PasswordReset => "reset",
             Form::SecondFactor => "mfa",
         }
     }
@@ -125,6 +128,7 @@ impl Form {
         match self {
             Form::Sso => kind::SIGN_IN_THROTTLED,
             Form::Admin => kind::ADMIN_LOGIN_THROTTLED,
+            Form::PasswordReset => kind::PASSWORD_RESET_THROTTLED,
             Form::SecondFactor => kind::MFA_THROTTLED,
         }
     }
@@ -212,6 +216,23 @@ impl SignInThrottle {
                 address_max_failures: a.login_max_failures,
                 window: Duration::minutes(minutes),
                 lock: Duration::minutes(minutes),
+            },
+        )
+    }
+
+    /// The "forgot password" throttle from `[password_reset]`: every request counts (a
+    /// request is not a failure, but each sends mail), per typed name and per address.
+    pub fn password_reset(store: Store, config: &Config) -> Self {
+        let r = &config.password_reset;
+        let window = Duration::minutes(i64::from(r.window_minutes.max(1)));
+        Self::new(
+            store,
+            Form::PasswordReset,
+            Limits {
+                account_max_failures: r.account_max_requests,
+                address_max_failures: r.address_max_requests,
+                window,
+                lock: window,
             },
         )
     }
@@ -345,7 +366,7 @@ impl SignInThrottle {
 /// Clears the locks and counters of an account name on every form; true when one existed.
 pub async fn unlock_account(store: &Store, name: &str) -> Result<bool, ThrottleError> {
     let mut any = false;
-    for form in [Form::Sso, Form::Admin] {
+    for form in [Form::Sso, Form::Admin, Form::PasswordReset] {
         any |= store.throttle_clear(&account_key(form, name)).await?;
     }
     Ok(any)
@@ -354,7 +375,7 @@ pub async fn unlock_account(store: &Store, name: &str) -> Result<bool, ThrottleE
 /// Clears the locks and counters of a client address on every form; true when one existed.
 pub async fn unlock_address(store: &Store, ip: &str) -> Result<bool, ThrottleError> {
     let mut any = false;
-    for form in [Form::Sso, Form::Admin] {
+    for form in [Form::Sso, Form::Admin, Form::PasswordReset] {
         any |= store.throttle_clear(&address_key(form, ip)).await?;
     }
     Ok(any)

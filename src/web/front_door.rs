@@ -17,7 +17,7 @@ use crate::config::IpNet;
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// `'sha256-…'` of the text between the first `<tag>` and `</tag>` in `template`.
-fn inline_hash(template: &str, tag: &str) -> String {
+pub fn inline_hash(template: &str, tag: &str) -> String {
     use base64::Engine;
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");

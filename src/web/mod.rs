@@ -2,6 +2,7 @@
 //! rendering, cookies, console sessions and API keys.
 
 mod api_error;
+pub mod csrf;
 pub mod front_door;
 pub mod session;
 
@@ -198,4 +199,61 @@ pub fn new_token() -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Redirects after a POST with a one-time notice (post/redirect/get, so reloading does not
+/// repeat the change). The notice travels in a short-lived cookie `name` on `path`, never in
+/// the URL, so a crafted link cannot put text on a page.
+pub fn redirect_with_notice(to: &str, name: &str, path: &str, notice: &str) -> Response {
+    let value = url::form_urlencoded::byte_serialize(notice.as_bytes()).collect::<String>();
+    let cookie = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Strict; Max-Age=60");
+    let mut response = axum::response::Redirect::to(to).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// The one-time notice a POST left in cookie `name`, if any.
+pub fn read_notice(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    notice_in(
+        &axum_extra::extract::cookie::CookieJar::from_headers(headers),
+        name,
+    )
+}
+
+/// The one-time notice in cookie `name` of `jar`, if any.
+pub fn notice_in(jar: &axum_extra::extract::cookie::CookieJar, name: &str) -> Option<String> {
+    jar.get(name).map(|c| {
+        url::form_urlencoded::parse(format!("n={}", c.value()).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    })
+}
+
+impl From<crate::sso::SsoError> for AppError {
+    fn from(err: crate::sso::SsoError) -> Self {
+        match err {
+            crate::sso::SsoError::Busy => AppError::Busy,
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::portal::SelfServiceError> for AppError {
+    fn from(err: crate::portal::SelfServiceError) -> Self {
+        match err {
+            crate::portal::SelfServiceError::Directory(e) => e.into(),
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A time for display: `2026-11-23 11:15 UTC`, or empty.
+pub fn display_time(ms: Option<i64>) -> String {
+    use chrono::TimeZone;
+    ms.and_then(|ms| chrono::Utc.timestamp_millis_opt(ms).single())
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
 }

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 
-use axum::body::{to_bytes, Body};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -19,10 +18,7 @@ use crate::server::AppState;
 
 /// The console session cookie (HttpOnly, SameSite=Strict, Secure over https).
 pub const ADMIN_COOKIE: &str = "idbridge_admin";
-/// The header htmx/JS requests carry the CSRF token in (forms use the `csrf` field).
-pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Forms larger than this are refused before the CSRF check reads them.
-const MAX_FORM_BYTES: usize = 256 * 1024;
+pub use super::csrf::CSRF_HEADER;
 /// Sessions are marked active at most this often (one write per minute, not per request).
 const TOUCH_EVERY_MS: i64 = 60_000;
 
@@ -148,37 +144,20 @@ pub async fn require_admin_session(
         return Redirect::to("/admin/password").into_response();
     }
     if !is_safe(request.method()) {
-        let (parts, body) = request.into_parts();
-        let bytes = match to_bytes(body, MAX_FORM_BYTES).await {
-            Ok(b) => b,
-            Err(_) => {
+        request = match super::csrf::check_request(request, &principal.csrf).await {
+            Ok(request) => request,
+            Err(super::csrf::CsrfRefusal::TooLarge) => {
                 return super::AppError::bad_request("Form too large", "The form is too large.")
                     .into_response()
             }
+            Err(super::csrf::CsrfRefusal::Mismatch) => {
+                deny(&state, &principal.actor(), "csrf", &path, ip).await;
+                return forbidden_page(
+                    "This form has expired",
+                    "The request did not carry this session's security token, so nothing was changed. Reload the page and try again.",
+                );
+            }
         };
-        let header_token = parts
-            .headers
-            .get(CSRF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let form_token = || {
-            url::form_urlencoded::parse(&bytes)
-                .find(|(k, _)| k == "csrf")
-                .map(|(_, v)| v.into_owned())
-        };
-        let presented = header_token.or_else(form_token);
-        let valid = presented.is_some_and(|t| {
-            // Lengths first: `memcmp::eq` panics on unequal lengths.
-            t.len() == principal.csrf.len()
-                && openssl::memcmp::eq(t.as_bytes(), principal.csrf.as_bytes())
-        });
-        if !valid {
-            deny(&state, &principal.actor(), "csrf", &path, ip).await;
-            return forbidden_page(
-                "This form has expired",
-                "The request did not carry this session's security token, so nothing was changed. Reload the page and try again.",
-            );
-        }
         if !principal.can_write() && !self_service {
             deny(&state, &principal.actor(), "read_only", &path, ip).await;
             return forbidden_page(
@@ -186,7 +165,6 @@ pub async fn require_admin_session(
                 "Your admin account can look at everything but change nothing. Ask a full admin to make this change.",
             );
         }
-        request = Request::from_parts(parts, Body::from(bytes));
     }
     if now - session.last_seen_at > TOUCH_EVERY_MS {
         if let Err(err) = state.store.touch_admin_session(&hash, now).await {
@@ -211,7 +189,7 @@ pub async fn require_admin_session(
     response
 }
 
-fn forbidden_page(title: &str, message: &str) -> Response {
+pub(crate) fn forbidden_page(title: &str, message: &str) -> Response {
     super::render(
         StatusCode::FORBIDDEN,
         &super::MessagePage {

@@ -54,7 +54,7 @@ export const expectedRefusals = new Set();
  * confirmation dialog is accepted, its question appended to `dialogs`.
  */
 export async function run(name, body) {
-  const { screenshots } = settings();
+  const screenshots = setting('IDBRIDGE_SCREENSHOT_DIR');
   const started = Date.now();
   const browser = await chromium.launch({
     executablePath: process.env.IDBRIDGE_CHROMIUM || '/usr/bin/chromium',

@@ -325,5 +325,12 @@ run('passkey_flows', async (page, step) => {
     }
     await shoot(page, 'removed');
   });
+
+  await step("the portal's sign-in methods list her passkey", async () => {
+    await page.goto(`${base}/`);
+    await page.locator('.passkey-label', { hasText: 'Phone' }).waitFor();
+    await page.getByRole('button', { name: 'Add a passkey' }).waitFor();
+    await shoot(page, 'portal');
+  });
   save();
 });

@@ -1,4 +1,4 @@
-//! Browser tests of the admin console: the real server, connected to the Graph fake, driven by
+//! Browser tests of the admin console and the user portal: the real server, connected to the Graph fake, driven by
 //! headless Chromium through the playwright scripts in `tests/browser/` (one browser per test).
 //! `./scripts/test` installs Chromium and the scripts' npm packages; without them these tests
 //! fail and say so, rather than skip.
@@ -81,14 +81,26 @@ async fn one_time_admin(app: &TestApp, name: &str) -> SecretString {
 /// Runs `node tests/browser/<script>` against `app` as admin `name` and asserts it passed,
 /// printing its output (step by step, with timings) when it did not.
 async fn run_script(app: &TestApp, script: &str, name: &str, one_time: &SecretString) {
+    run_node(
+        app,
+        script,
+        &[
+            ("IDBRIDGE_ADMIN", name),
+            ("IDBRIDGE_ADMIN_ONE_TIME_PASSWORD", one_time.expose_secret()),
+            ("IDBRIDGE_ADMIN_NEW_PASSWORD", NEW_PASSWORD),
+        ],
+    )
+    .await;
+}
+
+/// Runs `node tests/browser/<script>` against `app` with `env` and asserts it passed.
+async fn run_node(app: &TestApp, script: &str, env: &[(&str, &str)]) {
     let started = Instant::now();
     let child = tokio::process::Command::new("node")
         .arg(repo().join("tests/browser").join(script))
         .current_dir(repo().join("tests/browser"))
         .env("IDBRIDGE_URL", &app.base_url)
-        .env("IDBRIDGE_ADMIN", name)
-        .env("IDBRIDGE_ADMIN_ONE_TIME_PASSWORD", one_time.expose_secret())
-        .env("IDBRIDGE_ADMIN_NEW_PASSWORD", NEW_PASSWORD)
+        .envs(env.iter().copied())
         .env("IDBRIDGE_SCREENSHOT_DIR", screenshot_dir())
         .env("IDBRIDGE_CHROMIUM", chromium())
         .stdin(Stdio::null())
@@ -265,4 +277,126 @@ async fn screenshots_of_every_console_page() {
             bytes.len()
         );
     }
+}
+
+/// The portal screens `portal_flows.mjs` saves, by file name (`portal-<name>.png`).
+const PORTAL_SCREENSHOTS: [&str; 12] = [
+    "login",
+    "login-refused",
+    "overview",
+    "password",
+    "password-refused",
+    "password-changed",
+    "signed-out",
+    "forgot",
+    "forgot-sent",
+    "reset",
+    "reset-done",
+    "reset-used",
+];
+
+#[tokio::test]
+async fn an_employee_signs_in_to_the_portal_changes_the_password_and_resets_another_by_mail() {
+    require_browser_tooling();
+    let sink = crate::support::smtp_sink::SmtpSink::start().await;
+    let (app, fake) = crate::support::m365::connected("", &sink.settings()).await;
+    let password = "Corr3ct-Horse-Battery";
+    let new_password = "Portal-Passw0rd-2026";
+    let pia = UserChanges::new()
+        .with(Attribute::Username, "pia")
+        .with(Attribute::Email, "pia@contoso.com")
+        .with(Attribute::Firstname, "Pia")
+        .with(Attribute::Lastname, "Persson")
+        .with(Attribute::JobTitle, "Engineer")
+        .with(Attribute::Department, "Platform")
+        .with(Attribute::Location, "Malmö");
+    app.state()
+        .directory
+        .create_user(
+            &Actor::System,
+            &pia,
+            Some(&SecretString::from(password.to_string())),
+            Utc::now(),
+        )
+        .await
+        .expect("pia");
+    app.state()
+        .sync
+        .set_direction(&Actor::System, "department", "export", Utc::now())
+        .await
+        .expect("department exported");
+    app.create_user("rita", "rita@contoso.com", password).await;
+    let keys = ["pia", "rita"].map(String::from);
+    app.state()
+        .sync
+        .bind(&Actor::Admin("root".into()), &keys, Utc::now())
+        .await
+        .expect("bind accepted");
+    settled(&app, "pia", "bound").await;
+    settled(&app, "rita", "bound").await;
+
+    // Rita forgot her password: the link arrives through the SMTP sink.
+    let client = app.browser();
+    let form = client
+        .get(app.url("/password/forgot"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = crate::support::hidden_input(&form, "csrf").expect("form token");
+    let r = client
+        .post(app.url("/password/forgot"))
+        .form(&[("csrf", csrf.as_str()), ("username", "rita")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mail = sink.wait_for(1).await.remove(0);
+    let token = mail.link_param("token").expect("a reset link");
+    let reset_url = app.url(&format!("/password/reset?token={token}"));
+    for name in PORTAL_SCREENSHOTS {
+        let _ = std::fs::remove_file(screenshot_dir().join(format!("portal-{name}.png")));
+    }
+
+    run_node(
+        &app,
+        "portal_flows.mjs",
+        &[
+            ("IDBRIDGE_USER", "pia"),
+            ("IDBRIDGE_USER_PASSWORD", password),
+            ("IDBRIDGE_USER_NEW_PASSWORD", new_password),
+            ("IDBRIDGE_RESET_URL", &reset_url),
+        ],
+    )
+    .await;
+
+    for name in PORTAL_SCREENSHOTS {
+        let path = screenshot_dir().join(format!("portal-{name}.png"));
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()));
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 5_000,
+            "{}",
+            path.display()
+        );
+    }
+    // Both new passwords reached Microsoft 365, each change ending the M365 sessions.
+    for upn in ["pia@contoso.com", "rita@contoso.com"] {
+        crate::support::m365::eventually(&format!("{upn}'s new password in M365"), || async {
+            let user = fake.user(upn)?;
+            (user["passwordProfile"]["password"] == new_password
+                && user["signInSessionsValidFromDateTime"].is_string())
+            .then_some(())
+        })
+        .await;
+    }
+    assert!(app
+        .events("password_reset_used")
+        .await
+        .iter()
+        .any(|e| e.target.as_deref() == Some("rita")));
+    // The unknown address typed in the browser got no mail.
+    assert_eq!(sink.messages().len(), 1);
 }

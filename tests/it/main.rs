@@ -22,6 +22,7 @@ mod graph_fake_selftest;
 mod m365;
 mod mfa;
 mod passkeys;
+mod portal;
 mod server;
 mod sso;
 mod sync;

@@ -506,7 +506,7 @@ async fn the_password_reaches_m365_at_the_next_sign_in_and_on_every_change() {
         .login(
             "kim",
             &SecretString::from(PASSWORD.to_string()),
-            &sp_m365(&app),
+            Some(&*sp_m365(&app)),
             None,
             Utc::now(),
         )

@@ -5,6 +5,7 @@
 pub mod console;
 pub mod graph_fake;
 pub mod m365;
+pub mod smtp_sink;
 
 use std::path::PathBuf;
 
