@@ -31,6 +31,9 @@ CREATE TABLE mfa_passkey_ceremonies (
     expires_at   INTEGER NOT NULL
 );
 CREATE INDEX mfa_passkey_ceremonies_expiry ON mfa_passkey_ceremonies(expires_at);
+-- One live ceremony per sign-in, or per user and kind outside a sign-in (the store replaces).
+CREATE INDEX mfa_passkey_ceremonies_pending ON mfa_passkey_ceremonies(pending_hash);
+CREATE INDEX mfa_passkey_ceremonies_user ON mfa_passkey_ceremonies(user_id, kind);
 
 -- A user's factors decide what a sign-in asks for: other nodes' caches must hear of a change.
 CREATE TRIGGER passkeys_changed_insert AFTER INSERT ON mfa_passkeys

@@ -132,8 +132,29 @@ impl Store {
         Ok(true)
     }
 
-    /// Stores a ceremony's state.
+    /// Stores a ceremony's state, replacing any earlier one of the same sign-in (or, outside
+    /// a sign-in, of the same user and kind): one live challenge each, so a page that asks
+    /// again replaces its challenge and repeated starts cannot pile up rows.
     pub async fn insert_ceremony(&self, row: &CeremonyRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        match &row.pending_hash {
+            Some(pending_hash) => {
+                sqlx::query("DELETE FROM mfa_passkey_ceremonies WHERE pending_hash = $1")
+                    .bind(pending_hash)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            None => {
+                sqlx::query(
+                    "DELETE FROM mfa_passkey_ceremonies WHERE user_id = $1 AND kind = $2 \
+                     AND pending_hash IS NULL",
+                )
+                .bind(&row.user_id)
+                .bind(&row.kind)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         sqlx::query(
             "INSERT INTO mfa_passkey_ceremonies (id_hash, kind, user_id, pending_hash, state, \
              created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -145,8 +166,9 @@ impl Store {
         .bind(&row.state)
         .bind(row.created_at)
         .bind(row.expires_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -110,6 +110,15 @@ async fn expired_reused_and_misdirected_ceremonies_are_refused_with_events() {
         .await;
     assert_eq!(refusal(result), Refusal::UnknownCredential);
 
+    // Asking again replaces the sign-in's earlier challenge: one live ceremony per sign-in.
+    let p3 = SignIn::Passwordless { pending: "p3" };
+    let earlier = passkeys.start_sign_in(p3, now).await.expect("started");
+    let _later = passkeys.start_sign_in(p3, now).await.expect("started");
+    let result = passkeys
+        .finish_sign_in(p3, &earlier.ceremony, &any_assertion(), None, now)
+        .await;
+    assert_eq!(refusal(result), Refusal::CeremonyUnknown);
+
     let reasons = refused_reasons(&app).await;
     for reason in [
         "ceremony_expired",
