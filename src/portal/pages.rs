@@ -358,6 +358,8 @@ struct HomePage {
     rows: Vec<ProfileRow>,
     password_changed: String,
     password_expires: Option<String>,
+    /// The user's second factors.
+    factors: crate::mfa::Factors,
 }
 
 async fn home(State(state): State<AppState>, jar: CookieJar) -> Result<Response, AppError> {
@@ -386,6 +388,7 @@ async fn home(State(state): State<AppState>, jar: CookieJar) -> Result<Response,
         rows: profile_rows(user, &directions, bound),
         password_changed: display_time(user.password_changed_at),
         password_expires,
+        factors: state.idp.mfa().factors(&user.id).await?,
     };
     let mut response = (jar, render(StatusCode::OK, &page)).into_response();
     response
