@@ -222,7 +222,9 @@ async fn login(
     }
     let password = SecretString::from(form.password);
     match sign_in(&state, &form.username, &password, ip.clone(), now).await? {
-        SignIn::Steps(user) => Ok(crate::sso::portal_steps(&state, jar, &user, ip, now).await),
+        SignIn::Steps(user) => {
+            Ok(crate::sso::portal_steps(&state, jar, &user, next, ip, now).await)
+        }
         SignIn::Again(message, status) => Ok(login_form(
             &state,
             jar,

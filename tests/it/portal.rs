@@ -947,3 +947,27 @@ async fn an_employee_sets_up_and_removes_an_authenticator_app_in_the_portal() {
     let (_, home) = get(&app, &client, "/").await;
     assert!(home.contains("id=\"set-up-authenticator\""), "{home}");
 }
+
+#[tokio::test]
+async fn a_sign_in_continues_to_the_portal_page_it_came_from_and_nowhere_else() {
+    let app = TestApp::spawn().await;
+    app.create_user("lou", "lou@contoso.com", PASSWORD).await;
+    for (next, lands) in [("/password", "/password"), ("https://evil.example/", "/")] {
+        let client = app.browser();
+        let page = client.get(app.url("/login")).send().await.unwrap();
+        let csrf = hidden_input(&page.text().await.unwrap(), "csrf").unwrap();
+        let r = client
+            .post(app.url("/login"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("username", "lou"),
+                ("password", PASSWORD),
+                ("next", next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{next}");
+        assert_eq!(r.headers()["location"], lands, "{next}");
+    }
+}
