@@ -8,6 +8,7 @@
 //! `service` is the self-service logic (no HTTP); `pages` the signed-in pages and sign-in;
 //! `reset` the forgot-password pages.
 
+mod mfa;
 mod pages;
 mod reset;
 mod service;
@@ -58,10 +59,13 @@ fn portal_csp() -> HeaderValue {
 
 /// The portal's routes.
 pub fn router(state: AppState) -> Router<AppState> {
-    let signed_in = pages::signed_in_router().route_layer(middleware::from_fn_with_state(
-        state,
-        require_portal_session,
-    ));
+    let signed_in =
+        pages::signed_in_router()
+            .merge(mfa::router())
+            .route_layer(middleware::from_fn_with_state(
+                state,
+                require_portal_session,
+            ));
     Router::new()
         .merge(signed_in)
         .merge(pages::public_router())

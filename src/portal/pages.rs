@@ -222,7 +222,9 @@ async fn login(
     }
     let password = SecretString::from(form.password);
     match sign_in(&state, &form.username, &password, ip.clone(), now).await? {
-        SignIn::Steps(user) => Ok(crate::sso::portal_steps(&state, jar, &user, ip, now).await),
+        SignIn::Steps(user) => {
+            Ok(crate::sso::portal_steps(&state, jar, &user, next, ip, now).await)
+        }
         SignIn::Again(message, status) => Ok(login_form(
             &state,
             jar,
@@ -358,6 +360,8 @@ struct HomePage {
     rows: Vec<ProfileRow>,
     password_changed: String,
     password_expires: Option<String>,
+    /// The user's second factors.
+    factors: crate::mfa::Factors,
     /// The user's passkeys (`templates/mfa/passkeys.html`).
     passkeys: Vec<crate::mfa::http::PasskeyView>,
 }
@@ -388,6 +392,7 @@ async fn home(State(state): State<AppState>, jar: CookieJar) -> Result<Response,
         rows: profile_rows(user, &directions, bound),
         password_changed: display_time(user.password_changed_at),
         password_expires,
+        factors: state.idp.mfa().factors(&user.id).await?,
         passkeys: crate::mfa::http::passkey_views(&state, &user.id).await?,
     };
     let mut response = (jar, render(StatusCode::OK, &page)).into_response();

@@ -258,13 +258,14 @@ pub async fn portal_steps(
     state: &AppState,
     jar: CookieJar,
     user: &crate::directory::User,
+    after: &str,
     ip: Option<String>,
     now: chrono::DateTime<Utc>,
 ) -> Response {
     let (jar, browser) = browser_cookie(state, jar);
     let request = IncomingRequest {
         first_factor: Some((user.id.clone(), now.timestamp_millis())),
-        ..state.idp.portal_request(Some(user.username.clone()))
+        ..state.idp.portal_request(Some(user.username.clone()), after)
     };
     match state.idp.park(&request, &browser, now).await {
         Ok(pending) => proceed(state, jar, &pending, &request, ip, now, None).await,
@@ -372,7 +373,11 @@ async fn proceed(
             ));
             if request.is_portal() {
                 // No assertion for the portal: the session is what the user signed in for.
-                return (jar, axum::response::Redirect::to("/")).into_response();
+                // Only a portal path (set by the portal itself) is followed: no open redirect.
+                let after = Some(request.acs_url.as_str())
+                    .filter(|p| p.starts_with('/') && !p.starts_with("//"))
+                    .unwrap_or("/");
+                return (jar, axum::response::Redirect::to(after)).into_response();
             }
             match state
                 .idp

@@ -526,24 +526,14 @@ impl IdentityProvider {
         Ok(token)
     }
 
-    /// Parks a sign-in to the user portal: the same steps as a SAML sign-in (password,
-    /// password change, second factor), ending in a session instead of an assertion.
-    pub async fn park_portal(
-        &self,
-        browser_token: &str,
-        login_hint: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<String, SsoError> {
-        let request = self.portal_request(login_hint);
-        self.park(&request, browser_token, now).await
-    }
-
-    /// A sign-in to the user portal, not yet parked.
-    pub fn portal_request(&self, login_hint: Option<String>) -> IncomingRequest {
+    /// A sign-in to the user portal, not yet parked: the same steps as a SAML sign-in
+    /// (password, password change, second factor), ending in a session instead of an
+    /// assertion, then at the portal page `after` (kept where a SAML sign-in keeps its ACS).
+    pub fn portal_request(&self, login_hint: Option<String>, after: &str) -> IncomingRequest {
         IncomingRequest {
             sp: self.service_providers.portal(),
             request_id: None,
-            acs_url: String::new(),
+            acs_url: after.to_string(),
             relay_state: None,
             force_authn: false,
             is_passive: false,

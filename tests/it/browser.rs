@@ -400,3 +400,51 @@ async fn an_employee_signs_in_to_the_portal_changes_the_password_and_resets_anot
     // The unknown address typed in the browser got no mail.
     assert_eq!(sink.messages().len(), 1);
 }
+
+/// The screens `totp_flows.mjs` saves, by file name (`totp-<name>.png`).
+const TOTP_SCREENSHOTS: [&str; 6] = [
+    "setup",
+    "setup-refused",
+    "recovery-codes",
+    "overview",
+    "verify",
+    "verify-refused",
+];
+
+#[tokio::test]
+async fn an_employee_sets_up_an_authenticator_app_in_the_portal_and_signs_in_with_it() {
+    require_browser_tooling();
+    let app = TestApp::spawn().await;
+    let password = "Corr3ct-Horse-Battery";
+    app.create_user("tove", "tove@contoso.com", password).await;
+    for name in TOTP_SCREENSHOTS {
+        let _ = std::fs::remove_file(screenshot_dir().join(format!("totp-{name}.png")));
+    }
+    run_node(
+        &app,
+        "totp_flows.mjs",
+        &[
+            ("IDBRIDGE_USER", "tove"),
+            ("IDBRIDGE_USER_PASSWORD", password),
+        ],
+    )
+    .await;
+    for name in TOTP_SCREENSHOTS {
+        let path = screenshot_dir().join(format!("totp-{name}.png"));
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()));
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 5_000,
+            "{}",
+            path.display()
+        );
+    }
+    for kind in [
+        "mfa_totp_enrolled",
+        "mfa_recovery_codes_created",
+        "mfa_recovery_code_used",
+    ] {
+        assert_eq!(app.events(kind).await.len(), 1, "{kind}");
+    }
+    assert_eq!(app.events("mfa_failed").await.len(), 2);
+}

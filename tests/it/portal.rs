@@ -863,3 +863,111 @@ async fn a_link_asked_for_just_before_shutdown_is_still_sent() {
         "delivered before the server stopped"
     );
 }
+
+#[tokio::test]
+async fn an_employee_sets_up_and_removes_an_authenticator_app_in_the_portal() {
+    use idbridge::mfa::totp::Generator;
+    let app = TestApp::spawn().await;
+    app.create_user("kit", "kit@contoso.com", PASSWORD).await;
+    let client = signed_in(&app, "kit", PASSWORD).await;
+    let (_, home) = get(&app, &client, "/").await;
+    assert!(home.contains("id=\"set-up-authenticator\""), "{home}");
+    assert!(
+        !home.contains("id=\"method-recovery\""),
+        "no codes without a factor"
+    );
+
+    let (status, page) = get(&app, &client, "/security/authenticator").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("data:image/svg+xml;base64,"), "{page}");
+    let secret = page
+        .split("<code id=\"totp-secret\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("the key for typing")
+        .to_string();
+    let generator = Generator::new(
+        totp_rs::Secret::Encoded(secret).to_bytes().unwrap(),
+        "test",
+        "test",
+    )
+    .unwrap();
+    let token = hidden_input(&page, "csrf").unwrap();
+    let post = |path: &'static str, fields: Vec<(&'static str, String)>| {
+        let client = client.clone();
+        let url = app.url(path);
+        async move {
+            let r = client.post(url).form(&fields).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    // A wrong code: refused with an event; without the session's token: nothing happens.
+    let (status, body) = post(
+        "/security/authenticator",
+        vec![("csrf", token.clone()), ("code", "000000".into())],
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(app.events("mfa_failed").await.len(), 1);
+    let now = u64::try_from(Utc::now().timestamp()).unwrap();
+    let (status, _) = post(
+        "/security/authenticator",
+        vec![("csrf", "forged".into()), ("code", generator.code_at(now))],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(app.events("mfa_totp_enrolled").await.is_empty());
+
+    let (status, codes) = post(
+        "/security/authenticator",
+        vec![("csrf", token.clone()), ("code", generator.code_at(now))],
+    )
+    .await;
+    assert_eq!(status, 200, "{codes}");
+    assert_eq!(codes.matches("<li><code>").count(), 10, "{codes}");
+    assert_eq!(app.events("mfa_totp_enrolled").await.len(), 1);
+    let (_, home) = get(&app, &client, "/").await;
+    assert!(home.contains("id=\"method-recovery\""), "{home}");
+    assert!(home.contains("10 unused"), "{home}");
+
+    // New codes replace the old ones.
+    let (status, fresh) = post("/security/recovery-codes", vec![("csrf", token.clone())]).await;
+    assert_eq!(status, 200);
+    assert_ne!(fresh, codes);
+    assert_eq!(app.events("mfa_recovery_codes_created").await.len(), 2);
+
+    // The next portal sign-in asks for the code.
+    let other = app.browser();
+    let r = sign_in(&app, &other, "kit", PASSWORD).await;
+    assert!(r.text().await.unwrap().contains("Verify it"));
+
+    let (status, _) = post("/security/authenticator/remove", vec![("csrf", token)]).await;
+    assert_eq!(status, 303);
+    assert_eq!(app.events("mfa_totp_removed").await.len(), 1);
+    let (_, home) = get(&app, &client, "/").await;
+    assert!(home.contains("id=\"set-up-authenticator\""), "{home}");
+}
+
+#[tokio::test]
+async fn a_sign_in_continues_to_the_portal_page_it_came_from_and_nowhere_else() {
+    let app = TestApp::spawn().await;
+    app.create_user("lou", "lou@contoso.com", PASSWORD).await;
+    for (next, lands) in [("/password", "/password"), ("https://evil.example/", "/")] {
+        let client = app.browser();
+        let page = client.get(app.url("/login")).send().await.unwrap();
+        let csrf = hidden_input(&page.text().await.unwrap(), "csrf").unwrap();
+        let r = client
+            .post(app.url("/login"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("username", "lou"),
+                ("password", PASSWORD),
+                ("next", next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{next}");
+        assert_eq!(r.headers()["location"], lands, "{next}");
+    }
+}
