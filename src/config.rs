@@ -66,6 +66,7 @@ pub struct Config {
     pub sign_in: SignInConfig,
     pub mfa: MfaConfig,
     pub events: EventsConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
     /// The mail server for password-reset links; without it the forgot-password page says
     /// whom to ask.
@@ -159,6 +160,26 @@ impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             retention_days: 365,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (false: the path answers 404 and nothing is recorded).
+    pub enabled: bool,
+    /// A separate address for `/metrics` (e.g. `127.0.0.1:9464`); set, the main listener no
+    /// longer serves it, so it can stay off the public network.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
         }
     }
 }
@@ -300,6 +321,7 @@ impl Default for Config {
             sign_in: SignInConfig::default(),
             mfa: MfaConfig::default(),
             events: EventsConfig::default(),
+            metrics: MetricsConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
             smtp: None,

@@ -36,6 +36,8 @@ pub enum StartError {
     M365(#[from] crate::m365::M365SetupError),
     #[error("configuration error: smtp: {0}")]
     Mail(#[from] crate::mail::MailError),
+    #[error("configuration error: metrics: {0}")]
+    Metrics(#[from] crate::telemetry::metrics::MetricsError),
     #[error("cannot listen on {addr}: {source}. Fix: choose a free address with `listen` (IDBRIDGE_LISTEN)")]
     Listen {
         addr: SocketAddr,
@@ -60,6 +62,8 @@ pub struct AppInner {
     pub sync: Arc<crate::m365::M365Sync>,
     /// The user portal's self-service passwords (change, reset by emailed link).
     pub self_service: Arc<crate::portal::SelfService>,
+    /// Renders `/metrics`; None when `[metrics] enabled = false`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Shared application state, cheap to clone.
@@ -79,6 +83,11 @@ pub struct App {
 impl App {
     /// Opens and migrates the store and loads (or generates) the signing credential.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        let metrics = if config.metrics.enabled {
+            Some(crate::telemetry::metrics::install()?)
+        } else {
+            None
+        };
         let store = Store::connect(&config.database_url()).await?;
         store.migrate().await?;
         let (signing, generated) = certs::load_or_generate(&config)?;
@@ -163,6 +172,7 @@ impl App {
                 self_service,
                 admin_throttle: crate::throttle::SignInThrottle::admin(store.clone(), &config),
                 refusals: crate::throttle::refusals::RefusalTally::new(),
+                metrics,
                 config,
                 store,
                 directory,
@@ -182,9 +192,14 @@ impl App {
         let server = &self.state.config.server;
         let trusted = Arc::new(server.trusted_proxy_nets());
         let deadline = Duration::from_secs(server.request_timeout_seconds);
-        let router = Router::new()
+        let mut router = Router::new()
             .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
+            .route("/readyz", get(readyz));
+        // With a separate metrics address the public listener does not serve them at all.
+        if self.state.config.metrics.listen.is_none() {
+            router = router.route("/metrics", get(metrics));
+        }
+        let router = router
             .merge(crate::sso::router())
             .merge(crate::mfa::http::router())
             .merge(crate::admin::router(self.state.clone()))
@@ -253,6 +268,7 @@ pub async fn run(
     let janitor = tokio::spawn(purge_expired(app.state.clone(), token.clone()));
     let change_poll = tokio::spawn(poll_changes(app.state.clone(), token.clone()));
     let sync_worker = tokio::spawn(app.state.sync.clone().run(token.clone()));
+    let metrics_tasks = start_metrics(&app.state, token.clone()).await?;
     let router = app.router();
     let serve_token = token.clone();
     let result = serve(listener, router, &app.state.config.server, async move {
@@ -272,6 +288,9 @@ pub async fn run(
     let _ = janitor.await;
     let _ = change_poll.await;
     let _ = sync_worker.await;
+    for task in metrics_tasks {
+        let _ = task.await;
+    }
     for task in app.tasks {
         let _ = task.await;
     }
@@ -571,6 +590,110 @@ pub async fn purge_old(state: &AppState, now_ms: i64) {
             Ok(n) => tracing::info!(deleted = n, "purged events past the retention"),
             Err(err) => tracing::warn!(%err, "could not purge old events"),
         }
+    }
+}
+
+/// Starts the metrics upkeep and, with `[metrics] listen`, the separate metrics listener.
+async fn start_metrics(
+    state: &AppState,
+    token: CancellationToken,
+) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let Some(handle) = state.metrics.clone() else {
+        return Ok(Vec::new());
+    };
+    let mut tasks = Vec::new();
+    let upkeep_token = token.clone();
+    // Histograms are buffered until drained; draining on a timer keeps memory flat when
+    // nobody scrapes.
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = upkeep_token.cancelled() => return,
+                _ = tick.tick() => handle.run_upkeep(),
+            }
+        }
+    }));
+    if let Some(addr) = state.config.metrics.listen {
+        let listener = TcpListener::bind(addr).await.map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!("cannot listen on {addr} for metrics: {err}. Fix: choose a free address with `[metrics] listen`"),
+            )
+        })?;
+        let router = Router::new()
+            .route("/metrics", get(metrics))
+            .fallback(|| async { crate::web::AppError::NotFound })
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::CONTENT_SECURITY_POLICY,
+                crate::web::front_door::page_csp(),
+            ))
+            .with_state(state.clone());
+        tasks.push(tokio::spawn(async move {
+            let stop = token.clone();
+            if let Err(err) = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+            {
+                tracing::warn!(%err, "the metrics listener stopped");
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
+/// `/metrics`: Prometheus text format. Gauges of state held elsewhere (the outbox, the pool,
+/// caches, the certificate) are read now, so a scrape always sees current values.
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    let Some(handle) = &state.metrics else {
+        return crate::web::AppError::NotFound.into_response();
+    };
+    let snapshot = metrics_snapshot(&state, chrono::Utc::now()).await;
+    crate::telemetry::metrics::observe(&snapshot);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Reads the scrape-time gauges as of `now`.
+async fn metrics_snapshot(
+    state: &AppState,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::telemetry::metrics::Snapshot {
+    use crate::telemetry::metrics::{OutboxGauges, Snapshot};
+    let now_ms = now.timestamp_millis();
+    let outbox = match state.store.outbox_depth().await {
+        Ok(depth) => Some(OutboxGauges {
+            queued: depth.queued,
+            failed: depth.failed,
+            oldest_age_seconds: depth
+                .oldest_queued_at
+                .map_or(0.0, |at| (now_ms - at).max(0) as f64 / 1000.0),
+        }),
+        Err(err) => {
+            tracing::warn!(%err, "could not read the outbox for /metrics");
+            None
+        }
+    };
+    let (pool_size, pool_idle) = state.store.pool_use();
+    let until_expiry = state.idp.signing().not_after() - now;
+    Snapshot {
+        replay_ids_held: state.idp.replay_ids_held(),
+        replay_ids_max: state.config.saml.replay_max_ids,
+        session_cache: state.idp.session_cache_stats(),
+        outbox,
+        cert_expiry_seconds: until_expiry.num_milliseconds() as f64 / 1000.0,
+        pool_size,
+        pool_idle,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Structured logging with `tracing`.
 
+pub mod metrics;
+
 use std::path::Path;
 
 use tracing_subscriber::EnvFilter;

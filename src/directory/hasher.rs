@@ -16,6 +16,8 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 
+use crate::telemetry::metrics::names;
+
 /// Why a hash could not be computed or checked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HashError {
@@ -125,10 +127,20 @@ impl HashPool {
 
     async fn run(&self, task: Task) -> Result<Outcome, HashError> {
         let (reply, answer) = oneshot::channel();
+        // Counted before sending: a worker may take the job (and uncount it) at once.
+        let queued = metrics::gauge!(names::HASHES_QUEUED);
+        queued.increment(1.0);
         match self.jobs.try_send(Job { task, reply }) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(HashError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(HashError::Stopped),
+            Err(TrySendError::Full(_)) => {
+                queued.decrement(1.0);
+                metrics::counter!(names::HASHES_REFUSED).increment(1);
+                return Err(HashError::Busy);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                queued.decrement(1.0);
+                return Err(HashError::Stopped);
+            }
         }
         answer.await.map_err(|_| HashError::Stopped)?
     }
@@ -147,6 +159,11 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
+        // Queued and in flight are gauges moved here, not read from the channel: std's
+        // channel cannot say how many jobs it holds.
+        metrics::gauge!(names::HASHES_QUEUED).decrement(1.0);
+        let in_flight = metrics::gauge!(names::HASHES_IN_FLIGHT);
+        in_flight.increment(1.0);
         let result = match job.task {
             Task::Hash(password) => hash_with(&mut memory, &password).map(Outcome::Hashed),
             Task::Verify(password, hashes) => Ok(Outcome::Matched(
@@ -155,6 +172,7 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
                     .any(|h| verify_with(&mut memory, &password, h)),
             )),
         };
+        in_flight.decrement(1.0);
         // The caller may have gone (a closed connection): nothing to tell.
         let _ = job.reply.send(result);
     }

@@ -712,6 +712,16 @@ impl M365 {
             }
             request.request_async(&self.http).await.map_err(token_error)
         };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(M365Error::Refused(_)) => "refused",
+            Err(_) => "error",
+        };
+        metrics::counter!(
+            crate::telemetry::metrics::names::TOKEN_REFRESHES,
+            "outcome" => outcome
+        )
+        .increment(1);
         let response = match result {
             Ok(r) => r,
             Err(M365Error::Refused(reason)) => {

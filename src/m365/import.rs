@@ -146,8 +146,11 @@ impl M365 {
         let tenant_id = self.tenant_id().await?;
         let run = new_run(actor, now, 0);
         self.store().insert_import_run(&run).await?;
-        self.run_import(directory, actor, &run.id, &tenant_id, selection, progress)
-            .await
+        let report = self
+            .run_import(directory, actor, &run.id, &tenant_id, selection, progress)
+            .await;
+        count_run(&report);
+        report
     }
 
     /// Starts an import in the background and returns its run id at once. The run's counters
@@ -194,6 +197,7 @@ impl M365 {
                 .await
         }
         .await;
+        count_run(&outcome);
         if let Err(err) = outcome {
             tracing::warn!(%err, run_id, "import run failed");
             let reason = err.to_string();
@@ -557,6 +561,18 @@ pub fn username_from_upn(upn: &str) -> String {
     }
 }
 
+/// Counts an import run by how it ended, and the users it imported.
+fn count_run(report: &Result<ImportReport, M365Error>) {
+    use crate::telemetry::metrics::names;
+    match report {
+        Ok(report) => {
+            metrics::counter!(names::IMPORT_RUNS, "outcome" => "finished").increment(1);
+            metrics::counter!(names::IMPORTED_USERS).increment(report.imported as u64);
+        }
+        Err(_) => metrics::counter!(names::IMPORT_RUNS, "outcome" => "failed").increment(1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,3 +585,4 @@ mod tests {
         assert!(crate::directory::validate_username(&username_from_upn("Ünïcode#1@c.com")).is_ok());
     }
 }
+

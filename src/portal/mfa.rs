@@ -108,6 +108,7 @@ async fn confirm_authenticator(
                 .idp
                 .record_mfa_failure(
                     user,
+                    "totp",
                     "wrong code confirming an authenticator app",
                     None,
                     now,

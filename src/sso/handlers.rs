@@ -29,15 +29,35 @@ const BROWSER_COOKIE: &str = "idbridge_browser";
 
 /// Routes of the SAML identity provider.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/saml/metadata", get(metadata))
+    let timed = Router::new()
         .route("/saml/sso", get(sso_redirect).post(sso_post))
         .route("/saml/login", post(login))
         .route("/saml/login/continue", post(continue_sign_in))
         .route("/saml/login/code", post(second_factor_code))
         .route("/saml/login/enrol", post(confirm_enrolment))
         .route("/saml/login/password", post(new_password))
+        .route_layer(axum::middleware::from_fn(time_sign_in));
+    Router::new()
+        .route("/saml/metadata", get(metadata))
         .route("/saml/slo", get(slo_redirect).post(slo_post))
+        .merge(timed)
+}
+
+/// Records how long a sign-in step took, labelled by its route (a fixed set: the matched
+/// pattern, never the request's own path or query).
+async fn time_sign_in(
+    route: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        crate::telemetry::metrics::names::SSO_DURATION,
+        "route" => route.as_str().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// SAML protocol parameters as the bindings name them.
@@ -794,7 +814,12 @@ fn answer_page(state: &AppState, answer: Answer) -> Response {
 }
 
 /// Records a refused SAML message and turns it into its page.
-async fn rejected(state: &AppState, err: SsoError, endpoint: &str, ip: Option<String>) -> AppError {
+async fn rejected(
+    state: &AppState,
+    err: SsoError,
+    endpoint: &'static str,
+    ip: Option<String>,
+) -> AppError {
     if !err.is_bad_request() {
         return internal(err);
     }

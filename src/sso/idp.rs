@@ -22,6 +22,7 @@ use crate::saml::{
     SignatureAlgorithm, SigningCredential,
 };
 use crate::store::{PendingRequestRow, ReplayGuard, SessionRow, Store, StoreError, WriteBehind};
+use crate::telemetry::metrics::{names, sp_kind};
 use crate::throttle::{Locked, SignInThrottle, ThrottleError};
 use crate::web::token_hash;
 
@@ -482,10 +483,11 @@ impl IdentityProvider {
     pub async fn record_rejection(
         &self,
         error: &SsoError,
-        endpoint: &str,
+        endpoint: &'static str,
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) {
+        metrics::counter!(names::SAML_REQUESTS_REJECTED, "endpoint" => endpoint).increment(1);
         let event = NewEvent::new(now, &Actor::Anonymous, kind::SAML_REQUEST_REJECTED, None)
             .details(json!({"endpoint": endpoint, "reason": error.to_string()}))
             .client_ip(client_ip);
@@ -729,6 +731,8 @@ impl IdentityProvider {
         {
             return Err(SsoError::PendingExpired);
         }
+        metrics::counter!(names::MFA_CHECKS, "factor" => factor.as_str(), "outcome" => "passed")
+            .increment(1);
         request.mfa_at = Some(at);
         Ok(request)
     }
@@ -904,7 +908,7 @@ impl IdentityProvider {
             }
             CodeOutcome::Wrong => {
                 self.second_factor_throttle.failed(&user.id, ip).await?;
-                self.record_mfa_failure(&user, "wrong or already used code", client_ip, now)
+                self.record_mfa_failure(&user, "code", "wrong or already used code", client_ip, now)
                     .await?;
                 Ok(CodeResult::Wrong)
             }
@@ -940,6 +944,7 @@ impl IdentityProvider {
                 self.second_factor_throttle.failed(&user.id, ip).await?;
                 self.record_mfa_failure(
                     &user,
+                    "totp",
                     "wrong code confirming an authenticator app",
                     client_ip,
                     now,
@@ -1001,13 +1006,19 @@ impl IdentityProvider {
     }
 
     /// Records a wrong second-factor code or enrolment confirmation (a security event).
+    ///
+    /// `factor` labels the metric: `totp`, `passkey`, or `code` when a typed code may have been
+    /// a TOTP or a recovery code.
     pub async fn record_mfa_failure(
         &self,
         user: &User,
+        factor: &'static str,
         reason: &str,
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<(), SsoError> {
+        metrics::counter!(names::MFA_CHECKS, "factor" => factor, "outcome" => "failed")
+            .increment(1);
         let event = NewEvent::new(
             now,
             &Actor::Anonymous,
@@ -1098,6 +1109,7 @@ impl IdentityProvider {
         }))
         .client_ip(client_ip);
         self.store.record_event(&event).await?;
+        metrics::counter!(names::SSO_REFUSALS, "reason" => refusal.code()).increment(1);
         Ok(())
     }
 
@@ -1170,6 +1182,7 @@ impl IdentityProvider {
         // The request ID is taken before the response leaves: a replay gets nothing.
         self.remember(request, now).await?;
         self.writes.record_event(event).await;
+        metrics::counter!(names::SSO_RESPONSES, "sp" => sp_kind(sp.is_m365)).increment(1);
         Ok(Answer::Post {
             url: request.acs_url.clone(),
             saml_response: saml::encode_post(&xml),

@@ -27,7 +27,7 @@ pub use resets::{ResetTokenRow, ENDED_PASSWORD_CHANGED, ENDED_USED};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
 pub use sync::{
     BindOutcome, BindRequest, BindingListQuery, BindingListRow, BindingRow, Completion,
-    DirectionEffects, FollowUp, JobEffect, JobKind, OutboxJob, OutboxRow, SyncCounts,
+    DirectionEffects, FollowUp, JobEffect, JobKind, OutboxDepth, OutboxJob, OutboxRow, SyncCounts,
     REVOKE_SESSIONS, WORKER_IMPORT,
 };
 pub use throttle::FailureCount;
@@ -207,6 +207,11 @@ impl Store {
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// The connection pool's (open connections, idle connections), for `/metrics`.
+    pub fn pool_use(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
     }
 
     /// The backend in use.

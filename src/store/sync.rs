@@ -219,6 +219,15 @@ pub struct SyncCounts {
     pub unbound: i64,
 }
 
+/// The outbox at a glance, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxDepth {
+    pub queued: i64,
+    pub failed: i64,
+    /// When the oldest queued job was written (ms since the epoch); None when none waits.
+    pub oldest_queued_at: Option<i64>,
+}
+
 const BINDING_COLUMNS: &str = "user_id, immutable_id, user_principal_name, m365_object_id, \
     state, bound_at, last_sync_at, last_error, password_pushed, account_enabled";
 const OUTBOX_COLUMNS: &str = "id, user_id, kind, fields, secret_enc, state, attempts, \
@@ -675,6 +684,28 @@ impl Store {
         tx.commit().await?;
         self.note_change();
         Ok(n)
+    }
+
+    /// Jobs by state and the oldest queued one: one grouped scan of the outbox, which holds
+    /// only undelivered jobs (delivered ones are deleted).
+    pub async fn outbox_depth(&self) -> Result<OutboxDepth, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*), MIN(created_at) FROM m365_outbox GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut depth = OutboxDepth::default();
+        for (state, n, oldest) in rows {
+            match state.as_str() {
+                "queued" => {
+                    depth.queued = n;
+                    depth.oldest_queued_at = Some(oldest);
+                }
+                "failed" => depth.failed = n,
+                _ => {}
+            }
+        }
+        Ok(depth)
     }
 
     /// Counts of jobs and bindings by state.

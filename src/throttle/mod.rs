@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::events::{kind, Actor, NewEvent};
 use crate::store::{Store, StoreError};
+use crate::telemetry::metrics::names;
 
 /// Failures of the throttle.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,16 @@ impl Form {
             Form::Sso => "sso",
             Form::Admin => "admin",
             Form::PasswordReset => "reset",
+            Form::SecondFactor => "mfa",
+        }
+    }
+
+    /// The form's label on metrics.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Form::Sso => "sso",
+            Form::Admin => "admin",
+            Form::PasswordReset => "password_reset",
             Form::SecondFactor => "mfa",
         }
     }
@@ -269,6 +280,7 @@ impl SignInThrottle {
         let refs: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
         let until = self.store.throttle_locked_until(&refs).await?;
         if until > now_ms {
+            self.count_throttled("locked");
             return Ok(DateTime::from_timestamp_millis(until).map(|until| Locked {
                 until,
                 reason: LockReason::Failures,
@@ -306,6 +318,7 @@ impl SignInThrottle {
                         }))
                         .client_ip(ip.map(str::to_string));
                 self.store.record_event(&event).await?;
+                self.count_throttled("locked");
                 return Ok(Some(Locked {
                     until,
                     reason: LockReason::Failures,
@@ -315,6 +328,7 @@ impl SignInThrottle {
                 // Checking this one too could exceed the limit if all those in flight
                 // fail; refused unchecked, and nothing is locked.
                 self.release(&counted).await?;
+                self.count_throttled("crowded");
                 return Ok(Some(Locked {
                     until: now + Duration::seconds(CROWDED_RETRY_SECONDS),
                     reason: LockReason::Crowded,
@@ -322,6 +336,15 @@ impl SignInThrottle {
             }
         }
         Ok(None)
+    }
+
+    fn count_throttled(&self, reason: &'static str) {
+        metrics::counter!(
+            names::SIGN_IN_THROTTLED,
+            "form" => self.form.metric_label(),
+            "reason" => reason
+        )
+        .increment(1);
     }
 
     /// Takes back the attempts counted on `keys`.
@@ -341,6 +364,7 @@ impl SignInThrottle {
 
     /// A wrong password: the admitted attempt becomes a failure of the name and the address.
     pub async fn failed(&self, name: &str, ip: Option<&str>) -> Result<(), ThrottleError> {
+        metrics::counter!(names::SIGN_IN_FAILURES, "form" => self.form.metric_label()).increment(1);
         for (_, key) in self.keys(name, ip) {
             self.store.throttle_add_failure(&key).await?;
         }

@@ -386,19 +386,29 @@ impl GraphClient {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
-        let response = request.send().await.map_err(TransportError::from)?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                count_exchange(method, None, false);
+                return Err(TransportError::from(err));
+            }
+        };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| TransportError {
-            // The request was sent; only the answer was lost.
-            not_sent: false,
-            ..TransportError::from(e)
+        let body = response.bytes().await.map_err(|e| {
+            count_exchange(method, None, false);
+            TransportError {
+                // The request was sent; only the answer was lost.
+                not_sent: false,
+                ..TransportError::from(e)
+            }
         })?;
+        let retry_after = header(&headers, RETRY_AFTER.as_str());
+        count_exchange(method, Some(status), retry_after.is_some());
         Ok(Answer {
             status,
             request_id: header(&headers, "request-id"),
-            retry_after: header(&headers, RETRY_AFTER.as_str())
-                .and_then(|v| retry::parse_retry_after(&v)),
+            retry_after: retry_after.and_then(|v| retry::parse_retry_after(&v)),
             body: body.to_vec(),
         })
     }
@@ -425,6 +435,33 @@ impl From<reqwest::Error> for TransportError {
 }
 
 /// GET, PUT, PATCH and DELETE of Graph directory objects give the same result when repeated.
+/// Counts one exchange with Graph (`status` None: no answer) and a 429 separately, with
+/// whether it said when to come back.
+fn count_exchange(method: &Method, status: Option<u16>, retry_after: bool) {
+    use crate::telemetry::metrics::names;
+    let method = metric_method(method);
+    let status_label = status.map_or_else(|| "network".to_string(), |s| s.to_string());
+    metrics::counter!(names::GRAPH_REQUESTS, "method" => method, "status" => status_label)
+        .increment(1);
+    if status == Some(429) {
+        let with = if retry_after { "true" } else { "false" };
+        metrics::counter!(names::GRAPH_THROTTLED, "method" => method, "retry_after" => with)
+            .increment(1);
+    }
+}
+
+/// The methods idbridge sends, as static labels (anything else is `other`).
+fn metric_method(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
