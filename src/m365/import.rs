@@ -585,4 +585,3 @@ mod tests {
         assert!(crate::directory::validate_username(&username_from_upn("Ünïcode#1@c.com")).is_ok());
     }
 }
-

@@ -908,8 +908,14 @@ impl IdentityProvider {
             }
             CodeOutcome::Wrong => {
                 self.second_factor_throttle.failed(&user.id, ip).await?;
-                self.record_mfa_failure(&user, "code", "wrong or already used code", client_ip, now)
-                    .await?;
+                self.record_mfa_failure(
+                    &user,
+                    "code",
+                    "wrong or already used code",
+                    client_ip,
+                    now,
+                )
+                .await?;
                 Ok(CodeResult::Wrong)
             }
         }

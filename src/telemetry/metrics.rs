@@ -124,7 +124,74 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     }
     let handle = HANDLE.get_or_init(|| handle).clone();
     describe();
+    zero();
     Ok(handle)
+}
+
+/// Exports 0 for every counter series whose labels are known in advance, so dashboards,
+/// alerts and `rate()` see a series from the first scrape instead of "no data" until the
+/// first event.
+fn zero() {
+    use crate::mfa::FactorKind;
+    use crate::sso::Refusal;
+    use crate::throttle::Form;
+    let forms = [
+        Form::Sso,
+        Form::Admin,
+        Form::SecondFactor,
+        Form::PasswordReset,
+    ];
+    for form in forms.map(Form::metric_label) {
+        metrics::counter!(names::SIGN_IN_FAILURES, "form" => form).absolute(0);
+        for reason in ["locked", "crowded"] {
+            metrics::counter!(names::SIGN_IN_THROTTLED, "form" => form, "reason" => reason)
+                .absolute(0);
+        }
+    }
+    for sp in [sp_kind(true), sp_kind(false)] {
+        metrics::counter!(names::SSO_RESPONSES, "sp" => sp).absolute(0);
+    }
+    let refusals = [
+        Refusal::NotBound,
+        Refusal::Suspended,
+        Refusal::PasswordExpired,
+    ];
+    for reason in refusals.map(Refusal::code) {
+        metrics::counter!(names::SSO_REFUSALS, "reason" => reason).absolute(0);
+    }
+    for endpoint in ["/saml/sso", "/saml/login", "/saml/slo"] {
+        metrics::counter!(names::SAML_REQUESTS_REJECTED, "endpoint" => endpoint).absolute(0);
+    }
+    let factors = [
+        FactorKind::Totp,
+        FactorKind::Passkey,
+        FactorKind::RecoveryCode,
+    ];
+    for factor in factors.map(FactorKind::as_str) {
+        metrics::counter!(names::MFA_CHECKS, "factor" => factor, "outcome" => "passed").absolute(0);
+    }
+    for factor in ["code", "totp", "passkey"] {
+        metrics::counter!(names::MFA_CHECKS, "factor" => factor, "outcome" => "failed").absolute(0);
+    }
+    metrics::counter!(names::HASHES_REFUSED).absolute(0);
+    metrics::gauge!(names::HASHES_IN_FLIGHT).increment(0.0);
+    metrics::gauge!(names::HASHES_QUEUED).increment(0.0);
+    for method in ["GET", "POST", "PATCH", "PUT", "DELETE"] {
+        metrics::counter!(names::GRAPH_REQUESTS, "method" => method, "status" => "200").absolute(0);
+        for with in ["true", "false"] {
+            metrics::counter!(names::GRAPH_THROTTLED, "method" => method, "retry_after" => with)
+                .absolute(0);
+        }
+    }
+    for outcome in ["ok", "refused", "error"] {
+        metrics::counter!(names::TOKEN_REFRESHES, "outcome" => outcome).absolute(0);
+    }
+    for outcome in ["finished", "failed"] {
+        metrics::counter!(names::IMPORT_RUNS, "outcome" => outcome).absolute(0);
+    }
+    metrics::counter!(names::IMPORTED_USERS).absolute(0);
+    // The latency histogram appears with the first sign-in step: an empty histogram has no
+    // series to export.
 }
 
 /// HELP lines for the scrape.
@@ -144,7 +211,10 @@ fn describe() {
     describe_gauge!(names::HASHES_IN_FLIGHT, "Password hashes running now");
     describe_gauge!(names::HASHES_QUEUED, "Password hashes waiting for a worker");
     describe_counter!(names::HASHES_REFUSED, "Password checks refused as busy");
-    describe_gauge!(names::REPLAY_IDS_HELD, "SAML request IDs held for replay checks");
+    describe_gauge!(
+        names::REPLAY_IDS_HELD,
+        "SAML request IDs held for replay checks"
+    );
     describe_gauge!(names::REPLAY_IDS_MAX, "Bound of the replay cache");
     describe_counter!(names::SESSION_CACHE_HITS, "Sessions from the cache");
     describe_counter!(names::SESSION_CACHE_MISSES, "Sessions from the database");

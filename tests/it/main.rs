@@ -20,6 +20,7 @@ mod front_door;
 mod fuzz;
 mod graph_fake_selftest;
 mod m365;
+mod metrics;
 mod mfa;
 mod passkeys;
 mod portal;
