@@ -44,7 +44,8 @@ pub mod names {
     pub const OUTBOX_JOBS: &str = "idbridge_outbox_jobs";
     /// Age of the oldest queued outbox job in seconds (0 when none waits).
     pub const OUTBOX_OLDEST_AGE: &str = "idbridge_outbox_oldest_job_age_seconds";
-    /// HTTP exchanges with Microsoft Graph, by `method` and `status` (`network`: no answer).
+    /// HTTP exchanges with Microsoft Graph, by `method` and `status` (`network`: no answer);
+    /// `method="BATCH"` is a `$batch` envelope, each of its sub-requests counted by its method.
     pub const GRAPH_REQUESTS: &str = "idbridge_graph_requests_total";
     /// Graph answers of 429, by `method` and whether they carried Retry-After.
     pub const GRAPH_THROTTLED: &str = "idbridge_graph_throttled_total";
@@ -176,7 +177,7 @@ fn zero() {
     metrics::counter!(names::HASHES_REFUSED).absolute(0);
     metrics::gauge!(names::HASHES_IN_FLIGHT).increment(0.0);
     metrics::gauge!(names::HASHES_QUEUED).increment(0.0);
-    for method in ["GET", "POST", "PATCH", "PUT", "DELETE"] {
+    for method in ["GET", "POST", "PATCH", "PUT", "DELETE", "BATCH"] {
         metrics::counter!(names::GRAPH_REQUESTS, "method" => method, "status" => "200").absolute(0);
         for with in ["true", "false"] {
             metrics::counter!(names::GRAPH_THROTTLED, "method" => method, "retry_after" => with)

@@ -205,3 +205,66 @@ async fn metrics_on_a_separate_address_or_off() {
     let answer = client.get(off.url("/metrics")).send().await.expect("GET");
     assert_eq!(answer.status(), 404);
 }
+
+#[tokio::test]
+async fn graph_throttling_token_and_import_show_in_the_metrics() {
+    use idbridge::events::Actor;
+    use idbridge::m365::ImportSelection;
+
+    let (app, fake) = crate::support::m365::connected("", "").await;
+    fake.add_users(3, "contoso.com");
+    let client = reqwest::Client::new();
+    let url = app.url("/metrics");
+    let (_, before) = scrape(&client, &url).await;
+    // A refused token (401) makes idbridge fetch a new one; a 429 makes it wait and retry.
+    fake.expire_access_tokens();
+    fake.throttle_next(1, "0.05");
+    let report = app
+        .state()
+        .m365
+        .import(
+            &app.state().directory,
+            &Actor::Admin("root".into()),
+            &ImportSelection::All,
+            chrono::Utc::now(),
+            |_| {},
+        )
+        .await
+        .expect("imported");
+    assert_eq!(report.imported, 3);
+
+    let (body, after) = scrape(&client, &url).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    assert!(
+        moved(
+            names::GRAPH_REQUESTS,
+            &[("method", "GET"), ("status", "200")]
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        moved(
+            names::GRAPH_REQUESTS,
+            &[("method", "GET"), ("status", "429")]
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        moved(
+            names::GRAPH_THROTTLED,
+            &[("method", "GET"), ("retry_after", "true")]
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        moved(names::IMPORT_RUNS, &[("outcome", "finished")]) >= 1.0,
+        "{body}"
+    );
+    assert!(moved(names::IMPORTED_USERS, &[]) >= 3.0, "{body}");
+    assert!(
+        moved(names::TOKEN_REFRESHES, &[("outcome", "ok")]) >= 1.0,
+        "{body}"
+    );
+}

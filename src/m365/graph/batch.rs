@@ -239,6 +239,11 @@ impl GraphClient {
                     continue;
                 };
                 let idempotent = is_idempotent(&requests[i].method);
+                super::count_exchange(
+                    super::metric_method(&requests[i].method),
+                    Some(response.status),
+                    response.header("Retry-After").is_some(),
+                );
                 if is_throttled(response.status) && may_retry_status(response.status, idempotent) {
                     let retry_after = response
                         .header("Retry-After")

@@ -389,14 +389,14 @@ impl GraphClient {
         let response = match request.send().await {
             Ok(response) => response,
             Err(err) => {
-                count_exchange(method, None, false);
+                count_exchange(exchange_label(method, url), None, false);
                 return Err(TransportError::from(err));
             }
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|e| {
-            count_exchange(method, None, false);
+            count_exchange(exchange_label(method, url), None, false);
             TransportError {
                 // The request was sent; only the answer was lost.
                 not_sent: false,
@@ -404,7 +404,11 @@ impl GraphClient {
             }
         })?;
         let retry_after = header(&headers, RETRY_AFTER.as_str());
-        count_exchange(method, Some(status), retry_after.is_some());
+        count_exchange(
+            exchange_label(method, url),
+            Some(status),
+            retry_after.is_some(),
+        );
         Ok(Answer {
             status,
             request_id: header(&headers, "request-id"),
@@ -435,11 +439,20 @@ impl From<reqwest::Error> for TransportError {
 }
 
 /// GET, PUT, PATCH and DELETE of Graph directory objects give the same result when repeated.
+/// The method label of an HTTP exchange: `BATCH` for a `$batch` envelope, whose sub-requests
+/// are counted by their own method (a refused PATCH inside a batch that answered 200 must show).
+fn exchange_label(method: &Method, url: &Url) -> &'static str {
+    if url.path().ends_with("/$batch") {
+        "BATCH"
+    } else {
+        metric_method(method)
+    }
+}
+
 /// Counts one exchange with Graph (`status` None: no answer) and a 429 separately, with
 /// whether it said when to come back.
-fn count_exchange(method: &Method, status: Option<u16>, retry_after: bool) {
+pub(super) fn count_exchange(method: &'static str, status: Option<u16>, retry_after: bool) {
     use crate::telemetry::metrics::names;
-    let method = metric_method(method);
     let status_label = status.map_or_else(|| "network".to_string(), |s| s.to_string());
     metrics::counter!(names::GRAPH_REQUESTS, "method" => method, "status" => status_label)
         .increment(1);
@@ -451,7 +464,7 @@ fn count_exchange(method: &Method, status: Option<u16>, retry_after: bool) {
 }
 
 /// The methods idbridge sends, as static labels (anything else is `other`).
-fn metric_method(method: &Method) -> &'static str {
+pub(super) fn metric_method(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::POST => "POST",
