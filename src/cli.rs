@@ -21,7 +21,11 @@ mod wait;
 
 /// idbridge: directory integration and SAML identity provider for Microsoft 365.
 #[derive(Parser, Debug)]
-#[command(name = "idbridge", version, about)]
+#[command(
+    name = "idbridge",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("IDBRIDGE_GIT_REVISION"), ")"),
+    about
+)]
 pub struct Cli {
     /// Configuration file (default: idbridge.toml when present).
     #[arg(long, global = true, env = "IDBRIDGE_CONFIG")]
@@ -36,6 +40,9 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Check the configuration, or print every setting's default.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage directory users.
     #[command(subcommand)]
     User(Box<UserCommand>),
@@ -354,6 +361,20 @@ pub enum KeyCommand {
     },
 }
 
+/// `config …`
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Read and validate the configuration (file and IDBRIDGE_* variables) and print the
+    /// effective settings, secrets left out.
+    Check,
+    /// Print settings as TOML.
+    Show {
+        /// Every setting with its default value (the full reference).
+        #[arg(long)]
+        defaults: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
     /// Print the signing certificate's subject, fingerprint and validity.
@@ -376,8 +397,27 @@ fn fail(e: impl std::fmt::Display) -> CliError {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Config(ConfigCommand::Show { defaults: true }) = &cli.command {
+        print!("{}", Config::defaults_toml().map_err(fail)?);
+        return Ok(());
+    }
     let config = Config::load(cli.config.as_deref()).map_err(fail)?;
+    for name in Config::ignored_env_vars() {
+        tracing::warn!(variable = %name, "ignoring an IDBRIDGE_ environment variable that names no setting (set by a container platform?); rename it if it was meant as a setting");
+    }
     match cli.command {
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", config.to_redacted_toml().map_err(fail)?);
+            for name in Config::ignored_env_vars() {
+                eprintln!("note: {name} names no setting and is ignored (settings are IDBRIDGE_<SECTION>__<KEY>, e.g. IDBRIDGE_SAML__ISSUER)");
+            }
+            eprintln!("configuration OK");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show { .. }) => {
+            print!("{}", config.to_redacted_toml().map_err(fail)?);
+            Ok(())
+        }
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let store = open_store(&config).await?;

@@ -935,3 +935,74 @@ async fn bind_wait_without_a_server_says_so_and_times_out() {
     );
     assert!(fake.user("alice@contoso.com").is_none());
 }
+
+#[test]
+fn configuration_that_cannot_trip_an_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    // Kubernetes sets IDBRIDGE_PORT for a Service named idbridge: ignored, and said so.
+    let out = idbridge(
+        dir.path(),
+        &["config", "check"],
+        "",
+        &[
+            ("IDBRIDGE_PORT", "tcp://10.0.0.1:8080"),
+            ("IDBRIDGE_SAML__SUPPORT_CONTACT", "the IT desk"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("IDBRIDGE_PORT names no setting"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("support_contact = \"the IT desk\""),
+        "{}",
+        stdout(&out)
+    );
+    // A misspelt setting inside a section still stops, naming it.
+    let out = idbridge(
+        dir.path(),
+        &["config", "check"],
+        "",
+        &[("IDBRIDGE_SAML__SUPORT_CONTACT", "x")],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("suport_contact"), "{}", stderr(&out));
+
+    // Secrets never show.
+    std::fs::write(
+        dir.path().join("idbridge.toml"),
+        "database_url = \"postgres://idb:hunter2secret@db/idb\"\n[m365]\nclient_secret = \"cl13nt-s3cret\"\n",
+    )
+    .unwrap();
+    let out = idbridge(dir.path(), &["config", "check"], "", &[]);
+    let shown = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !shown.contains("hunter2secret") && !shown.contains("cl13nt-s3cret"),
+        "{shown}"
+    );
+
+    // A log level tracing would read as a target is refused with the fix.
+    std::fs::write(
+        dir.path().join("idbridge.toml"),
+        "[log]\nlevel = \"verbose\"\n",
+    )
+    .unwrap();
+    let out = idbridge(dir.path(), &["config", "check"], "", &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("log.level"), "{}", stderr(&out));
+
+    // The reference of every default loads as a configuration file, even beside a bad one.
+    let out = idbridge(dir.path(), &["config", "show", "--defaults"], "", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(dir.path().join("idbridge.toml"), stdout(&out)).unwrap();
+    let out = idbridge(dir.path(), &["config", "check"], "", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = idbridge(dir.path(), &["--version"], "", &[]);
+    let version = stdout(&out);
+    assert!(version.starts_with("idbridge 0."), "{version}");
+    assert!(version.contains('('), "the git revision: {version}");
+}
