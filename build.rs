@@ -12,7 +12,7 @@ fn main() {
         .filter(|rev| !rev.is_empty())
         // A source tarball has no git history.
         .unwrap_or_else(|| "unknown revision".into());
-    println!("cargo:rustc-env=IDBRIDGE_GIT_REVISION={revision}");
+    println!("cargo:rustc-env=BUILD_GIT_REVISION={revision}");
     // A new commit moves the reflog; a missing file (no .git) just reruns this cheap script.
     println!("cargo:rerun-if-changed=.git/logs/HEAD");
     println!("cargo:rerun-if-changed=build.rs");

@@ -23,7 +23,7 @@ mod wait;
 #[derive(Parser, Debug)]
 #[command(
     name = "idbridge",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("IDBRIDGE_GIT_REVISION"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILD_GIT_REVISION"), ")"),
     about
 )]
 pub struct Cli {

@@ -1006,3 +1006,56 @@ fn configuration_that_cannot_trip_an_operator() {
     assert!(version.starts_with("idbridge 0."), "{version}");
     assert!(version.contains('('), "the git revision: {version}");
 }
+
+#[test]
+fn the_access_log_has_one_line_per_request_without_queries_or_colours() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(binary())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("IDBRIDGE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    assert!(wait_healthy(port), "server became healthy");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(
+            b"GET /saml/sso?SAMLRequest=TOPSECRETVALUE HTTP/1.1\r\nHost: x\r\nX-Request-Id: upstream-42\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-request-id: upstream-42"),
+        "{answer}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = stderr(&out);
+    let line = log
+        .lines()
+        .find(|l| l.contains("idbridge::access") && l.contains("/saml/sso"))
+        .unwrap_or_else(|| panic!("no access line: {log}"));
+    assert!(line.contains("status=400"), "{line}");
+    assert!(line.contains("upstream-42"), "{line}");
+    assert!(line.contains("client=127.0.0.1"), "{line}");
+    assert!(line.contains("duration_ms="), "{line}");
+    assert!(
+        !log.contains("TOPSECRETVALUE"),
+        "a query reached the log: {log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "colours in a non-terminal log: {log}"
+    );
+}
