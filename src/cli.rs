@@ -589,6 +589,18 @@ async fn serve(config: Config) -> Result<(), CliError> {
             .await
             .map_err(fail)?;
         print_one_time_password("admin", &password);
+        // Under systemd stdout is the journal, which others may read and which rotates: the
+        // password also goes to a file only its owner reads, removed by hand once used.
+        let file = state.config.data_dir.join(FIRST_ADMIN_PASSWORD_FILE);
+        match write_private(&file, &password) {
+            Ok(()) => println!(
+                "  Also written to {} (mode 0600; delete it once you signed in)",
+                file.display()
+            ),
+            Err(err) => {
+                tracing::warn!(file = %file.display(), %err, "could not write the first admin's one-time password to a file")
+            }
+        }
         println!(
             "  Sign in to the admin console at {}/admin\n",
             state.config.base_url
@@ -605,6 +617,26 @@ async fn serve(config: Config) -> Result<(), CliError> {
     crate::server::run(app, listener, crate::server::shutdown_signal())
         .await
         .map_err(fail)
+}
+
+/// The file in `data_dir` holding the first admin's one-time password (mode 0600).
+const FIRST_ADMIN_PASSWORD_FILE: &str = "initial-admin-password";
+
+/// Writes a secret to a new file only its owner can read.
+fn write_private(path: &std::path::Path, secret: &SecretString) -> std::io::Result<()> {
+    use secrecy::ExposeSecret;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(format!("{}\n", secret.expose_secret()).as_bytes())?;
+    file.sync_all()
 }
 
 /// Prints a one-time password to stdout (never to the log), once.

@@ -381,6 +381,14 @@ fn first_start_generates_the_certificate_and_prints_the_admin_password_once() {
         .expect("password printed");
     let password = password_line.split(':').nth(1).unwrap().trim().to_string();
     assert!(password.len() >= 16);
+    // Also in a file only its owner reads (under systemd stdout is the journal).
+    let file = d.join("data/initial-admin-password");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), password);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     use std::os::unix::fs::PermissionsExt;
     let key_mode = std::fs::metadata(d.join("certs/signing.key"))
