@@ -21,7 +21,11 @@ mod wait;
 
 /// idbridge: directory integration and SAML identity provider for Microsoft 365.
 #[derive(Parser, Debug)]
-#[command(name = "idbridge", version, about)]
+#[command(
+    name = "idbridge",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILD_GIT_REVISION"), ")"),
+    about
+)]
 pub struct Cli {
     /// Configuration file (default: idbridge.toml when present).
     #[arg(long, global = true, env = "IDBRIDGE_CONFIG")]
@@ -36,6 +40,9 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Check the configuration, or print every setting's default.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage directory users.
     #[command(subcommand)]
     User(Box<UserCommand>),
@@ -354,6 +361,20 @@ pub enum KeyCommand {
     },
 }
 
+/// `config …`
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Read and validate the configuration (file and IDBRIDGE_* variables) and print the
+    /// effective settings, secrets left out.
+    Check,
+    /// Print settings as TOML.
+    Show {
+        /// Every setting with its default value (the full reference).
+        #[arg(long)]
+        defaults: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
     /// Print the signing certificate's subject, fingerprint and validity.
@@ -376,8 +397,27 @@ fn fail(e: impl std::fmt::Display) -> CliError {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Config(ConfigCommand::Show { defaults: true }) = &cli.command {
+        print!("{}", Config::defaults_toml().map_err(fail)?);
+        return Ok(());
+    }
     let config = Config::load(cli.config.as_deref()).map_err(fail)?;
+    for name in Config::ignored_env_vars() {
+        tracing::warn!(variable = %name, "ignoring an IDBRIDGE_ environment variable that names no setting (set by a container platform?); rename it if it was meant as a setting");
+    }
     match cli.command {
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", config.to_redacted_toml().map_err(fail)?);
+            for name in Config::ignored_env_vars() {
+                eprintln!("note: {name} names no setting and is ignored (settings are IDBRIDGE_<SECTION>__<KEY>, e.g. IDBRIDGE_SAML__ISSUER)");
+            }
+            eprintln!("configuration OK");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show { .. }) => {
+            print!("{}", config.to_redacted_toml().map_err(fail)?);
+            Ok(())
+        }
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let store = open_store(&config).await?;
@@ -549,6 +589,18 @@ async fn serve(config: Config) -> Result<(), CliError> {
             .await
             .map_err(fail)?;
         print_one_time_password("admin", &password);
+        // Under systemd stdout is the journal, which others may read and which rotates: the
+        // password also goes to a file only its owner reads, removed by hand once used.
+        let file = state.config.data_dir.join(FIRST_ADMIN_PASSWORD_FILE);
+        match write_private(&file, &password) {
+            Ok(()) => println!(
+                "  Also written to {} (mode 0600; delete it once you signed in)",
+                file.display()
+            ),
+            Err(err) => {
+                tracing::warn!(file = %file.display(), %err, "could not write the first admin's one-time password to a file")
+            }
+        }
         println!(
             "  Sign in to the admin console at {}/admin\n",
             state.config.base_url
@@ -565,6 +617,26 @@ async fn serve(config: Config) -> Result<(), CliError> {
     crate::server::run(app, listener, crate::server::shutdown_signal())
         .await
         .map_err(fail)
+}
+
+/// The file in `data_dir` holding the first admin's one-time password (mode 0600).
+const FIRST_ADMIN_PASSWORD_FILE: &str = "initial-admin-password";
+
+/// Writes a secret to a new file only its owner can read.
+fn write_private(path: &std::path::Path, secret: &SecretString) -> std::io::Result<()> {
+    use secrecy::ExposeSecret;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(format!("{}\n", secret.expose_secret()).as_bytes())?;
+    file.sync_all()
 }
 
 /// Prints a one-time password to stdout (never to the log), once.

@@ -658,6 +658,39 @@ pub struct LogConfig {
     pub format: String,
 }
 
+/// Levels a `[log] level` directive may name.
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+impl LogConfig {
+    /// Refuses a level tracing would read as a target name (`level = "verbose"` would
+    /// otherwise turn every other log line off) and an unknown format.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for directive in self
+            .level
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
+            let level = directive.rsplit('=').next().unwrap_or_default();
+            if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+                return Err(invalid(
+                    "log.level",
+                    format!("{directive:?} names no log level"),
+                    "use trace, debug, info, warn, error or off, or target=level pairs such as \"idbridge=debug,info\"",
+                ));
+            }
+        }
+        if !matches!(self.format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "log.format",
+                format!("{:?} is not a log format", self.format),
+                "use \"text\" or \"json\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
@@ -686,8 +719,53 @@ impl Config {
             }
             None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
-        figment = figment.merge(Env::prefixed("IDBRIDGE_").split("__").ignore(&["config"]));
+        let known = top_level_settings();
+        figment = figment.merge(
+            Env::prefixed("IDBRIDGE_")
+                .ignore(&["config"])
+                .filter(move |key| known.iter().any(|k| k == &first_segment(key.as_str())))
+                .split("__"),
+        );
         Self::from_figment(figment)
+    }
+
+    /// `IDBRIDGE_…` environment variables that name no setting and are therefore ignored:
+    /// Kubernetes, for one, sets `IDBRIDGE_PORT=tcp://…` for a Service named idbridge, which
+    /// must not stop start-up. Said at start and by `idbridge config check`.
+    pub fn ignored_env_vars() -> Vec<String> {
+        let known = top_level_settings();
+        let mut ignored: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| {
+                name.strip_prefix("IDBRIDGE_").is_some_and(|key| {
+                    !key.eq_ignore_ascii_case("config")
+                        && !known.iter().any(|k| k == &first_segment(key))
+                })
+            })
+            .collect();
+        ignored.sort();
+        ignored
+    }
+
+    /// The effective settings as TOML, with secrets left out and the database password
+    /// hidden (`idbridge config check`).
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        let mut value = serde_json::to_value(self)
+            .map_err(|e| invalid("config", e.to_string(), "report this as a bug"))?;
+        if let Some(url) = value.get_mut("database_url") {
+            if let Some(text) = url.as_str() {
+                *url = serde_json::Value::String(redact_url(text));
+            }
+        }
+        toml_text(&value)
+    }
+
+    /// Every setting with its default, as TOML (`idbridge config show --defaults`): generated
+    /// from the settings type, so it cannot drift from the code.
+    pub fn defaults_toml() -> Result<String, ConfigError> {
+        let value = serde_json::to_value(Config::default())
+            .map_err(|e| invalid("config", e.to_string(), "report this as a bug"))?;
+        toml_text(&value)
     }
 
     /// Builds a config from TOML text (with defaults for the rest); used by tests and tools.
@@ -704,6 +782,14 @@ impl Config {
     }
 
     fn normalise_and_validate(&mut self) -> Result<(), ConfigError> {
+        self.log.validate()?;
+        if self.metrics.listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{} is also `listen`", self.listen),
+                "choose another port for metrics (e.g. 127.0.0.1:9464), or leave it out to serve /metrics on `listen`",
+            ));
+        }
         // Bounded so the lock arithmetic on millisecond timestamps cannot overflow.
         const DAY: u64 = 86_400;
         if !(1..=DAY).contains(&self.sign_in.window_seconds) {
@@ -1055,6 +1141,43 @@ impl Config {
     }
 }
 
+/// The top-level settings (`base_url`, `saml`, …), as environment variables name them.
+fn top_level_settings() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+    .into_iter()
+    .chain(["database_url".to_string()])
+    .collect()
+}
+
+/// The setting an environment key (after `IDBRIDGE_`) belongs to, lower case.
+fn first_segment(key: &str) -> String {
+    key.split("__")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// TOML text of a settings value; `null`s (unset optional settings) are left out, as TOML
+/// has no null.
+fn toml_text(value: &serde_json::Value) -> Result<String, ConfigError> {
+    fn strip_nulls(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.retain(|_, v| !v.is_null());
+                map.values_mut().for_each(strip_nulls);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+            _ => {}
+        }
+    }
+    let mut value = value.clone();
+    strip_nulls(&mut value);
+    toml::to_string(&value).map_err(|e| invalid("config", e.to_string(), "report this as a bug"))
+}
+
 /// Hides the password part of a database URL.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
@@ -1269,6 +1392,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("password_reset.link_minutes"), "{e}");
+    }
+
+    #[test]
+    fn a_log_level_that_names_no_level_is_refused() {
+        let e = Config::from_toml("[log]\nlevel = \"verbose\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log.level") && e.contains("verbose"), "{e}");
+        assert!(Config::from_toml("[log]\nlevel = \"idbridge=debug,info\"").is_ok());
+        assert!(Config::from_toml("[log]\nformat = \"yaml\"").is_err());
+    }
+
+    #[test]
+    fn the_defaults_print_as_toml_that_loads_again() {
+        let text = Config::defaults_toml().unwrap();
+        assert!(
+            text.contains("[sign_in]") && text.contains("[mfa]"),
+            "{text}"
+        );
+        Config::from_toml(&text).unwrap();
+        let c = Config::from_toml("database_url = \"postgres://u:secret@db/idb\"\n[m365]\nclient_secret = \"s3cr3t-value\"").unwrap();
+        let shown = c.to_redacted_toml().unwrap();
+        assert!(
+            !shown.contains("secret@") && !shown.contains("s3cr3t-value"),
+            "{shown}"
+        );
     }
 
     #[test]

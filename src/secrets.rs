@@ -24,6 +24,23 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// Hex SHA-256 of a token: sessions and pending requests are stored by hash, so a copy of the
+/// database does not yield live cookies.
+pub fn token_hash(token: &str) -> String {
+    openssl::sha::sha256(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fresh random token for cookies and forms (256 bits, hex).
+pub fn new_token() -> String {
+    random_bytes::<32>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Why a secret cannot be sealed or opened; never includes the secret.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {

@@ -14,7 +14,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::certs::{self, CertError};
 use crate::config::{Config, ConfigError};
@@ -230,7 +229,9 @@ impl App {
             .layer(axum::middleware::from_fn(
                 crate::web::front_door::api_panic_as_json,
             ))
-            .layer(TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn(
+                crate::web::access_log::access_log,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 trusted,
                 crate::web::front_door::real_client,

@@ -15,8 +15,12 @@ pub fn init(config_file: Option<&Path>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: under systemd or a container the escapes would land in
+    // the journal as garbage.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if log.format == "json" {
         builder.json().init();

@@ -145,13 +145,13 @@ impl Directory {
         if name.is_empty() || name.chars().count() > 64 {
             return Err(DirectoryError::ApiKeyName);
         }
-        let secret = crate::web::new_token();
+        let secret = crate::secrets::new_token();
         let prefix = secret[..8].to_string();
         let key = format!("{API_KEY_PREFIX}{secret}");
         let row = ApiKeyRow {
             id: new_record_id(),
             name: name.to_string(),
-            key_hash: crate::web::token_hash(&key),
+            key_hash: crate::secrets::token_hash(&key),
             prefix: format!("{API_KEY_PREFIX}{prefix}"),
             role: role.as_str().into(),
             created_by: actor.to_string(),
@@ -176,7 +176,7 @@ impl Directory {
         }
         let row = self
             .store()
-            .find_api_key(&crate::web::token_hash(key))
+            .find_api_key(&crate::secrets::token_hash(key))
             .await?;
         Ok(row.filter(|r| r.revoked_at.is_none()))
     }

@@ -27,9 +27,9 @@ use super::graph::{GraphClient, GraphError, RetryPolicy};
 use super::permissions::{self, GrantMode, MissingPermission};
 use crate::config::Config;
 use crate::events::{kind, Actor, NewEvent};
+use crate::secrets::token_hash;
 use crate::secrets::{SecretBox, SecretError};
 use crate::store::{ConnectionRow, Store, StoreError};
-use crate::web::token_hash;
 
 /// Delegated Graph permissions asked for at consent: every permission idbridge uses (least
 /// privilege for import, bind, sync and session revocation).

@@ -21,8 +21,8 @@ use webauthn_rs::prelude::{
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryError, User};
 use crate::events::{kind, Actor, NewEvent};
+use crate::secrets::{new_token, token_hash};
 use crate::store::{CeremonyRow, PasskeyRow, Store, StoreError};
-use crate::web::{new_token, token_hash};
 
 /// How long a ceremony may take: the browser's own prompt times out after 5 minutes
 /// (webauthn-rs `DEFAULT_AUTHENTICATOR_TIMEOUT`, the spec's recommended range).

@@ -21,10 +21,10 @@ use crate::saml::{
     self, AssertionParams, AuthnRequest, LogoutRequest, LogoutResponseParams, SamlError,
     SignatureAlgorithm, SigningCredential,
 };
+use crate::secrets::token_hash;
 use crate::store::{PendingRequestRow, ReplayGuard, SessionRow, Store, StoreError, WriteBehind};
 use crate::telemetry::metrics::{names, sp_kind};
 use crate::throttle::{Locked, SignInThrottle, ThrottleError};
-use crate::web::token_hash;
 
 /// How long a parked AuthnRequest waits for the user to sign in.
 const LOGIN_WINDOW_MINUTES: i64 = 15;
@@ -506,7 +506,7 @@ impl IdentityProvider {
         browser_token: &str,
         now: DateTime<Utc>,
     ) -> Result<String, SsoError> {
-        let token = crate::web::new_token();
+        let token = crate::secrets::new_token();
         let row = PendingRequestRow {
             id_hash: token_hash(&token),
             sp_entity_id: request.sp.entity_id.clone(),
@@ -847,7 +847,7 @@ impl IdentityProvider {
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<(SessionRow, String), SsoError> {
-        let token = crate::web::new_token();
+        let token = crate::secrets::new_token();
         let session = SessionRow {
             id_hash: token_hash(&token),
             user_id: user.id.clone(),

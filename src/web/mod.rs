@@ -1,6 +1,7 @@
 //! Shared HTTP plumbing: the error types that become responses (pages and JSON), page
 //! rendering, cookies, console sessions and API keys.
 
+pub mod access_log;
 mod api_error;
 pub mod csrf;
 pub mod front_door;
@@ -184,22 +185,9 @@ pub fn new_cookie(
     cookie
 }
 
-/// Hex SHA-256 of a token: sessions and pending requests are stored by hash, so a copy of the
-/// database does not yield live cookies.
-pub fn token_hash(token: &str) -> String {
-    openssl::sha::sha256(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A fresh random token for cookies and forms (256 bits, hex).
-pub fn new_token() -> String {
-    crate::secrets::random_bytes::<32>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+// Token helpers live below every room (domain code makes tokens too); re-exported here for
+// the HTTP side.
+pub use crate::secrets::{new_token, token_hash};
 
 /// Redirects after a POST with a one-time notice (post/redirect/get, so reloading does not
 /// repeat the change). The notice travels in a short-lived cookie `name` on `path`, never in

@@ -381,6 +381,14 @@ fn first_start_generates_the_certificate_and_prints_the_admin_password_once() {
         .expect("password printed");
     let password = password_line.split(':').nth(1).unwrap().trim().to_string();
     assert!(password.len() >= 16);
+    // Also in a file only its owner reads (under systemd stdout is the journal).
+    let file = d.join("data/initial-admin-password");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), password);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     use std::os::unix::fs::PermissionsExt;
     let key_mode = std::fs::metadata(d.join("certs/signing.key"))
@@ -934,4 +942,128 @@ async fn bind_wait_without_a_server_says_so_and_times_out() {
         stdout(&out)
     );
     assert!(fake.user("alice@contoso.com").is_none());
+}
+
+#[test]
+fn configuration_that_cannot_trip_an_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    // Kubernetes sets IDBRIDGE_PORT for a Service named idbridge: ignored, and said so.
+    let out = idbridge(
+        dir.path(),
+        &["config", "check"],
+        "",
+        &[
+            ("IDBRIDGE_PORT", "tcp://10.0.0.1:8080"),
+            ("IDBRIDGE_SAML__SUPPORT_CONTACT", "the IT desk"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("IDBRIDGE_PORT names no setting"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("support_contact = \"the IT desk\""),
+        "{}",
+        stdout(&out)
+    );
+    // A misspelt setting inside a section still stops, naming it.
+    let out = idbridge(
+        dir.path(),
+        &["config", "check"],
+        "",
+        &[("IDBRIDGE_SAML__SUPORT_CONTACT", "x")],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("suport_contact"), "{}", stderr(&out));
+
+    // Secrets never show.
+    std::fs::write(
+        dir.path().join("idbridge.toml"),
+        "database_url = \"postgres://idb:hunter2secret@db/idb\"\n[m365]\nclient_secret = \"cl13nt-s3cret\"\n",
+    )
+    .unwrap();
+    let out = idbridge(dir.path(), &["config", "check"], "", &[]);
+    let shown = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !shown.contains("hunter2secret") && !shown.contains("cl13nt-s3cret"),
+        "{shown}"
+    );
+
+    // A log level tracing would read as a target is refused with the fix.
+    std::fs::write(
+        dir.path().join("idbridge.toml"),
+        "[log]\nlevel = \"verbose\"\n",
+    )
+    .unwrap();
+    let out = idbridge(dir.path(), &["config", "check"], "", &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("log.level"), "{}", stderr(&out));
+
+    // The reference of every default loads as a configuration file, even beside a bad one.
+    let out = idbridge(dir.path(), &["config", "show", "--defaults"], "", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(dir.path().join("idbridge.toml"), stdout(&out)).unwrap();
+    let out = idbridge(dir.path(), &["config", "check"], "", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = idbridge(dir.path(), &["--version"], "", &[]);
+    let version = stdout(&out);
+    assert!(version.starts_with("idbridge 0."), "{version}");
+    assert!(version.contains('('), "the git revision: {version}");
+}
+
+#[test]
+fn the_access_log_has_one_line_per_request_without_queries_or_colours() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(binary())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("IDBRIDGE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    assert!(wait_healthy(port), "server became healthy");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(
+            b"GET /saml/sso?SAMLRequest=TOPSECRETVALUE HTTP/1.1\r\nHost: x\r\nX-Request-Id: upstream-42\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-request-id: upstream-42"),
+        "{answer}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = stderr(&out);
+    let line = log
+        .lines()
+        .find(|l| l.contains("idbridge::access") && l.contains("/saml/sso"))
+        .unwrap_or_else(|| panic!("no access line: {log}"));
+    assert!(line.contains("status=400"), "{line}");
+    assert!(line.contains("upstream-42"), "{line}");
+    assert!(line.contains("client=127.0.0.1"), "{line}");
+    assert!(line.contains("duration_ms="), "{line}");
+    assert!(
+        !log.contains("TOPSECRETVALUE"),
+        "a query reached the log: {log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "colours in a non-terminal log: {log}"
+    );
 }

@@ -197,8 +197,18 @@ fn job_index(id: &str) -> Option<usize> {
 }
 
 impl M365Sync {
-    /// Claims due jobs and delivers them; the worker calls this until nothing is due.
+    /// Claims due jobs and delivers them; the worker calls this until nothing is due. Every
+    /// line the round logs carries its `sync_round` span, so one round reads as one story.
     pub async fn deliver_round(&self, now: DateTime<Utc>) -> RoundReport {
+        let round: String = crate::secrets::random_bytes::<6>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let span = tracing::info_span!("sync_round", id = %round);
+        tracing::Instrument::instrument(self.deliver_round_in_span(now), span).await
+    }
+
+    async fn deliver_round_in_span(&self, now: DateTime<Utc>) -> RoundReport {
         let jobs = match self
             .store
             .claim_outbox_jobs(
