@@ -354,6 +354,17 @@ async fn authenticate_finish(
             now,
         )
         .await
+        .inspect_err(|err| {
+            // Counted only as a second factor: a passwordless passkey is the first factor.
+            if matches!(err, PasskeyError::Refused(_)) && user_id.is_some() {
+                metrics::counter!(
+                    crate::telemetry::metrics::names::MFA_CHECKS,
+                    "factor" => FactorKind::Passkey.as_str(),
+                    "outcome" => "failed"
+                )
+                .increment(1);
+            }
+        })
         .map_err(api_error)?;
     factor_passed(
         &state,
