@@ -29,6 +29,25 @@ fn file_error(path: &Path, problem: impl ToString, fix: &'static str) -> CertErr
     }
 }
 
+/// When the signing certificate no longer names the host idbridge serves (its CN came from
+/// `base_url` at first start and `base_url` changed since): what to tell the operator.
+/// Entra checks the certificate itself, not its name, so sign-ins keep working; the name only
+/// misleads whoever reads it (and some other service providers compare it).
+pub fn name_mismatch(config: &Config, credential: &SigningCredential) -> Option<String> {
+    let expected = config.certificate_common_name();
+    let subject = credential.subject();
+    let names_it = subject
+        .split(", ")
+        .any(|part| part.strip_prefix("CN=") == Some(expected.as_str()));
+    (!names_it).then(|| {
+        format!(
+            "the signing certificate names {subject}, but idbridge now serves {expected}. Before federating a domain, renew it: stop idbridge, move {} and {} away, start it (a new key and certificate are made), and give Microsoft the new `idbridge cert show --der-base64`",
+            config.certs.key_file.display(),
+            config.certs.cert_file.display()
+        )
+    })
+}
+
 /// Loads the signing credential, or generates a key and self-signed certificate when neither
 /// file exists. Returns the credential and whether it was generated now.
 pub fn load_or_generate(config: &Config) -> Result<(SigningCredential, bool), CertError> {
@@ -111,4 +130,21 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
     file.write_all(contents)
         .and_then(|_| file.sync_all())
         .map_err(|e| file_error(path, e, "check free disk space"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_naming_an_old_host_is_pointed_out_with_the_renewal() {
+        let (credential, _, _) = SigningCredential::generate(2048, "old.contoso.com", 30).unwrap();
+        let same = Config::from_toml("base_url = \"https://old.contoso.com\"").unwrap();
+        assert_eq!(name_mismatch(&same, &credential), None);
+        let moved = Config::from_toml("base_url = \"https://idp.contoso.com\"").unwrap();
+        let warning = name_mismatch(&moved, &credential).expect("a warning");
+        assert!(warning.contains("CN=old.contoso.com"), "{warning}");
+        assert!(warning.contains("idp.contoso.com"), "{warning}");
+        assert!(warning.contains("cert show --der-base64"), "{warning}");
+    }
 }

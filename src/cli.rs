@@ -40,6 +40,22 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Write a passphrase-encrypted backup of the database and the keys to FILE (safe while
+    /// the server runs; the passphrase is prompted twice, or read from the first line of stdin).
+    Backup {
+        file: PathBuf,
+        /// Only the keys (for PostgreSQL, whose database pg_dump backs up).
+        #[arg(long)]
+        keys_only: bool,
+    },
+    /// Restore a backup into an empty data directory (the configured database and key paths
+    /// must not exist).
+    Restore {
+        file: PathBuf,
+        /// Only the keys (after pg_restore of a PostgreSQL database).
+        #[arg(long)]
+        keys_only: bool,
+    },
     /// Check the configuration, or print every setting's default.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -406,6 +422,41 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         tracing::warn!(variable = %name, "ignoring an IDBRIDGE_ environment variable that names no setting (set by a container platform?); rename it if it was meant as a setting");
     }
     match cli.command {
+        Command::Backup { file, keys_only } => {
+            if file.exists() {
+                return Err(CliError(format!(
+                    "{} exists; choose a new file name (a backup never overwrites one)",
+                    file.display()
+                )));
+            }
+            let passphrase = read_secret("Backup passphrase")?;
+            let store = open_store(&config).await?;
+            let (sealed, contents) = crate::backup::create(&config, &store, &passphrase, keys_only)
+                .await
+                .map_err(fail)?;
+            store.close().await;
+            write_private_bytes(&file, &sealed).map_err(fail)?;
+            for (name, size) in contents.entries {
+                println!("  {name:<16} {size:>12} bytes");
+            }
+            println!(
+                "backup written to {} (keep the passphrase apart from it)",
+                file.display()
+            );
+            Ok(())
+        }
+        Command::Restore { file, keys_only } => {
+            let sealed =
+                std::fs::read(&file).map_err(|e| CliError(format!("{}: {e}", file.display())))?;
+            let passphrase = read_secret("Backup passphrase")?;
+            let contents =
+                crate::backup::restore(&config, &sealed, &passphrase, keys_only).map_err(fail)?;
+            for (name, size) in contents.entries {
+                println!("  {name:<16} {size:>12} bytes");
+            }
+            println!("restored; start idbridge with this configuration");
+            Ok(())
+        }
         Command::Config(ConfigCommand::Check) => {
             print!("{}", config.to_redacted_toml().map_err(fail)?);
             for name in Config::ignored_env_vars() {
@@ -622,21 +673,17 @@ async fn serve(config: Config) -> Result<(), CliError> {
 /// The file in `data_dir` holding the first admin's one-time password (mode 0600).
 const FIRST_ADMIN_PASSWORD_FILE: &str = "initial-admin-password";
 
-/// Writes a secret to a new file only its owner can read.
+/// Writes a secret to a file only its owner can read (replacing an older one).
 fn write_private(path: &std::path::Path, secret: &SecretString) -> std::io::Result<()> {
     use secrecy::ExposeSecret;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(format!("{}\n", secret.expose_secret()).as_bytes())?;
-    file.sync_all()
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    write_private_bytes(path, format!("{}\n", secret.expose_secret()).as_bytes())
 }
 
 /// Prints a one-time password to stdout (never to the log), once.
@@ -1240,6 +1287,40 @@ fn print_user(u: &User) {
 }
 
 /// Reads a new password: prompted twice on a terminal, else the first line of stdin.
+/// A secret from a prompt (asked twice for a new one) or the first line of stdin.
+fn read_secret(what: &str) -> Result<SecretString, CliError> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("{what}: ")).map_err(fail)?;
+        let second = rpassword::prompt_password(format!("Repeat {}: ", what.to_lowercase()))
+            .map_err(fail)?;
+        if first != second {
+            return Err(CliError("the two entries differ; nothing was done".into()));
+        }
+        return Ok(SecretString::from(first));
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(fail)?;
+    let secret = line.trim_end_matches(['\r', '\n']).to_string();
+    if secret.len() < 8 {
+        return Err(CliError(format!(
+            "{what}: give at least 8 characters on the first line of stdin, or run in a terminal to be prompted"
+        )));
+    }
+    Ok(SecretString::from(secret))
+}
+
+/// Writes bytes to a new file only its owner can read.
+fn write_private_bytes(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 fn read_password() -> Result<SecretString, CliError> {
     if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password("New password: ").map_err(fail)?;

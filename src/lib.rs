@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod attributes;
+pub mod backup;
 pub mod certs;
 pub mod cli;
 pub mod config;

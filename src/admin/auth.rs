@@ -351,6 +351,8 @@ struct Dashboard {
     counts: SyncCounts,
     connection: String,
     events: Vec<EventLine>,
+    /// The signing certificate no longer names the served host: what to do.
+    certificate_warning: Option<String>,
 }
 
 /// An event as a table row.
@@ -397,6 +399,7 @@ async fn dashboard(
             counts,
             connection,
             events,
+            certificate_warning: crate::certs::name_mismatch(&state.config, state.idp.signing()),
         },
     ))
 }

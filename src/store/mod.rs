@@ -195,6 +195,16 @@ impl Store {
         Ok(before != n)
     }
 
+    /// Writes a consistent copy of an SQLite database to `path` (`VACUUM INTO`: one read
+    /// transaction, so it is safe while the server writes).
+    pub async fn vacuum_into(&self, path: &str) -> Result<(), StoreError> {
+        // A filename literal (quotes doubled) rather than a bound value: SQLite documents
+        // VACUUM INTO with an expression, and a literal works on every version.
+        let sql = format!("VACUUM INTO '{}'", path.replace('\'', "''"));
+        sqlx::query(&sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Applies pending migrations of this backend.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {

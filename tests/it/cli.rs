@@ -1067,3 +1067,145 @@ fn the_access_log_has_one_line_per_request_without_queries_or_colours() {
         "colours in a non-terminal log: {log}"
     );
 }
+
+/// Runs the binary with `--config FILE` and stdin text.
+fn with_config(config: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut full = vec!["--config", config.to_str().unwrap()];
+    full.extend_from_slice(args);
+    idbridge(config.parent().unwrap(), &full, stdin, &[])
+}
+
+#[tokio::test]
+async fn a_backup_taken_while_the_server_writes_restores_users_bindings_events_and_the_certificate()
+{
+    let app = crate::support::TestApp::spawn().await;
+    let user = app
+        .create_user("ana", "ana@contoso.com", "Corr3ct-Horse-Battery")
+        .await;
+    app.bind(&user, "YW5hLWltbXV0YWJsZQ==", "ana@contoso.com")
+        .await;
+    for n in 0..20 {
+        app.create_user(
+            &format!("u{n}"),
+            &format!("u{n}@contoso.com"),
+            "Corr3ct-Horse-Battery",
+        )
+        .await;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let fingerprint = app.cli(work.path(), &["cert", "show"]);
+    let config = work.path().join("idbridge.toml");
+    // Writes keep coming while the backup runs.
+    let busy = app.state().clone();
+    let writer = tokio::spawn(async move {
+        for n in 0..200 {
+            let event = idbridge::events::NewEvent::new(
+                chrono::Utc::now(),
+                &idbridge::events::Actor::System,
+                "backup_test_write",
+                Some(&format!("w{n}")),
+            );
+            busy.store.record_event(&event).await.unwrap();
+        }
+    });
+    let file = work.path().join("idbridge.backup");
+    let cfg = config.clone();
+    let target = file.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        with_config(
+            &cfg,
+            &["backup", target.to_str().unwrap()],
+            "backup passphrase 1\n",
+        )
+    })
+    .await
+    .unwrap();
+    writer.await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("database.sqlite"), "{}", stdout(&out));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let raw = std::fs::read(&file).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("ana@contoso.com"),
+        "encrypted"
+    );
+
+    // Into an empty directory with its own configuration.
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_config = fresh.path().join("idbridge.toml");
+    std::fs::write(
+        &fresh_config,
+        format!(
+            "data_dir = {:?}\n[certs]\nkey_file = {:?}\ncert_file = {:?}\n",
+            fresh.path().join("data").display().to_string(),
+            fresh.path().join("certs/signing.key").display().to_string(),
+            fresh.path().join("certs/signing.crt").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let wrong = with_config(
+        &fresh_config,
+        &["restore", file.to_str().unwrap()],
+        "not the passphrase\n",
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("passphrase is wrong"),
+        "{}",
+        stderr(&wrong)
+    );
+    let restored = with_config(
+        &fresh_config,
+        &["restore", file.to_str().unwrap()],
+        "backup passphrase 1\n",
+    );
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    // A second restore refuses to overwrite.
+    let again = with_config(
+        &fresh_config,
+        &["restore", file.to_str().unwrap()],
+        "backup passphrase 1\n",
+    );
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    let show = stdout(&with_config(&fresh_config, &["cert", "show"], ""));
+    let print = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("sha256 fingerprint:"))
+            .map(str::to_string)
+    };
+    assert!(print(&show).is_some(), "{show}");
+    assert_eq!(
+        print(&show),
+        print(&fingerprint),
+        "the same signing certificate"
+    );
+    let users = stdout(&with_config(
+        &fresh_config,
+        &["user", "list", "--limit", "1000"],
+        "",
+    ));
+    assert!(users.contains("ana") && users.contains("u19"), "{users}");
+    let ana = stdout(&with_config(&fresh_config, &["user", "show", "ana"], ""));
+    assert!(ana.contains("YW5hLWltbXV0YWJsZQ=="), "the binding: {ana}");
+    let events = stdout(&with_config(
+        &fresh_config,
+        &["events", "--type", "user_create", "--limit", "100"],
+        "",
+    ));
+    assert_eq!(events.matches("user_create").count(), 21, "{events}");
+    let key_mode = std::fs::metadata(fresh.path().join("certs/signing.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+}
