@@ -266,10 +266,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = app.shutdown.clone();
+    // First: a metrics address that cannot be bound stops the start before any task runs.
+    let metrics_tasks = start_metrics(&app.state, token.clone()).await?;
     let janitor = tokio::spawn(purge_expired(app.state.clone(), token.clone()));
     let change_poll = tokio::spawn(poll_changes(app.state.clone(), token.clone()));
     let sync_worker = tokio::spawn(app.state.sync.clone().run(token.clone()));
-    let metrics_tasks = start_metrics(&app.state, token.clone()).await?;
     let router = app.router();
     let serve_token = token.clone();
     let result = serve(listener, router, &app.state.config.server, async move {
@@ -602,6 +603,15 @@ async fn start_metrics(
     let Some(handle) = state.metrics.clone() else {
         return Ok(Vec::new());
     };
+    let listener = match state.config.metrics.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!("cannot listen on {addr} for metrics: {err}. Fix: choose a free address with `[metrics] listen`"),
+            )
+        })?),
+        None => None,
+    };
     let mut tasks = Vec::new();
     let upkeep_token = token.clone();
     // Histograms are buffered until drained; draining on a timer keeps memory flat when
@@ -615,13 +625,7 @@ async fn start_metrics(
             }
         }
     }));
-    if let Some(addr) = state.config.metrics.listen {
-        let listener = TcpListener::bind(addr).await.map_err(|err| {
-            std::io::Error::new(
-                err.kind(),
-                format!("cannot listen on {addr} for metrics: {err}. Fix: choose a free address with `[metrics] listen`"),
-            )
-        })?;
+    if let Some(listener) = listener {
         let router = Router::new()
             .route("/metrics", get(metrics))
             .fallback(|| async { crate::web::AppError::NotFound })
