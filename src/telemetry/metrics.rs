@@ -89,7 +89,7 @@ pub mod names {
 }
 
 /// Why the recorder could not be installed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetricsError {
     #[error("cannot set up the metrics histograms: {0}")]
     Build(String),
@@ -103,27 +103,24 @@ const SSO_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// The process's recorder handle. The `metrics` facade has one global recorder per process,
-/// so every [`App`](crate::server::App) built in it (the integration tests build many) shares
-/// this one; the first build installs it.
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The process's recorder handle, or why it could not be installed. The `metrics` facade has
+/// one global recorder per process, so every [`App`](crate::server::App) built in it (the
+/// integration tests build many, on several threads at once) shares this one; the first build
+/// installs it while the others wait.
+static HANDLE: OnceLock<Result<PrometheusHandle, MetricsError>> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
-    if let Some(handle) = HANDLE.get() {
-        return Ok(handle.clone());
-    }
+    HANDLE.get_or_init(install_once).clone()
+}
+
+fn install_once() -> Result<PrometheusHandle, MetricsError> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(names::SSO_DURATION.into()), SSO_BUCKETS)
         .map_err(|e| MetricsError::Build(e.to_string()))?
         .build_recorder();
     let handle = recorder.handle();
-    // Two apps starting at once may race here: the loser's recorder is dropped and it uses
-    // the winner's handle.
-    if metrics::set_global_recorder(recorder).is_err() {
-        return HANDLE.get().cloned().ok_or(MetricsError::AlreadyInstalled);
-    }
-    let handle = HANDLE.get_or_init(|| handle).clone();
+    metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
     describe();
     zero();
     Ok(handle)
