@@ -21,6 +21,7 @@ mod fuzz;
 mod graph_fake_selftest;
 mod m365;
 mod mfa;
+mod package;
 mod passkeys;
 mod portal;
 mod server;
