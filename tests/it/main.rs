@@ -24,6 +24,7 @@ mod mfa;
 mod package;
 mod passkeys;
 mod portal;
+mod proxy;
 mod server;
 mod sso;
 mod sync;
