@@ -56,6 +56,10 @@ pub enum Command {
         #[arg(long)]
         keys_only: bool,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) to standard output.
+    Manpage,
     /// Check the configuration, or print every setting's default.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -413,6 +417,25 @@ fn fail(e: impl std::fmt::Display) -> CliError {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    // Generated from the command definition itself, so they never drift from it; no
+    // configuration needed (the package build runs them).
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            // Into a buffer first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "idbridge", &mut script);
+            return std::io::stdout().write_all(&script).map_err(fail);
+        }
+        Command::Manpage => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .map_err(fail)?;
+            return Ok(());
+        }
+        _ => {}
+    }
     if let Command::Config(ConfigCommand::Show { defaults: true }) = &cli.command {
         print!("{}", Config::defaults_toml().map_err(fail)?);
         return Ok(());
@@ -469,6 +492,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             print!("{}", config.to_redacted_toml().map_err(fail)?);
             Ok(())
         }
+        // Answered above, before the configuration is read.
+        Command::Completions { .. } | Command::Manpage => Ok(()),
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let store = open_store(&config).await?;
