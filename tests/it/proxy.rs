@@ -123,6 +123,11 @@ async fn the_nginx_example_proxies_with_tls_and_the_client_address_cannot_be_spo
     let events = app.events("saml_request_rejected").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].client_ip.as_deref(), Some("127.0.0.1"));
+    // The example keeps /metrics off the public side; idbridge itself still serves it.
+    let r = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     let _ = nginx.start_kill();
     let _ = nginx.wait().await;
 }
