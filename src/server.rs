@@ -706,10 +706,81 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// How old the oldest queued Microsoft 365 change may be before `/readyz` flags the outbox.
+const OUTBOX_AGE_WARNING_SECONDS: i64 = 900;
+/// Days before the signing certificate expires at which `/readyz` flags it.
+const CERTIFICATE_WARNING_DAYS: i64 = 30;
+
+/// Readiness, per dependency, as JSON. Only an unreachable database makes the node unready
+/// (503): a load balancer should not take a node out because Microsoft 365 or a certificate
+/// needs an admin, but the body says so, with what to do.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.store.ping().await {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+    let now = chrono::Utc::now();
+    let database = state.store.ping().await;
+    let mut warnings: Vec<String> = Vec::new();
+    let signing = state.idp.signing();
+    let days_left = (signing.not_after() - now).num_days();
+    if days_left < CERTIFICATE_WARNING_DAYS {
+        warnings.push(format!(
+            "the signing certificate expires in {days_left} days: renew it and give Microsoft the new one"
+        ));
     }
+    let name_mismatch = crate::certs::name_mismatch(&state.config, signing);
+    warnings.extend(name_mismatch.clone());
+    let m365 = if database {
+        state.m365.status().await.ok().map(|s| s.state)
+    } else {
+        None
+    };
+    if m365.as_deref() == Some("reconnect") {
+        warnings.push(
+            "Microsoft 365 refused idbridge's token: reconnect it in the console (changes wait meanwhile)".into(),
+        );
+    }
+    let outbox = if database {
+        state.store.outbox_depth().await.ok()
+    } else {
+        None
+    };
+    let oldest_age = outbox
+        .as_ref()
+        .and_then(|o| o.oldest_queued_at)
+        .map(|at| (now.timestamp_millis() - at).max(0) / 1000);
+    if oldest_age.is_some_and(|age| age > OUTBOX_AGE_WARNING_SECONDS) {
+        warnings.push(format!(
+            "the oldest change for Microsoft 365 has waited {} s: see `idbridge m365 sync`",
+            oldest_age.unwrap_or_default()
+        ));
+    }
+    let body = serde_json::json!({
+        "status": if database { "ready" } else { "unready" },
+        "checks": {
+            "database": {"ok": database},
+            "signingCertificate": {
+                "ok": days_left >= CERTIFICATE_WARNING_DAYS && name_mismatch.is_none(),
+                "subject": signing.subject(),
+                "notAfter": signing.not_after().to_rfc3339(),
+                "daysLeft": days_left,
+                "matchesBaseUrl": name_mismatch.is_none(),
+            },
+            "m365": {"ok": m365.as_deref() != Some("reconnect"), "state": m365},
+            "outbox": {
+                "ok": !oldest_age.is_some_and(|age| age > OUTBOX_AGE_WARNING_SECONDS),
+                "queued": outbox.as_ref().map(|o| o.queued),
+                "failed": outbox.as_ref().map(|o| o.failed),
+                "oldestQueuedAgeSeconds": oldest_age,
+            },
+        },
+        "warnings": warnings,
+    });
+    let status = if database {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
 }

@@ -11,7 +11,19 @@ async fn health_and_readiness() {
     assert_eq!(r.text().await.unwrap(), "ok");
     let r = client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "ready");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["database"]["ok"], true);
+    assert_eq!(body["checks"]["signingCertificate"]["matchesBaseUrl"], true);
+    assert!(
+        body["checks"]["signingCertificate"]["daysLeft"]
+            .as_i64()
+            .unwrap()
+            > 3000
+    );
+    assert_eq!(body["checks"]["m365"]["state"], "not_connected");
+    assert_eq!(body["checks"]["outbox"]["queued"], 0);
+    assert_eq!(body["warnings"], serde_json::json!([]));
 }
 
 #[tokio::test]
@@ -20,6 +32,9 @@ async fn readiness_fails_when_the_database_is_gone() {
     app.store.close().await;
     let r = reqwest::get(app.url("/readyz")).await.unwrap();
     assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "unready");
+    assert_eq!(body["checks"]["database"]["ok"], false);
 }
 
 #[tokio::test]
