@@ -765,7 +765,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             },
             "m365": {"ok": m365.as_deref() != Some("reconnect"), "state": m365},
             "outbox": {
-                "ok": !oldest_age.is_some_and(|age| age > OUTBOX_AGE_WARNING_SECONDS),
+                "ok": oldest_age.is_none_or(|age| age <= OUTBOX_AGE_WARNING_SECONDS),
                 "queued": outbox.as_ref().map(|o| o.queued),
                 "failed": outbox.as_ref().map(|o| o.failed),
                 "oldestQueuedAgeSeconds": oldest_age,
