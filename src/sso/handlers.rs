@@ -411,6 +411,21 @@ async fn proceed(
     }
 }
 
+/// The parked sign-in a step's form names, from the browser that started it; a refusal is
+/// its page (and an event).
+async fn parked(
+    state: &AppState,
+    browser: Option<&str>,
+    pending: &str,
+    ip: &Option<String>,
+    now: chrono::DateTime<Utc>,
+) -> Result<IncomingRequest, AppError> {
+    match state.idp.resume(pending, browser, now).await {
+        Ok(request) => Ok(request),
+        Err(err) => Err(rejected(state, err, "/saml/login", ip.clone()).await),
+    }
+}
+
 /// A form that names a parked sign-in.
 #[derive(Deserialize)]
 pub struct PendingForm {
@@ -426,14 +441,8 @@ async fn continue_sign_in(
     let now = Utc::now();
     let ip = Some(addr.ip().to_string());
     let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
-    match state
-        .idp
-        .resume(&form.pending, browser.as_deref(), now)
-        .await
-    {
-        Ok(request) => Ok(proceed(&state, jar, &form.pending, &request, ip, now, None).await),
-        Err(err) => Err(rejected(&state, err, "/saml/login", ip).await),
-    }
+    let request = parked(&state, browser.as_deref(), &form.pending, &ip, now).await?;
+    Ok(proceed(&state, jar, &form.pending, &request, ip, now, None).await)
 }
 
 /// The second-factor form's fields.
@@ -466,14 +475,7 @@ async fn second_factor_code(
         Ok(result) => result,
         Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
     };
-    let request = match state
-        .idp
-        .resume(&form.pending, browser.as_deref(), now)
-        .await
-    {
-        Ok(request) => request,
-        Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
-    };
+    let request = parked(&state, browser.as_deref(), &form.pending, &ip, now).await?;
     Ok(match result {
         CodeResult::Passed => proceed(&state, jar, &form.pending, &request, ip, now, None).await,
         CodeResult::Wrong => {
@@ -531,14 +533,7 @@ async fn confirm_enrolment(
             },
         )),
         None => {
-            let request = match state
-                .idp
-                .resume(&form.pending, browser.as_deref(), now)
-                .await
-            {
-                Ok(request) => request,
-                Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
-            };
+            let request = parked(&state, browser.as_deref(), &form.pending, &ip, now).await?;
             let error = "That code does not match. Check the app shows idbridge and type the code it shows now.";
             Ok(proceed(&state, jar, &form.pending, &request, ip, now, Some(error)).await)
         }
@@ -562,14 +557,7 @@ async fn new_password(
     let now = Utc::now();
     let ip = Some(addr.ip().to_string());
     let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
-    let request = match state
-        .idp
-        .resume(&form.pending, browser.as_deref(), now)
-        .await
-    {
-        Ok(request) => request,
-        Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
-    };
+    let request = parked(&state, browser.as_deref(), &form.pending, &ip, now).await?;
     if form.new_password != form.confirm_password {
         let error = "The two passwords differ.";
         return Ok(proceed(&state, jar, &form.pending, &request, ip, now, Some(error)).await);
@@ -609,14 +597,7 @@ async fn login(
     let now = Utc::now();
     let ip = Some(addr.ip().to_string());
     let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
-    let request = match state
-        .idp
-        .resume(&form.pending, browser.as_deref(), now)
-        .await
-    {
-        Ok(request) => request,
-        Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
-    };
+    let request = parked(&state, browser.as_deref(), &form.pending, &ip, now).await?;
     let password = SecretString::from(form.password);
     match state
         .idp
