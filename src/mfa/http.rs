@@ -298,15 +298,7 @@ async fn authenticate_start(
     let body: AuthenticateStart = parse(&body)?;
     let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
     let user_id = pending_user(&state, &body.pending, browser.as_deref(), now).await?;
-    let sign_in = match &user_id {
-        Some(user_id) => SignIn::SecondFactor {
-            pending: &body.pending,
-            user_id,
-        },
-        None => SignIn::Passwordless {
-            pending: &body.pending,
-        },
-    };
+    let sign_in = SignIn::of(&body.pending, user_id.as_deref());
     let challenge = state
         .passkeys
         .start_sign_in(sign_in, now)
@@ -335,15 +327,7 @@ async fn authenticate_finish(
     let body: AuthenticateFinish = parse(&body)?;
     let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
     let user_id = pending_user(&state, &body.pending, browser.as_deref(), now).await?;
-    let sign_in = match &user_id {
-        Some(user_id) => SignIn::SecondFactor {
-            pending: &body.pending,
-            user_id,
-        },
-        None => SignIn::Passwordless {
-            pending: &body.pending,
-        },
-    };
+    let sign_in = SignIn::of(&body.pending, user_id.as_deref());
     let verified = state
         .passkeys
         .finish_sign_in(

@@ -63,7 +63,16 @@ pub enum SignIn<'a> {
     Passwordless { pending: &'a str },
 }
 
-impl SignIn<'_> {
+impl<'a> SignIn<'a> {
+    /// The ceremony of a parked sign-in: a second factor once a user passed the password,
+    /// passwordless before.
+    pub fn of(pending: &'a str, user_id: Option<&'a str>) -> Self {
+        match user_id {
+            Some(user_id) => SignIn::SecondFactor { pending, user_id },
+            None => SignIn::Passwordless { pending },
+        }
+    }
+
     fn kind(&self) -> CeremonyKind {
         match self {
             SignIn::SecondFactor { .. } => CeremonyKind::SecondFactor,
