@@ -461,7 +461,7 @@ async fn second_factor_code(
     let now = Utc::now();
     let ip = Some(addr.ip().to_string());
     let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
-    let result = match state
+    let (result, request) = match state
         .idp
         .check_second_factor(
             &form.pending,
@@ -475,7 +475,6 @@ async fn second_factor_code(
         Ok(result) => result,
         Err(err) => return Err(rejected(&state, err, "/saml/login", ip).await),
     };
-    let request = parked(&state, browser.as_deref(), &form.pending, &ip, now).await?;
     Ok(match result {
         CodeResult::Passed => proceed(&state, jar, &form.pending, &request, ip, now, None).await,
         CodeResult::Wrong => {

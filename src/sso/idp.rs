@@ -870,7 +870,7 @@ impl IdentityProvider {
     }
 
     /// Checks a second-factor code (TOTP or recovery code) for a parked sign-in, throttled
-    /// per user and per address like passwords.
+    /// per user and per address like passwords; returns the parked sign-in as it now stands.
     pub async fn check_second_factor(
         &self,
         pending_token: &str,
@@ -878,12 +878,12 @@ impl IdentityProvider {
         code: &str,
         client_ip: Option<String>,
         now: DateTime<Utc>,
-    ) -> Result<CodeResult, SsoError> {
+    ) -> Result<(CodeResult, IncomingRequest), SsoError> {
         let request = self.resume(pending_token, browser_token, now).await?;
         let user = self.pending_user(&request).await?;
         let ip = client_ip.as_deref();
         if let Some(locked) = self.second_factor_throttle.admit(&user.id, ip, now).await? {
-            return Ok(CodeResult::Throttled(locked));
+            return Ok((CodeResult::Throttled(locked), request));
         }
         let outcome = match self.mfa.check_code(&user, code, now).await {
             Ok(outcome) => outcome,
@@ -895,16 +895,17 @@ impl IdentityProvider {
         match outcome {
             CodeOutcome::Passed(factor) => {
                 self.second_factor_throttle.succeeded(&user.id, ip).await?;
-                self.second_factor_passed(
-                    pending_token,
-                    browser_token,
-                    &user,
-                    factor,
-                    client_ip,
-                    now,
-                )
-                .await?;
-                Ok(CodeResult::Passed)
+                let request = self
+                    .second_factor_passed(
+                        pending_token,
+                        browser_token,
+                        &user,
+                        factor,
+                        client_ip,
+                        now,
+                    )
+                    .await?;
+                Ok((CodeResult::Passed, request))
             }
             CodeOutcome::Wrong => {
                 self.second_factor_throttle.failed(&user.id, ip).await?;
@@ -916,7 +917,7 @@ impl IdentityProvider {
                     now,
                 )
                 .await?;
-                Ok(CodeResult::Wrong)
+                Ok((CodeResult::Wrong, request))
             }
         }
     }
