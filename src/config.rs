@@ -57,6 +57,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite://…` (default: `<data_dir>/idbridge.db`) or `postgres://…`.
     pub database_url: Option<String>,
+    /// This node's name among several on one PostgreSQL database (default: the host name).
+    /// The sync work a node claims carries it, so each node needs its own; a node that starts
+    /// again under its name takes back at once what it held before it stopped.
+    pub node_name: Option<String>,
     pub certs: CertsConfig,
     pub password_policy: PasswordPolicy,
     pub saml: SamlConfig,
@@ -313,6 +317,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
             database_url: None,
+            node_name: None,
             certs: CertsConfig::default(),
             password_policy: PasswordPolicy::default(),
             saml: SamlConfig::default(),
@@ -613,6 +618,14 @@ pub struct SyncConfig {
     pub graph_max_attempts: u32,
     /// First backoff of a Graph request without Retry-After (doubles each retry).
     pub graph_retry_base_ms: u64,
+    /// How long changes a node claimed stay reserved for it without renewal, in seconds. A
+    /// running node renews its claim every third of this, so it only bounds how long the
+    /// changes of a node that died wait before another node delivers them.
+    pub lease_seconds: u64,
+    /// Whether this node delivers changes to Microsoft 365 and takes its turn at the
+    /// cluster-wide chores (delta import, expiry scan, janitor). `false` for nodes that only
+    /// answer sign-ins; at least one node must keep it on.
+    pub worker: bool,
 }
 
 impl Default for SyncConfig {
@@ -626,6 +639,8 @@ impl Default for SyncConfig {
             jobs_per_round: 200,
             graph_max_attempts: 6,
             graph_retry_base_ms: 500,
+            lease_seconds: 15,
+            worker: true,
         }
     }
 }
@@ -701,6 +716,14 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// This node's name: `node_name`, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(default_node_name)
+    }
+
     /// Loads defaults, then the TOML file (if any), then `IDBRIDGE_*` variables, and validates.
     ///
     /// `file` is an explicitly named file (which must exist); without it `idbridge.toml` in the
@@ -1427,4 +1450,13 @@ mod tests {
             .to_string();
         assert!(e.contains("certs.key_bits"), "{e}");
     }
+}
+
+/// The host name, the default node name ("idbridge" when the system has none).
+pub fn default_node_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "idbridge".into())
 }

@@ -18,6 +18,7 @@ pub mod attributes;
 pub mod backup;
 pub mod certs;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod directory;
 pub mod events;

@@ -63,6 +63,8 @@ pub struct AppInner {
     pub self_service: Arc<crate::portal::SelfService>,
     /// Renders `/metrics`; None when `[metrics] enabled = false`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Whether this node does the cluster-wide chores (janitor, delta import, expiry scan).
+    pub duty: crate::cluster::Duty,
 }
 
 /// Shared application state, cheap to clone.
@@ -105,17 +107,20 @@ impl App {
             store.record_event(&event).await?;
         }
         if store.backend() == crate::store::Backend::Sqlite {
-            // One process owns an SQLite database: runs and leases it left are nobody's.
+            // One process owns an SQLite database: runs it left are nobody's.
             store
                 .fail_interrupted_import_runs(chrono::Utc::now().timestamp_millis())
                 .await?;
-            let released = store.release_outbox_leases().await?;
-            if released > 0 {
-                tracing::info!(
-                    jobs = released,
-                    "resuming Microsoft 365 changes interrupted by a stop"
-                );
-            }
+        }
+        // What this node held before it started belongs to a process that is gone: its
+        // claimed changes are due again at once, not after their lease (on SQLite, every
+        // lease: one process owns the file).
+        let released = store.release_leases_of(&config.node_name()).await?;
+        if released > 0 {
+            tracing::info!(
+                jobs = released,
+                "resuming Microsoft 365 changes interrupted by a stop"
+            );
         }
         let data_key = crate::m365::data_key(&config)?;
         let directory = Directory::new(store.clone(), config.password_policy.clone())
@@ -148,13 +153,17 @@ impl App {
         let passkeys =
             crate::mfa::passkey::Passkeys::new(&config, store.clone(), directory.clone());
         let m365 = Arc::new(crate::m365::M365::new(&config, store.clone())?);
-        let sync = Arc::new(crate::m365::M365Sync::new(
-            store.clone(),
-            directory.clone(),
-            m365.clone(),
-            data_key,
-            config.m365.sync.clone(),
-        ));
+        let duty = crate::cluster::Duty::default();
+        let sync = Arc::new(
+            crate::m365::M365Sync::new(
+                store.clone(),
+                directory.clone(),
+                m365.clone(),
+                data_key,
+                config.m365.sync.clone(),
+            )
+            .on_node(&config.node_name(), duty.clone()),
+        );
         let mailer = config
             .smtp
             .as_ref()
@@ -168,6 +177,7 @@ impl App {
         ));
         Ok(Self {
             state: Arc::new(AppInner {
+                duty,
                 self_service,
                 admin_throttle: crate::throttle::SignInThrottle::admin(store.clone(), &config),
                 refusals: crate::throttle::refusals::RefusalTally::new(),
@@ -268,9 +278,18 @@ pub async fn run(
     let token = app.shutdown.clone();
     // First: a metrics address that cannot be bound stops the start before any task runs.
     let metrics_tasks = start_metrics(&app.state, token.clone()).await?;
+    let worker = app.state.config.m365.sync.worker;
+    let duty = worker.then(|| {
+        tokio::spawn(app.state.duty.clone().keep(
+            app.state.store.clone(),
+            app.state.config.node_name(),
+            Duration::from_secs(app.state.config.m365.sync.lease_seconds.max(3)),
+            token.clone(),
+        ))
+    });
     let janitor = tokio::spawn(purge_expired(app.state.clone(), token.clone()));
     let change_poll = tokio::spawn(poll_changes(app.state.clone(), token.clone()));
-    let sync_worker = tokio::spawn(app.state.sync.clone().run(token.clone()));
+    let sync_worker = worker.then(|| tokio::spawn(app.state.sync.clone().run(token.clone())));
     let router = app.router();
     let serve_token = token.clone();
     let result = serve(listener, router, &app.state.config.server, async move {
@@ -289,7 +308,13 @@ pub async fn run(
         .await;
     let _ = janitor.await;
     let _ = change_poll.await;
-    let _ = sync_worker.await;
+    if let Some(sync_worker) = sync_worker {
+        let _ = sync_worker.await;
+    }
+    // Last: the chores' lease is given up once the worker stopped doing them.
+    if let Some(duty) = duty {
+        let _ = duty.await;
+    }
     for task in metrics_tasks {
         let _ = task.await;
     }
@@ -542,7 +567,11 @@ async fn purge_expired(state: AppState, token: CancellationToken) {
                 return;
             }
             _ = tick.tick() => {
+                // Each node counts its own refusals; the purges are one node's chore.
                 flush_refusals(&state, false).await;
+                if !state.duty.held() {
+                    continue;
+                }
                 let now = chrono::Utc::now().timestamp_millis();
                 if let Err(err) = state.store.purge_expired_saml_state(now).await {
                     tracing::warn!(%err, "could not purge expired SAML state");

@@ -355,6 +355,7 @@ mod tests {
             next_attempt_at: 0,
             last_error: error.map(String::from),
             created_at,
+            lease_token: None,
         }
     }
 

@@ -77,6 +77,10 @@ pub enum M365Error {
     Secret(#[from] SecretError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A sync round stopped before sending (the server is stopping, or this node's lease on
+    /// the changes ran out): nothing was sent, and the changes are due again for any node.
+    #[error("not sent: {0}")]
+    Interrupted(&'static str),
 }
 
 impl M365Error {
@@ -148,6 +152,9 @@ type MsClient = oauth2::Client<
 struct CachedToken {
     token: SecretString,
     expires_at: i64,
+    /// The connection it belongs to (its `connected_at`): a reconnect made on another node
+    /// makes it stale.
+    connected_at: Option<i64>,
 }
 
 /// The Microsoft 365 integration: connection, tokens and the Graph client.
@@ -590,6 +597,7 @@ impl M365 {
         *self.cached.lock().await = Some(CachedToken {
             token: access,
             expires_at,
+            connected_at: row.connected_at,
         });
         self.status().await
     }
@@ -662,11 +670,8 @@ impl M365 {
     pub async fn access_token(&self, now: DateTime<Utc>) -> Result<SecretString, M365Error> {
         let mut cached = self.cached.lock().await;
         let now_ms = now.timestamp_millis();
-        if let Some(c) = cached.as_ref() {
-            if c.expires_at - EXPIRY_MARGIN_MS > now_ms {
-                return Ok(c.token.clone());
-            }
-        }
+        // The row is read every time, so a deactivation or reconnect made on another node (or
+        // by the CLI) stops this node's use of its cached token at once.
         let row = self
             .store
             .m365_connection()
@@ -674,12 +679,21 @@ impl M365 {
             .ok_or(M365Error::NotConnected)?;
         match row.state.as_str() {
             "connected" => {}
-            "deactivated" => return Err(M365Error::Deactivated),
+            "deactivated" => {
+                *cached = None;
+                return Err(M365Error::Deactivated);
+            }
             _ => {
+                *cached = None;
                 return Err(M365Error::Reconnect(
                     row.last_error
                         .unwrap_or_else(|| "the token was refused".into()),
-                ))
+                ));
+            }
+        }
+        if let Some(c) = cached.as_ref() {
+            if c.connected_at == row.connected_at && c.expires_at - EXPIRY_MARGIN_MS > now_ms {
+                return Ok(c.token.clone());
             }
         }
         if let (Some(enc), Some(expires)) = (&row.access_token_enc, row.access_token_expires_at) {
@@ -688,6 +702,7 @@ impl M365 {
                 *cached = Some(CachedToken {
                     token: token.clone(),
                     expires_at: expires,
+                    connected_at: row.connected_at,
                 });
                 return Ok(token);
             }
@@ -733,17 +748,15 @@ impl M365 {
                     row.tenant_id.as_deref(),
                 )
                 .details(json!({"reason": reason}));
-                let failed = ConnectionRow {
-                    state: "reauthorize".into(),
-                    last_error: Some(reason.clone()),
-                    access_token_enc: None,
-                    access_token_expires_at: None,
-                    updated_at: now_ms,
-                    ..row
-                };
-                self.store
-                    .save_m365_connection(&failed, Some(&event))
+                let marked = self
+                    .store
+                    .mark_m365_reauthorize(&reason, row.connected_at, now_ms, &event)
                     .await?;
+                if !marked {
+                    // Deactivated or reconnected meanwhile: that change stands.
+                    *cached = None;
+                    return Err(self.changed_meanwhile().await);
+                }
                 *cached = None;
                 return Err(M365Error::Reconnect(reason));
             }
@@ -759,6 +772,7 @@ impl M365 {
             )?),
             None => row.refresh_token_enc.clone(),
         };
+        let refreshed_for = row.connected_at;
         let updated = ConnectionRow {
             // Consent or app permissions may have changed since the last token.
             granted_permissions: granted_of(&response).or(row.granted_permissions.clone()),
@@ -769,12 +783,33 @@ impl M365 {
             updated_at: now_ms,
             ..row
         };
-        self.store.save_m365_connection(&updated, None).await?;
+        // Only the token columns, and only if nobody deactivated or reconnected meanwhile.
+        if !self
+            .store
+            .save_refreshed_m365_tokens(&updated, refreshed_for)
+            .await?
+        {
+            *cached = None;
+            return Err(self.changed_meanwhile().await);
+        }
         *cached = Some(CachedToken {
             token: access.clone(),
             expires_at,
+            connected_at: refreshed_for,
         });
         Ok(access)
+    }
+
+    /// Why a refreshed token was not stored: the connection changed while it was refreshed.
+    async fn changed_meanwhile(&self) -> M365Error {
+        match self.store.m365_connection().await {
+            Ok(Some(row)) if row.state == "deactivated" => M365Error::Deactivated,
+            Ok(None) => M365Error::NotConnected,
+            Ok(Some(_)) => M365Error::Reconnect(
+                "the connection changed while its token was being refreshed; the next request uses the new one".into(),
+            ),
+            Err(err) => err.into(),
+        }
     }
 
     /// Runs a Graph call with a valid token; on 401 the token is refreshed once and the call

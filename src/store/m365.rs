@@ -110,6 +110,63 @@ impl Store {
         Ok(())
     }
 
+    /// Stores refreshed tokens, and nothing else, only while the connection is still the
+    /// connected one they were refreshed for (same `connected_at`). A refresh that raced a
+    /// deactivation, a reconnect or a refused refresh changes nothing: writing the whole row
+    /// back would undo what was committed meanwhile. Returns whether it was stored.
+    pub async fn save_refreshed_m365_tokens(
+        &self,
+        row: &ConnectionRow,
+        refreshed_for: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let stored = sqlx::query(
+            "UPDATE m365_connection SET access_token_enc = $1, access_token_expires_at = $2, \
+             refresh_token_enc = $3, granted_permissions = $4, last_error = NULL, updated_at = $5 \
+             WHERE id = 1 AND state = 'connected' AND COALESCE(connected_at, -1) = COALESCE($6, -1)",
+        )
+        .bind(&row.access_token_enc)
+        .bind(row.access_token_expires_at)
+        .bind(&row.refresh_token_enc)
+        .bind(&row.granted_permissions)
+        .bind(row.updated_at)
+        .bind(refreshed_for)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(stored > 0)
+    }
+
+    /// Marks the connection as needing a new consent (its refresh was refused), with the
+    /// event, only while it is still the connected one that was refreshed (see
+    /// [`Store::save_refreshed_m365_tokens`]). Returns whether it was marked.
+    pub async fn mark_m365_reauthorize(
+        &self,
+        reason: &str,
+        refreshed_for: Option<i64>,
+        now_ms: i64,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let marked = sqlx::query(
+            "UPDATE m365_connection SET state = 'reauthorize', last_error = $1, \
+             access_token_enc = NULL, access_token_expires_at = NULL, updated_at = $2 \
+             WHERE id = 1 AND state = 'connected' AND COALESCE(connected_at, -1) = COALESCE($3, -1)",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(refreshed_for)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        events::insert(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Deactivates the connection: tokens are dropped and every binding is cleared, in one
     /// transaction with the event. Returns how many bindings were cleared.
     pub async fn deactivate_m365(&self, now_ms: i64, event: &NewEvent) -> Result<u64, StoreError> {

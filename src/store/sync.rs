@@ -142,6 +142,8 @@ pub struct FollowUp {
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub job_id: i64,
+    /// The fencing token the job was claimed under: the completion is void without it.
+    pub lease_token: Option<i64>,
     pub user_id: String,
     pub effect: JobEffect,
     pub event: Option<NewEvent>,
@@ -162,6 +164,9 @@ pub struct OutboxRow {
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
     pub created_at: i64,
+    /// The fencing token of the claim this row was read under (`None` when not claimed):
+    /// writes that finish the job are conditional on it.
+    pub lease_token: Option<i64>,
 }
 
 impl OutboxRow {
@@ -231,7 +236,7 @@ pub struct OutboxDepth {
 const BINDING_COLUMNS: &str = "user_id, immutable_id, user_principal_name, m365_object_id, \
     state, bound_at, last_sync_at, last_error, password_pushed, account_enabled";
 const OUTBOX_COLUMNS: &str = "id, user_id, kind, fields, secret_enc, state, attempts, \
-    next_attempt_at, last_error, created_at";
+    next_attempt_at, last_error, created_at, lease_token";
 
 /// Queues `job` for `user_id` if the user is bound (or being bound); a no-op otherwise.
 pub(super) async fn enqueue_if_bound<'e, E: Executor<'e, Database = Any>>(
@@ -377,46 +382,87 @@ impl Store {
         Ok(())
     }
 
-    /// Leases up to `limit` due jobs, at most one per user and only each user's oldest queued
-    /// job, so a user's changes reach Microsoft 365 in the order they were made.
+    /// Claims up to `limit` due jobs for `owner` until `now_ms + lease_ms`, at most one per
+    /// user and only each user's oldest queued job, so a user's changes reach Microsoft 365 in
+    /// the order they were made whichever node delivers them. The claim has a fresh fencing
+    /// token (every row returned carries it): renewing, completing, postponing and failing
+    /// the jobs name it, so they change nothing once the lease was lost to another node.
+    ///
+    /// On PostgreSQL the candidates are locked `FOR UPDATE SKIP LOCKED`: nodes claiming at the
+    /// same moment take different jobs instead of waiting for each other. SQLite has one
+    /// writer at a time, so the same statement without the locking clause is already atomic.
     pub async fn claim_outbox_jobs(
         &self,
+        owner: &str,
         now_ms: i64,
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        let candidates: Vec<(i64,)> = sqlx::query_as(
-            "SELECT o.id FROM m365_outbox o WHERE o.state = 'queued' \
-             AND o.next_attempt_at <= $1 AND (o.lease_until IS NULL OR o.lease_until < $1) \
-             AND NOT EXISTS (SELECT 1 FROM m365_outbox p WHERE p.user_id = o.user_id \
-                 AND p.state = 'queued' AND p.id < o.id) \
-             ORDER BY o.id LIMIT $2",
-        )
+        let lock = match self.backend {
+            super::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            super::Backend::Sqlite => "",
+        };
+        let mut tx = self.pool.begin().await?;
+        let token = super::leases::next_token(&mut *tx).await?;
+        let mut rows = sqlx::query_as::<_, OutboxRow>(&format!(
+            "UPDATE m365_outbox SET lease_owner = $1, lease_token = $2, lease_until = $3 \
+             WHERE id IN (SELECT o.id FROM m365_outbox o WHERE o.state = 'queued' \
+                 AND o.next_attempt_at <= $4 AND (o.lease_until IS NULL OR o.lease_until < $4) \
+                 AND NOT EXISTS (SELECT 1 FROM m365_outbox p WHERE p.user_id = o.user_id \
+                     AND p.state = 'queued' AND p.id < o.id) \
+                 ORDER BY o.id LIMIT $5 {lock}) \
+             RETURNING {OUTBOX_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(token)
+        .bind(now_ms + lease_ms)
         .bind(now_ms)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let placeholders: Vec<String> = (0..candidates.len())
-            .map(|i| format!("${}", i + 3))
-            .collect();
-        // The lease condition is checked again, so two nodes never take the same job.
-        let sql = format!(
-            "UPDATE m365_outbox SET lease_until = $1 WHERE id IN ({}) \
-             AND (lease_until IS NULL OR lease_until < $2) RETURNING {OUTBOX_COLUMNS}",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query_as::<_, OutboxRow>(&sql)
-            .bind(now_ms + lease_ms)
-            .bind(now_ms);
-        for (id,) in &candidates {
-            query = query.bind(*id);
-        }
-        let mut rows = query.fetch_all(&self.pool).await?;
+        tx.commit().await?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
+    }
+
+    /// Extends the lease of the jobs claimed under `token` that are still held; returns how
+    /// many are. A job another node took over (its lease had run out) is not extended.
+    pub async fn renew_outbox_lease(&self, token: i64, until_ms: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE m365_outbox SET lease_until = $2 WHERE lease_token = $1 AND state = 'queued'",
+        )
+        .bind(token)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Gives back every job still held under the claim `token` (a round dropped at shutdown):
+    /// due again at once for any node. Returns how many.
+    pub async fn release_claim(&self, token: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE m365_outbox SET lease_until = NULL, lease_owner = NULL, lease_token = NULL \
+             WHERE lease_token = $1",
+        )
+        .bind(token)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Gives a claimed job back without counting an attempt (the round stopped before sending
+    /// it): due again at once for any node.
+    pub async fn release_job(&self, job_id: i64, token: Option<i64>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE m365_outbox SET lease_until = NULL, lease_owner = NULL, lease_token = NULL \
+             WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(job_id)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Queues one job for a bound (or being bound) user, outside any other change.
@@ -427,17 +473,6 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         enqueue_if_bound(&self.pool, user_id, job, now_ms).await
-    }
-
-    /// Releases every lease: on SQLite only this process delivers, so leases left by a process
-    /// that died belong to nobody.
-    pub async fn release_outbox_leases(&self) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("UPDATE m365_outbox SET lease_until = NULL WHERE lease_until IS NOT NULL")
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
     }
 
     /// Whether a password job is already waiting for the user.
@@ -465,18 +500,18 @@ impl Store {
 
     /// Jobs were delivered (or had nothing to do): each is deleted, with any sealed password,
     /// the binding records the sync, and the parts left are written as jobs of their own, in
-    /// one transaction.
+    /// one transaction. A job no longer held under its claim's token is left alone.
     pub async fn complete_jobs(&self, done: &[Completion], now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for completion in done {
-            complete_one(
-                &mut tx,
-                completion.job_id,
-                &completion.user_id,
-                &completion.effect,
-                now_ms,
-            )
-            .await?;
+            // Lost to another node meanwhile: that node's delivery is the one that counts.
+            if !complete_one(&mut tx, completion, now_ms).await? {
+                tracing::warn!(
+                    job = completion.job_id,
+                    "a delivered change's lease had passed to another node; its outcome is not recorded here"
+                );
+                continue;
+            }
             if let Some(event) = &completion.event {
                 events::insert(&mut *tx, event).await?;
             }
@@ -558,24 +593,28 @@ impl Store {
         )
     }
 
-    /// A delivery failed but may work later: the lease is released and the job waits.
+    /// A delivery failed but may work later: the lease is released and the job waits. Only
+    /// while the claim `token` still holds the job.
     pub async fn postpone_job(
         &self,
         job_id: i64,
+        token: Option<i64>,
         count_attempt: bool,
         next_attempt_at: i64,
         error: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE m365_outbox SET lease_until = NULL, next_attempt_at = $2, last_error = $3, \
-             attempts = attempts + $4, updated_at = $5 WHERE id = $1",
+            "UPDATE m365_outbox SET lease_until = NULL, lease_owner = NULL, lease_token = NULL, \
+             next_attempt_at = $2, last_error = $3, attempts = attempts + $4, updated_at = $5 \
+             WHERE id = $1 AND lease_token = $6",
         )
         .bind(job_id)
         .bind(next_attempt_at)
         .bind(error)
         .bind(i64::from(count_attempt))
         .bind(now_ms)
+        .bind(token)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -583,7 +622,7 @@ impl Store {
 
     /// A job failed for good: it stays visible as failed (its sealed password erased), the
     /// binding shows the message, a failed bind marks the binding failed, and the event is
-    /// recorded, in one transaction.
+    /// recorded, in one transaction; nothing when the job's claim was lost meanwhile.
     pub async fn fail_job(
         &self,
         job: &OutboxRow,
@@ -592,15 +631,23 @@ impl Store {
         event: &NewEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE m365_outbox SET state = 'failed', lease_until = NULL, secret_enc = NULL, \
-             last_error = $2, attempts = attempts + 1, updated_at = $3 WHERE id = $1",
+        let held = sqlx::query(
+            "UPDATE m365_outbox SET state = 'failed', lease_until = NULL, lease_owner = NULL, \
+             lease_token = NULL, secret_enc = NULL, last_error = $2, attempts = attempts + 1, \
+             updated_at = $3 WHERE id = $1 AND lease_token = $4",
         )
         .bind(job.id)
         .bind(error)
         .bind(now_ms)
+        .bind(job.lease_token)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if held == 0 {
+            // Another node holds the job now: its outcome is the one recorded.
+            tx.rollback().await?;
+            return Ok(());
+        }
         let binding_state = if job.job_kind() == Some(JobKind::Bind) {
             "CASE WHEN state = 'pending' THEN 'failed' ELSE state END"
         } else {
@@ -1009,18 +1056,23 @@ async fn insert_follow_up(
     Ok(())
 }
 
+/// Records one delivered job; false (and nothing written) when its claim no longer holds it.
 async fn complete_one(
     tx: &mut sqlx::Transaction<'_, Any>,
-    job_id: i64,
-    user_id: &str,
-    effect: &JobEffect,
+    completion: &Completion,
     now_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM m365_outbox WHERE id = $1")
-        .bind(job_id)
+) -> Result<bool, StoreError> {
+    let user_id = completion.user_id.as_str();
+    let deleted = sqlx::query("DELETE FROM m365_outbox WHERE id = $1 AND lease_token = $2")
+        .bind(completion.job_id)
+        .bind(completion.lease_token)
         .execute(&mut **tx)
-        .await?;
-    match effect {
+        .await?
+        .rows_affected();
+    if deleted == 0 {
+        return Ok(false);
+    }
+    match &completion.effect {
         JobEffect::Nothing => {}
         JobEffect::Synced {
             account_enabled,
@@ -1060,5 +1112,5 @@ async fn complete_one(
             .await?;
         }
     }
-    Ok(())
+    Ok(true)
 }

@@ -183,6 +183,9 @@ impl From<M365Error> for ApiError {
             M365Error::Unreachable(_) | M365Error::Graph(_) | M365Error::Call { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "m365_unavailable", message)
             }
+            M365Error::Interrupted(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "m365_interrupted", message)
+            }
             M365Error::Store(e) => e.into(),
             M365Error::Secret(_) => ApiError::internal(message),
         }

@@ -12,6 +12,7 @@ mod api;
 mod attributes;
 mod browser;
 mod cli;
+mod cluster;
 mod console;
 mod console_m365;
 mod console_pages;

@@ -476,13 +476,13 @@ fn child<'a, 'i>(node: Node<'a, 'i>, ns: &str, name: &str) -> Node<'a, 'i> {
         .unwrap_or_else(|| panic!("<{}> has no {name} child", node.tag_name().name()))
 }
 
-fn find<'a, 'i>(node: Node<'a, 'i>, ns: &str, name: &str) -> Node<'a, 'i> {
+pub(crate) fn find<'a, 'i>(node: Node<'a, 'i>, ns: &str, name: &str) -> Node<'a, 'i> {
     node.descendants()
         .find(|c| c.has_tag_name((ns, name)))
         .unwrap_or_else(|| panic!("no {name} in the document"))
 }
 
-fn attr_of<'a>(node: Node<'a, '_>, name: &str) -> &'a str {
+pub(crate) fn attr_of<'a>(node: Node<'a, '_>, name: &str) -> &'a str {
     node.attribute(name)
         .unwrap_or_else(|| panic!("<{}> has no {name} attribute", node.tag_name().name()))
 }

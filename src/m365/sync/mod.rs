@@ -102,6 +102,10 @@ pub struct M365Sync {
     sealer: SecretBox,
     settings: SyncConfig,
     signal: Arc<Notify>,
+    /// This node's name: the owner of the leases it takes.
+    node: String,
+    /// Whether this node does the cluster-wide chores (delta import, expiry scan).
+    duty: crate::cluster::Duty,
     /// The tenant's domains, cached briefly (federated or not decides immutable ID rules).
     domains: tokio::sync::Mutex<Option<(Instant, Vec<GraphDomain>)>>,
     /// The tenant's users as last listed for a large bind.
@@ -138,9 +142,19 @@ impl M365Sync {
             sealer,
             settings,
             signal,
+            node: crate::config::default_node_name(),
+            duty: crate::cluster::Duty::default(),
             domains: tokio::sync::Mutex::new(None),
             tenant_listing: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The same service on the node named `node` (the owner of its leases), doing the
+    /// cluster-wide chores while `duty` is held.
+    pub fn on_node(mut self, node: &str, duty: crate::cluster::Duty) -> Self {
+        self.node = node.to_string();
+        self.duty = duty;
+        self
     }
 
     /// Binds users (by id, username or email): their M365 accounts are created or adopted by
@@ -456,7 +470,7 @@ impl M365Sync {
                     }
                 }
             }
-            if last_expiry_scan.elapsed() >= Duration::from_secs(60) {
+            if self.duty.held() && last_expiry_scan.elapsed() >= Duration::from_secs(60) {
                 last_expiry_scan = Instant::now();
                 self.queue_expiry_blocks(Utc::now()).await;
             }
@@ -464,7 +478,7 @@ impl M365Sync {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                let report = self.deliver_round(Utc::now()).await;
+                let report = self.deliver_round(Utc::now(), &shutdown).await;
                 if report.paused {
                     tracing::warn!("Microsoft 365 changes wait: the connection needs an admin (see `idbridge m365 status`)");
                     paused_until = Some(Instant::now() + Duration::from_secs(30));
@@ -477,14 +491,19 @@ impl M365Sync {
             if paused_until.is_some() {
                 continue;
             }
-            let requested = match self.store.take_worker_request(WORKER_IMPORT).await {
-                Ok(taken) => taken,
-                Err(err) => {
-                    tracing::warn!(%err, "cannot read the sync worker's requests");
-                    false
-                }
-            };
-            if std::mem::take(&mut import_due) || requested || last_import.elapsed() >= import_every
+            // The delta import is one node's chore: a request waits for the node holding it.
+            let requested = self.duty.held()
+                && match self.store.take_worker_request(WORKER_IMPORT).await {
+                    Ok(taken) => taken,
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot read the sync worker's requests");
+                        false
+                    }
+                };
+            if self.duty.held()
+                && (std::mem::take(&mut import_due)
+                    || requested
+                    || last_import.elapsed() >= import_every)
             {
                 last_import = Instant::now();
                 if let Err(err) = self.import_round(Utc::now()).await {

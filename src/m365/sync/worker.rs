@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
 
 use super::attributes::{full_patch, patch_for, Directions};
 use super::M365Sync;
@@ -30,8 +31,8 @@ use crate::store::{
     REVOKE_SESSIONS,
 };
 
-/// How long a claimed job is reserved for this worker (a crashed node's jobs come back after).
-const LEASE_MS: i64 = 5 * 60 * 1000;
+/// How long a stopping round may take to record what it sent.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the tenant's domain list is reused.
 const DOMAIN_CACHE: Duration = Duration::from_secs(300);
 /// How long a listing of the tenant's users answers binds' look-ups.
@@ -71,6 +72,9 @@ enum Outcome {
     Fail(String),
     /// The connection is not usable (token refused, deactivated): not the job's fault.
     Pause(String),
+    /// Not sent: the round stopped (server stopping, lease lost). The job is given back
+    /// without counting an attempt.
+    Abandon(String),
 }
 
 /// A claimed job with what is needed to deliver it.
@@ -78,6 +82,56 @@ struct Work {
     job: OutboxRow,
     user: User,
     binding: BindingRow,
+}
+
+/// The claim a delivery round works under. A renewal task extends it while the round runs;
+/// before each phase of Graph requests the round checks it may still send: not once the
+/// server is stopping, and not once the lease may have passed to another node.
+pub(super) struct RoundLease {
+    /// The claim's fencing token (every claimed job carries it).
+    token: Option<i64>,
+    /// Until when (this process's clock) the lease is surely held: the stored expiry less a
+    /// margin, so a node never sends after another could have taken its jobs.
+    held_until: std::sync::Mutex<Instant>,
+    stop: CancellationToken,
+}
+
+impl RoundLease {
+    fn new(token: Option<i64>, lease: Duration, stop: CancellationToken) -> Self {
+        Self {
+            token,
+            held_until: std::sync::Mutex::new(Instant::now() + safe_part(lease)),
+            stop,
+        }
+    }
+
+    /// Whether requests may still be sent under this claim.
+    fn may_send(&self) -> Result<(), M365Error> {
+        if self.stop.is_cancelled() {
+            return Err(M365Error::Interrupted("the server is stopping"));
+        }
+        let held_until = *self.held_until.lock().unwrap_or_else(|e| e.into_inner());
+        if Instant::now() >= held_until {
+            return Err(M365Error::Interrupted(
+                "this node could not renew its lease on the changes in time, so another node may deliver them",
+            ));
+        }
+        Ok(())
+    }
+
+    fn renewed(&self, at: Instant, lease: Duration) {
+        *self.held_until.lock().unwrap_or_else(|e| e.into_inner()) = at + safe_part(lease);
+    }
+
+    fn lost(&self) {
+        *self.held_until.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+}
+
+/// The part of a lease a holder relies on: five sixths, so clock drift between nodes and a
+/// slow database write cannot let a request leave after the lease passed to another node.
+fn safe_part(lease: Duration) -> Duration {
+    lease * 5 / 6
 }
 
 /// A later part of a job: sent only once the main part reached Microsoft 365.
@@ -186,6 +240,7 @@ impl Outcome {
             | M365Error::NotConnected
             | M365Error::Deactivated
             | M365Error::Reconnect(_) => Outcome::Pause(error.to_string()),
+            M365Error::Interrupted(_) => Outcome::Abandon(error.to_string()),
             other => Outcome::Retry(other.to_string()),
         }
     }
@@ -199,21 +254,29 @@ fn job_index(id: &str) -> Option<usize> {
 impl M365Sync {
     /// Claims due jobs and delivers them; the worker calls this until nothing is due. Every
     /// line the round logs carries its `sync_round` span, so one round reads as one story.
-    pub async fn deliver_round(&self, now: DateTime<Utc>) -> RoundReport {
+    ///
+    /// The claim is renewed while the round runs (every third of the lease), so a live node
+    /// keeps its jobs however long Graph makes it wait, and a dead node's jobs are due again
+    /// for the other nodes one lease after its last renewal. On `stop` the round sends
+    /// nothing more, records what was sent, and gives the rest back.
+    pub async fn deliver_round(&self, now: DateTime<Utc>, stop: &CancellationToken) -> RoundReport {
         let round: String = crate::secrets::random_bytes::<6>()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
         let span = tracing::info_span!("sync_round", id = %round);
-        tracing::Instrument::instrument(self.deliver_round_in_span(now), span).await
+        tracing::Instrument::instrument(self.claim_and_deliver(now, stop), span).await
     }
 
-    async fn deliver_round_in_span(&self, now: DateTime<Utc>) -> RoundReport {
+    async fn claim_and_deliver(&self, now: DateTime<Utc>, stop: &CancellationToken) -> RoundReport {
+        let lease = self.lease();
+        let claimed_at = Instant::now();
         let jobs = match self
             .store
             .claim_outbox_jobs(
+                &self.node,
                 now.timestamp_millis(),
-                LEASE_MS,
+                i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
                 i64::from(self.settings.jobs_per_round.max(1)),
             )
             .await
@@ -224,6 +287,75 @@ impl M365Sync {
                 return RoundReport::default();
             }
         };
+        let Some(token) = jobs.first().map(|j| j.lease_token) else {
+            return RoundReport::default();
+        };
+        let round_lease = RoundLease::new(token, lease, stop.clone());
+        round_lease.renewed(claimed_at, lease);
+        let deliver = self.deliver_claimed(jobs, &round_lease, now);
+        tokio::pin!(deliver);
+        tokio::select! {
+            report = &mut deliver => report,
+            () = self.renew_while_running(&round_lease, lease) => {
+                // The renewal loop only ends when the server stops: the round may take a
+                // moment more to record what it sent (requests already on their way are not
+                // cut off, but nothing new is sent), and is then dropped with its unrecorded
+                // jobs given back, so another node delivers them at once. Only a request in
+                // flight at that moment can be sent twice.
+                match tokio::time::timeout(STOP_GRACE, &mut deliver).await {
+                    Ok(report) => report,
+                    Err(_) => {
+                        let released = match token {
+                            Some(token) => self.store.release_claim(token).await.unwrap_or_else(|err| {
+                                tracing::warn!(%err, "could not give back the changes of a sync round at shutdown; they are due when the lease runs out");
+                                0
+                            }),
+                            None => 0,
+                        };
+                        tracing::warn!(released, "a Microsoft 365 sync round did not end in time at shutdown; its changes were given back");
+                        RoundReport::default()
+                    }
+                }
+            }
+        }
+    }
+
+    /// The claim's lease: short, since a live holder renews it.
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.settings.lease_seconds.max(3))
+    }
+
+    /// Renews the round's claim every third of the lease until the server stops. A renewal
+    /// that finds no job held any more marks the lease lost, so nothing more is sent.
+    async fn renew_while_running(&self, round: &RoundLease, lease: Duration) {
+        let Some(token) = round.token else {
+            return round.stop.cancelled().await;
+        };
+        loop {
+            tokio::select! {
+                () = round.stop.cancelled() => return,
+                () = tokio::time::sleep(lease / 3) => {}
+            }
+            let started = Instant::now();
+            // The stored expiry is wall-clock time shared by all nodes: read at the edge.
+            let until = Utc::now().timestamp_millis()
+                + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+            match self.store.renew_outbox_lease(token, until).await {
+                Ok(0) => round.lost(),
+                Ok(_) => round.renewed(started, lease),
+                Err(err) => {
+                    tracing::warn!(%err, "could not renew the lease of a Microsoft 365 sync round")
+                }
+            }
+        }
+    }
+
+    async fn deliver_claimed(
+        &self,
+        jobs: Vec<OutboxRow>,
+        lease: &RoundLease,
+        now: DateTime<Utc>,
+    ) -> RoundReport {
         let mut report = RoundReport {
             claimed: jobs.len(),
             ..RoundReport::default()
@@ -273,10 +405,10 @@ impl M365Sync {
         }
         let mut delivered = Vec::new();
         if !binds.is_empty() {
-            delivered.extend(self.deliver_binds(binds, &directions, now).await);
+            delivered.extend(self.deliver_binds(binds, &directions, lease, now).await);
         }
         if !updates.is_empty() {
-            delivered.extend(self.deliver_updates(updates, &directions, now).await);
+            delivered.extend(self.deliver_updates(updates, &directions, lease, now).await);
         }
         for (work, outcome) in delivered {
             let username = Some(work.user.username.clone());
@@ -349,12 +481,21 @@ impl M365Sync {
                     }
                     done.push(Completion {
                         job_id: job.id,
+                        lease_token: job.lease_token,
                         user_id: job.user_id.clone(),
                         effect,
                         event,
                         follow_ups,
                     });
                     report.done += 1;
+                }
+                Outcome::Abandon(message) => {
+                    report.retried += 1;
+                    tracing::info!(job = job.id, kind = %job.kind, reason = %message,
+                        "Microsoft 365 change given back unsent");
+                    if let Err(err) = self.store.release_job(job.id, job.lease_token).await {
+                        tracing::warn!(%err, job = job.id, "could not give a sync job back; it is due again when its lease runs out");
+                    }
                 }
                 Outcome::Pause(message) => {
                     report.paused = true;
@@ -420,6 +561,7 @@ impl M365Sync {
                             next_attempt_at: now_ms,
                             last_error: None,
                             created_at: now_ms,
+                            lease_token: item.lease_token,
                         };
                         report.done -= 1;
                         report.failed += 1;
@@ -436,7 +578,7 @@ impl M365Sync {
     async fn postpone(&self, job: &OutboxRow, count: bool, at: i64, message: &str, now_ms: i64) {
         if let Err(err) = self
             .store
-            .postpone_job(job.id, count, at, message, now_ms)
+            .postpone_job(job.id, job.lease_token, count, at, message, now_ms)
             .await
         {
             tracing::warn!(%err, job = job.id, "could not postpone a sync job");
@@ -476,7 +618,9 @@ impl M365Sync {
         let (error, failed, attempts, at) = match outcome {
             Outcome::Fail(message) => (Some(message), true, 1, now_ms),
             Outcome::Retry(message) => (Some(message), false, 1, now_ms + self.backoff(1)),
-            Outcome::Pause(message) => (Some(message), false, 0, now_ms),
+            Outcome::Pause(message) | Outcome::Abandon(message) => {
+                (Some(message), false, 0, now_ms)
+            }
             Outcome::Done { .. } => (None, false, 0, now_ms),
         };
         let event = failed.then(|| {
@@ -540,11 +684,17 @@ impl M365Sync {
         Ok(domains)
     }
 
-    /// Sends `requests` as `$batch`es; one response per request, in order.
-    async fn batch(&self, requests: Vec<BatchRequest>) -> Result<Vec<BatchResponse>, M365Error> {
+    /// Sends `requests` as `$batch`es; one response per request, in order. Nothing is sent
+    /// once the round may no longer send (see [`RoundLease`]).
+    async fn batch(
+        &self,
+        requests: Vec<BatchRequest>,
+        lease: &RoundLease,
+    ) -> Result<Vec<BatchResponse>, M365Error> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
+        lease.may_send()?;
         let graph = self.m365.graph();
         self.m365
             .call(|t| {
@@ -628,6 +778,7 @@ impl M365Sync {
         &self,
         binds: Vec<Work>,
         directions: &Directions,
+        lease: &RoundLease,
         now: DateTime<Utc>,
     ) -> Vec<(Work, Outcome)> {
         let mut results: Vec<(Work, Outcome)> = Vec::new();
@@ -681,7 +832,7 @@ impl M365Sync {
                     .map(|id| get_user_request(i, id))
             })
             .collect();
-        if let Err(outcome) = self.lookup(lookups, &mut found, &mut failed).await {
+        if let Err(outcome) = self.lookup(lookups, &mut found, &mut failed, lease).await {
             results.extend(active.into_iter().map(|w| (w, outcome.clone())));
             return results;
         }
@@ -689,7 +840,7 @@ impl M365Sync {
             .filter(|&i| !answered[i] && found[i].is_none() && failed[i].is_none())
             .map(|i| get_user_request(i, &active[i].user.email))
             .collect();
-        if let Err(outcome) = self.lookup(by_upn, &mut found, &mut failed).await {
+        if let Err(outcome) = self.lookup(by_upn, &mut found, &mut failed, lease).await {
             results.extend(active.into_iter().map(|w| (w, outcome.clone())));
             return results;
         }
@@ -784,7 +935,7 @@ impl M365Sync {
                 }
             }
         }
-        match self.batch(writes).await {
+        match self.batch(writes, lease).await {
             Ok(responses) => {
                 for response in responses {
                     let Some(i) = job_index(&response.id) else {
@@ -916,7 +1067,7 @@ impl M365Sync {
                 Err(err) => tracing::warn!(%err, "cannot read the reports of newly bound managers"),
             }
         }
-        self.send_parts(&active, parts, &failed, &mut follow_ups, now)
+        self.send_parts(&active, parts, &failed, &mut follow_ups, lease, now)
             .await;
 
         for (i, work) in active.into_iter().enumerate() {
@@ -949,9 +1100,10 @@ impl M365Sync {
         requests: Vec<BatchRequest>,
         found: &mut [Option<GraphUser>],
         failed: &mut [Option<Outcome>],
+        lease: &RoundLease,
     ) -> Result<(), Outcome> {
         let responses = self
-            .batch(requests)
+            .batch(requests, lease)
             .await
             .map_err(|e| Outcome::from_connection(GraphCall::ReadUsers, e))?;
         for response in responses {
@@ -989,6 +1141,7 @@ impl M365Sync {
         parts: Vec<Vec<Part>>,
         failed: &[Option<Outcome>],
         follow_ups: &mut [Vec<FollowUp>],
+        lease: &RoundLease,
         now: DateTime<Utc>,
     ) {
         let mut requests = Vec::new();
@@ -1008,7 +1161,7 @@ impl M365Sync {
         if requests.is_empty() {
             return;
         }
-        let outcomes: Vec<(String, Option<Outcome>)> = match self.batch(requests).await {
+        let outcomes: Vec<(String, Option<Outcome>)> = match self.batch(requests, lease).await {
             Ok(responses) => responses
                 .into_iter()
                 .map(|r| {
@@ -1086,6 +1239,7 @@ impl M365Sync {
         &self,
         updates: Vec<Work>,
         directions: &Directions,
+        lease: &RoundLease,
         now: DateTime<Utc>,
     ) -> Vec<(Work, Outcome)> {
         let mut mains: Vec<BatchRequest> = Vec::new();
@@ -1246,7 +1400,7 @@ impl M365Sync {
             }
         }
         let mut lost: HashMap<usize, String> = HashMap::new();
-        match self.batch(mains).await {
+        match self.batch(mains, lease).await {
             Ok(responses) => {
                 for response in responses {
                     let Some(i) = job_index(&response.id) else {
@@ -1271,7 +1425,7 @@ impl M365Sync {
             }
         }
         let mut follow_ups: Vec<Vec<FollowUp>> = (0..updates.len()).map(|_| Vec::new()).collect();
-        self.send_parts(&updates, parts, &failed, &mut follow_ups, now)
+        self.send_parts(&updates, parts, &failed, &mut follow_ups, lease, now)
             .await;
         let mut results = Vec::new();
         for (i, work) in updates.into_iter().enumerate() {

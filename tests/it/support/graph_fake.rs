@@ -393,6 +393,16 @@ impl GraphFake {
 
     /// How each /token request authenticated the client: "client_secret_post",
     /// "client_secret_basic", "private_key_jwt" or "none".
+    /// Every applied PATCH of a user, (object id, body), in the order Graph applied them.
+    pub fn user_patches(&self) -> Vec<(String, Value)> {
+        self.lock().user_patches.clone()
+    }
+
+    /// Delays every answer by `latency` (each `$batch` as a whole).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.lock().latency = latency;
+    }
+
     pub fn client_auth_methods(&self) -> Vec<String> {
         self.lock().client_auth_methods.clone()
     }
@@ -520,6 +530,10 @@ struct State {
     injections: VecDeque<Injection>,
     deny_next_consent: bool,
     requests: Vec<(String, String)>,
+    /// Every applied PATCH of a user: (object id, the body as sent), in the order applied.
+    user_patches: Vec<(String, Value)>,
+    /// Added before every answer (a slow Microsoft, to catch a node mid-round).
+    latency: std::time::Duration,
     token_requests: Vec<HashMap<String, String>>,
     client_auth_methods: Vec<String>,
 }
@@ -567,6 +581,8 @@ impl State {
             injections: VecDeque::new(),
             deny_next_consent: false,
             requests: Vec::new(),
+            user_patches: Vec::new(),
+            latency: std::time::Duration::ZERO,
             token_requests: Vec::new(),
             client_auth_methods: Vec::new(),
         }
@@ -1005,6 +1021,10 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
     } else {
         format!("{path}?{query}")
     };
+    let latency = state.lock().unwrap_or_else(|e| e.into_inner()).latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     st.requests.push((method.clone(), path_q));
 
@@ -4108,6 +4128,8 @@ fn update_user(st: &mut State, caller: &Caller, key: &str, body: Option<Value>) 
             }
         }
     }
+    st.user_patches
+        .push((cur_id.clone(), Value::Object(b.clone())));
     // Writing a value a property already has is not a change for delta (FAKE CHOICE).
     let seq = st.bump();
     for (k, v) in b {

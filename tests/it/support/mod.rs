@@ -130,15 +130,38 @@ impl TestApp {
     }
 
     async fn spawn_on(dir: tempfile::TempDir, extra: &str, host: &str) -> Self {
+        let mut config = test_config(dir.path(), extra);
+        if let Some(url) = postgres_database(dir.path()).await {
+            config.database_url = Some(url);
+        }
+        Self::spawn_configured(dir, config, extra, host).await
+    }
+
+    /// Starts another node of this server's cluster: its own directory and port, this
+    /// server's database, signing key and token key (what README says every node shares),
+    /// named `node`. `extra` is its TOML (e.g. the same `[m365]` settings).
+    pub async fn spawn_node(&self, node: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path(), extra);
+        config.database_url = Some(self.config.database_url());
+        config.certs.key_file = self.config.certs.key_file.clone();
+        config.certs.cert_file = self.config.certs.cert_file.clone();
+        config.m365.token_key_file = Some(self.config.data_dir.join("token.key"));
+        config.node_name = Some(node.to_string());
+        Self::spawn_configured(dir, config, extra, "127.0.0.1").await
+    }
+
+    async fn spawn_configured(
+        dir: tempfile::TempDir,
+        mut config: Config,
+        extra: &str,
+        host: &str,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let base_url = format!("http://{host}:{port}");
-        let mut config = test_config(dir.path(), extra);
-        if let Some(url) = postgres_database(dir.path()).await {
-            config.database_url = Some(url);
-        }
         if !extra
             .lines()
             .any(|l| l.trim_start().starts_with("base_url"))
@@ -163,6 +186,11 @@ impl TestApp {
         }
     }
 
+    /// Whether the tests run on PostgreSQL (`TEST_POSTGRES_URL`): several nodes need it.
+    pub fn on_postgres() -> bool {
+        std::env::var_os("TEST_POSTGRES_URL").is_some()
+    }
+
     /// Stops the server gracefully and returns its directory (for a restart).
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.shutdown.take() {
@@ -173,6 +201,13 @@ impl TestApp {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Stops the server and starts it again in the same directory (and database) with
+    /// `extra` as its TOML.
+    pub async fn restart_with(self, extra: &str) -> Self {
+        let dir = self.stop().await;
+        Self::spawn_in(dir, extra).await
     }
 
     /// A URL on this server.
