@@ -15,6 +15,10 @@
 //!
 //! Two Responses are verified with xmlsec1 when it is installed. Run:
 //! `cargo bench --bench sso` (options: `-- --seconds 10 --concurrency 8 --sustained 900 --rate 100`).
+//!
+//! With `--postgres postgres://user@host:port` the server runs on a fresh PostgreSQL database
+//! there instead of SQLite, and with `--nodes 2` as two nodes on that database (shared signing
+//! key, one process, the same cores), the load generator's connections split between them.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -99,7 +103,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("server runtime");
-    let server = server_rt.block_on(start_server(key_bits, concurrency));
+    let postgres = std::env::args().skip_while(|a| a != "--postgres").nth(1);
+    let nodes = arg("--nodes", 1).max(1) as usize;
+    assert!(
+        nodes == 1 || postgres.is_some(),
+        "--nodes above 1 needs --postgres (several nodes share one PostgreSQL database)"
+    );
+    let server = server_rt.block_on(start_server(
+        key_bits,
+        concurrency,
+        postgres.as_deref(),
+        nodes,
+    ));
 
     let capacity = run_client(&server, Pace::Closed, concurrency, seconds, None);
     let half = run_client(
@@ -125,14 +140,30 @@ fn main() {
     let db_bytes = server.database_bytes();
     let issued = server.issued();
     let Server {
-        stop, handle, dir, ..
+        stop,
+        handle,
+        dir,
+        others,
+        ..
     } = server;
+    for (tx, task, _) in others {
+        let _ = tx.send(());
+        let _ = server_rt.block_on(task);
+    }
     let _ = stop.send(());
     let _ = server_rt.block_on(handle);
     drop(dir);
 
     println!(
         "idbridge SSO benchmark: RSA-{key_bits}, {cores} cores, load generator in a separate process on the same cores"
+    );
+    println!(
+        "  database: {}, {nodes} node(s)",
+        if postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
     );
     let ratio = |rate: f64, base: Option<f64>| {
         base.map_or("n/a".to_string(), |b| format!("{:.2}", rate / b))
@@ -243,7 +274,7 @@ fn run_client(
     let child = std::process::Command::new(std::env::current_exe().expect("exe"))
         .args([
             "--client",
-            &server.url,
+            &server.urls.join(","),
             &server.cookies.join(","),
             &pace_arg,
             &seconds.to_string(),
@@ -294,7 +325,14 @@ fn run_client(
 
 /// The server under test, in this process.
 struct Server {
-    url: String,
+    /// Each node's SSO URL.
+    urls: Vec<String>,
+    /// The nodes after the first (their stop signals and tasks).
+    others: Vec<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+        AppState,
+    )>,
     cookies: Vec<String>,
     state: AppState,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -308,8 +346,13 @@ struct Server {
 impl Server {
     /// Assertions issued so far (sessions answered, from the session reads).
     fn issued(&self) -> u64 {
-        let (hits, misses) = self.state.idp.session_cache_stats();
-        hits + misses
+        std::iter::once(&self.state)
+            .chain(self.others.iter().map(|(_, _, state)| state))
+            .map(|state| {
+                let (hits, misses) = state.idp.session_cache_stats();
+                hits + misses
+            })
+            .sum()
     }
 
     /// Bytes of the database file and its write-ahead log.
@@ -350,15 +393,47 @@ impl Server {
     }
 }
 
-async fn start_server(key_bits: u32, sessions: usize) -> Server {
+/// A fresh database on the PostgreSQL server at `server` (a URL without a database).
+async fn postgres_database(server: &str) -> String {
+    use sqlx::Connection;
+    let server = server.trim_end_matches('/');
+    let name = format!("idb_bench_{}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("PostgreSQL reachable");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("drop");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    format!("{server}/{name}")
+}
+
+async fn start_server(
+    key_bits: u32,
+    sessions: usize,
+    postgres: Option<&str>,
+    nodes: usize,
+) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let toml = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\n[certs]\nkey_file = \"{d}/k.pem\"\n\
-         cert_file = \"{d}/c.pem\"\nkey_bits = {key_bits}\n[log]\nlevel = \"warn\"\n",
-        d = dir.path().display()
-    );
-    let config = Config::from_toml(&toml).expect("config");
-    let db = dir.path().join("data").join("idbridge.db");
+    let database = match postgres {
+        Some(server) => format!("database_url = {:?}\n", postgres_database(server).await),
+        None => String::new(),
+    };
+    let node_config = |n: usize| {
+        let toml = format!(
+            "listen = \"127.0.0.1:0\"\nnode_name = \"bench-{n}\"\ndata_dir = \"{d}/data{n}\"\n{database}\
+             [certs]\nkey_file = \"{d}/k.pem\"\ncert_file = \"{d}/c.pem\"\nkey_bits = {key_bits}\n\
+             [m365]\ntoken_key_file = \"{d}/token.key\"\n[log]\nlevel = \"warn\"\n",
+            d = dir.path().display()
+        );
+        Config::from_toml(&toml).expect("config")
+    };
+    let config = node_config(0);
+    let db = dir.path().join("data0").join("idbridge.db");
     let app = App::build(config).await.expect("app");
     let state = app.state.clone();
     let password = SecretString::from("Load test 1!".to_string());
@@ -415,15 +490,37 @@ async fn start_server(key_bits: u32, sessions: usize) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let url = format!("http://{}/saml/sso", listener.local_addr().expect("addr"));
+    let mut urls = vec![format!(
+        "http://{}/saml/sso",
+        listener.local_addr().expect("addr")
+    )];
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(idbridge::server::run(app, listener, async move {
         let _ = rx.await;
     }));
+    // Further nodes on the same database and key: the sessions made above are theirs too.
+    let mut others = Vec::new();
+    for n in 1..nodes {
+        let app = App::build(node_config(n)).await.expect("node");
+        let state = app.state.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        urls.push(format!(
+            "http://{}/saml/sso",
+            listener.local_addr().expect("addr")
+        ));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(idbridge::server::run(app, listener, async move {
+            let _ = rx.await;
+        }));
+        others.push((tx, task, state));
+    }
     let samples = dir.path().join("samples");
     std::fs::create_dir_all(&samples).expect("samples dir");
     Server {
-        url,
+        urls,
+        others,
         cookies,
         state,
         stop,
@@ -439,7 +536,7 @@ async fn start_server(key_bits: u32, sessions: usize) -> Server {
 /// Arguments: URL, cookies (comma-separated), pace ("closed" or a rate), seconds, connections,
 /// the folder for sample Responses.
 fn client_main(args: &[String]) {
-    let url = args[0].clone();
+    let urls: Vec<String> = args[0].split(',').map(str::to_string).collect();
     let cookies: Vec<String> = args[1].split(',').map(str::to_string).collect();
     let pace = match args[2].as_str() {
         "closed" => Pace::Closed,
@@ -454,7 +551,7 @@ fn client_main(args: &[String]) {
         .build()
         .expect("client runtime");
     let (latencies, elapsed) =
-        rt.block_on(drive(url, cookies, pace, concurrency, seconds, samples));
+        rt.block_on(drive(urls, cookies, pace, concurrency, seconds, samples));
     let micros: Vec<String> = latencies
         .iter()
         .map(|d| d.as_micros().to_string())
@@ -478,7 +575,7 @@ fn response_xml(page: &str) -> Option<String> {
 }
 
 async fn drive(
-    url: String,
+    urls: Vec<String>,
     cookies: Vec<String>,
     pace: Pace,
     concurrency: usize,
@@ -495,8 +592,9 @@ async fn drive(
             .pool_max_idle_per_host(1)
             .build()
             .expect("client");
+        let url = &urls[w % urls.len()];
         let warm = client
-            .post(&url)
+            .post(url)
             .header("cookie", &cookies[w % cookies.len()])
             .form(&[("SAMLRequest", authn_request(&format!("_w{tag}x{w}")))])
             .send()
@@ -510,7 +608,7 @@ async fn drive(
     let started = Instant::now();
     let mut workers = Vec::new();
     for (w, client) in clients.into_iter().enumerate() {
-        let url = url.clone();
+        let url = urls[w % urls.len()].clone();
         let cookie = cookies[w % cookies.len()].clone();
         let samples = samples.clone();
         workers.push(tokio::spawn(async move {

@@ -1342,6 +1342,15 @@ fn figment_error(err: figment::Error) -> ConfigError {
     }
 }
 
+/// The host name, the default node name ("idbridge" when the system has none).
+pub fn default_node_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "idbridge".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1450,13 +1459,4 @@ mod tests {
             .to_string();
         assert!(e.contains("certs.key_bits"), "{e}");
     }
-}
-
-/// The host name, the default node name ("idbridge" when the system has none).
-pub fn default_node_name() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "idbridge".into())
 }
