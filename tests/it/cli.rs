@@ -1079,6 +1079,21 @@ fn with_config(config: &Path, args: &[&str], stdin: &str) -> Output {
 async fn a_backup_taken_while_the_server_writes_restores_users_bindings_events_and_the_certificate()
 {
     let app = crate::support::TestApp::spawn().await;
+    if crate::support::TestApp::on_postgres() {
+        // PostgreSQL is backed up with pg_dump; the command says so and keeps the keys part.
+        let work = tempfile::tempdir().unwrap();
+        app.cli(work.path(), &["cert", "show"]);
+        let target = work.path().join("idbridge.backup");
+        let out = with_config(
+            &work.path().join("idbridge.toml"),
+            &["backup", target.to_str().unwrap()],
+            "backup passphrase 1\n",
+        );
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("pg_dump"), "{}", stderr(&out));
+        assert!(!target.exists(), "no half backup is left behind");
+        return;
+    }
     let user = app
         .create_user("ana", "ana@contoso.com", "Corr3ct-Horse-Battery")
         .await;

@@ -147,8 +147,11 @@ async fn a_sign_in_and_a_wrong_password_move_the_metrics() {
     let logins = format!("{}_count", names::SSO_DURATION);
     assert!(moved(&logins, &[("route", "/saml/login")]) >= 2.0, "{body}");
     assert!(moved(&logins, &[("route", "/saml/sso")]) >= 2.0, "{body}");
-    // Gauges read at scrape time.
-    assert!(value(&after, names::REPLAY_IDS_HELD, &[]) >= 1.0, "{body}");
+    // Gauges read at scrape time. The replay cache is in memory on SQLite only: on
+    // PostgreSQL the answered IDs are the database's (shared by the nodes).
+    if !crate::support::TestApp::on_postgres() {
+        assert!(value(&after, names::REPLAY_IDS_HELD, &[]) >= 1.0, "{body}");
+    }
     assert!(
         value(&after, names::CERT_EXPIRY, &[]) > 86_400.0 * 300.0,
         "a fresh certificate has years left: {body}"
