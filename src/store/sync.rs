@@ -402,6 +402,19 @@ impl Store {
             super::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             super::Backend::Sqlite => "",
         };
+        // A read first: the worker asks at every poll and nearly always nothing is due, and a
+        // write transaction each time would take SQLite's one write lock from the CLI and
+        // the sign-ins for nothing.
+        let due: Option<(i64,)> = sqlx::query_as(
+            "SELECT id FROM m365_outbox WHERE state = 'queued' AND next_attempt_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) LIMIT 1",
+        )
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
         let token = super::leases::next_token(&mut *tx).await?;
         let mut rows = sqlx::query_as::<_, OutboxRow>(&format!(
