@@ -16,11 +16,14 @@
 //! With `--breakdown`, also times the per-user database reads that `bind` and the worker's
 //! `deliver_round` make (one call at a time), to show where the bind time goes.
 //!
+//! With `--postgres postgres://user@host:port`, the server runs on a fresh PostgreSQL database
+//! there instead of SQLite.
+//!
 //! With `--manager`, the manager attribute is exported during the bind (the users have no
 //! manager, so nothing beyond the creates should be sent).
 //!
 //! Run: `cargo bench --bench bind` (options: `-- --users 10000 --changes 200
-//! --jobs-per-round 200 --timeout-seconds 600 --breakdown --manager`).
+//! --jobs-per-round 200 --timeout-seconds 600 --breakdown --manager --postgres URL`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -43,7 +46,7 @@ use idbridge::server::AppState;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use support::graph_fake::GraphFake;
-use support::start_server;
+use support::start_server_on;
 
 /// Users created in the directory (and bound) are `bench00001@contoso.com` …
 const DOMAIN: &str = "contoso.com";
@@ -281,7 +284,20 @@ fn main() {
     fake.add_domain(DOMAIN, false, true);
     fake.add_domain(RAW_CREATE_DOMAIN, false, false);
     fake.add_domain(RAW_LOOKUP_DOMAIN, false, false);
-    let server = rt.block_on(start_server(&fake, jobs_per_round));
+    // `--postgres postgres://user@host:port`: a fresh database there instead of SQLite.
+    let postgres = std::env::args().skip_while(|a| a != "--postgres").nth(1);
+    let database = postgres
+        .as_deref()
+        .map(|server| rt.block_on(common::postgres_database(server, "bind")));
+    eprintln!(
+        "database: {}",
+        if database.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    );
+    let server = rt.block_on(start_server_on(&fake, jobs_per_round, database.as_deref()));
     let state = server.state.clone();
     let actor = Actor::Admin("bench".into());
 
@@ -385,7 +401,7 @@ fn main() {
             .block_on(state.directory.get_user(&username(i)))
             .expect("user");
         let binding = user.m365.expect("binding");
-        assert_eq!(binding.state, "bound");
+        assert_eq!(binding.state.as_str(), "bound");
         assert_eq!(&binding.immutable_id, immutable, "{} stamped", upn(i));
     }
     assert!(in_fake.values().all(|(c, _)| *c == 1));

@@ -393,25 +393,6 @@ impl Server {
     }
 }
 
-/// A fresh database on the PostgreSQL server at `server` (a URL without a database).
-async fn postgres_database(server: &str) -> String {
-    use sqlx::Connection;
-    let server = server.trim_end_matches('/');
-    let name = format!("idb_bench_{}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
-        .await
-        .expect("PostgreSQL reachable");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("drop");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    format!("{server}/{name}")
-}
-
 async fn start_server(
     key_bits: u32,
     sessions: usize,
@@ -420,7 +401,10 @@ async fn start_server(
 ) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let database = match postgres {
-        Some(server) => format!("database_url = {:?}\n", postgres_database(server).await),
+        Some(server) => format!(
+            "database_url = {:?}\n",
+            common::postgres_database(server, "sso").await
+        ),
         None => String::new(),
     };
     let node_config = |n: usize| {

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::attributes::{Attribute, AttributeSpec, Kind, CATALOGUE};
+use crate::binding::BindingState;
 use crate::config::Config;
 use crate::directory::{Directory, User, UserChanges, UserState};
 use crate::events::Actor;
@@ -824,7 +825,7 @@ async fn user_command(config: &Config, cmd: UserCommand) -> Result<(), CliError>
                         u.email,
                         u.display_name(),
                         u.state.as_str(),
-                        if u.m365.is_some() { "bound" } else { "unbound" }
+                        u.m365.as_ref().map_or(BindingState::Unbound, |b| b.state)
                     );
                 }
             }
@@ -1114,7 +1115,7 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                     } else {
                         println!(
                             "binding:        {}",
-                            status.state.as_deref().unwrap_or("unbound")
+                            status.state.unwrap_or(BindingState::Unbound)
                         );
                         if let Some(id) = &status.immutable_id {
                             println!("immutable ID:   {id}");

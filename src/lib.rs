@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod attributes;
 pub mod backup;
+pub mod binding;
 pub mod certs;
 pub mod cli;
 pub mod cluster;

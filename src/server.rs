@@ -106,12 +106,12 @@ impl App {
             }));
             store.record_event(&event).await?;
         }
-        if store.backend() == crate::store::Backend::Sqlite {
-            // One process owns an SQLite database: runs it left are nobody's.
-            store
-                .fail_interrupted_import_runs(chrono::Utc::now().timestamp_millis())
-                .await?;
-        }
+        // Import runs this node left are nobody's now (on SQLite every run: one process owns
+        // the database); those of another node that died are ended by the chores' holder.
+        let node = (store.backend() != crate::store::Backend::Sqlite).then(|| config.node_name());
+        store
+            .fail_interrupted_import_runs(node.as_deref(), chrono::Utc::now().timestamp_millis())
+            .await?;
         // What this node held before it started belongs to a process that is gone: its
         // claimed changes are due again at once, not after their lease (on SQLite, every
         // lease: one process owns the file).
@@ -583,6 +583,7 @@ async fn purge_expired(state: AppState, token: CancellationToken) {
                 if let Err(err) = state.store.purge_admin_sessions(now, idle_ms).await {
                     tracing::warn!(%err, "could not purge expired console sessions");
                 }
+                state.m365.end_abandoned_imports(chrono::Utc::now()).await;
                 purge_old(&state, now).await;
             }
         }

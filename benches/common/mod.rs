@@ -94,3 +94,23 @@ pub fn pending_of(html: &str) -> Option<String> {
     let end = tail[v..].find('"')?;
     Some(tail[v..v + end].to_string())
 }
+
+/// A fresh database on the PostgreSQL server at `server` (a URL without a database), for the
+/// benchmarks' `--postgres` option.
+pub async fn postgres_database(server: &str, bench: &str) -> String {
+    use sqlx::Connection;
+    let server = server.trim_end_matches('/');
+    let name = format!("idb_bench_{bench}_{}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("PostgreSQL reachable");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("drop");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    format!("{server}/{name}")
+}

@@ -25,9 +25,21 @@ pub struct Server {
 /// Starts the server on a temporary data directory, pointed at `fake` and connected to it with
 /// the app's own credentials.
 pub async fn start_server(fake: &GraphFake, jobs_per_round: u64) -> Server {
+    start_server_on(fake, jobs_per_round, None).await
+}
+
+/// [`start_server`] on the database `database_url` (default: SQLite in the data directory).
+pub async fn start_server_on(
+    fake: &GraphFake,
+    jobs_per_round: u64,
+    database_url: Option<&str>,
+) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
+    let database = database_url
+        .map(|url| format!("database_url = {url:?}\n"))
+        .unwrap_or_default();
     let toml = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\n\
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\n{database}\
          [certs]\nkey_file = \"{d}/certs/signing.key\"\ncert_file = \"{d}/certs/signing.crt\"\n\
          [log]\nlevel = \"warn\"\n\
          [m365]\nlogin_base_url = \"{login}\"\ngraph_base_url = \"{graph}\"\nclient_id = \"{id}\"\n\

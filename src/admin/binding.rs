@@ -13,6 +13,7 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::{display_time, redirect_with_notice, Chrome, Notice};
+use crate::binding::BindingState;
 use crate::directory::DirectoryError;
 use crate::m365::sync::{BindReport, SyncError};
 use crate::server::AppState;
@@ -21,8 +22,6 @@ use crate::web::{render, AdminPrincipal, AppError};
 
 /// Users per page of the binding table.
 const PAGE_SIZE: i64 = 50;
-/// States the table can be filtered by.
-const STATES: [&str; 4] = ["bound", "pending", "failed", "unbound"];
 /// What unbinding does, said wherever an admin can unbind (seed 003).
 pub(super) const UNBIND_EFFECT: &str = "Sign-in through idbridge stops at once; the Microsoft 365 account is blocked from signing in (not deleted); binding again unblocks it.";
 
@@ -83,7 +82,7 @@ impl Filter {
             state: self
                 .state
                 .map(|s| s.trim().to_ascii_lowercase())
-                .filter(|s| STATES.contains(&s.as_str())),
+                .filter(|s| BindingState::parse(s).is_some()),
             q: self
                 .q
                 .map(|q| q.trim().to_string())
@@ -146,8 +145,7 @@ struct Line {
     email: String,
     name: String,
     suspended: bool,
-    /// unbound, pending, bound or failed.
-    state: String,
+    state: BindingState,
     immutable_id: String,
     last_sync: String,
     /// Graph's message for a failed bind or change.
@@ -177,12 +175,17 @@ impl Line {
 
     /// Bound or being bound: the row offers Unbind, otherwise Bind.
     fn is_bound(&self) -> bool {
-        self.state == "bound" || self.state == "pending"
+        self.state.receives_changes()
+    }
+
+    /// The bind failed: the row offers to bind again.
+    fn failed(&self) -> bool {
+        self.state == BindingState::Failed
     }
 
     /// Something is still on its way to Microsoft 365.
     fn moving(&self) -> bool {
-        self.state == "pending" || self.queued_jobs > 0
+        self.state == BindingState::Pending || self.queued_jobs > 0
     }
 }
 
@@ -236,7 +239,13 @@ struct Named {
     id: String,
     username: String,
     email: String,
-    state: String,
+    state: BindingState,
+}
+
+impl Named {
+    fn unbound(&self) -> bool {
+        self.state == BindingState::Unbound
+    }
 }
 
 #[derive(Template)]
@@ -513,11 +522,7 @@ async fn unbind(
         for key in &users {
             match state.directory.get_user(key).await {
                 Ok(u) => named.push(Named {
-                    state: u
-                        .m365
-                        .as_ref()
-                        .map(|b| b.state.clone())
-                        .unwrap_or_else(|| "unbound".into()),
+                    state: u.m365.as_ref().map_or(BindingState::Unbound, |b| b.state),
                     id: u.id,
                     username: u.username,
                     email: u.email,

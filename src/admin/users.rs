@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::{display_time, redirect_with_notice, Chrome, Notice};
 use crate::attributes::{Attribute, AttributeSpec, Kind, Presence, CATALOGUE};
+use crate::binding::BindingState;
 use crate::directory::{DirectoryError, User, UserChanges, UserState};
 use crate::server::AppState;
 use crate::web::{render, AdminPrincipal, AppError};
@@ -492,7 +493,11 @@ async fn user_page(
                 value: user.attribute(name).unwrap_or_default(),
             })
             .collect(),
-        binding: status.state.clone().unwrap_or_else(|| "unbound".into()),
+        binding: status
+            .state
+            .unwrap_or(BindingState::Unbound)
+            .as_str()
+            .to_string(),
         immutable_id: status.immutable_id.unwrap_or_default(),
         upn: status.user_principal_name.unwrap_or_default(),
         object_id: status.m365_object_id.unwrap_or_default(),
@@ -646,7 +651,11 @@ async fn refuse(
 
 /// A notice for a change, saying when it reaches Microsoft 365 for a bound user.
 fn notice(user: &User, done: &str) -> String {
-    if user.m365.as_ref().is_some_and(|b| b.state != "unbound") {
+    if user
+        .m365
+        .as_ref()
+        .is_some_and(|b| b.state != BindingState::Unbound)
+    {
         format!("{done} The change reaches Microsoft 365 within seconds.")
     } else {
         done.to_string()

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::CliError;
+use crate::binding::BindingState;
 use crate::directory::{Directory, DirectoryError};
 use crate::m365::sync::BindReport;
 use crate::store::{BindingRow, OutboxRow, Store, StoreError};
@@ -118,11 +119,13 @@ pub(super) async fn plan(
             }
             Err(e) => return Err(e),
         };
-        let state = user.m365.as_ref().map(|b| b.state.as_str());
+        let state = user.m365.as_ref().map(|b| b.state);
         match (change, state) {
-            (Change::Bind, Some("bound")) => plan.already.push((user.username, why.clone())),
+            (Change::Bind, Some(BindingState::Bound)) => {
+                plan.already.push((user.username, why.clone()))
+            }
             // Queued before this command: follow that job instead.
-            (Change::Bind, Some("pending")) => {
+            (Change::Bind, Some(BindingState::Pending)) => {
                 let queued = directory.store().queued_jobs(&user.id).await?;
                 let since_ms = queued
                     .iter()
@@ -134,7 +137,7 @@ pub(super) async fn plan(
                     since_ms,
                 });
             }
-            (Change::Unbind, None | Some("unbound")) => {
+            (Change::Unbind, None | Some(BindingState::Unbound)) => {
                 plan.already.push((user.username, why.clone()))
             }
             _ => plan.refused.push((user.username, why.clone())),
@@ -169,14 +172,14 @@ fn progress(
         return Progress::Done;
     }
     match binding {
-        Some(b) if b.state == "bound" => Progress::Done,
+        Some(b) if b.state == BindingState::Bound => Progress::Done,
         // Delivery and the binding change commit together, so this is a new bind by
         // somebody else; its job shows up on the next look.
-        Some(b) if b.state == "pending" => Progress::Pending {
+        Some(b) if b.state == BindingState::Pending => Progress::Pending {
             attempts: 0,
             last_error: None,
         },
-        Some(b) if b.state == "failed" => Progress::Failed(
+        Some(b) if b.state == BindingState::Failed => Progress::Failed(
             b.last_error
                 .clone()
                 .unwrap_or_else(|| "the binding failed (no message recorded)".into()),
@@ -365,7 +368,7 @@ mod tests {
             immutable_id: "id".into(),
             user_principal_name: "alice@contoso.com".into(),
             m365_object_id: None,
-            state: state.into(),
+            state: BindingState::parse(state).unwrap(),
             bound_at: 0,
             last_sync_at: None,
             last_error: error.map(String::from),

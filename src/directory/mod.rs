@@ -20,6 +20,7 @@ use serde_json::json;
 
 use std::sync::Arc;
 
+use crate::binding::BindingState;
 use crate::events::{kind, Actor, NewEvent};
 use crate::secrets::SecretBox;
 use crate::store::{LinkRow, OutboxJob, Store, StoreError, UserListQuery, UserWrite};
@@ -236,7 +237,7 @@ impl Directory {
         if user
             .m365
             .as_ref()
-            .is_none_or(|b| b.state != "bound" || b.password_pushed)
+            .is_none_or(|b| !b.state.signs_in() || b.password_pushed)
         {
             return Ok(false);
         }
@@ -601,7 +602,11 @@ impl Directory {
         now: DateTime<Utc>,
     ) -> Result<(), DirectoryError> {
         let user = self.get_user(key).await?;
-        if user.m365.as_ref().is_some_and(|b| b.state != "unbound") {
+        if user
+            .m365
+            .as_ref()
+            .is_some_and(|b| b.state != BindingState::Unbound)
+        {
             return Err(DirectoryError::Bound(user.username));
         }
         if self.store.has_queued_jobs(&user.id).await? {

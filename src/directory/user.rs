@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::DirectoryError;
 use crate::attributes::{self, Attribute, AttributeValues, Kind, Presence};
+use crate::binding::BindingState;
 use crate::store::{UserRow, UserWrite};
 
 /// Whether a user may sign in.
@@ -32,7 +33,7 @@ pub struct M365Binding {
     /// The immutable ID stamped on the M365 account: the SAML NameID.
     pub immutable_id: String,
     pub user_principal_name: String,
-    pub state: String,
+    pub state: BindingState,
     /// The user's real password has reached Microsoft 365 (seed 000).
     pub password_pushed: bool,
 }
@@ -163,7 +164,15 @@ impl User {
             (Some(immutable_id), Some(user_principal_name)) => Some(M365Binding {
                 immutable_id,
                 user_principal_name,
-                state: row.binding_state.unwrap_or_else(|| "bound".into()),
+                state: match row.binding_state.as_deref() {
+                    None => BindingState::Bound,
+                    Some(text) => BindingState::parse(text).ok_or_else(|| {
+                        DirectoryError::Store(crate::store::StoreError::Corrupt(format!(
+                            "user {} has unknown binding state {text:?}",
+                            row.id
+                        )))
+                    })?,
+                },
                 password_pushed: row.password_pushed == Some(1),
             }),
             _ => None,

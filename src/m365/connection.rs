@@ -170,6 +170,8 @@ pub struct M365 {
     client_id: Option<String>,
     credential: Option<ClientCredential>,
     cached: tokio::sync::Mutex<Option<CachedToken>>,
+    /// This node's name: the owner of the import runs it starts.
+    pub(crate) node: String,
 }
 
 impl std::fmt::Debug for M365 {
@@ -294,6 +296,7 @@ impl M365 {
             client_id: m.client_id.clone(),
             credential,
             cached: tokio::sync::Mutex::new(None),
+            node: config.node_name(),
         })
     }
 

@@ -24,6 +24,11 @@ const PAGE_SIZE: u32 = 999;
 /// Pages listed ahead of the one being written, so fetching the next page overlaps writing
 /// the previous one while memory stays bounded.
 const PAGES_AHEAD: usize = 2;
+/// How often a running import beats its heartbeat.
+const IMPORT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A run whose heartbeat stopped this long ago lost its node (several missed beats, so a slow
+/// database write or a long Graph wait is not taken for a death).
+const IMPORT_ABANDONED_MS: i64 = 90_000;
 
 /// A tenant user with what idbridge already knows of it.
 #[derive(Debug, Clone, Serialize)]
@@ -145,9 +150,12 @@ impl M365 {
     ) -> Result<ImportReport, M365Error> {
         let tenant_id = self.tenant_id().await?;
         let run = new_run(actor, now, 0);
-        self.store().insert_import_run(&run).await?;
+        self.store().insert_import_run(&run, &self.node).await?;
         let report = self
-            .run_import(directory, actor, &run.id, &tenant_id, selection, progress)
+            .beating(
+                &run.id,
+                self.run_import(directory, actor, &run.id, &tenant_id, selection, progress),
+            )
             .await;
         count_run(&report);
         report
@@ -172,7 +180,7 @@ impl M365 {
             _ => return Err(M365Error::NotConnected),
         }
         let run = new_run(actor, now, 0);
-        self.store().insert_import_run(&run).await?;
+        self.store().insert_import_run(&run, &self.node).await?;
         let this = Arc::clone(self);
         let directory = directory.clone();
         let actor = actor.clone();
@@ -191,12 +199,13 @@ impl M365 {
         selection: &ImportSelection,
         run_id: &str,
     ) {
-        let outcome = async {
-            let tenant_id = self.tenant_id().await?;
-            self.run_import(directory, actor, run_id, &tenant_id, selection, |_| {})
-                .await
-        }
-        .await;
+        let outcome = self
+            .beating(run_id, async {
+                let tenant_id = self.tenant_id().await?;
+                self.run_import(directory, actor, run_id, &tenant_id, selection, |_| {})
+                    .await
+            })
+            .await;
         count_run(&outcome);
         if let Err(err) = outcome {
             tracing::warn!(%err, run_id, "import run failed");
@@ -215,6 +224,66 @@ impl M365 {
                 .await
             {
                 tracing::warn!(%err, run_id, "could not record the end of an import run");
+            }
+        }
+    }
+
+    /// Runs `work` (the import run `run_id`) while beating the run's heartbeat, so the other
+    /// nodes can tell a long run from one whose node died.
+    async fn beating<T>(&self, run_id: &str, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => out,
+            never = self.beat_while_running(run_id) => match never {},
+        }
+    }
+
+    /// Beats the run's heartbeat every [`IMPORT_HEARTBEAT`] until dropped with the run.
+    async fn beat_while_running(&self, run_id: &str) -> std::convert::Infallible {
+        let mut tick = tokio::time::interval(IMPORT_HEARTBEAT);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            // The heartbeat is wall-clock time shared by all nodes: read at the edge.
+            if let Err(err) = self
+                .store()
+                .beat_import_run(run_id, Utc::now().timestamp_millis())
+                .await
+            {
+                tracing::warn!(%err, run_id, "could not beat an import run's heartbeat");
+            }
+        }
+    }
+
+    /// Ends the import runs whose node died mid-run (their heartbeat stopped), each with an
+    /// `m365_import` event saying so. The cluster-wide chores' holder calls this.
+    pub async fn end_abandoned_imports(&self, now: DateTime<Utc>) {
+        let now_ms = now.timestamp_millis();
+        let ended = match self
+            .store()
+            .fail_abandoned_import_runs(now_ms - IMPORT_ABANDONED_MS, now_ms)
+            .await
+        {
+            Ok(ended) => ended,
+            Err(err) => {
+                tracing::warn!(%err, "could not look for import runs of stopped nodes");
+                return;
+            }
+        };
+        for (run_id, node) in ended {
+            let node = node.unwrap_or_else(|| "unknown".into());
+            tracing::warn!(
+                run_id,
+                node,
+                "an import run's node stopped mid-run; the run is ended as interrupted"
+            );
+            let event =
+                NewEvent::new(now, &Actor::System, kind::M365_IMPORT, None).details(json!({
+                    "runId": run_id,
+                    "error": format!("interrupted: the node running it ({node}) stopped"),
+                }));
+            if let Err(err) = self.store().record_event(&event).await {
+                tracing::warn!(%err, run_id, "could not record the end of an interrupted import run");
             }
         }
     }

@@ -334,7 +334,7 @@ fn profile_rows(user: &User, directions: &Directions, bound: bool) -> Vec<Profil
 /// Microsoft's sign-in for the user's domain: `whr` names the home realm, so Microsoft sends a
 /// federated domain's users straight to idbridge instead of asking for their address first.
 fn m365_tile(user: &User) -> Option<String> {
-    let binding = user.m365.as_ref().filter(|b| b.state == "bound")?;
+    let binding = user.m365.as_ref().filter(|b| b.state.signs_in())?;
     let upn = if binding.user_principal_name.contains('@') {
         &binding.user_principal_name
     } else {
@@ -356,7 +356,7 @@ struct HomePage {
     notice: Option<String>,
     m365_url: Option<String>,
     upn: Option<String>,
-    binding_state: Option<String>,
+    binding_state: Option<crate::binding::BindingState>,
     rows: Vec<ProfileRow>,
     password_changed: String,
     password_expires: Option<String>,
@@ -373,7 +373,7 @@ async fn home(State(state): State<AppState>, jar: CookieJar) -> Result<Response,
     };
     let user = &session.user;
     let directions = Directions::from_rows(&state.store.attribute_directions().await?);
-    let bound = user.m365.as_ref().is_some_and(|b| b.state == "bound");
+    let bound = user.m365.as_ref().is_some_and(|b| b.state.signs_in());
     let policy = state.directory.policy();
     let password_expires = match (policy.expiry_days, user.password_changed_at) {
         (0, _) | (_, None) => None,
@@ -388,7 +388,7 @@ async fn home(State(state): State<AppState>, jar: CookieJar) -> Result<Response,
         notice,
         m365_url: m365_tile(user),
         upn: user.m365.as_ref().map(|b| b.user_principal_name.clone()),
-        binding_state: user.m365.as_ref().map(|b| b.state.clone()),
+        binding_state: user.m365.as_ref().map(|b| b.state),
         rows: profile_rows(user, &directions, bound),
         password_changed: display_time(user.password_changed_at),
         password_expires,
@@ -429,7 +429,7 @@ fn password_form(
             .user
             .m365
             .as_ref()
-            .is_some_and(|b| b.state == "bound"),
+            .is_some_and(|b| b.state.signs_in()),
     };
     render(status, &page)
 }
@@ -474,7 +474,7 @@ async fn change_password(
                 .user
                 .m365
                 .as_ref()
-                .is_some_and(|b| b.state == "bound");
+                .is_some_and(|b| b.state.signs_in());
             super::redirect_with_notice(
                 "/",
                 if bound {

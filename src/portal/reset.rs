@@ -348,7 +348,7 @@ async fn reset(
     };
     Ok(match outcome {
         ResetOutcome::Done(user) => {
-            let bound = user.m365.as_ref().is_some_and(|b| b.state == "bound");
+            let bound = user.m365.as_ref().is_some_and(|b| b.state.signs_in());
             let text = if bound {
                 "Your password was changed, here and in Microsoft 365. Every session of your account was signed out."
             } else {

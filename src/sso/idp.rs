@@ -1134,7 +1134,7 @@ impl IdentityProvider {
     ) -> Result<Answer, SsoError> {
         let sp = &request.sp;
         let refusal = self.account_refusal(user, now).or_else(|| {
-            let bound = user.m365.as_ref().is_some_and(|b| b.state == "bound");
+            let bound = user.m365.as_ref().is_some_and(|b| b.state.signs_in());
             (sp.requires_m365_binding && !bound).then_some(Refusal::NotBound)
         });
         if let Some(refusal) = refusal {

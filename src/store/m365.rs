@@ -304,20 +304,57 @@ pub(super) async fn insert_link<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>
 }
 
 impl Store {
-    /// Starts an import run.
-    pub async fn insert_import_run(&self, run: &ImportRunRow) -> Result<(), StoreError> {
+    /// Starts an import run on the node named `node` (its heartbeat starts now).
+    pub async fn insert_import_run(
+        &self,
+        run: &ImportRunRow,
+        node: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO m365_import_runs (id, started_by, started_at, state, total) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO m365_import_runs (id, started_by, started_at, state, total, node, \
+             heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $3)",
         )
         .bind(&run.id)
         .bind(&run.started_by)
         .bind(run.started_at)
         .bind(&run.state)
         .bind(run.total)
+        .bind(node)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Beats a running import's heartbeat: its node is alive and still at it.
+    pub async fn beat_import_run(&self, run_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE m365_import_runs SET heartbeat_at = $2 WHERE id = $1 AND state = 'running'",
+        )
+        .bind(run_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends the runs whose node stopped beating their heartbeat before `stale_before_ms` (it
+    /// died mid-run) as failed; returns each run's id and node.
+    pub async fn fail_abandoned_import_runs(
+        &self,
+        stale_before_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "UPDATE m365_import_runs SET state = 'failed', finished_at = $2, \
+             message = 'interrupted: the node running it (' || COALESCE(node, 'unknown') || \
+             ') stopped; start the import again (users already imported are skipped)' \
+             WHERE state = 'running' AND COALESCE(heartbeat_at, started_at) < $1 \
+             RETURNING id, node",
+        )
+        .bind(stale_before_ms)
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Records the outcomes of some users of a run (with the events of those that failed) and
@@ -439,14 +476,20 @@ impl Store {
         .await?)
     }
 
-    /// Marks runs left `running` by a stopped server as failed (their task is gone).
-    pub async fn fail_interrupted_import_runs(&self, now_ms: i64) -> Result<u64, StoreError> {
+    /// Marks runs left `running` by a stopped server as failed (their task is gone): those of
+    /// the node named `node`, or every run (SQLite: one process owns the database).
+    pub async fn fail_interrupted_import_runs(
+        &self,
+        node: Option<&str>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
         Ok(sqlx::query(
             "UPDATE m365_import_runs SET state = 'failed', finished_at = $1, \
              message = 'interrupted by a server stop; start the import again (users already imported are skipped)' \
-             WHERE state = 'running'",
+             WHERE state = 'running' AND ($2 IS NULL OR node = $2)",
         )
         .bind(now_ms)
+        .bind(node)
         .execute(&self.pool)
         .await?
         .rows_affected())

@@ -4,11 +4,8 @@
 use sqlx::{Any, Executor};
 
 use super::{events, Store, StoreError};
+use crate::binding::{BindingState, BindingStep};
 use crate::events::NewEvent;
-
-/// Binding states that receive changes: a queued bind delivers everything, so changes made
-/// while it waits are queued behind it.
-const SYNCED_STATES: &str = "('bound', 'pending')";
 
 /// The `fields` marker of a password job that also ends the user's Microsoft 365 sessions.
 pub const REVOKE_SESSIONS: &str = "revokeSignInSessions";
@@ -183,7 +180,8 @@ pub struct BindingRow {
     pub immutable_id: String,
     pub user_principal_name: String,
     pub m365_object_id: Option<String>,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: BindingState,
     pub bound_at: i64,
     pub last_sync_at: Option<i64>,
     pub last_error: Option<String>,
@@ -248,7 +246,8 @@ pub(super) async fn enqueue_if_bound<'e, E: Executor<'e, Database = Any>>(
     sqlx::query(&format!(
         "INSERT INTO m365_outbox (user_id, kind, fields, secret_enc, next_attempt_at, created_at, \
          updated_at) SELECT user_id, $2, $3, $4, $5, $5, $5 FROM m365_bindings \
-         WHERE user_id = $1 AND state IN {SYNCED_STATES}"
+         WHERE user_id = $1 AND state IN {}",
+        BindingState::sql_list(BindingState::receives_changes)
     ))
     .bind(user_id)
     .bind(job.kind.as_str())
@@ -304,10 +303,11 @@ impl Store {
 
     /// Ids of users that are not bound and not being bound.
     pub async fn unbound_user_ids(&self) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
+        let rows: Vec<(String,)> = sqlx::query_as(&format!(
             "SELECT u.id FROM users u LEFT JOIN m365_bindings b ON b.user_id = u.id \
-             WHERE b.user_id IS NULL OR b.state NOT IN ('bound', 'pending') ORDER BY u.username_key",
-        )
+             WHERE b.user_id IS NULL OR b.state NOT IN {} ORDER BY u.username_key",
+            BindingState::sql_list(BindingState::receives_changes)
+        ))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
@@ -334,12 +334,15 @@ impl Store {
         now_ms: i64,
         events: &[NewEvent],
     ) -> Result<(), StoreError> {
+        let bind_requested = BindingState::after(None, BindingStep::BindRequested)
+            .unwrap_or(BindingState::Pending)
+            .as_str();
         let mut tx = self.pool.begin().await?;
         for request in requests {
             sqlx::query(
                 "INSERT INTO m365_bindings (user_id, immutable_id, user_principal_name, \
-                 m365_object_id, state, bound_at) VALUES ($1, $2, $3, $4, 'pending', $5) \
-                 ON CONFLICT (user_id) DO UPDATE SET state = 'pending', last_error = NULL, \
+                 m365_object_id, state, bound_at) VALUES ($1, $2, $3, $4, $6, $5) \
+                 ON CONFLICT (user_id) DO UPDATE SET state = $6, last_error = NULL, \
                  m365_object_id = COALESCE(m365_bindings.m365_object_id, $4)",
             )
             .bind(&request.user_id)
@@ -347,6 +350,7 @@ impl Store {
             .bind(&request.user_principal_name)
             .bind(&request.m365_object_id)
             .bind(now_ms)
+            .bind(bind_requested)
             .execute(&mut *tx)
             .await?;
             enqueue(&mut *tx, &request.user_id, &OutboxJob::bind(), now_ms).await?;
@@ -368,10 +372,13 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for user_id in user_ids {
-            sqlx::query("UPDATE m365_bindings SET state = 'unbound' WHERE user_id = $1")
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "UPDATE m365_bindings SET state = {} WHERE user_id = $1",
+                BindingState::sql_after(BindingStep::Unbound)
+            ))
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
             enqueue(&mut *tx, user_id, &OutboxJob::account(), now_ms).await?;
         }
         for event in events {
@@ -662,9 +669,9 @@ impl Store {
             return Ok(());
         }
         let binding_state = if job.job_kind() == Some(JobKind::Bind) {
-            "CASE WHEN state = 'pending' THEN 'failed' ELSE state END"
+            BindingState::sql_after(BindingStep::BindFailed)
         } else {
-            "state"
+            "state".into()
         };
         sqlx::query(&format!(
             "UPDATE m365_bindings SET last_error = $2, state = {binding_state} WHERE user_id = $1"
@@ -681,10 +688,12 @@ impl Store {
 
     /// Marks a binding failed without a job (the M365 user was deleted in Microsoft 365).
     pub async fn mark_binding_lost(&self, user_id: &str, error: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE m365_bindings SET state = 'failed', last_error = $2 \
-             WHERE user_id = $1 AND state = 'bound'",
-        )
+        sqlx::query(&format!(
+            "UPDATE m365_bindings SET state = {}, last_error = $2 \
+             WHERE user_id = $1 AND state IN {}",
+            BindingState::sql_after(BindingStep::AccountLost),
+            BindingState::sql_moved_by(BindingStep::AccountLost)
+        ))
         .bind(user_id)
         .bind(error)
         .execute(&self.pool)
@@ -723,11 +732,13 @@ impl Store {
         event: &NewEvent,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE m365_bindings SET state = 'pending', last_error = NULL WHERE state = 'failed' \
+        sqlx::query(&format!(
+            "UPDATE m365_bindings SET state = {}, last_error = NULL WHERE state IN {} \
              AND ($1 IS NULL OR user_id = $1) AND user_id IN \
              (SELECT user_id FROM m365_outbox WHERE state = 'failed' AND kind = 'bind')",
-        )
+            BindingState::sql_after(BindingStep::Retried),
+            BindingState::sql_moved_by(BindingStep::Retried)
+        ))
         .bind(user_id)
         .execute(&mut *tx)
         .await?;
@@ -774,10 +785,13 @@ impl Store {
             sqlx::query_as("SELECT state, COUNT(*) FROM m365_outbox GROUP BY state")
                 .fetch_all(&self.pool)
                 .await?;
-        let bindings: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM m365_bindings GROUP BY state")
-                .fetch_all(&self.pool)
-                .await?;
+        // A user without a binding row was never bound: unbound too.
+        let bindings: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT COALESCE(b.state, 'unbound'), COUNT(*) FROM users u \
+             LEFT JOIN m365_bindings b ON b.user_id = u.id GROUP BY COALESCE(b.state, 'unbound')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let mut counts = SyncCounts::default();
         for (state, n) in jobs {
             match state.as_str() {
@@ -787,12 +801,12 @@ impl Store {
             }
         }
         for (state, n) in bindings {
-            match state.as_str() {
-                "bound" => counts.bound = n,
-                "pending" => counts.pending = n,
-                "failed" => counts.bind_failed = n,
-                "unbound" => counts.unbound = n,
-                _ => {}
+            match BindingState::parse(&state) {
+                Some(BindingState::Bound) => counts.bound = n,
+                Some(BindingState::Pending) => counts.pending = n,
+                Some(BindingState::Failed) => counts.bind_failed = n,
+                Some(BindingState::Unbound) => counts.unbound = n,
+                None => {}
             }
         }
         Ok(counts)
@@ -928,7 +942,8 @@ pub struct BindingListRow {
     pub lastname: String,
     pub user_state: String,
     /// `unbound` when the user has no binding row.
-    pub binding_state: String,
+    #[sqlx(try_from = "String")]
+    pub binding_state: BindingState,
     pub immutable_id: Option<String>,
     pub m365_object_id: Option<String>,
     pub last_sync_at: Option<i64>,
@@ -1105,15 +1120,17 @@ async fn complete_one(
             .await?;
         }
         JobEffect::Bound(outcome) => {
-            sqlx::query(
+            sqlx::query(&format!(
                 "UPDATE m365_bindings SET m365_object_id = $2, immutable_id = $3, \
                      user_principal_name = $4, account_enabled = $5, last_sync_at = $6, \
                      last_error = NULL, \
                      password_pushed = CASE WHEN $7 = 1 THEN 0 ELSE password_pushed END, \
-                     state = CASE WHEN state = 'pending' THEN 'bound' ELSE state END, \
-                     bound_at = CASE WHEN state = 'pending' THEN $6 ELSE bound_at END \
+                     state = {}, \
+                     bound_at = CASE WHEN state IN {} THEN $6 ELSE bound_at END \
                      WHERE user_id = $1",
-            )
+                BindingState::sql_after(BindingStep::BindDelivered),
+                BindingState::sql_moved_by(BindingStep::BindDelivered)
+            ))
             .bind(user_id)
             .bind(&outcome.m365_object_id)
             .bind(&outcome.immutable_id)

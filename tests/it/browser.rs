@@ -145,7 +145,7 @@ async fn an_admin_signs_in_creates_and_binds_a_user_changes_the_export_and_signs
         (dana.email.as_str(), dana.firstname.as_str()),
         ("dana@contoso.com", "Dana")
     );
-    assert_eq!(dana.m365.map(|b| b.state).as_deref(), Some("bound"));
+    assert_eq!(dana.m365.map(|b| b.state.as_str()), Some("bound"));
     let m365 = fake.user("dana@contoso.com").expect("created in M365");
     assert_eq!(m365["givenName"], "Dana");
     let table = app.state().sync.attribute_table().await.unwrap();

@@ -871,7 +871,7 @@ async fn bind_wait_returns_when_microsoft_365_has_the_user_or_prints_graphs_refu
         .unwrap()
         .m365
         .unwrap();
-    assert_eq!(b.state, "bound");
+    assert_eq!(b.state.as_str(), "bound");
     assert_eq!(
         m["onPremisesImmutableId"].as_str(),
         Some(b.immutable_id.as_str())

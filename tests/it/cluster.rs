@@ -567,7 +567,7 @@ async fn a_round_that_outlived_its_lease_records_nothing() {
         Some("object-b"),
         "B's outcome stands"
     );
-    assert_eq!(binding.state, "bound");
+    assert_eq!(binding.state.as_str(), "bound");
     assert_eq!(binding.last_error, None);
     let queued = app.store.queued_jobs(&user.id).await.unwrap();
     assert_eq!(
@@ -679,4 +679,93 @@ async fn singleton_leases_go_to_one_taker_and_pass_on_when_they_run_out() {
         .await
         .unwrap()
         .is_some());
+}
+
+#[tokio::test]
+async fn an_import_run_whose_node_died_is_ended_as_interrupted_by_the_chores_holder() {
+    let app = TestApp::spawn_with("node_name = \"node-a\"\n").await;
+    let store = &app.store;
+    let started = Utc::now().timestamp_millis();
+    let run = |id: &str| idbridge::store::ImportRunRow {
+        id: id.into(),
+        started_by: "admin:alice".into(),
+        started_at: started,
+        finished_at: None,
+        state: "running".into(),
+        total: 10,
+        imported: 3,
+        failed: 0,
+        message: None,
+    };
+    store
+        .insert_import_run(&run("run-dead"), "node-b")
+        .await
+        .unwrap();
+    store
+        .insert_import_run(&run("run-alive"), "node-c")
+        .await
+        .unwrap();
+    store
+        .insert_import_run(&run("run-mine"), "node-a")
+        .await
+        .unwrap();
+    // node-c keeps beating; node-b stopped at the start.
+    let later = Utc::now() + chrono::Duration::seconds(120);
+    store
+        .beat_import_run("run-alive", later.timestamp_millis() - 5_000)
+        .await
+        .unwrap();
+    store
+        .beat_import_run("run-mine", later.timestamp_millis() - 5_000)
+        .await
+        .unwrap();
+
+    app.state().m365.end_abandoned_imports(later).await;
+    let dead = store.import_run("run-dead").await.unwrap().unwrap();
+    assert_eq!(dead.state.as_str(), "failed");
+    let message = dead.message.unwrap_or_default();
+    assert!(
+        message.contains("node-b") && message.contains("start the import again"),
+        "{message}"
+    );
+    assert_eq!(dead.total, 10, "the run keeps its counters");
+    assert_eq!(
+        store.import_run("run-alive").await.unwrap().unwrap().state,
+        "running"
+    );
+    let events = store
+        .list_events(&idbridge::store::EventFilter {
+            event_type: Some("m365_import".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.details.contains("run-dead") && e.details.contains("node-b")),
+        "an m365_import event says the run was interrupted"
+    );
+
+    // A node that starts again ends its own runs at once (their task is gone), not another
+    // live node's.
+    store
+        .fail_interrupted_import_runs(Some("node-a"), later.timestamp_millis())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .import_run("run-mine")
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .as_str(),
+        "failed"
+    );
+    assert_eq!(
+        store.import_run("run-alive").await.unwrap().unwrap().state,
+        "running"
+    );
 }

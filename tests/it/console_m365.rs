@@ -207,7 +207,7 @@ async fn unbinding_asks_first_then_blocks_the_m365_account() {
     assert!(page.contains("blocked from signing in (not deleted)"));
     assert!(page.contains("name=\"confirmed\" value=\"yes\""));
     let still = app.state().directory.get_user("frank").await.unwrap();
-    assert_eq!(still.m365.unwrap().state, "bound");
+    assert_eq!(still.m365.unwrap().state.as_str(), "bound");
 
     let page = post_and_follow(
         &app,

@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use super::extract::{ApiJson, ApiQuery, OptionalJson};
 use super::schema::{int_param, ErrorResponse};
 use super::users::FailedSyncJob;
+use crate::binding::BindingState;
 use crate::directory::millis_to_rfc3339;
 use crate::m365::sync::BindReport;
 use crate::server::AppState;
@@ -27,9 +28,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(retry))
         .routes(routes!(sync_status))
 }
-
-/// Binding states to filter by.
-const STATES: &[&str] = &["bound", "pending", "failed", "unbound"];
 
 /// Query of the binding list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -50,17 +48,6 @@ pub struct BindingListParams {
     offset: Option<String>,
 }
 
-/// A user's Microsoft 365 binding state.
-#[allow(dead_code)] // Only names the values in the OpenAPI document.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BindingState {
-    Bound,
-    Pending,
-    Failed,
-    Unbound,
-}
-
 /// One user of the binding list.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -73,8 +60,7 @@ pub struct BindingItem {
     /// `active` or `suspended`.
     pub user_state: String,
     /// `bound`, `pending`, `failed` or `unbound`.
-    #[schema(value_type = BindingState)]
-    pub state: String,
+    pub state: BindingState,
     pub immutable_id: Option<String>,
     pub m365_object_id: Option<String>,
     /// RFC 3339.
@@ -131,10 +117,11 @@ async fn list_bindings(
     ApiQuery(params): ApiQuery<BindingListParams>,
 ) -> Result<Json<BindingPage>, ApiError> {
     if let Some(s) = params.state.as_deref() {
-        if !STATES.contains(&s) {
+        if BindingState::parse(s).is_none() {
+            let names: Vec<&str> = BindingState::ALL.iter().map(|b| b.as_str()).collect();
             return Err(ApiError::validation(
                 "state",
-                format!("state must be one of {} (got {s:?})", STATES.join(", ")),
+                format!("state must be one of {} (got {s:?})", names.join(", ")),
             ));
         }
     }

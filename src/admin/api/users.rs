@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 use super::extract::{ApiJson, ApiQuery};
 use super::schema::{int_param, ErrorResponse};
 use crate::attributes::{self, Kind, Presence, CATALOGUE};
+use crate::binding::BindingState;
 use crate::directory::{self, millis_to_rfc3339, UserChanges, UserState};
 use crate::m365::sync::{FailedJob, UserSyncStatus};
 use crate::server::AppState;
@@ -180,8 +181,7 @@ pub struct UserBinding {
     /// The SAML NameID stamped on the Microsoft 365 user.
     pub immutable_id: String,
     pub user_principal_name: String,
-    /// `pending`, `bound`, `failed` or `unbound`.
-    pub state: String,
+    pub state: BindingState,
 }
 
 impl From<&directory::User> for User {
@@ -198,7 +198,7 @@ impl From<&directory::User> for User {
             m365: u.m365.as_ref().map(|b| UserBinding {
                 immutable_id: b.immutable_id.clone(),
                 user_principal_name: b.user_principal_name.clone(),
-                state: b.state.clone(),
+                state: b.state,
             }),
         }
     }
@@ -216,8 +216,8 @@ pub struct UserDetail {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncStatus {
-    /// `pending`, `bound`, `failed`, `unbound`; null when never bound.
-    pub state: Option<String>,
+    /// Null when never bound.
+    pub state: Option<BindingState>,
     pub immutable_id: Option<String>,
     pub m365_object_id: Option<String>,
     pub user_principal_name: Option<String>,

@@ -66,7 +66,7 @@ impl M365Sync {
                 let Some(binding) = self.store.binding_by_object_id(object_id).await? else {
                     continue;
                 };
-                if binding.state != "bound" {
+                if !binding.state.signs_in() {
                     continue;
                 }
                 let user = match self.directory.get_user(&binding.user_id).await {

@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::binding::BindingState;
 use crate::config::SyncConfig;
 use crate::directory::{Directory, DirectoryError, User};
 use crate::events::{kind, Actor, NewEvent};
@@ -58,7 +59,7 @@ pub struct BindReport {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserSyncStatus {
-    pub state: Option<String>,
+    pub state: Option<BindingState>,
     pub immutable_id: Option<String>,
     pub m365_object_id: Option<String>,
     pub user_principal_name: Option<String>,
@@ -233,7 +234,7 @@ impl M365Sync {
         let mut events = Vec::new();
         for user in users {
             if let Some(b) = &user.m365 {
-                if matches!(b.state.as_str(), "bound" | "pending") {
+                if b.state.receives_changes() {
                     report
                         .skipped
                         .push((user.username.clone(), format!("already {}", b.state)));
@@ -292,7 +293,7 @@ impl M365Sync {
                 Err(e) => return Err(e.into()),
             };
             match &user.m365 {
-                Some(b) if b.state != "unbound" => {
+                Some(b) if b.state != BindingState::Unbound => {
                     ids.push(user.id.clone());
                     events.push(
                         NewEvent::new(now, actor, kind::M365_UNBIND, Some(&user.username))
@@ -423,7 +424,7 @@ impl M365Sync {
         let queued = self.store.queued_jobs(&user.id).await?;
         let failed = self.store.failed_jobs(Some(&user.id)).await?;
         Ok(UserSyncStatus {
-            state: binding.as_ref().map(|b| b.state.clone()),
+            state: binding.as_ref().map(|b| b.state),
             immutable_id: binding.as_ref().map(|b| b.immutable_id.clone()),
             m365_object_id: binding.as_ref().and_then(|b| b.m365_object_id.clone()),
             user_principal_name: binding.as_ref().map(|b| b.user_principal_name.clone()),

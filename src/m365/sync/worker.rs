@@ -5,6 +5,13 @@
 //! a bind: the account, then the manager). Each part has its own outcome: when the main part
 //! reached Microsoft 365 and a later part did not, the job is recorded as delivered and the
 //! part left is written as a job of its own, failed with Graph's refusal or queued to retry.
+//!
+//! Each kind of job is a pipeline (`binds`, `updates`): planned from the user as it is now,
+//! sent in phases (one `$batch` exchange per phase for the whole round), and its outcome read
+//! off the answers; [`M365Sync::record`] then stores every outcome under the round's lease.
+
+mod binds;
+mod updates;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -12,24 +19,19 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use secrecy::ExposeSecret;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::attributes::{full_patch, patch_for, Directions};
+use super::attributes::Directions;
 use super::M365Sync;
-use crate::directory::{
-    generate_password, DirectoryError, User, UserState, OUTBOX_PASSWORD_CONTEXT,
-};
+use crate::directory::{DirectoryError, User, UserState};
 use crate::events::{kind, Actor, NewEvent};
 use crate::m365::graph::{
     BatchRequest, BatchResponse, GraphDomain, GraphError, GraphUser, USER_SELECT,
 };
 use crate::m365::permissions::GraphCall;
 use crate::m365::M365Error;
-use crate::store::{
-    BindOutcome, BindingRow, Completion, FollowUp, JobEffect, JobKind, OutboxJob, OutboxRow,
-    REVOKE_SESSIONS,
-};
+use crate::store::{BindingRow, Completion, FollowUp, JobEffect, JobKind, OutboxJob, OutboxRow};
 
 /// How long a stopping round may take to record what it sent.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -246,9 +248,15 @@ impl Outcome {
     }
 }
 
-/// Parses a sub-request id `"{job}"` or `"{job}:{part}"` into the job's position.
-fn job_index(id: &str) -> Option<usize> {
-    id.split(':').next()?.parse().ok()
+/// Graph's answer to one sub-request: the 2xx body (`None` for 204), or its failure.
+type Answer = Result<Option<Value>, GraphError>;
+
+/// What planning decided for a job.
+enum Plan<P> {
+    /// What to send.
+    Send(P),
+    /// Decided without Graph: nothing to send, or refused before sending.
+    Settled(Outcome),
 }
 
 impl M365Sync {
@@ -661,7 +669,7 @@ impl M365Sync {
     /// Whether the M365 account should be enabled: bound (or being bound), active here, and
     /// the password not expired under the policy (seed 003).
     fn desired_enabled(&self, work: &Work, now: DateTime<Utc>) -> bool {
-        matches!(work.binding.state.as_str(), "bound" | "pending")
+        work.binding.state.receives_changes()
             && work.user.state == UserState::Active
             && !(work.user.password_changed_at.is_some()
                 && self.directory.password_expired(&work.user, now))
@@ -704,498 +712,80 @@ impl M365Sync {
             .await
     }
 
-    /// Answers binds' look-ups from a listing of the tenant's users where that costs fewer
-    /// Graph requests than looking the waiting binds up 20 per `$batch`. Fills `found` and
-    /// returns which jobs it answered; retried jobs are always looked up (an earlier attempt
-    /// may have created the user after the listing was taken).
-    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
-    async fn lookup_in_listing(
-        &self,
-        active: &[Work],
-        found: &mut [Option<GraphUser>],
-    ) -> Result<Vec<bool>, Outcome> {
-        let mut answered = vec![false; active.len()];
-        let first_tries: Vec<usize> = (0..active.len())
-            .filter(|&i| active[i].job.attempts == 0)
-            .collect();
-        if first_tries.is_empty() {
-            return Ok(answered);
-        }
-        let mut listing = self.tenant_listing.lock().await;
-        if !listing.as_ref().is_some_and(TenantListing::fresh) {
-            let waiting = self
-                .store
-                .queued_bind_count()
-                .await
-                .unwrap_or(0)
-                .max(first_tries.len() as i64);
-            let tenant_size = match listing.as_ref() {
-                Some(previous) => previous.size as i64,
-                None => self.store.known_m365_user_count().await.unwrap_or(i64::MAX),
-            };
-            let listing_cost = tenant_size.saturating_add(1) / i64::from(LISTING_PAGE) + 1;
-            let lookup_cost = (waiting + BATCH_SIZE - 1) / BATCH_SIZE;
-            if listing_cost >= lookup_cost {
-                return Ok(answered);
-            }
-            let graph = self.m365.graph();
-            let users = self
-                .m365
-                .call(|t| async move {
-                    let mut all = Vec::new();
-                    graph
-                        .list_all_users(t.expose_secret(), LISTING_PAGE, |page| all.extend(page))
-                        .await?;
-                    Ok(all)
-                })
-                .await
-                .map_err(|e| Outcome::from_connection(GraphCall::ReadUsers, e))?;
-            tracing::debug!(
-                users = users.len(),
-                binds = waiting,
-                "listed the tenant's users to bind"
-            );
-            *listing = Some(TenantListing::new(users, Instant::now()));
-        }
-        if let Some(listing) = listing.as_mut() {
-            for i in first_tries {
-                let work = &active[i];
-                if let Some(answer) =
-                    listing.answer(work.binding.m365_object_id.as_deref(), &work.user.email)
-                {
-                    found[i] = answer;
-                    answered[i] = true;
-                }
-            }
-        }
-        Ok(answered)
-    }
-
-    /// Binds: look every user up (object id first, else UPN; from a tenant listing for large
-    /// binds), create the missing ones and overwrite the found ones, then set managers.
-    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
-    async fn deliver_binds(
-        &self,
-        binds: Vec<Work>,
-        directions: &Directions,
-        lease: &RoundLease,
-        now: DateTime<Utc>,
-    ) -> Vec<(Work, Outcome)> {
-        let mut results: Vec<(Work, Outcome)> = Vec::new();
-        let mut active = Vec::new();
-        for work in binds {
-            // Unbound while the bind waited: nothing to create.
-            if work.binding.state == "unbound" {
-                results.push((work, Outcome::done(JobEffect::Nothing)));
-            } else {
-                active.push(work);
-            }
-        }
-        if active.is_empty() {
-            return results;
-        }
-        let domains = match self.domains().await {
-            Ok(d) => d,
-            Err(err) => {
-                let outcome = Outcome::from_connection(GraphCall::ListDomains, err);
-                results.extend(active.into_iter().map(|w| (w, outcome.clone())));
-                return results;
-            }
-        };
-        let federated = |upn: &str| -> bool {
-            upn.rsplit_once('@').is_some_and(|(_, d)| {
-                domains
-                    .iter()
-                    .any(|x| x.id.eq_ignore_ascii_case(d) && x.authentication_type == "Federated")
-            })
-        };
-
-        // 1. Look up: from the tenant listing where cheaper, else by the known object id,
-        //    then (if gone) by UPN.
-        let mut found: Vec<Option<GraphUser>> = vec![None; active.len()];
-        let mut failed: Vec<Option<Outcome>> = vec![None; active.len()];
-        let answered = match self.lookup_in_listing(&active, &mut found).await {
-            Ok(a) => a,
-            Err(outcome) => {
-                results.extend(active.into_iter().map(|w| (w, outcome.clone())));
-                return results;
-            }
-        };
-        let lookups: Vec<BatchRequest> = active
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !answered[*i])
-            .filter_map(|(i, w)| {
-                w.binding
-                    .m365_object_id
-                    .as_deref()
-                    .map(|id| get_user_request(i, id))
-            })
-            .collect();
-        if let Err(outcome) = self.lookup(lookups, &mut found, &mut failed, lease).await {
-            results.extend(active.into_iter().map(|w| (w, outcome.clone())));
-            return results;
-        }
-        let by_upn: Vec<BatchRequest> = (0..active.len())
-            .filter(|&i| !answered[i] && found[i].is_none() && failed[i].is_none())
-            .map(|i| get_user_request(i, &active[i].user.email))
-            .collect();
-        if let Err(outcome) = self.lookup(by_upn, &mut found, &mut failed, lease).await {
-            results.extend(active.into_iter().map(|w| (w, outcome.clone())));
-            return results;
-        }
-
-        // 2. Create or overwrite.
-        let mut writes = Vec::new();
-        let mut plans: Vec<Option<BindOutcome>> = vec![None; active.len()];
-        for (i, work) in active.iter().enumerate() {
-            if failed[i].is_some() {
-                continue;
-            }
-            let enabled = self.desired_enabled(work, now);
-            let mut patch = full_patch(&work.user, directions);
-            patch.insert("accountEnabled".into(), Value::Bool(enabled));
-            let upn = work.user.email.clone();
-            match &found[i] {
-                Some(existing) => {
-                    let current_upn = existing.user_principal_name.clone().unwrap_or_default();
-                    let immutable = match existing.on_premises_immutable_id.as_deref() {
-                        Some(id) if !id.is_empty() => id.to_string(),
-                        _ => {
-                            if federated(&current_upn) || federated(&upn) {
-                                failed[i] = Some(Outcome::Fail(format!(
-                                    "the Microsoft 365 user {current_upn} has no immutable ID and its domain is federated, \
-                                     so Microsoft does not allow setting one. Fix: in Microsoft 365, change the user's \
-                                     userPrincipalName to the tenant's .onmicrosoft.com domain, bind the user again, then \
-                                     change the email back here (or bind before converting the domain to federated)"
-                                )));
-                                continue;
-                            }
-                            patch.insert(
-                                "onPremisesImmutableId".into(),
-                                Value::String(work.binding.immutable_id.clone()),
-                            );
-                            work.binding.immutable_id.clone()
-                        }
-                    };
-                    if current_upn.eq_ignore_ascii_case(&upn) {
-                        // Same sign-in name: do not send it (a no-op Graph still checks).
-                        patch.remove("userPrincipalName");
-                    }
-                    writes.push(BatchRequest {
-                        id: i.to_string(),
-                        method: Method::PATCH,
-                        url: format!("/users/{}", existing.id),
-                        body: Some(Value::Object(patch)),
-                    });
-                    plans[i] = Some(BindOutcome {
-                        m365_object_id: existing.id.clone(),
-                        immutable_id: immutable,
-                        user_principal_name: upn,
-                        account_enabled: enabled,
-                        created: false,
-                    });
-                }
-                None => {
-                    let mut body = patch;
-                    // Empty values are not sent on create (collections must not be null).
-                    body.retain(|_, v| match v {
-                        Value::Null => false,
-                        Value::Array(a) => !a.is_empty(),
-                        _ => true,
-                    });
-                    body.insert("userPrincipalName".into(), Value::String(upn.clone()));
-                    body.insert("mailNickname".into(), Value::String(mail_nickname(&upn)));
-                    body.insert(
-                        "onPremisesImmutableId".into(),
-                        Value::String(work.binding.immutable_id.clone()),
-                    );
-                    // Graph needs a password to create a user; idbridge only keeps hashes, so a
-                    // random one is set and the real one follows at the next sign-in (seed 000).
-                    body.insert(
-                        "passwordProfile".into(),
-                        json!({
-                            "password": generate_password().expose_secret(),
-                            "forceChangePasswordNextSignIn": false,
-                        }),
-                    );
-                    writes.push(BatchRequest {
-                        id: i.to_string(),
-                        method: Method::POST,
-                        url: "/users".into(),
-                        body: Some(Value::Object(body)),
-                    });
-                    plans[i] = Some(BindOutcome {
-                        m365_object_id: String::new(),
-                        immutable_id: work.binding.immutable_id.clone(),
-                        user_principal_name: upn,
-                        account_enabled: enabled,
-                        created: true,
-                    });
-                }
-            }
-        }
-        match self.batch(writes, lease).await {
-            Ok(responses) => {
-                for response in responses {
-                    let Some(i) = job_index(&response.id) else {
-                        continue;
-                    };
-                    let created = plans[i].as_ref().is_some_and(|p| p.created);
-                    let call = if created {
-                        GraphCall::CreateUser
-                    } else {
-                        GraphCall::UpdateUser
-                    };
-                    match response.result {
-                        Ok(body) => {
-                            if let Some(plan) = plans[i].as_mut().filter(|p| p.created) {
-                                match body
-                                    .as_ref()
-                                    .and_then(|b| b.get("id"))
-                                    .and_then(Value::as_str)
-                                {
-                                    Some(id) => plan.m365_object_id = id.to_string(),
-                                    None => {
-                                        failed[i] = Some(Outcome::Retry(
-                                            "POST /users (creating the Microsoft 365 user): Graph created the user but sent no id".into(),
-                                        ))
-                                    }
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            failed[i] = Some(if created && error.is_conflict() {
-                                // Nobody had the address when looked up, so a deleted user
-                                // still holds it (Microsoft releases it later, seed 003), or
-                                // it was created meanwhile: the retry looks the user up.
-                                Outcome::Retry(format!(
-                                    "{}. Microsoft 365 may still hold this address for a recently deleted \
-                                     user (it can take up to 24 hours); idbridge keeps retrying",
-                                    call.explain(&error)
-                                ))
-                            } else if !created && error.is_not_found() {
-                                Outcome::Retry(call.explain(&error))
-                            } else {
-                                Outcome::from_graph(call, &error)
-                            });
-                        }
-                    }
-                }
-            }
-            Err(err) => {
-                let outcome = Outcome::from_connection(GraphCall::CreateUser, err);
-                for (i, plan) in plans.iter().enumerate() {
-                    if plan.is_some() && failed[i].is_none() {
-                        failed[i] = Some(outcome.clone());
-                    }
-                }
-            }
-        }
-
-        // 3. Managers, for the users written. The round's own new accounts count: a manager
-        //    bound in the same round is set at once.
-        let mut parts: Vec<Vec<Part>> = (0..active.len()).map(|_| Vec::new()).collect();
-        let mut follow_ups: Vec<Vec<FollowUp>> = (0..active.len()).map(|_| Vec::new()).collect();
-        if directions.exports("manager") {
-            let round_objects: HashMap<&str, &str> = active
-                .iter()
-                .zip(&plans)
-                .enumerate()
-                .filter(|(i, _)| failed[*i].is_none())
-                .filter_map(|(_, (w, p))| {
-                    p.as_ref()
-                        .map(|p| (w.user.id.as_str(), p.m365_object_id.as_str()))
-                })
-                .collect();
-            for (i, work) in active.iter().enumerate() {
-                if failed[i].is_some() {
-                    continue;
-                }
-                let Some(plan) = &plans[i] else {
-                    continue;
-                };
-                let manager_object = match &work.user.manager_id {
-                    Some(m) => match round_objects.get(m.as_str()) {
-                        Some(object) => Some(object.to_string()),
-                        None => self.store.object_id_of_user(m).await.ok().flatten(),
-                    },
-                    None => None,
-                };
-                if let Some(request) = self.manager_request(
-                    i,
-                    &plan.m365_object_id,
-                    &work.user,
-                    manager_object.as_deref(),
-                    plan.created,
-                ) {
-                    parts[i].push(Part {
-                        call: GraphCall::SetManager,
-                        request,
-                        retry_as: OutboxJob::attributes(&["manager"]),
-                    });
-                }
-            }
-            // Reports bound before their manager get their manager now.
-            let new_managers: Vec<String> = active
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| failed[*i].is_none() && plans[*i].is_some())
-                .map(|(_, w)| w.user.id.clone())
-                .collect();
-            match self.store.bound_reports_of(&new_managers).await {
-                Ok(reports) => {
-                    let position: HashMap<&str, usize> = active
-                        .iter()
-                        .enumerate()
-                        .map(|(i, w)| (w.user.id.as_str(), i))
-                        .collect();
-                    for (report, manager) in reports {
-                        if let Some(&i) = position.get(manager.as_str()) {
-                            follow_ups[i].push(FollowUp {
-                                user_id: report,
-                                job: OutboxJob::attributes(&["manager"]),
-                                error: None,
-                                failed: false,
-                                attempts: 0,
-                                next_attempt_at: now.timestamp_millis(),
-                                event: None,
-                            });
-                        }
-                    }
-                }
-                Err(err) => tracing::warn!(%err, "cannot read the reports of newly bound managers"),
-            }
-        }
-        self.send_parts(&active, parts, &failed, &mut follow_ups, lease, now)
-            .await;
-
-        for (i, work) in active.into_iter().enumerate() {
-            let outcome = match (failed[i].take(), plans[i].take()) {
-                (Some(outcome), _) => outcome,
-                (None, Some(plan)) => {
-                    let event = if plan.created {
-                        kind::M365_USER_CREATED
-                    } else {
-                        kind::M365_USER_ADOPTED
-                    };
-                    Outcome::Done {
-                        effect: JobEffect::Bound(plan),
-                        event: Some(event),
-                        follow_ups: std::mem::take(&mut follow_ups[i]),
-                    }
-                }
-                (None, None) => Outcome::Retry("nothing was sent".into()),
-            };
-            results.push((work, outcome));
-        }
-        results
-    }
-
-    /// Runs lookups; fills `found` (404 leaves it empty) or `failed`. `Err` when the whole
-    /// batch failed.
-    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
-    async fn lookup(
-        &self,
-        requests: Vec<BatchRequest>,
-        found: &mut [Option<GraphUser>],
-        failed: &mut [Option<Outcome>],
-        lease: &RoundLease,
-    ) -> Result<(), Outcome> {
-        let responses = self
-            .batch(requests, lease)
-            .await
-            .map_err(|e| Outcome::from_connection(GraphCall::ReadUsers, e))?;
-        for response in responses {
-            let Some(i) = job_index(&response.id) else {
-                continue;
-            };
-            match response.result {
-                Ok(Some(body)) => match serde_json::from_value::<GraphUser>(body) {
-                    Ok(user) => found[i] = Some(user),
-                    Err(e) => {
-                        failed[i] = Some(Outcome::Retry(format!(
-                            "GET /users/{{id}} (reading the Microsoft 365 user): unreadable answer: {e}"
-                        )))
-                    }
-                },
-                Ok(None) => {
-                    failed[i] = Some(Outcome::Retry(
-                        "GET /users/{id} (reading the Microsoft 365 user): Graph sent an empty user"
-                            .into(),
-                    ))
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => failed[i] = Some(Outcome::from_graph(GraphCall::ReadUsers, &e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends the later parts of jobs whose main part reached Microsoft 365 (`failed` is
-    /// empty for them); a part that does not get through becomes a follow-up job of its own.
-    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
+    /// Sends the later parts of jobs whose main part reached Microsoft 365 (the jobs that did
+    /// not come with none), in one phase; a part that does not get through becomes a
+    /// follow-up job of its own. One list of follow-ups per job, in order.
     async fn send_parts(
         &self,
         works: &[Work],
         parts: Vec<Vec<Part>>,
-        failed: &[Option<Outcome>],
-        follow_ups: &mut [Vec<FollowUp>],
         lease: &RoundLease,
         now: DateTime<Utc>,
-    ) {
-        let mut requests = Vec::new();
-        let mut sent: HashMap<String, (usize, GraphCall, OutboxJob)> = HashMap::new();
-        for (i, job_parts) in parts.into_iter().enumerate() {
-            if failed[i].is_some() {
-                continue;
-            }
-            for (k, part) in job_parts.into_iter().enumerate() {
-                let id = format!("{i}:{k}");
-                let mut request = part.request;
-                request.id = id.clone();
-                requests.push(request);
-                sent.insert(id, (i, part.call, part.retry_as));
-            }
-        }
-        if requests.is_empty() {
-            return;
-        }
-        let outcomes: Vec<(String, Option<Outcome>)> = match self.batch(requests, lease).await {
-            Ok(responses) => responses
-                .into_iter()
-                .map(|r| {
-                    let outcome = match (&r.result, sent.get(&r.id)) {
-                        (Ok(_), _) => None,
-                        // Removing a manager the user does not have is fine.
-                        (Err(e), Some((_, GraphCall::SetManager, _))) if e.is_not_found() => None,
-                        (Err(e), Some((_, call, _))) => Some(Outcome::from_graph(*call, e)),
-                        (Err(_), None) => None,
-                    };
-                    (r.id, outcome)
+    ) -> Vec<Vec<FollowUp>> {
+        let requests = parts
+            .iter()
+            .map(|job_parts| job_parts.iter().map(|p| p.request.clone()).collect())
+            .collect();
+        let answers: Vec<Vec<Option<Outcome>>> = match self.exchange(requests, lease).await {
+            Ok(answers) => parts
+                .iter()
+                .zip(answers)
+                .map(|(job_parts, answers)| {
+                    job_parts
+                        .iter()
+                        .zip(answers)
+                        .map(|(part, answer)| match answer {
+                            Ok(_) => None,
+                            // Removing a manager the user does not have is fine.
+                            Err(e) if part.call == GraphCall::SetManager && e.is_not_found() => {
+                                None
+                            }
+                            Err(e) => Some(Outcome::from_graph(part.call, &e)),
+                        })
+                        .collect()
                 })
                 .collect(),
-            Err(err) => {
-                let ids: Vec<String> = sent.keys().cloned().collect();
-                ids.into_iter()
-                    .map(|id| {
-                        let call = sent.get(&id).map_or(GraphCall::UpdateUser, |s| s.1);
-                        (id, Some(Outcome::from_connection(call, err_clone(&err))))
+            Err(err) => parts
+                .iter()
+                .map(|job_parts| {
+                    job_parts
+                        .iter()
+                        .map(|part| Some(Outcome::from_connection(part.call, err_clone(&err))))
+                        .collect()
+                })
+                .collect(),
+        };
+        works
+            .iter()
+            .zip(parts.into_iter().zip(answers))
+            .map(|(work, (job_parts, outcomes))| {
+                job_parts
+                    .into_iter()
+                    .zip(outcomes)
+                    .filter_map(|(part, outcome)| {
+                        outcome.map(|o| self.follow_up(work, part.retry_as, o, now))
                     })
                     .collect()
-            }
-        };
-        for (id, outcome) in outcomes {
-            let (Some(outcome), Some((i, _, job))) = (outcome, sent.remove(&id)) else {
-                continue;
-            };
-            if let Some(work) = works.get(i) {
-                let follow_up = self.follow_up(work, job, outcome, now);
-                if let Some(list) = follow_ups.get_mut(i) {
-                    list.push(follow_up);
-                }
-            }
-        }
+            })
+            .collect()
+    }
+
+    /// Sends one phase of a round: each job's requests (none, one or several) together in
+    /// `$batch`es; each job gets Graph's answers in the same shape. `Err` when nothing was
+    /// answered (the connection failed, or the round may no longer send).
+    async fn exchange(
+        &self,
+        requests: Vec<Vec<BatchRequest>>,
+        lease: &RoundLease,
+    ) -> Result<Vec<Vec<Answer>>, M365Error> {
+        let shape: Vec<usize> = requests.iter().map(Vec::len).collect();
+        // The Graph client answers in request order (it numbers the sub-requests itself).
+        let flat: Vec<BatchRequest> = requests.into_iter().flatten().collect();
+        let mut answers = self.batch(flat, lease).await?.into_iter().map(|r| r.result);
+        Ok(shape
+            .into_iter()
+            .map(|n| answers.by_ref().take(n).collect())
+            .collect())
     }
 
     /// The manager reference to write for `user`: set to the manager's M365 user when the
@@ -1203,7 +793,6 @@ impl M365Sync {
     /// (it has no manager, and a removal would spend a Graph write for nothing).
     fn manager_request(
         &self,
-        i: usize,
         object_id: &str,
         user: &User,
         manager_object: Option<&str>,
@@ -1211,7 +800,7 @@ impl M365Sync {
     ) -> Option<BatchRequest> {
         match (manager_object, &user.manager_id) {
             (Some(manager_object), Some(_)) => Some(BatchRequest {
-                id: i.to_string(),
+                id: String::new(),
                 method: Method::PUT,
                 url: format!("/users/{object_id}/manager/$ref"),
                 body: Some(json!({
@@ -1223,238 +812,12 @@ impl M365Sync {
             (None, Some(_)) => None,
             (_, None) if created => None,
             (_, None) => Some(BatchRequest {
-                id: i.to_string(),
+                id: String::new(),
                 method: Method::DELETE,
                 url: format!("/users/{object_id}/manager/$ref"),
                 body: None,
             }),
         }
-    }
-
-    /// Attribute, password, account and sign-out jobs: one main request each (a PATCH, or the
-    /// sign-out), then their later parts (manager reference, sign-out after a password), all
-    /// in `$batch`es.
-    #[allow(clippy::indexing_slicing)] // reason: every index is a position in `active` (0..len); the parallel vectors are built with its length
-    async fn deliver_updates(
-        &self,
-        updates: Vec<Work>,
-        directions: &Directions,
-        lease: &RoundLease,
-        now: DateTime<Utc>,
-    ) -> Vec<(Work, Outcome)> {
-        let mut mains: Vec<BatchRequest> = Vec::new();
-        let mut main_calls: HashMap<usize, GraphCall> = HashMap::new();
-        let mut parts: Vec<Vec<Part>> = (0..updates.len()).map(|_| Vec::new()).collect();
-        let mut effects: Vec<Option<JobEffect>> = vec![None; updates.len()];
-        let mut failed: Vec<Option<Outcome>> = vec![None; updates.len()];
-        let mut tenant_domains: Option<Vec<GraphDomain>> = None;
-        for (i, work) in updates.iter().enumerate() {
-            let Some(object_id) = work.binding.m365_object_id.clone() else {
-                // Never reached M365: the next bind sends everything.
-                effects[i] = Some(JobEffect::Nothing);
-                continue;
-            };
-            let bound = work.binding.state == "bound";
-            let enabled = self.desired_enabled(work, now);
-            let revoke = || Part {
-                call: GraphCall::RevokeSessions,
-                request: revoke_request(i, &object_id),
-                retry_as: OutboxJob::revoke_sessions(),
-            };
-            let (call, patch): (GraphCall, Map<String, Value>) = match work.job.job_kind() {
-                Some(JobKind::Account) => {
-                    if !bound && work.binding.state != "unbound" {
-                        effects[i] = Some(JobEffect::Nothing);
-                        continue;
-                    }
-                    let mut p = Map::new();
-                    p.insert("accountEnabled".into(), Value::Bool(enabled));
-                    (GraphCall::SetAccountEnabled, p)
-                }
-                Some(JobKind::Attributes) if bound => {
-                    let fields: Vec<String> = work
-                        .job
-                        .fields
-                        .as_deref()
-                        .and_then(|f| serde_json::from_str(f).ok())
-                        .unwrap_or_default();
-                    if fields.iter().any(|f| f == "manager") && directions.exports("manager") {
-                        let manager_object = match &work.user.manager_id {
-                            Some(m) => self.store.object_id_of_user(m).await.ok().flatten(),
-                            None => None,
-                        };
-                        if let Some(request) = self.manager_request(
-                            i,
-                            &object_id,
-                            &work.user,
-                            manager_object.as_deref(),
-                            false,
-                        ) {
-                            parts[i].push(Part {
-                                call: GraphCall::SetManager,
-                                request,
-                                retry_as: OutboxJob::attributes(&["manager"]),
-                            });
-                        }
-                    }
-                    (
-                        GraphCall::UpdateUser,
-                        patch_for(&work.user, &fields, directions),
-                    )
-                }
-                Some(JobKind::RevokeSessions) if bound => {
-                    // A retried sign-out: it is the main request.
-                    main_calls.insert(i, GraphCall::RevokeSessions);
-                    mains.push(revoke_request(i, &object_id));
-                    effects[i] = Some(JobEffect::Synced {
-                        account_enabled: None,
-                        password_pushed: false,
-                    });
-                    continue;
-                }
-                Some(JobKind::Password) if bound => {
-                    if tenant_domains.is_none() {
-                        match self.domains().await {
-                            Ok(d) => tenant_domains = Some(d),
-                            Err(err) => {
-                                failed[i] =
-                                    Some(Outcome::from_connection(GraphCall::ListDomains, err));
-                                continue;
-                            }
-                        }
-                    }
-                    let upn = &work.binding.user_principal_name;
-                    let in_federated = upn.rsplit_once('@').is_some_and(|(_, d)| {
-                        tenant_domains.iter().flatten().any(|x| {
-                            x.id.eq_ignore_ascii_case(d) && x.authentication_type == "Federated"
-                        })
-                    });
-                    // Seed 003: a password change signs the user out of Microsoft 365, for
-                    // federated users too (their password is checked here, so ending their
-                    // sessions is all a change can do there).
-                    let ends_sessions = work
-                        .job
-                        .fields
-                        .as_deref()
-                        .is_some_and(|f| f.contains(REVOKE_SESSIONS));
-                    if ends_sessions {
-                        parts[i].push(revoke());
-                    }
-                    let mut p = Map::new();
-                    let call = if in_federated {
-                        // Graph refuses passwordProfile for federated users: only what else a
-                        // new password means is sent, lifting an expiry block (seed 003).
-                        if work.binding.account_enabled != Some(i64::from(enabled)) {
-                            p.insert("accountEnabled".into(), Value::Bool(enabled));
-                        }
-                        GraphCall::SetAccountEnabled
-                    } else {
-                        let Some(sealed) = work.job.secret_enc.as_deref() else {
-                            effects[i] = Some(JobEffect::Nothing);
-                            continue;
-                        };
-                        let password = match self.sealer.open(sealed, OUTBOX_PASSWORD_CONTEXT) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                failed[i] = Some(Outcome::Fail(format!(
-                                    "the queued password cannot be decrypted ({e}); set the password again"
-                                )));
-                                continue;
-                            }
-                        };
-                        p.insert(
-                            "passwordProfile".into(),
-                            json!({
-                                "password": password.expose_secret(),
-                                "forceChangePasswordNextSignIn": false,
-                            }),
-                        );
-                        // A new password here lifts an expiry block (seed 003).
-                        p.insert("accountEnabled".into(), Value::Bool(enabled));
-                        GraphCall::SetPassword
-                    };
-                    (call, p)
-                }
-                _ => {
-                    effects[i] = Some(JobEffect::Nothing);
-                    continue;
-                }
-            };
-            let account_enabled = patch
-                .get("accountEnabled")
-                .and_then(Value::as_bool)
-                .or_else(|| (call == GraphCall::SetAccountEnabled).then_some(enabled));
-            effects[i] = Some(JobEffect::Synced {
-                account_enabled,
-                // Federated users sign in here: nothing is left to push for them either.
-                password_pushed: work.job.job_kind() == Some(JobKind::Password),
-            });
-            if !patch.is_empty() {
-                main_calls.insert(i, call);
-                mains.push(BatchRequest {
-                    id: i.to_string(),
-                    method: Method::PATCH,
-                    url: format!("/users/{object_id}"),
-                    body: Some(Value::Object(patch)),
-                });
-            }
-        }
-        let mut lost: HashMap<usize, String> = HashMap::new();
-        match self.batch(mains, lease).await {
-            Ok(responses) => {
-                for response in responses {
-                    let Some(i) = job_index(&response.id) else {
-                        continue;
-                    };
-                    if let Err(error) = response.result {
-                        let call = main_calls.get(&i).copied().unwrap_or(GraphCall::UpdateUser);
-                        if error.is_not_found() {
-                            lost.insert(i, call.explain(&error));
-                        }
-                        failed[i] = Some(Outcome::from_graph(call, &error));
-                    }
-                }
-            }
-            Err(err) => {
-                for (i, effect) in effects.iter().enumerate() {
-                    if matches!(effect, Some(JobEffect::Synced { .. })) && failed[i].is_none() {
-                        let call = main_calls.get(&i).copied().unwrap_or(GraphCall::UpdateUser);
-                        failed[i] = Some(Outcome::from_connection(call, err_clone(&err)));
-                    }
-                }
-            }
-        }
-        let mut follow_ups: Vec<Vec<FollowUp>> = (0..updates.len()).map(|_| Vec::new()).collect();
-        self.send_parts(&updates, parts, &failed, &mut follow_ups, lease, now)
-            .await;
-        let mut results = Vec::new();
-        for (i, work) in updates.into_iter().enumerate() {
-            if let Some(message) = lost.remove(&i) {
-                // Deleted in Microsoft 365: idbridge keeps the user unchanged (seed 003);
-                // binding again creates the M365 user again.
-                let message = format!(
-                    "the Microsoft 365 user {} no longer exists (deleted in Microsoft 365?); bind the user again to \
-                     create it. {message}",
-                    work.binding.user_principal_name
-                );
-                if let Err(err) = self.store.mark_binding_lost(&work.user.id, &message).await {
-                    tracing::warn!(%err, "could not mark a lost binding");
-                }
-                results.push((work, Outcome::Fail(message)));
-                continue;
-            }
-            let outcome = match (failed[i].take(), effects[i].take()) {
-                (Some(o), _) => o,
-                (None, Some(effect)) => Outcome::Done {
-                    effect,
-                    event: None,
-                    follow_ups: std::mem::take(&mut follow_ups[i]),
-                },
-                (None, None) => Outcome::done(JobEffect::Nothing),
-            };
-            results.push((work, outcome));
-        }
-        results
     }
 }
 
@@ -1476,9 +839,9 @@ fn err_clone(error: &M365Error) -> M365Error {
 }
 
 /// `POST /users/{id}/revokeSignInSessions` as a batch sub-request.
-fn revoke_request(i: usize, object_id: &str) -> BatchRequest {
+fn revoke_request(object_id: &str) -> BatchRequest {
     BatchRequest {
-        id: i.to_string(),
+        id: String::new(),
         method: Method::POST,
         url: format!("/users/{object_id}/revokeSignInSessions"),
         // Graph refuses write requests in a batch without a body.
@@ -1487,9 +850,9 @@ fn revoke_request(i: usize, object_id: &str) -> BatchRequest {
 }
 
 /// `GET /users/{key}` with the mapped properties, as a batch sub-request.
-fn get_user_request(i: usize, key: &str) -> BatchRequest {
+fn get_user_request(key: &str) -> BatchRequest {
     BatchRequest {
-        id: i.to_string(),
+        id: String::new(),
         method: Method::GET,
         url: format!(
             "/users/{}?$select={}",
