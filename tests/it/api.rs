@@ -998,6 +998,8 @@ async fn users_are_bound_and_unbound_through_the_api() {
 
     let counts = api.ok("/api/v1/sync").await;
     assert_eq!(counts["counts"]["bound"], 1);
+    // Bob was never bound (no binding row): he counts as unbound.
+    assert_eq!(counts["counts"]["unbound"], 1, "{counts}");
     assert_eq!(counts["failedJobs"], json!([]));
 
     // A bound user cannot be deleted.

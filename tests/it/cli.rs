@@ -1079,21 +1079,6 @@ fn with_config(config: &Path, args: &[&str], stdin: &str) -> Output {
 async fn a_backup_taken_while_the_server_writes_restores_users_bindings_events_and_the_certificate()
 {
     let app = crate::support::TestApp::spawn().await;
-    if crate::support::TestApp::on_postgres() {
-        // PostgreSQL is backed up with pg_dump; the command says so and keeps the keys part.
-        let work = tempfile::tempdir().unwrap();
-        app.cli(work.path(), &["cert", "show"]);
-        let target = work.path().join("idbridge.backup");
-        let out = with_config(
-            &work.path().join("idbridge.toml"),
-            &["backup", target.to_str().unwrap()],
-            "backup passphrase 1\n",
-        );
-        assert!(!out.status.success());
-        assert!(stderr(&out).contains("pg_dump"), "{}", stderr(&out));
-        assert!(!target.exists(), "no half backup is left behind");
-        return;
-    }
     let user = app
         .create_user("ana", "ana@contoso.com", "Corr3ct-Horse-Battery")
         .await;
@@ -1110,6 +1095,19 @@ async fn a_backup_taken_while_the_server_writes_restores_users_bindings_events_a
     let work = tempfile::tempdir().unwrap();
     let fingerprint = app.cli(work.path(), &["cert", "show"]);
     let config = work.path().join("idbridge.toml");
+    let on_postgres = crate::support::TestApp::on_postgres();
+    if on_postgres {
+        // PostgreSQL is backed up with pg_dump; the command says so and keeps the keys part.
+        let target = work.path().join("refused.backup");
+        let out = with_config(
+            &config,
+            &["backup", target.to_str().unwrap()],
+            "backup passphrase 1\n",
+        );
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("pg_dump"), "{}", stderr(&out));
+        assert!(!target.exists(), "no half backup is left behind");
+    }
     // Writes keep coming while the backup runs.
     let busy = app.state().clone();
     let writer = tokio::spawn(async move {
@@ -1124,20 +1122,41 @@ async fn a_backup_taken_while_the_server_writes_restores_users_bindings_events_a
         }
     });
     let file = work.path().join("idbridge.backup");
+    let dump = work.path().join("idbridge.dump");
     let cfg = config.clone();
     let target = file.clone();
+    let database_url = app.state().config.database_url();
+    let dump_file = dump.clone();
     let out = tokio::task::spawn_blocking(move || {
-        with_config(
-            &cfg,
-            &["backup", target.to_str().unwrap()],
-            "backup passphrase 1\n",
-        )
+        if on_postgres {
+            // The procedure README gives: pg_dump for the database, the keys apart.
+            let dumped = Command::new(pg_tool("pg_dump"))
+                .args(["-Fc", "-f"])
+                .arg(&dump_file)
+                .arg(&database_url)
+                .output()
+                .unwrap();
+            assert!(dumped.status.success(), "{}", stderr(&dumped));
+            with_config(
+                &cfg,
+                &["backup", target.to_str().unwrap(), "--keys-only"],
+                "backup passphrase 1\n",
+            )
+        } else {
+            with_config(
+                &cfg,
+                &["backup", target.to_str().unwrap()],
+                "backup passphrase 1\n",
+            )
+        }
     })
     .await
     .unwrap();
     writer.await.unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("database.sqlite"), "{}", stdout(&out));
+    if !on_postgres {
+        assert!(stdout(&out).contains("database.sqlite"), "{}", stdout(&out));
+    }
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
@@ -1149,42 +1168,49 @@ async fn a_backup_taken_while_the_server_writes_restores_users_bindings_events_a
         "encrypted"
     );
 
-    // Into an empty directory with its own configuration.
+    // Into an empty directory with its own configuration (on PostgreSQL, a new database that
+    // pg_restore fills).
     let fresh = tempfile::tempdir().unwrap();
     let fresh_config = fresh.path().join("idbridge.toml");
-    std::fs::write(
-        &fresh_config,
-        format!(
-            "data_dir = {:?}\n[certs]\nkey_file = {:?}\ncert_file = {:?}\n",
-            fresh.path().join("data").display().to_string(),
-            fresh.path().join("certs/signing.key").display().to_string(),
-            fresh.path().join("certs/signing.crt").display().to_string(),
-        ),
-    )
-    .unwrap();
-    let wrong = with_config(
-        &fresh_config,
-        &["restore", file.to_str().unwrap()],
-        "not the passphrase\n",
+    let mut fresh_toml = format!(
+        "data_dir = {:?}\n",
+        fresh.path().join("data").display().to_string()
     );
+    let restore_args: Vec<&str> = if on_postgres {
+        let url = restored_postgres_database(&app.state().config.database_url()).await;
+        let restored = Command::new(pg_tool("pg_restore"))
+            .args(["--no-owner", "-d", &url])
+            .arg(&dump)
+            .output()
+            .unwrap();
+        assert!(restored.status.success(), "{}", stderr(&restored));
+        fresh_toml.push_str(&format!("database_url = {url:?}\n"));
+        vec!["--keys-only"]
+    } else {
+        Vec::new()
+    };
+    fresh_toml.push_str(&format!(
+        "[certs]\nkey_file = {:?}\ncert_file = {:?}\n",
+        fresh.path().join("certs/signing.key").display().to_string(),
+        fresh.path().join("certs/signing.crt").display().to_string(),
+    ));
+    std::fs::write(&fresh_config, fresh_toml).unwrap();
+    let restore = |passphrase: &str| {
+        let mut args = vec!["restore", file.to_str().unwrap()];
+        args.extend(&restore_args);
+        with_config(&fresh_config, &args, passphrase)
+    };
+    let wrong = restore("not the passphrase\n");
     assert!(!wrong.status.success());
     assert!(
         stderr(&wrong).contains("passphrase is wrong"),
         "{}",
         stderr(&wrong)
     );
-    let restored = with_config(
-        &fresh_config,
-        &["restore", file.to_str().unwrap()],
-        "backup passphrase 1\n",
-    );
+    let restored = restore("backup passphrase 1\n");
     assert!(restored.status.success(), "{}", stderr(&restored));
     // A second restore refuses to overwrite.
-    let again = with_config(
-        &fresh_config,
-        &["restore", file.to_str().unwrap()],
-        "backup passphrase 1\n",
-    );
+    let again = restore("backup passphrase 1\n");
     assert!(!again.status.success());
     assert!(
         stderr(&again).contains("already exists"),
@@ -1223,4 +1249,47 @@ async fn a_backup_taken_while_the_server_writes_restores_users_bindings_events_a
         .permissions()
         .mode();
     assert_eq!(key_mode & 0o777, 0o600);
+}
+
+/// A PostgreSQL client tool: on PATH, else from Debian's versioned directory.
+fn pg_tool(name: &str) -> std::path::PathBuf {
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+    {
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !path.is_empty() {
+            return path.into();
+        }
+    }
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|v| v.path().join("bin").join(name))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("{name} not found: install postgresql-client"))
+}
+
+/// A new, empty database beside the one at `url` (same server), for a restore.
+async fn restored_postgres_database(url: &str) -> String {
+    use sqlx::Connection;
+    let (server, name) = url.rsplit_once('/').unwrap();
+    let restored = format!("{name}_restored");
+    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {restored}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {restored}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    format!("{server}/{restored}")
 }
