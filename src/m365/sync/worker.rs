@@ -26,9 +26,7 @@ use super::attributes::Directions;
 use super::M365Sync;
 use crate::directory::{DirectoryError, User, UserState};
 use crate::events::{kind, Actor, NewEvent};
-use crate::m365::graph::{
-    BatchRequest, BatchResponse, GraphDomain, GraphError, GraphUser, USER_SELECT,
-};
+use crate::m365::graph::{BatchRequest, GraphDomain, GraphError, GraphUser, USER_SELECT};
 use crate::m365::permissions::GraphCall;
 use crate::m365::M365Error;
 use crate::store::{BindingRow, Completion, FollowUp, JobEffect, JobKind, OutboxJob, OutboxRow};
@@ -248,8 +246,44 @@ impl Outcome {
     }
 }
 
-/// Graph's answer to one sub-request: the 2xx body (`None` for 204), or its failure.
-type Answer = Result<Option<Value>, GraphError>;
+/// Graph's answer to one sub-request: the 2xx body (`None` for 204), or why there is none.
+type Answer = Result<Option<Value>, Refusal>;
+
+/// Why a sub-request has no 2xx answer.
+#[derive(Debug)]
+enum Refusal {
+    /// Graph refused it (or it failed alone).
+    Graph(Box<GraphError>),
+    /// Its `$batch` failed as a whole, or was not sent: the round stopped part way through the
+    /// phase (the server is stopping, or the lease could not be renewed in time).
+    Phase(Box<M365Error>),
+}
+
+impl Refusal {
+    fn is_not_found(&self) -> bool {
+        matches!(self, Refusal::Graph(e) if e.is_not_found())
+    }
+
+    fn is_conflict(&self) -> bool {
+        matches!(self, Refusal::Graph(e) if e.is_conflict())
+    }
+
+    /// The job's outcome when `call` got this answer (an unsent request is given back).
+    fn outcome(&self, call: GraphCall) -> Outcome {
+        match self {
+            Refusal::Graph(e) => Outcome::from_graph(call, e),
+            Refusal::Phase(e) => Outcome::from_connection(call, err_clone(e)),
+        }
+    }
+
+    /// What went wrong, naming `call`.
+    fn explain(&self, call: GraphCall) -> String {
+        match self {
+            Refusal::Graph(e) => call.explain(e),
+            Refusal::Phase(e) => e.to_string(),
+        }
+    }
+}
 
 /// What planning decided for a job.
 enum Plan<P> {
@@ -692,24 +726,46 @@ impl M365Sync {
         Ok(domains)
     }
 
-    /// Sends `requests` as `$batch`es; one response per request, in order. Nothing is sent
-    /// once the round may no longer send (see [`RoundLease`]).
+    /// Sends `requests` as `$batch`es of 20; one answer per request, in order. Before each
+    /// `$batch` the round checks it may still send (see [`RoundLease`]): the requests left
+    /// when it may not are answered [`Refusal::Phase`] and given back unsent. `Err` when
+    /// nothing was answered.
     async fn batch(
         &self,
         requests: Vec<BatchRequest>,
         lease: &RoundLease,
-    ) -> Result<Vec<BatchResponse>, M365Error> {
-        if requests.is_empty() {
-            return Ok(Vec::new());
+    ) -> Result<Vec<Answer>, M365Error> {
+        let mut answers: Vec<Answer> = Vec::with_capacity(requests.len());
+        let chunks: Vec<&[BatchRequest]> = requests.chunks(BATCH_SIZE as usize).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let sent = match lease.may_send() {
+                Ok(()) => {
+                    let graph = self.m365.graph();
+                    self.m365
+                        .call(|t| {
+                            let chunk = chunk.to_vec();
+                            async move { graph.batch(t.expose_secret(), chunk).await }
+                        })
+                        .await
+                }
+                Err(stop) => Err(stop),
+            };
+            match sent {
+                Ok(responses) => answers.extend(
+                    responses
+                        .into_iter()
+                        .map(|r| r.result.map_err(|e| Refusal::Graph(Box::new(e)))),
+                ),
+                Err(err) if answers.is_empty() => return Err(err),
+                Err(err) => {
+                    let left = chunks.iter().skip(n).map(|c| c.len()).sum::<usize>();
+                    answers
+                        .extend((0..left).map(|_| Err(Refusal::Phase(Box::new(err_clone(&err))))));
+                    break;
+                }
+            }
         }
-        lease.may_send()?;
-        let graph = self.m365.graph();
-        self.m365
-            .call(|t| {
-                let requests = requests.clone();
-                async move { graph.batch(t.expose_secret(), requests).await }
-            })
-            .await
+        Ok(answers)
     }
 
     /// Sends the later parts of jobs whose main part reached Microsoft 365 (the jobs that did
@@ -740,7 +796,7 @@ impl M365Sync {
                             Err(e) if part.call == GraphCall::SetManager && e.is_not_found() => {
                                 None
                             }
-                            Err(e) => Some(Outcome::from_graph(part.call, &e)),
+                            Err(e) => Some(e.outcome(part.call)),
                         })
                         .collect()
                 })
@@ -781,7 +837,7 @@ impl M365Sync {
         let shape: Vec<usize> = requests.iter().map(Vec::len).collect();
         // The Graph client answers in request order (it numbers the sub-requests itself).
         let flat: Vec<BatchRequest> = requests.into_iter().flatten().collect();
-        let mut answers = self.batch(flat, lease).await?.into_iter().map(|r| r.result);
+        let mut answers = self.batch(flat, lease).await?.into_iter();
         Ok(shape
             .into_iter()
             .map(|n| answers.by_ref().take(n).collect())
@@ -834,6 +890,7 @@ fn err_clone(error: &M365Error) -> M365Error {
         M365Error::NotConnected => M365Error::NotConnected,
         M365Error::Deactivated => M365Error::Deactivated,
         M365Error::Reconnect(s) => M365Error::Reconnect(s.clone()),
+        M365Error::Interrupted(s) => M365Error::Interrupted(s),
         other => M365Error::Unreachable(other.to_string()),
     }
 }

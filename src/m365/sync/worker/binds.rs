@@ -470,7 +470,7 @@ fn read_user(answer: Answer) -> Stage<Found> {
             "GET /users/{id} (reading the Microsoft 365 user): Graph sent an empty user".into(),
         )),
         Err(e) if e.is_not_found() => Ok(Found::Unknown),
-        Err(e) => Err(Outcome::from_graph(GraphCall::ReadUsers, &e)),
+        Err(e) => Err(e.outcome(GraphCall::ReadUsers)),
     }
 }
 
@@ -501,12 +501,12 @@ fn written(mut plan: BindOutcome, answer: Answer) -> Stage<BindOutcome> {
         Err(error) if plan.created && error.is_conflict() => Err(Outcome::Retry(format!(
             "{}. Microsoft 365 may still hold this address for a recently deleted \
              user (it can take up to 24 hours); idbridge keeps retrying",
-            call.explain(&error)
+            error.explain(call)
         ))),
         // Deleted between the look-up and the write: the retry looks it up again.
         Err(error) if !plan.created && error.is_not_found() => {
-            Err(Outcome::Retry(call.explain(&error)))
+            Err(Outcome::Retry(error.explain(call)))
         }
-        Err(error) => Err(Outcome::from_graph(call, &error)),
+        Err(error) => Err(error.outcome(call)),
     }
 }

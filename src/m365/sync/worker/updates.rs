@@ -340,7 +340,7 @@ fn main_answer(plan: Plan<UpdatePlan>, answer: Option<Answer>) -> MainAnswer {
         .map_or(GraphCall::UpdateUser, |(call, _)| *call);
     match answer {
         None | Some(Ok(_)) => MainAnswer::Through(plan),
-        Some(Err(error)) if error.is_not_found() => MainAnswer::Lost(call.explain(&error)),
-        Some(Err(error)) => MainAnswer::Ended(Outcome::from_graph(call, &error)),
+        Some(Err(error)) if error.is_not_found() => MainAnswer::Lost(error.explain(call)),
+        Some(Err(error)) => MainAnswer::Ended(error.outcome(call)),
     }
 }
