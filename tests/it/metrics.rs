@@ -271,3 +271,40 @@ async fn graph_throttling_token_and_import_show_in_the_metrics() {
         "{body}"
     );
 }
+
+/// `promtool` (Debian's prometheus package, which `scripts/test` installs).
+fn promtool() -> std::path::PathBuf {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v promtool"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|p| !p.is_empty());
+    match found {
+        Some(path) => path.into(),
+        None => panic!("promtool is missing: run ./scripts/test, which installs Debian's prometheus package"),
+    }
+}
+
+#[test]
+fn the_alert_rules_are_valid_prometheus_and_fire_when_they_should() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = std::process::Command::new(promtool())
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool runs");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
