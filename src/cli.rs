@@ -303,6 +303,32 @@ pub enum M365Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the tenant's domains: managed, federated to idbridge (and where Microsoft's
+    /// settings differ from idbridge's) or to another provider.
+    Domains {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Federate a domain to idbridge through Graph: its users then sign in here. Without
+    /// --yes, only shows who it affects and what would be sent (and the PowerShell equivalent).
+    Federate {
+        /// The domain, e.g. contoso.com (verified, not the initial onmicrosoft.com one).
+        domain: String,
+        /// Federate although some of the domain's users are not bound (they could no longer
+        /// sign in to Microsoft 365).
+        #[arg(long)]
+        yes: bool,
+        /// Needed when the domain is the tenant's default domain.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Make a domain federated to idbridge managed again: Microsoft 365 checks the passwords.
+    Unfederate {
+        domain: String,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Deactivate the connection: users stay active in Microsoft 365 and here; every binding
     /// is cleared.
     Deactivate {
@@ -909,7 +935,17 @@ async fn user_command(config: &Config, cmd: UserCommand) -> Result<(), CliError>
     Ok(())
 }
 
+/// A long value (a certificate) cut for a terminal line.
+fn shorten(text: &str) -> String {
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text.to_string()
+    }
+}
+
 async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError> {
+    use crate::m365::federation::{DomainSignIn, FederationError, FederationSettings};
     use crate::m365::{ImportSelection, M365};
     let directory = open_directory(config).await?;
     let m365 = M365::new(config, directory.store().clone()).map_err(fail)?;
@@ -1174,6 +1210,103 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                         }
                     }
                 }
+            }
+        }
+        M365Command::Domains { json } => {
+            let certificate = crate::certs::load(config)
+                .map_err(fail)?
+                .certificate_der_base64()
+                .to_string();
+            let domains = m365
+                .domain_statuses(|d| FederationSettings::for_domain(config, &certificate, d))
+                .await
+                .map_err(fail)?;
+            for d in domains {
+                if json {
+                    println!("{}", serde_json::to_string(&d).map_err(fail)?);
+                    continue;
+                }
+                let mut flags = Vec::new();
+                if d.is_default {
+                    flags.push("default");
+                }
+                if d.is_initial {
+                    flags.push("initial");
+                }
+                if !d.is_verified {
+                    flags.push("unverified");
+                }
+                let sign_in = match d.sign_in {
+                    DomainSignIn::Managed => "managed".to_string(),
+                    DomainSignIn::Idbridge => "federated to idbridge".to_string(),
+                    DomainSignIn::OtherProvider => format!(
+                        "federated elsewhere ({})",
+                        d.issuer_uri.as_deref().unwrap_or("unknown issuer")
+                    ),
+                };
+                println!("{}\t{sign_in}\t{}", d.domain, flags.join(","));
+                for drift in &d.drift {
+                    println!(
+                        "  differs: {} is {} in Microsoft 365, idbridge sends {}",
+                        drift.property,
+                        drift.microsoft.as_deref().unwrap_or("(not set)"),
+                        shorten(&drift.idbridge)
+                    );
+                }
+            }
+        }
+        M365Command::Federate {
+            domain,
+            yes,
+            default,
+        } => {
+            let certificate = crate::certs::load(config)
+                .map_err(fail)?
+                .certificate_der_base64()
+                .to_string();
+            let settings = FederationSettings::for_domain(config, &certificate, &domain);
+            match m365
+                .federate_domain(&actor, &domain, &settings, default, yes, Utc::now())
+                .await
+            {
+                Ok(preview) => {
+                    println!(
+                        "{} is federated to idbridge: its {} bound user(s) sign in here (Microsoft may take a few minutes, at most 2 hours, to switch){}",
+                        preview.domain,
+                        preview.bound.len(),
+                        if preview.not_bound.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; {} user(s) not bound can no longer sign in until you bind them",
+                                preview.not_bound.len()
+                            )
+                        }
+                    );
+                }
+                Err(FederationError::NeedsConfirmation(why)) => {
+                    eprintln!("would send to Microsoft Graph (POST /domains/{domain}/federationConfiguration):");
+                    eprintln!(
+                        "{}",
+                        serde_json::to_string_pretty(&settings.body()).map_err(fail)?
+                    );
+                    eprintln!(
+                        "or by hand in PowerShell:\n{}",
+                        settings.powershell(&domain)
+                    );
+                    return Err(CliError(format!("nothing changed: {why}")));
+                }
+                Err(e) => return Err(CliError(format!("nothing changed: {e}"))),
+            }
+        }
+        M365Command::Unfederate { domain, yes } => {
+            match m365.unfederate_domain(&actor, &domain, yes, Utc::now()).await {
+                Ok(preview) => println!(
+                    "{} is managed again: Microsoft 365 checks the passwords of its {} user(s) (Microsoft may take up to 2 hours to switch)",
+                    preview.domain,
+                    preview.bound.len() + preview.not_bound.len()
+                ),
+                Err(e) => return Err(CliError(format!("nothing changed: {e}"))),
             }
         }
         M365Command::Deactivate { yes } => {

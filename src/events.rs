@@ -111,6 +111,10 @@ pub mod kind {
     pub const M365_USER_ADOPTED: &str = "m365_user_adopted";
     pub const M365_SYNC_FAILED: &str = "m365_sync_failed";
     pub const M365_SYNC_RETRY: &str = "m365_sync_retry";
+    /// A domain was federated to idbridge through Graph.
+    pub const M365_DOMAIN_FEDERATED: &str = "m365_domain_federated";
+    /// A domain federated to idbridge was made managed again through Graph.
+    pub const M365_DOMAIN_UNFEDERATED: &str = "m365_domain_unfederated";
     /// Seed 004: an attribute's direction was set to Import or Export.
     pub const INTEGRATION_ATTRIBUTE_INCLUDE: &str = "integrationattribute_include";
     /// Seed 004: an attribute's direction was set to Exclude.

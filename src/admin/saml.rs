@@ -8,9 +8,9 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
-use serde_json::json;
 
 use super::{display_time, Chrome};
+use crate::m365::federation::FederationSettings;
 use crate::server::AppState;
 use crate::sso::NameIdSource;
 use crate::web::{render, AdminPrincipal};
@@ -90,41 +90,12 @@ struct SamlPage {
 }
 
 /// Graph's `internalDomainFederation` body and the PowerShell equivalent for one domain.
-fn federation(
-    domain: &str,
-    issuer: &str,
-    sign_in: &str,
-    sign_out: &str,
-    certificate: &str,
-) -> Federation {
-    let body = json!({
-        "@odata.type": "#microsoft.graph.internalDomainFederation",
-        "displayName": "idbridge",
-        "issuerUri": issuer,
-        "passiveSignInUri": sign_in,
-        "signOutUri": sign_out,
-        "preferredAuthenticationProtocol": "saml",
-        "signingCertificate": certificate,
-        "federatedIdpMfaBehavior": "acceptIfMfaDoneByFederatedIdp",
-    });
-    // PowerShell double-quoted strings expand `$` and backticks; none of these values has
-    // them (URLs, base64, a domain name), so they are pasted as they are.
-    let powershell = format!(
-        "Connect-MgGraph -Scopes \"Domain-InternalFederation.ReadWrite.All\"\n\
-         New-MgDomainFederationConfiguration -DomainId \"{domain}\" `\n  \
-         -DisplayName \"idbridge\" `\n  \
-         -IssuerUri \"{issuer}\" `\n  \
-         -PassiveSignInUri \"{sign_in}\" `\n  \
-         -SignOutUri \"{sign_out}\" `\n  \
-         -PreferredAuthenticationProtocol \"saml\" `\n  \
-         -SigningCertificate \"{certificate}\" `\n  \
-         -FederatedIdpMfaBehavior \"acceptIfMfaDoneByFederatedIdp\""
-    );
+fn federation(domain: &str, settings: &FederationSettings) -> Federation {
     Federation {
         domain: domain.to_string(),
-        issuer: issuer.to_string(),
-        graph_body: serde_json::to_string_pretty(&body).unwrap_or_default(),
-        powershell,
+        issuer: settings.issuer_uri.clone(),
+        graph_body: serde_json::to_string_pretty(&settings.body()).unwrap_or_default(),
+        powershell: settings.powershell(domain),
     }
 }
 
@@ -145,20 +116,18 @@ async fn page(
         .iter()
         .map(|(d, i)| (d.clone(), i.clone()))
         .collect();
+    let for_domain = |domain: &str| {
+        federation(
+            domain,
+            &FederationSettings::for_domain(config, &certificate, domain),
+        )
+    };
     let federations = if domain_issuers.is_empty() {
-        vec![federation(
-            "contoso.com",
-            &issuer,
-            &sign_in_url,
-            &sign_out_url,
-            &certificate,
-        )]
+        vec![for_domain("contoso.com")]
     } else {
         domain_issuers
             .iter()
-            .map(|(domain, issuer)| {
-                federation(domain, issuer, &sign_in_url, &sign_out_url, &certificate)
-            })
+            .map(|(domain, _)| for_domain(domain))
             .collect()
     };
     let service_providers = state

@@ -2,6 +2,7 @@
 //! every Graph call goes through, and importing users.
 
 pub mod connection;
+pub mod federation;
 pub mod graph;
 pub mod import;
 pub mod permissions;

@@ -100,6 +100,36 @@ pub const REVOKE_SESSIONS: Permission = Permission {
     application_alternatives: &[],
 };
 
+/// Federating domains to idbridge (`idbridge m365 federate`). Not asked for at connection:
+/// only an admin who lets idbridge federate grants it.
+pub const DOMAIN_FEDERATION: Permission = Permission {
+    name: "Domain-InternalFederation.ReadWrite.All",
+    needed_for: "federating a domain to idbridge and making it managed again from idbridge (the consenting admin also needs the External Identity Provider Administrator, Hybrid Identity Administrator, Domain Name Administrator or Security Administrator role)",
+    delegated_alternatives: &["Domain.ReadWrite.All"],
+    application_alternatives: &["Domain.ReadWrite.All"],
+};
+
+/// Reading a domain's federation settings.
+pub const DOMAIN_FEDERATION_READ: Permission = Permission {
+    name: "Domain-InternalFederation.Read.All",
+    needed_for:
+        "showing what Microsoft holds for a federated domain and how it differs from idbridge",
+    delegated_alternatives: &[
+        "Domain-InternalFederation.ReadWrite.All",
+        "Domain.Read.All",
+        "Domain.ReadWrite.All",
+        "Directory.Read.All",
+        "Directory.ReadWrite.All",
+    ],
+    application_alternatives: &[
+        "Domain-InternalFederation.ReadWrite.All",
+        "Domain.Read.All",
+        "Domain.ReadWrite.All",
+        "Directory.Read.All",
+        "Directory.ReadWrite.All",
+    ],
+};
+
 /// Every Graph permission idbridge uses, in the order README lists them.
 pub const PERMISSIONS: &[Permission] = &[
     USER_READ_WRITE,
@@ -127,6 +157,10 @@ pub enum GraphCall {
     RevokeSessions,
     /// `GET /domains`.
     ListDomains,
+    /// `GET /domains/{id}/federationConfiguration`.
+    ReadFederation,
+    /// `POST` or `DELETE /domains/{id}/federationConfiguration`.
+    FederateDomain,
 }
 
 impl GraphCall {
@@ -141,6 +175,8 @@ impl GraphCall {
             GraphCall::SetManager => "PUT /users/{id}/manager/$ref",
             GraphCall::RevokeSessions => "POST /users/{id}/revokeSignInSessions",
             GraphCall::ListDomains => "GET /domains",
+            GraphCall::ReadFederation => "GET /domains/{id}/federationConfiguration",
+            GraphCall::FederateDomain => "POST /domains/{id}/federationConfiguration",
         }
     }
 
@@ -155,6 +191,8 @@ impl GraphCall {
             GraphCall::SetManager => "setting the manager in Microsoft 365",
             GraphCall::RevokeSessions => "signing the user out of Microsoft 365",
             GraphCall::ListDomains => "reading the tenant's domains",
+            GraphCall::ReadFederation => "reading the domain's federation settings",
+            GraphCall::FederateDomain => "changing the domain's federation",
         }
     }
 
@@ -164,6 +202,8 @@ impl GraphCall {
             GraphCall::SetPassword => &PASSWORD_PROFILE,
             GraphCall::RevokeSessions => &REVOKE_SESSIONS,
             GraphCall::ListDomains => &DOMAIN_READ,
+            GraphCall::ReadFederation => &DOMAIN_FEDERATION_READ,
+            GraphCall::FederateDomain => &DOMAIN_FEDERATION,
             _ => &USER_READ_WRITE,
         }
     }

@@ -274,6 +274,17 @@ impl Store {
         Ok(rows.into_iter().map(|(o, u, b)| (o, u, b != 0)).collect())
     }
 
+    /// The M365 object ids of bound users (they carry their immutable ID there).
+    pub async fn bound_m365_object_ids(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT m365_object_id FROM m365_bindings WHERE state = 'bound' \
+             AND m365_object_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// User ids with a Microsoft 365 binding.
     pub async fn bound_user_ids(&self) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as("SELECT user_id FROM m365_bindings")

@@ -17,6 +17,7 @@ mod console;
 mod console_m365;
 mod console_pages;
 mod directory;
+mod federation;
 mod front_door;
 mod fuzz;
 mod graph_fake_selftest;

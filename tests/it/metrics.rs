@@ -283,7 +283,9 @@ fn promtool() -> std::path::PathBuf {
         .filter(|p| !p.is_empty());
     match found {
         Some(path) => path.into(),
-        None => panic!("promtool is missing: run ./scripts/test, which installs Debian's prometheus package"),
+        None => panic!(
+            "promtool is missing: run ./scripts/test, which installs Debian's prometheus package"
+        ),
     }
 }
 
@@ -307,4 +309,3 @@ fn the_alert_rules_are_valid_prometheus_and_fire_when_they_should() {
         );
     }
 }
-

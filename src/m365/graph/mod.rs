@@ -13,7 +13,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tracing::{debug, warn};
 use url::Url;
 
@@ -245,6 +245,79 @@ impl GraphClient {
                 None => return Ok(domains),
             }
         }
+    }
+
+    /// A domain's federation settings (`internalDomainFederation`), `None` when it has none.
+    /// <https://learn.microsoft.com/graph/api/domain-list-federationconfiguration>
+    pub async fn domain_federation(
+        &self,
+        token: &str,
+        domain: &str,
+    ) -> Result<Option<Map<String, Value>>, GraphError> {
+        let url = self.url(
+            &format!("/domains/{}/federationConfiguration", encode(domain)),
+            &[],
+        )?;
+        let answer = self.send(token, Method::GET, url, None).await?;
+        let page: Collection<Map<String, Value>> = decode(&answer)?;
+        Ok(page.value.into_iter().next())
+    }
+
+    /// Federates a domain: `POST /domains/{id}/federationConfiguration` (201 with the object).
+    /// <https://learn.microsoft.com/graph/api/domain-post-federationconfiguration>
+    pub async fn create_domain_federation(
+        &self,
+        token: &str,
+        domain: &str,
+        body: &Value,
+    ) -> Result<Map<String, Value>, GraphError> {
+        let url = self.url(
+            &format!("/domains/{}/federationConfiguration", encode(domain)),
+            &[],
+        )?;
+        let answer = self.send(token, Method::POST, url, Some(body)).await?;
+        decode(&answer)
+    }
+
+    /// Changes some of a domain's federation settings.
+    /// <https://learn.microsoft.com/graph/api/internaldomainfederation-update>
+    pub async fn update_domain_federation(
+        &self,
+        token: &str,
+        domain: &str,
+        id: &str,
+        patch: &Value,
+    ) -> Result<(), GraphError> {
+        let url = self.url(
+            &format!(
+                "/domains/{}/federationConfiguration/{}",
+                encode(domain),
+                encode(id)
+            ),
+            &[],
+        )?;
+        self.send(token, Method::PATCH, url, Some(patch)).await?;
+        Ok(())
+    }
+
+    /// Removes a domain's federation: the domain is managed again (cloud passwords).
+    /// <https://learn.microsoft.com/graph/api/internaldomainfederation-delete>
+    pub async fn delete_domain_federation(
+        &self,
+        token: &str,
+        domain: &str,
+        id: &str,
+    ) -> Result<(), GraphError> {
+        let url = self.url(
+            &format!(
+                "/domains/{}/federationConfiguration/{}",
+                encode(domain),
+                encode(id)
+            ),
+            &[],
+        )?;
+        self.send(token, Method::DELETE, url, None).await?;
+        Ok(())
     }
 
     /// `{base}{path}?{query}`, `path` already encoded; query values are percent-encoded here.

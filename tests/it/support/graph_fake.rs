@@ -157,7 +157,43 @@ impl GraphFake {
                 federated,
                 is_default,
                 is_initial: false,
+                is_verified: true,
+                federation: None,
             });
+        }
+    }
+
+    /// Adds a domain whose ownership is not proven yet (`isVerified` false).
+    pub fn add_unverified_domain(&self, name: &str) {
+        self.add_domain(name, false, false);
+        let mut st = self.lock();
+        if let Some(d) = st
+            .domains
+            .iter_mut()
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+        {
+            d.is_verified = false;
+        }
+    }
+
+    /// The domain's `internalDomainFederation` as Microsoft holds it, if federated through Graph.
+    pub fn federation(&self, name: &str) -> Option<Value> {
+        let st = self.lock();
+        st.domain(name)
+            .and_then(|d| d.federation.clone())
+            .map(Value::Object)
+    }
+
+    /// Changes one property of a domain's federation, as an admin in PowerShell would.
+    pub fn set_federation_property(&self, name: &str, property: &str, value: Value) {
+        let mut st = self.lock();
+        if let Some(f) = st
+            .domains
+            .iter_mut()
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+            .and_then(|d| d.federation.as_mut())
+        {
+            f.insert(property.into(), value);
         }
     }
 
@@ -427,6 +463,9 @@ struct Domain {
     federated: bool,
     is_default: bool,
     is_initial: bool,
+    is_verified: bool,
+    /// Its `internalDomainFederation` (with `id`), once federated through Graph.
+    federation: Option<Map<String, Value>>,
 }
 
 /// A soft-deleted user in the deleted-items bin (user-delete.md: restorable for 30 days).
@@ -549,6 +588,8 @@ impl State {
                 federated: false,
                 is_default: true,
                 is_initial: true,
+                is_verified: true,
+                federation: None,
             }],
             users: Vec::new(),
             by_id: HashMap::new(),
@@ -2160,6 +2201,21 @@ const DELETE_USERS: &[&str] = &[
     "User.ReadWrite.All",
     "Directory.ReadWrite.All",
 ];
+/// internaldomainfederation-get/list: least privileged Domain-InternalFederation.Read.All.
+const READ_FEDERATION: &[&str] = &[
+    "Domain-InternalFederation.Read.All",
+    "Domain-InternalFederation.ReadWrite.All",
+    "Domain.Read.All",
+    "Domain.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+];
+/// domain-post-federationconfiguration, internaldomainfederation-update/delete: least
+/// privileged Domain-InternalFederation.ReadWrite.All, higher Domain.ReadWrite.All.
+const WRITE_FEDERATION: &[&str] = &[
+    "Domain-InternalFederation.ReadWrite.All",
+    "Domain.ReadWrite.All",
+];
 const READ_DOMAINS: &[&str] = &[
     "Domain.Read.All",
     "Domain.ReadWrite.All",
@@ -2371,6 +2427,17 @@ fn route(
         },
         ["domains", _] => match method {
             "GET" => list_domains(st, caller, Some(&segs[1])),
+            _ => method_not_allowed(),
+        },
+        ["domains", _, "federationconfiguration"] => match method {
+            "GET" => list_federation(st, caller, &segs[1]),
+            "POST" => create_federation(st, caller, &segs[1], body),
+            _ => method_not_allowed(),
+        },
+        ["domains", _, "federationconfiguration", _] => match method {
+            "GET" => get_federation(st, caller, &segs[1], &segs[3]),
+            "PATCH" => update_federation(st, caller, &segs[1], &segs[3], body),
+            "DELETE" => delete_federation(st, caller, &segs[1], &segs[3]),
             _ => method_not_allowed(),
         },
         ["$batch"] => bad("Nested batch requests are not supported."), // FAKE CHOICE of text
@@ -4559,7 +4626,7 @@ fn domain_json(d: &Domain) -> Value {
         "isDefault": d.is_default,
         "isInitial": d.is_initial,
         "isRoot": true,
-        "isVerified": true,
+        "isVerified": d.is_verified,
         "supportedServices": if d.is_initial { json!(["Email", "OfficeCommunicationsOnline"]) } else { json!(["Email", "OfficeCommunicationsOnline", "Intune"]) },
         "passwordValidityPeriodInDays": null,
         "passwordNotificationWindowInDays": null,
@@ -4588,6 +4655,276 @@ fn list_domains(st: &State, caller: &Caller, one: Option<&str>) -> GraphOut {
                 "value": st.domains.iter().map(domain_json).collect::<Vec<_>>(),
             }),
         ),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// /v1.0/domains/{id}/federationConfiguration
+// Docs: api-reference/v1.0/resources/internaldomainfederation.md,
+// api/domain-post-federationconfiguration.md (201 with the object), domain-list-federation
+// configuration.md (a collection), internaldomainfederation-update.md (200 with the object),
+// internaldomainfederation-delete.md (204; the domain is managed again).
+// ------------------------------------------------------------------------------------------
+
+/// Properties an `internalDomainFederation` may carry (resource doc).
+const FEDERATION_PROPERTIES: &[&str] = &[
+    "@odata.type",
+    "displayName",
+    "issuerUri",
+    "metadataExchangeUri",
+    "signingCertificate",
+    "nextSigningCertificate",
+    "passiveSignInUri",
+    "preferredAuthenticationProtocol",
+    "activeSignInUri",
+    "signOutUri",
+    "promptLoginBehavior",
+    "isSignedAuthenticationRequestRequired",
+    "federatedIdpMfaBehavior",
+    "passwordResetUri",
+    "signingCertificateUpdateStatus",
+];
+
+fn federation_domain<'a>(st: &'a mut State, name: &str) -> Result<&'a mut Domain, GraphOut> {
+    st.domains
+        .iter_mut()
+        .find(|d| d.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| not_found(name))
+}
+
+/// Checks a federation body's properties and values; `create` also needs the required ones.
+fn check_federation_body(body: &Map<String, Value>, create: bool) -> Result<(), GraphOut> {
+    for key in body.keys() {
+        if !FEDERATION_PROPERTIES.contains(&key.as_str()) {
+            return Err(bad(format!(
+                "Invalid property '{key}' for type 'microsoft.graph.internalDomainFederation'."
+            ))); // FAKE CHOICE of text
+        }
+    }
+    if create {
+        for key in ["issuerUri", "passiveSignInUri", "signingCertificate"] {
+            if body
+                .get(key)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(bad(format!("Required property '{key}' is missing.")));
+                // FAKE CHOICE
+            }
+        }
+    }
+    for key in ["signingCertificate", "nextSigningCertificate"] {
+        if let Some(text) = body.get(key).and_then(Value::as_str) {
+            let der = B64.decode(text).unwrap_or_default();
+            if openssl::x509::X509::from_der(&der).is_err() {
+                return Err(bad(format!(
+                    "Invalid value for property '{key}': not a base64 X.509 certificate."
+                ))); // FAKE CHOICE
+            }
+        }
+    }
+    if let Some(p) = body.get("preferredAuthenticationProtocol") {
+        if !matches!(p.as_str(), Some("saml" | "wsFed")) {
+            return Err(bad(
+                "Invalid value for property 'preferredAuthenticationProtocol'.",
+            )); // FAKE CHOICE
+        }
+    }
+    if let Some(p) = body.get("federatedIdpMfaBehavior") {
+        if !matches!(
+            p.as_str(),
+            Some(
+                "acceptIfMfaDoneByFederatedIdp"
+                    | "enforceMfaByFederatedIdp"
+                    | "rejectMfaByFederatedIdp"
+            )
+        ) {
+            return Err(bad("Invalid value for property 'federatedIdpMfaBehavior'."));
+            // FAKE CHOICE
+        }
+    }
+    if let Some(p) = body.get("promptLoginBehavior") {
+        if !matches!(
+            p.as_str(),
+            Some("translateToFreshPasswordAuthentication" | "nativeSupport" | "disabled")
+        ) {
+            return Err(bad("Invalid value for property 'promptLoginBehavior'."));
+            // FAKE CHOICE
+        }
+    }
+    Ok(())
+}
+
+fn federation_json(st: &State, domain: &str, f: &Map<String, Value>, one: bool) -> Value {
+    let mut v = Value::Object(f.clone());
+    if one {
+        v["@odata.context"] = json!(format!(
+            "{}/$metadata#domains('{domain}')/federationConfiguration/$entity",
+            st.graph_base()
+        ));
+    }
+    v
+}
+
+fn list_federation(st: &mut State, caller: &Caller, name: &str) -> GraphOut {
+    if !caller.has_any(READ_FEDERATION) {
+        return denied();
+    }
+    let graph_base = st.graph_base();
+    let domain = match federation_domain(st, name) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let value: Vec<Value> = domain
+        .federation
+        .iter()
+        .map(|f| Value::Object(f.clone()))
+        .collect();
+    let context = format!(
+        "{graph_base}/$metadata#domains('{}')/federationConfiguration",
+        domain.name
+    );
+    gok(200, json!({"@odata.context": context, "value": value}))
+}
+
+fn get_federation(st: &mut State, caller: &Caller, name: &str, id: &str) -> GraphOut {
+    if !caller.has_any(READ_FEDERATION) {
+        return denied();
+    }
+    let found = match federation_domain(st, name) {
+        Ok(d) => d
+            .federation
+            .clone()
+            .filter(|f| f.get("id").and_then(Value::as_str) == Some(id)),
+        Err(e) => return e,
+    };
+    match found {
+        Some(f) => gok(200, federation_json(st, name, &f, true)),
+        None => not_found(id),
+    }
+}
+
+fn create_federation(st: &mut State, caller: &Caller, name: &str, body: Option<Value>) -> GraphOut {
+    if !caller.has_any(WRITE_FEDERATION) {
+        return denied();
+    }
+    let Some(Value::Object(body)) = body else {
+        return bad("A request body is required."); // FAKE CHOICE
+    };
+    if let Err(e) = check_federation_body(&body, true) {
+        return e;
+    }
+    let domain = match federation_domain(st, name) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    // The initial *.onmicrosoft.com domain cannot be federated; only verified domains can.
+    if domain.is_initial {
+        return bad("The initial domain cannot be federated."); // FAKE CHOICE of text
+    }
+    if !domain.is_verified {
+        return bad(format!("Domain '{}' is not verified.", domain.name)); // FAKE CHOICE
+    }
+    if domain.federated {
+        return bad(format!("Domain '{}' is already federated.", domain.name)); // FAKE CHOICE
+    }
+    let mut f = body;
+    f.insert(
+        "@odata.type".into(),
+        json!("#microsoft.graph.internalDomainFederation"),
+    );
+    f.insert("id".into(), json!(guid()));
+    for (key, default) in [
+        ("displayName", json!(null)),
+        ("activeSignInUri", json!(null)),
+        ("metadataExchangeUri", json!(null)),
+        ("nextSigningCertificate", json!(null)),
+        ("passwordResetUri", json!(null)),
+        ("signOutUri", json!(null)),
+        ("preferredAuthenticationProtocol", json!("wsFed")),
+        (
+            "promptLoginBehavior",
+            json!("translateToFreshPasswordAuthentication"),
+        ),
+        (
+            "federatedIdpMfaBehavior",
+            json!("acceptIfMfaDoneByFederatedIdp"),
+        ),
+        ("isSignedAuthenticationRequestRequired", json!(false)),
+        (
+            "signingCertificateUpdateStatus",
+            json!({"certificateUpdateResult": "success", "lastRunDateTime": null}),
+        ),
+    ] {
+        f.entry(key).or_insert(default);
+    }
+    domain.federated = true;
+    domain.federation = Some(f.clone());
+    let mut v = federation_json(st, name, &f, true);
+    v["@odata.context"] = json!(format!(
+        "{}/$metadata#domains('{name}')/federationConfiguration/$entity",
+        st.graph_base()
+    ));
+    gok(201, v)
+}
+
+fn update_federation(
+    st: &mut State,
+    caller: &Caller,
+    name: &str,
+    id: &str,
+    body: Option<Value>,
+) -> GraphOut {
+    if !caller.has_any(WRITE_FEDERATION) {
+        return denied();
+    }
+    let Some(Value::Object(body)) = body else {
+        return bad("A request body is required."); // FAKE CHOICE
+    };
+    if let Err(e) = check_federation_body(&body, false) {
+        return e;
+    }
+    let domain = match federation_domain(st, name) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let Some(f) = domain
+        .federation
+        .as_mut()
+        .filter(|f| f.get("id").and_then(Value::as_str) == Some(id))
+    else {
+        return not_found(id);
+    };
+    for (k, v) in body {
+        if k != "@odata.type" {
+            f.insert(k, v);
+        }
+    }
+    let f = f.clone();
+    gok(200, federation_json(st, name, &f, true))
+}
+
+fn delete_federation(st: &mut State, caller: &Caller, name: &str, id: &str) -> GraphOut {
+    if !caller.has_any(WRITE_FEDERATION) {
+        return denied();
+    }
+    let domain = match federation_domain(st, name) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    if domain
+        .federation
+        .as_ref()
+        .is_none_or(|f| f.get("id").and_then(Value::as_str) != Some(id))
+    {
+        return not_found(id);
+    }
+    domain.federation = None;
+    domain.federated = false;
+    GraphOut {
+        status: 204,
+        headers: Vec::new(),
+        body: None,
     }
 }
 

@@ -1,0 +1,489 @@
+//! Federating the tenant's domains to idbridge through Microsoft Graph, instead of pasting
+//! settings into PowerShell: the domain's `internalDomainFederation` is created, compared with
+//! what idbridge would send (drift), and removed again to make the domain managed.
+//!
+//! Microsoft's rules (Graph `domain-post-federationconfiguration` and the Entra SAML IdP
+//! guide): only verified custom domains can be federated, never the initial
+//! `*.onmicrosoft.com` one; once federated every user of the domain signs in at the IdP, so a
+//! user without an immutable ID there can no longer sign in. A preview says who that is before
+//! anything changes.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::connection::{M365Error, M365};
+use super::graph::GraphDomain;
+use super::permissions::GraphCall;
+use crate::config::Config;
+use crate::events::{kind, Actor, NewEvent};
+use crate::store::StoreError;
+
+/// Users listed per Graph page for the preview (Graph's maximum for users).
+const PREVIEW_PAGE: u32 = 999;
+
+/// Why a domain's federation could not be changed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("the tenant has no domain {0:?}; `idbridge m365 domains` lists them")]
+    UnknownDomain(String),
+    #[error("{0} is not verified in Microsoft 365: prove you own it (a DNS TXT record, Microsoft 365 admin center → Settings → Domains) before federating it")]
+    Unverified(String),
+    #[error("{0} is the tenant's initial domain, which Microsoft does not allow to federate; keep a break-glass admin on it")]
+    Initial(String),
+    #[error("{0} is already federated; `idbridge m365 domains` shows what Microsoft holds and what differs from idbridge")]
+    AlreadyFederated(String),
+    #[error("{0} is not federated (it is managed: Microsoft 365 checks the passwords)")]
+    NotFederated(String),
+    /// The change needs the admin's explicit confirmation (what it would do is in the text).
+    #[error("{0}")]
+    NeedsConfirmation(String),
+    #[error(transparent)]
+    M365(#[from] M365Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What idbridge asks Microsoft to hold for a domain federated to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationSettings {
+    /// The Issuer of idbridge's Responses for this domain.
+    pub issuer_uri: String,
+    pub passive_sign_in_uri: String,
+    pub sign_out_uri: String,
+    /// The signing certificate, base64 of its DER (Graph's `signingCertificate`).
+    pub signing_certificate: String,
+}
+
+/// The properties idbridge sets, and their values, for comparing with Microsoft's copy.
+const FIXED: [(&str, &str); 3] = [
+    ("preferredAuthenticationProtocol", "saml"),
+    // The second factor done at idbridge counts for Microsoft; Entra asks for its own MFA only
+    // when idbridge did none (README: Multi-factor sign-in).
+    ("federatedIdpMfaBehavior", "acceptIfMfaDoneByFederatedIdp"),
+    // Microsoft's `prompt=login` reaches idbridge as ForceAuthn, which asks for the password.
+    ("promptLoginBehavior", "nativeSupport"),
+];
+
+/// A property where Microsoft's copy differs from what idbridge would send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    pub property: String,
+    pub idbridge: String,
+    pub microsoft: Option<String>,
+}
+
+impl FederationSettings {
+    /// idbridge's settings for `domain`: its issuer (`[saml.domain_issuers]`, else the one
+    /// issuer), the sign-in and sign-out endpoints, the signing certificate (base64 DER).
+    pub fn for_domain(config: &Config, signing_certificate: &str, domain: &str) -> Self {
+        let base = config.base_url.trim_end_matches('/');
+        let issuer = config
+            .saml
+            .domain_issuers
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map_or_else(|| config.saml_issuer().to_string(), |(_, i)| i.clone());
+        Self {
+            issuer_uri: issuer,
+            passive_sign_in_uri: format!("{base}/saml/sso"),
+            sign_out_uri: format!("{base}/saml/slo"),
+            signing_certificate: signing_certificate.to_string(),
+        }
+    }
+
+    /// The `internalDomainFederation` to create.
+    pub fn body(&self) -> Value {
+        let mut body = json!({
+            "@odata.type": "#microsoft.graph.internalDomainFederation",
+            "displayName": "idbridge",
+            "issuerUri": self.issuer_uri,
+            "passiveSignInUri": self.passive_sign_in_uri,
+            "signOutUri": self.sign_out_uri,
+            "signingCertificate": self.signing_certificate,
+        });
+        if let Some(object) = body.as_object_mut() {
+            for (name, value) in FIXED {
+                object.insert(name.into(), json!(value));
+            }
+        }
+        body
+    }
+
+    /// The same as Microsoft Graph PowerShell commands, for admins who must do it by hand.
+    pub fn powershell(&self, domain: &str) -> String {
+        // PowerShell double-quoted strings expand `$` and backticks; none of these values has
+        // them (URLs, base64, a domain name), so they are pasted as they are.
+        format!(
+            "Connect-MgGraph -Scopes \"Domain-InternalFederation.ReadWrite.All\"\n\
+             New-MgDomainFederationConfiguration -DomainId \"{domain}\" `\n  \
+             -DisplayName \"idbridge\" `\n  \
+             -IssuerUri \"{}\" `\n  \
+             -PassiveSignInUri \"{}\" `\n  \
+             -SignOutUri \"{}\" `\n  \
+             -PreferredAuthenticationProtocol \"saml\" `\n  \
+             -SigningCertificate \"{}\" `\n  \
+             -FederatedIdpMfaBehavior \"acceptIfMfaDoneByFederatedIdp\" `\n  \
+             -PromptLoginBehavior \"nativeSupport\"",
+            self.issuer_uri, self.passive_sign_in_uri, self.sign_out_uri, self.signing_certificate
+        )
+    }
+
+    /// Where `held` (Microsoft's `internalDomainFederation`) differs from these settings.
+    pub fn drift(&self, held: &Map<String, Value>) -> Vec<Drift> {
+        let ours = [
+            ("issuerUri", self.issuer_uri.as_str()),
+            ("passiveSignInUri", self.passive_sign_in_uri.as_str()),
+            ("signOutUri", self.sign_out_uri.as_str()),
+            ("signingCertificate", self.signing_certificate.as_str()),
+        ];
+        ours.into_iter()
+            .chain(FIXED)
+            .filter_map(|(property, value)| {
+                let theirs = held.get(property).and_then(Value::as_str);
+                (theirs != Some(value)).then(|| Drift {
+                    property: property.to_string(),
+                    idbridge: value.to_string(),
+                    microsoft: theirs.map(str::to_string),
+                })
+            })
+            .collect()
+    }
+}
+
+/// How a domain signs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DomainSignIn {
+    /// Microsoft 365 checks passwords.
+    Managed,
+    /// Federated to idbridge (Microsoft's issuer is one of idbridge's).
+    Idbridge,
+    /// Federated to another identity provider.
+    OtherProvider,
+}
+
+/// One of the tenant's domains as the admin needs to see it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainStatus {
+    pub domain: String,
+    pub sign_in: DomainSignIn,
+    pub is_default: bool,
+    pub is_initial: bool,
+    pub is_verified: bool,
+    /// The issuer Microsoft holds, when federated.
+    pub issuer_uri: Option<String>,
+    /// Where Microsoft's federation differs from idbridge's settings (federated to idbridge).
+    pub drift: Vec<Drift>,
+}
+
+/// Who a change of a domain's sign-in affects: the Microsoft 365 users of the domain.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationPreview {
+    pub domain: String,
+    /// Bound to idbridge (they carry its immutable ID): they sign in through idbridge.
+    pub bound: Vec<String>,
+    /// Not bound: once the domain is federated they can no longer sign in.
+    pub not_bound: Vec<String>,
+}
+
+impl M365 {
+    /// The tenant's domains with how each signs in and, for those federated to idbridge, the
+    /// drift from `settings` (by domain).
+    pub async fn domain_statuses(
+        &self,
+        settings: impl Fn(&str) -> FederationSettings,
+    ) -> Result<Vec<DomainStatus>, M365Error> {
+        let domains = self.tenant_domains().await?;
+        let mut out = Vec::with_capacity(domains.len());
+        for d in domains {
+            let federated = d.authentication_type.eq_ignore_ascii_case("Federated");
+            let held = if federated {
+                self.held_federation(&d.id).await?
+            } else {
+                None
+            };
+            let ours = settings(&d.id);
+            let issuer = held
+                .as_ref()
+                .and_then(|h| h.get("issuerUri"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            // Ours when Microsoft sends its users to idbridge's issuer or sign-in page (a
+            // drifted copy is still ours, and its drift is what the admin must see).
+            let ours_held = held.as_ref().is_some_and(|h| {
+                issuer.as_deref() == Some(ours.issuer_uri.as_str())
+                    || h.get("passiveSignInUri").and_then(Value::as_str)
+                        == Some(ours.passive_sign_in_uri.as_str())
+            });
+            let sign_in = match (federated, ours_held) {
+                (false, _) => DomainSignIn::Managed,
+                (true, true) => DomainSignIn::Idbridge,
+                (true, false) => DomainSignIn::OtherProvider,
+            };
+            let drift = match (&held, sign_in) {
+                (Some(h), DomainSignIn::Idbridge) => ours.drift(h),
+                _ => Vec::new(),
+            };
+            out.push(DomainStatus {
+                domain: d.id,
+                sign_in,
+                is_default: d.is_default,
+                is_initial: d.is_initial,
+                is_verified: d.is_verified,
+                issuer_uri: issuer,
+                drift,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Who federating (or unfederating) `domain` affects: its Microsoft 365 users, bound to
+    /// idbridge or not.
+    pub async fn federation_preview(
+        &self,
+        domain: &str,
+    ) -> Result<FederationPreview, FederationError> {
+        let d = self.find_domain(domain).await?;
+        let bound: HashSet<String> = self
+            .store()
+            .bound_m365_object_ids()
+            .await?
+            .into_iter()
+            .collect();
+        let graph = self.graph();
+        let suffix = format!("@{}", d.id.to_lowercase());
+        let users = self
+            .call(|t| async move {
+                let mut all = Vec::new();
+                graph
+                    .list_all_users(t.expose_secret(), PREVIEW_PAGE, |page| all.extend(page))
+                    .await?;
+                Ok(all)
+            })
+            .await
+            .map_err(|e| e.during(GraphCall::ReadUsers))?;
+        let mut preview = FederationPreview {
+            domain: d.id.clone(),
+            ..FederationPreview::default()
+        };
+        for user in users {
+            let Some(upn) = user.user_principal_name.clone() else {
+                continue;
+            };
+            if !upn.to_lowercase().ends_with(&suffix) {
+                continue;
+            }
+            if bound.contains(&user.id) {
+                preview.bound.push(upn);
+            } else {
+                preview.not_bound.push(upn);
+            }
+        }
+        preview.bound.sort();
+        preview.not_bound.sort();
+        Ok(preview)
+    }
+
+    /// Federates `domain` to idbridge with `settings`, after the checks Microsoft makes and
+    /// the admin's confirmations: `confirm_default` for the tenant's default domain,
+    /// `confirm_unbound` when users of the domain are not bound (they could no longer sign
+    /// in). Records `m365_domain_federated`.
+    pub async fn federate_domain(
+        &self,
+        actor: &Actor,
+        domain: &str,
+        settings: &FederationSettings,
+        confirm_default: bool,
+        confirm_unbound: bool,
+        now: DateTime<Utc>,
+    ) -> Result<FederationPreview, FederationError> {
+        let d = self.find_domain(domain).await?;
+        if d.is_initial {
+            return Err(FederationError::Initial(d.id));
+        }
+        if !d.is_verified {
+            return Err(FederationError::Unverified(d.id));
+        }
+        if d.authentication_type.eq_ignore_ascii_case("Federated") {
+            return Err(FederationError::AlreadyFederated(d.id));
+        }
+        if d.is_default && !confirm_default {
+            return Err(FederationError::NeedsConfirmation(format!(
+                "{} is the tenant's default domain: new users and guests get it, and once it is federated every one of them signs in through idbridge. Confirm that this is meant (--default)",
+                d.id
+            )));
+        }
+        let preview = self.federation_preview(&d.id).await?;
+        if !preview.not_bound.is_empty() && !confirm_unbound {
+            return Err(FederationError::NeedsConfirmation(format!(
+                "{} user(s) of {} are not bound to idbridge and could no longer sign in to Microsoft 365 once it is federated: {}. Bind them first, or confirm (--yes)",
+                preview.not_bound.len(),
+                d.id,
+                names(&preview.not_bound)
+            )));
+        }
+        let graph = self.graph();
+        let body = settings.body();
+        let created = self
+            .call(|t| {
+                let body = body.clone();
+                let domain = d.id.clone();
+                async move {
+                    graph
+                        .create_domain_federation(t.expose_secret(), &domain, &body)
+                        .await
+                }
+            })
+            .await
+            .map_err(|e| e.during(GraphCall::FederateDomain))?;
+        let event =
+            NewEvent::new(now, actor, kind::M365_DOMAIN_FEDERATED, Some(&d.id)).details(json!({
+                "issuerUri": settings.issuer_uri,
+                "passiveSignInUri": settings.passive_sign_in_uri,
+                "federationId": created.get("id"),
+                "boundUsers": preview.bound.len(),
+                "usersNotBound": preview.not_bound,
+            }));
+        self.store().record_event(&event).await?;
+        Ok(preview)
+    }
+
+    /// Makes a federated `domain` managed again (Microsoft 365 checks passwords; users need a
+    /// cloud password, which idbridge pushes to bound users at their next password change or
+    /// sign-in). Needs `confirmed`; records `m365_domain_unfederated`.
+    pub async fn unfederate_domain(
+        &self,
+        actor: &Actor,
+        domain: &str,
+        confirmed: bool,
+        now: DateTime<Utc>,
+    ) -> Result<FederationPreview, FederationError> {
+        let d = self.find_domain(domain).await?;
+        let held = match self.held_federation(&d.id).await? {
+            Some(held) if d.authentication_type.eq_ignore_ascii_case("Federated") => held,
+            _ => return Err(FederationError::NotFederated(d.id)),
+        };
+        let preview = self.federation_preview(&d.id).await?;
+        if !confirmed {
+            return Err(FederationError::NeedsConfirmation(format!(
+                "{} becomes managed: its {} user(s) then sign in with a Microsoft 365 password instead of idbridge ({} bound, whose passwords idbridge pushes at their next change or sign-in here). Microsoft may take up to 2 hours to switch. Confirm (--yes)",
+                d.id,
+                preview.bound.len() + preview.not_bound.len(),
+                preview.bound.len()
+            )));
+        }
+        let Some(id) = held.get("id").and_then(Value::as_str).map(str::to_string) else {
+            return Err(FederationError::M365(M365Error::Unreachable(
+                "Microsoft's federation settings came without an id".into(),
+            )));
+        };
+        let graph = self.graph();
+        self.call(|t| {
+            let domain = d.id.clone();
+            let id = id.clone();
+            async move {
+                graph
+                    .delete_domain_federation(t.expose_secret(), &domain, &id)
+                    .await
+            }
+        })
+        .await
+        .map_err(|e| e.during(GraphCall::FederateDomain))?;
+        let event =
+            NewEvent::new(now, actor, kind::M365_DOMAIN_UNFEDERATED, Some(&d.id)).details(json!({
+                "issuerUri": held.get("issuerUri"),
+                "boundUsers": preview.bound.len(),
+                "usersNotBound": preview.not_bound.len(),
+            }));
+        self.store().record_event(&event).await?;
+        Ok(preview)
+    }
+
+    /// The tenant's domains, read from Graph.
+    async fn tenant_domains(&self) -> Result<Vec<GraphDomain>, M365Error> {
+        let graph = self.graph();
+        self.call(|t| async move { graph.list_domains(t.expose_secret()).await })
+            .await
+            .map_err(|e| e.during(GraphCall::ListDomains))
+    }
+
+    async fn find_domain(&self, domain: &str) -> Result<GraphDomain, FederationError> {
+        self.tenant_domains()
+            .await?
+            .into_iter()
+            .find(|d| d.id.eq_ignore_ascii_case(domain.trim()))
+            .ok_or_else(|| FederationError::UnknownDomain(domain.trim().to_string()))
+    }
+
+    /// Microsoft's `internalDomainFederation` of a domain, if it has one.
+    async fn held_federation(&self, domain: &str) -> Result<Option<Map<String, Value>>, M365Error> {
+        let graph = self.graph();
+        let domain = domain.to_string();
+        self.call(|t| {
+            let domain = domain.clone();
+            async move { graph.domain_federation(t.expose_secret(), &domain).await }
+        })
+        .await
+        .map_err(|e| e.during(GraphCall::ReadFederation))
+    }
+}
+
+/// Up to ten names, then how many more.
+fn names(list: &[String]) -> String {
+    let mut text = list.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+    if list.len() > 10 {
+        text.push_str(&format!(" and {} more", list.len() - 10));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> FederationSettings {
+        FederationSettings {
+            issuer_uri: "https://idp.contoso.com".into(),
+            passive_sign_in_uri: "https://idp.contoso.com/saml/sso".into(),
+            sign_out_uri: "https://idp.contoso.com/saml/slo".into(),
+            signing_certificate: "MIIC".into(),
+        }
+    }
+
+    #[test]
+    fn what_is_sent_holds_no_drift_and_a_changed_property_is_drift() {
+        let ours = settings();
+        let Value::Object(mut held) = ours.body() else {
+            panic!("an object");
+        };
+        held.insert("id".into(), json!("f1"));
+        assert!(ours.drift(&held).is_empty());
+        held.insert("signingCertificate".into(), json!("MIIOLD"));
+        held.remove("promptLoginBehavior");
+        let drift = ours.drift(&held);
+        assert_eq!(
+            drift
+                .iter()
+                .map(|d| d.property.as_str())
+                .collect::<Vec<_>>(),
+            ["signingCertificate", "promptLoginBehavior"]
+        );
+        assert_eq!(drift[0].microsoft.as_deref(), Some("MIIOLD"));
+        assert_eq!(drift[1].microsoft, None);
+    }
+
+    #[test]
+    fn the_powershell_names_the_domain_and_the_same_values() {
+        let text = settings().powershell("contoso.com");
+        assert!(text.contains("-DomainId \"contoso.com\""));
+        assert!(text.contains("-IssuerUri \"https://idp.contoso.com\""));
+        assert!(text.contains("-PromptLoginBehavior \"nativeSupport\""));
+    }
+}

@@ -1,0 +1,298 @@
+//! Federating a domain to idbridge through Graph: the checks Microsoft makes, the preview of
+//! who is affected, drift, and making the domain managed again; from the library and the CLI.
+
+use std::process::Command;
+
+use chrono::Utc;
+use idbridge::events::Actor;
+use idbridge::m365::federation::{DomainSignIn, FederationError, FederationSettings};
+use serde_json::{json, Value};
+
+use crate::support::graph_fake::{FakeUserSpec, GraphFake};
+use crate::support::m365::{configured, m365_settings, settled};
+use crate::support::{binary, TestApp};
+
+const FEDERATION_ROLES: &[&str] = &[
+    "User.ReadWrite.All",
+    "User-PasswordProfile.ReadWrite.All",
+    "Domain.Read.All",
+    "User.RevokeSessions.All",
+    "Domain-InternalFederation.ReadWrite.All",
+];
+
+fn admin() -> Actor {
+    Actor::Admin("alice".into())
+}
+
+fn settings(app: &TestApp, domain: &str) -> FederationSettings {
+    let certificate = app
+        .state()
+        .idp
+        .signing()
+        .certificate_der_base64()
+        .to_string();
+    FederationSettings::for_domain(&app.state().config, &certificate, domain)
+}
+
+/// A tenant with fabrikam.com (verified, not default) holding a bound user and a user that
+/// is not bound, northwind.com (unverified), and contoso.com as the default domain.
+async fn tenant(roles: &[&str]) -> (TestApp, GraphFake) {
+    let (app, fake) = configured("", "").await;
+    fake.set_app_roles(roles);
+    fake.add_domain("fabrikam.com", false, false);
+    fake.add_unverified_domain("northwind.com");
+    fake.add_user(FakeUserSpec {
+        upn: "breakglass@fabrikam.com".into(),
+        account_enabled: true,
+        ..FakeUserSpec::default()
+    });
+    app.state()
+        .m365
+        .connect_application(&Actor::cli(), Utc::now())
+        .await
+        .expect("connected");
+    app.create_user("ana", "ana@fabrikam.com", "Corr3ct-Horse-Battery")
+        .await;
+    app.state()
+        .sync
+        .bind(&admin(), &["ana".to_string()], Utc::now())
+        .await
+        .unwrap();
+    settled(&app, "ana", "bound").await;
+    (app, fake)
+}
+
+#[tokio::test]
+async fn a_domain_is_federated_through_graph_after_its_checks_and_preview_then_made_managed_again()
+{
+    let (app, fake) = tenant(FEDERATION_ROLES).await;
+    let m365 = &app.state().m365;
+    let ours = settings(&app, "fabrikam.com");
+    let now = Utc::now();
+
+    // Refused with the reason, nothing sent.
+    let refused = |r: Result<_, FederationError>| match r {
+        Err(e) => e,
+        Ok(_) => panic!("federated although it should have been refused"),
+    };
+    let e = refused(
+        m365.federate_domain(&admin(), "contoso.onmicrosoft.com", &ours, true, true, now)
+            .await,
+    );
+    assert!(matches!(e, FederationError::Initial(_)), "{e}");
+    let e = refused(
+        m365.federate_domain(&admin(), "northwind.com", &ours, true, true, now)
+            .await,
+    );
+    assert!(matches!(e, FederationError::Unverified(_)), "{e}");
+    assert!(e.to_string().contains("DNS"), "says how to verify: {e}");
+    let e = refused(
+        m365.federate_domain(&admin(), "tailspin.com", &ours, true, true, now)
+            .await,
+    );
+    assert!(matches!(e, FederationError::UnknownDomain(_)), "{e}");
+    let e = refused(
+        m365.federate_domain(&admin(), "contoso.com", &ours, false, true, now)
+            .await,
+    );
+    assert!(e.to_string().contains("default domain"), "{e}");
+    let e = refused(
+        m365.federate_domain(&admin(), "fabrikam.com", &ours, false, false, now)
+            .await,
+    );
+    assert!(
+        e.to_string().contains("breakglass@fabrikam.com") && e.to_string().contains("--yes"),
+        "names who could no longer sign in: {e}"
+    );
+    assert!(
+        fake.federation("fabrikam.com").is_none(),
+        "nothing was sent"
+    );
+
+    // The preview, then the federation.
+    let preview = m365.federation_preview("fabrikam.com").await.unwrap();
+    assert_eq!(preview.bound, ["ana@fabrikam.com"]);
+    assert_eq!(preview.not_bound, ["breakglass@fabrikam.com"]);
+    let done = m365
+        .federate_domain(&admin(), "FABRIKAM.com", &ours, false, true, now)
+        .await
+        .unwrap();
+    assert_eq!(done.bound, ["ana@fabrikam.com"]);
+    let held = fake
+        .federation("fabrikam.com")
+        .expect("federated in Microsoft 365");
+    assert_eq!(held["issuerUri"], json!(ours.issuer_uri));
+    assert_eq!(held["passiveSignInUri"], json!(app.url("/saml/sso")));
+    assert_eq!(held["signOutUri"], json!(app.url("/saml/slo")));
+    assert_eq!(held["signingCertificate"], json!(ours.signing_certificate));
+    assert_eq!(held["preferredAuthenticationProtocol"], "saml");
+    assert_eq!(
+        held["federatedIdpMfaBehavior"],
+        "acceptIfMfaDoneByFederatedIdp"
+    );
+    let events = app.events("m365_domain_federated").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, "admin:alice");
+    assert_eq!(events[0].target.as_deref(), Some("fabrikam.com"));
+    assert!(events[0].details.contains("breakglass@fabrikam.com"));
+
+    let statuses = m365.domain_statuses(|d| settings(&app, d)).await.unwrap();
+    let status = |name: &str| {
+        statuses
+            .iter()
+            .find(|s| s.domain == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} listed"))
+    };
+    assert_eq!(status("fabrikam.com").sign_in, DomainSignIn::Idbridge);
+    assert!(status("fabrikam.com").drift.is_empty());
+    assert_eq!(status("contoso.com").sign_in, DomainSignIn::Managed);
+    assert!(status("contoso.com").is_default);
+    assert!(status("contoso.onmicrosoft.com").is_initial);
+    assert!(!status("northwind.com").is_verified);
+    let e = refused(
+        m365.federate_domain(&admin(), "fabrikam.com", &ours, false, true, now)
+            .await,
+    );
+    assert!(matches!(e, FederationError::AlreadyFederated(_)), "{e}");
+
+    // Somebody changes the certificate Microsoft holds: drift, on that property only.
+    fake.set_federation_property("fabrikam.com", "signingCertificate", json!("MIIOLD"));
+    let statuses = m365.domain_statuses(|d| settings(&app, d)).await.unwrap();
+    let fabrikam = statuses
+        .iter()
+        .find(|s| s.domain == "fabrikam.com")
+        .unwrap();
+    assert_eq!(fabrikam.sign_in, DomainSignIn::Idbridge);
+    assert_eq!(fabrikam.drift.len(), 1, "{:?}", fabrikam.drift);
+    assert_eq!(fabrikam.drift[0].property, "signingCertificate");
+    assert_eq!(fabrikam.drift[0].microsoft.as_deref(), Some("MIIOLD"));
+
+    // Managed again, after a confirmation.
+    let e = refused(
+        m365.unfederate_domain(&admin(), "fabrikam.com", false, now)
+            .await,
+    );
+    assert!(
+        e.to_string().contains("managed") && e.to_string().contains("--yes"),
+        "{e}"
+    );
+    assert!(fake.federation("fabrikam.com").is_some());
+    m365.unfederate_domain(&admin(), "fabrikam.com", true, now)
+        .await
+        .unwrap();
+    assert!(fake.federation("fabrikam.com").is_none());
+    let e = refused(
+        m365.unfederate_domain(&admin(), "fabrikam.com", true, now)
+            .await,
+    );
+    assert!(matches!(e, FederationError::NotFederated(_)), "{e}");
+    assert_eq!(app.events("m365_domain_unfederated").await.len(), 1);
+}
+
+#[tokio::test]
+async fn without_the_federation_permission_the_error_names_it_and_nothing_changes() {
+    let (app, fake) = tenant(&FEDERATION_ROLES[..4]).await;
+    let ours = settings(&app, "fabrikam.com");
+    let e = app
+        .state()
+        .m365
+        .federate_domain(&admin(), "fabrikam.com", &ours, false, true, Utc::now())
+        .await
+        .expect_err("refused by Graph");
+    let text = e.to_string();
+    assert!(
+        text.contains("403") && text.contains("Domain-InternalFederation.ReadWrite.All"),
+        "{text}"
+    );
+    assert!(fake.federation("fabrikam.com").is_none());
+    assert!(app.events("m365_domain_federated").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_domains_previews_federates_and_unfederates() {
+    let (app, fake) = tenant(FEDERATION_ROLES).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = &app.state().config;
+    let file = work.path().join("idbridge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "base_url = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n{}\n[certs]\nkey_file = {:?}\ncert_file = {:?}\n",
+            config.base_url,
+            config.data_dir.display().to_string(),
+            config.database_url(),
+            m365_settings(&fake, "", ""),
+            config.certs.key_file.display().to_string(),
+            config.certs.cert_file.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(binary())
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .current_dir(work.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["m365", "domains"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("fabrikam.com\tmanaged"), "{out}");
+    assert!(out.contains("contoso.com\tmanaged\tdefault"), "{out}");
+    assert!(out.contains("northwind.com\tmanaged\tunverified"), "{out}");
+
+    // Without --yes: who is affected, what would be sent, the PowerShell, and nothing changed.
+    let (code, _, err) = run(&["m365", "federate", "fabrikam.com"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("nothing changed") && err.contains("breakglass@fabrikam.com"),
+        "{err}"
+    );
+    assert!(
+        err.contains("New-MgDomainFederationConfiguration -DomainId \"fabrikam.com\""),
+        "{err}"
+    );
+    assert!(err.contains("\"passiveSignInUri\""), "{err}");
+    assert!(fake.federation("fabrikam.com").is_none());
+    let (code, _, err) = run(&["m365", "federate", "contoso.onmicrosoft.com", "--yes"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("initial domain"), "{err}");
+
+    let (code, out, err) = run(&["m365", "federate", "fabrikam.com", "--yes"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("federated to idbridge") && out.contains("1 bound"),
+        "{out}"
+    );
+    let held: Value = fake.federation("fabrikam.com").unwrap();
+    assert_eq!(held["issuerUri"], json!(config.saml_issuer()));
+    let (_, out, _) = run(&["m365", "domains"]);
+    assert!(out.contains("fabrikam.com\tfederated to idbridge"), "{out}");
+    assert!(!out.contains("differs"), "{out}");
+    fake.set_federation_property(
+        "fabrikam.com",
+        "signOutUri",
+        json!("https://old.example/slo"),
+    );
+    let (_, out, _) = run(&["m365", "domains"]);
+    assert!(
+        out.contains("differs: signOutUri is https://old.example/slo in Microsoft 365"),
+        "{out}"
+    );
+
+    let (code, _, err) = run(&["m365", "unfederate", "fabrikam.com"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--yes"), "{err}");
+    let (code, out, err) = run(&["m365", "unfederate", "fabrikam.com", "--yes"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("managed again"), "{out}");
+    assert!(fake.federation("fabrikam.com").is_none());
+}
