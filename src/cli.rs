@@ -945,7 +945,9 @@ fn shorten(text: &str) -> String {
 }
 
 async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError> {
-    use crate::m365::federation::{DomainSignIn, FederationError, FederationSettings};
+    use crate::m365::federation::{
+        Confirmation, DomainSignIn, FederationError, FederationSettings,
+    };
     use crate::m365::{ImportSelection, M365};
     let directory = open_directory(config).await?;
     let m365 = M365::new(config, directory.store().clone()).map_err(fail)?;
@@ -1284,7 +1286,10 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                         }
                     );
                 }
-                Err(FederationError::NeedsConfirmation(why)) => {
+                Err(FederationError::NeedsConfirmation {
+                    confirmation,
+                    message,
+                }) => {
                     eprintln!("would send to Microsoft Graph (POST /domains/{domain}/federationConfiguration):");
                     eprintln!(
                         "{}",
@@ -1294,13 +1299,21 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                         "or by hand in PowerShell:\n{}",
                         settings.powershell(&domain)
                     );
-                    return Err(CliError(format!("nothing changed: {why}")));
+                    let flag = if confirmation == Confirmation::DefaultDomain {
+                        "--default"
+                    } else {
+                        "--yes"
+                    };
+                    return Err(CliError(format!("nothing changed: {message} ({flag})")));
                 }
                 Err(e) => return Err(CliError(format!("nothing changed: {e}"))),
             }
         }
         M365Command::Unfederate { domain, yes } => {
             match m365.unfederate_domain(&actor, &domain, yes, Utc::now()).await {
+                Err(FederationError::NeedsConfirmation { message, .. }) => {
+                    return Err(CliError(format!("nothing changed: {message} (--yes)")))
+                }
                 Ok(preview) => println!(
                     "{} is managed again: Microsoft 365 checks the passwords of its {} user(s) (Microsoft may take up to 2 hours to switch)",
                     preview.domain,

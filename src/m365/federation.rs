@@ -39,12 +39,26 @@ pub enum FederationError {
     #[error("{0} is not federated (it is managed: Microsoft 365 checks the passwords)")]
     NotFederated(String),
     /// The change needs the admin's explicit confirmation (what it would do is in the text).
-    #[error("{0}")]
-    NeedsConfirmation(String),
+    #[error("{message}")]
+    NeedsConfirmation {
+        confirmation: Confirmation,
+        message: String,
+    },
     #[error(transparent)]
     M365(#[from] M365Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A confirmation a domain change may need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Federating the tenant's default domain.
+    DefaultDomain,
+    /// Federating a domain with users who are not bound.
+    UsersNotBound,
+    /// Making a federated domain managed again.
+    Unfederate,
 }
 
 /// What idbridge asks Microsoft to hold for a domain federated to it.
@@ -69,7 +83,7 @@ const FIXED: [(&str, &str); 3] = [
 ];
 
 /// A property where Microsoft's copy differs from what idbridge would send.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Drift {
     pub property: String,
@@ -156,7 +170,7 @@ impl FederationSettings {
 }
 
 /// How a domain signs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum DomainSignIn {
     /// Microsoft 365 checks passwords.
@@ -168,7 +182,7 @@ pub enum DomainSignIn {
 }
 
 /// One of the tenant's domains as the admin needs to see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainStatus {
     pub domain: String,
@@ -183,7 +197,7 @@ pub struct DomainStatus {
 }
 
 /// Who a change of a domain's sign-in affects: the Microsoft 365 users of the domain.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FederationPreview {
     pub domain: String,
@@ -315,19 +329,25 @@ impl M365 {
             return Err(FederationError::AlreadyFederated(d.id));
         }
         if d.is_default && !confirm_default {
-            return Err(FederationError::NeedsConfirmation(format!(
-                "{} is the tenant's default domain: new users and guests get it, and once it is federated every one of them signs in through idbridge. Confirm that this is meant (--default)",
-                d.id
-            )));
+            return Err(FederationError::NeedsConfirmation {
+                confirmation: Confirmation::DefaultDomain,
+                message: format!(
+                    "{} is the tenant's default domain: new users get it, and once it is federated every one of them signs in through idbridge. Confirm that this is meant",
+                    d.id
+                ),
+            });
         }
         let preview = self.federation_preview(&d.id).await?;
         if !preview.not_bound.is_empty() && !confirm_unbound {
-            return Err(FederationError::NeedsConfirmation(format!(
-                "{} user(s) of {} are not bound to idbridge and could no longer sign in to Microsoft 365 once it is federated: {}. Bind them first, or confirm (--yes)",
-                preview.not_bound.len(),
-                d.id,
-                names(&preview.not_bound)
-            )));
+            return Err(FederationError::NeedsConfirmation {
+                confirmation: Confirmation::UsersNotBound,
+                message: format!(
+                    "{} user(s) of {} are not bound to idbridge and could no longer sign in to Microsoft 365 once it is federated: {}. Bind them first, or confirm",
+                    preview.not_bound.len(),
+                    d.id,
+                    names(&preview.not_bound)
+                ),
+            });
         }
         let graph = self.graph();
         let body = settings.body();
@@ -372,12 +392,15 @@ impl M365 {
         };
         let preview = self.federation_preview(&d.id).await?;
         if !confirmed {
-            return Err(FederationError::NeedsConfirmation(format!(
-                "{} becomes managed: its {} user(s) then sign in with a Microsoft 365 password instead of idbridge ({} bound, whose passwords idbridge pushes at their next change or sign-in here). Microsoft may take up to 2 hours to switch. Confirm (--yes)",
-                d.id,
-                preview.bound.len() + preview.not_bound.len(),
-                preview.bound.len()
-            )));
+            return Err(FederationError::NeedsConfirmation {
+                confirmation: Confirmation::Unfederate,
+                message: format!(
+                    "{} becomes managed: its {} user(s) then sign in with a Microsoft 365 password instead of idbridge ({} bound, whose passwords idbridge pushes at their next change or sign-in here). Microsoft may take up to 2 hours to switch. Confirm",
+                    d.id,
+                    preview.bound.len() + preview.not_bound.len(),
+                    preview.bound.len()
+                ),
+            });
         }
         let Some(id) = held.get("id").and_then(Value::as_str).map(str::to_string) else {
             return Err(FederationError::M365(M365Error::Unreachable(

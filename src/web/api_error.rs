@@ -192,6 +192,30 @@ impl From<M365Error> for ApiError {
     }
 }
 
+impl From<crate::m365::federation::FederationError> for ApiError {
+    fn from(err: crate::m365::federation::FederationError) -> Self {
+        use crate::m365::federation::{Confirmation, FederationError};
+        let message = err.to_string();
+        match err {
+            FederationError::UnknownDomain(_) => ApiError::not_found(message),
+            FederationError::Unverified(_)
+            | FederationError::Initial(_)
+            | FederationError::AlreadyFederated(_)
+            | FederationError::NotFederated(_) => ApiError::conflict(Some("domain"), message),
+            FederationError::NeedsConfirmation { confirmation, .. } => ApiError::validation(
+                match confirmation {
+                    Confirmation::DefaultDomain => "confirmDefault",
+                    Confirmation::UsersNotBound => "confirmUsersNotBound",
+                    Confirmation::Unfederate => "confirm",
+                },
+                message,
+            ),
+            FederationError::M365(e) => e.into(),
+            FederationError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<SyncError> for ApiError {
     fn from(err: SyncError) -> Self {
         let message = err.to_string();

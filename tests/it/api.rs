@@ -47,6 +47,10 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/api/v1/m365/imports/{id}"),
     ("GET", "/api/v1/m365/attributes"),
     ("PUT", "/api/v1/m365/attributes/{attribute}"),
+    ("GET", "/api/v1/m365/domains"),
+    ("GET", "/api/v1/m365/domains/{domain}/federation"),
+    ("PUT", "/api/v1/m365/domains/{domain}/federation"),
+    ("DELETE", "/api/v1/m365/domains/{domain}/federation"),
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/events.jsonl"),
 ];
@@ -347,7 +351,16 @@ fn request_for(method: &str, path: &str) -> (String, Option<Value>) {
     let concrete = path
         .replace("/imports/{id}", "/imports/no-such-run")
         .replace("{id}", id)
-        .replace("{attribute}", "department");
+        .replace("{attribute}", "department")
+        // Unfederating an unknown domain: the documented 404.
+        .replace(
+            "{domain}",
+            if method == "DELETE" {
+                "tailspin.com"
+            } else {
+                "contoso.com"
+            },
+        );
     let body = match (method, path) {
         ("POST", "/api/v1/users") => {
             Some(json!({"username": "newbie", "email": "newbie@contoso.com"}))
@@ -360,6 +373,8 @@ fn request_for(method: &str, path: &str) -> (String, Option<Value>) {
         ("POST", "/api/v1/bindings/retry") => Some(json!({})),
         ("POST", "/api/v1/m365/connection") => Some(json!({"mode": "delegated"})),
         ("POST", "/api/v1/m365/imports") => Some(json!({"users": ["dana@contoso.com"]})),
+        // Unconfirmed federation of the default domain: the documented 422.
+        ("PUT", "/api/v1/m365/domains/{domain}/federation") => Some(json!({})),
         ("PUT", _) => Some(json!({"direction": "export"})),
         // Left unconfirmed: the answer must be the documented 422.
         ("DELETE", "/api/v1/m365/connection") => None,

@@ -4,8 +4,9 @@
 use std::process::Command;
 
 use chrono::Utc;
+use idbridge::directory::AdminRole;
 use idbridge::events::Actor;
-use idbridge::m365::federation::{DomainSignIn, FederationError, FederationSettings};
+use idbridge::m365::federation::{Confirmation, DomainSignIn, FederationError, FederationSettings};
 use serde_json::{json, Value};
 
 use crate::support::graph_fake::{FakeUserSpec, GraphFake};
@@ -101,7 +102,13 @@ async fn a_domain_is_federated_through_graph_after_its_checks_and_preview_then_m
             .await,
     );
     assert!(
-        e.to_string().contains("breakglass@fabrikam.com") && e.to_string().contains("--yes"),
+        matches!(
+            e,
+            FederationError::NeedsConfirmation {
+                confirmation: Confirmation::UsersNotBound,
+                ..
+            }
+        ) && e.to_string().contains("breakglass@fabrikam.com"),
         "names who could no longer sign in: {e}"
     );
     assert!(
@@ -174,7 +181,13 @@ async fn a_domain_is_federated_through_graph_after_its_checks_and_preview_then_m
             .await,
     );
     assert!(
-        e.to_string().contains("managed") && e.to_string().contains("--yes"),
+        matches!(
+            e,
+            FederationError::NeedsConfirmation {
+                confirmation: Confirmation::Unfederate,
+                ..
+            }
+        ) && e.to_string().contains("managed"),
         "{e}"
     );
     assert!(fake.federation("fabrikam.com").is_some());
@@ -294,5 +307,97 @@ async fn the_cli_lists_domains_previews_federates_and_unfederates() {
     let (code, out, err) = run(&["m365", "unfederate", "fabrikam.com", "--yes"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("managed again"), "{out}");
+    assert!(fake.federation("fabrikam.com").is_none());
+}
+
+#[tokio::test]
+async fn the_api_previews_federates_refuses_with_fields_and_unfederates() {
+    let (app, fake) = tenant(FEDERATION_ROLES).await;
+    let key = crate::support::console::api_key(&app, "ops", AdminRole::Admin).await;
+    let http = crate::support::console::api_client(&key);
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = http.request(method, app.url(path));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, list) = call(reqwest::Method::GET, "/api/v1/m365/domains", None).await;
+    assert_eq!(status, 200, "{list}");
+    let fabrikam = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == "fabrikam.com")
+        .unwrap();
+    assert_eq!(fabrikam["signIn"], "managed");
+
+    let path = "/api/v1/m365/domains/fabrikam.com/federation";
+    let (status, plan) = call(reqwest::Method::GET, path, None).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(
+        plan["preview"]["notBound"],
+        json!(["breakglass@fabrikam.com"])
+    );
+    assert_eq!(plan["graphBody"]["preferredAuthenticationProtocol"], "saml");
+    assert!(plan["powershell"]
+        .as_str()
+        .unwrap()
+        .contains("fabrikam.com"));
+
+    let (status, err) = call(reqwest::Method::PUT, path, None).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["field"], "confirmUsersNotBound");
+    let (status, err) = call(
+        reqwest::Method::PUT,
+        "/api/v1/m365/domains/northwind.com/federation",
+        Some(json!({"confirmUsersNotBound": true})),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["field"].clone()),
+        (409, json!("domain")),
+        "{err}"
+    );
+    let (status, err) = call(
+        reqwest::Method::PUT,
+        "/api/v1/m365/domains/tailspin.com/federation",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{err}");
+    assert!(fake.federation("fabrikam.com").is_none());
+
+    let (status, done) = call(
+        reqwest::Method::PUT,
+        path,
+        Some(json!({"confirmUsersNotBound": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["bound"], json!(["ana@fabrikam.com"]));
+    assert!(fake.federation("fabrikam.com").is_some());
+    assert_eq!(
+        app.events("m365_domain_federated").await[0].actor,
+        "apikey:ops"
+    );
+
+    let (status, err) = call(reqwest::Method::DELETE, path, None).await;
+    assert_eq!(
+        (status, err["error"]["field"].clone()),
+        (422, json!("confirm")),
+        "{err}"
+    );
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{path}?confirm=true"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
     assert!(fake.federation("fabrikam.com").is_none());
 }

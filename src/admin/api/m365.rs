@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::extract::{ApiJson, ApiQuery, OptionalJson};
 use super::schema::{int_param, rfc3339_millis, ErrorResponse};
+use crate::m365::federation::{DomainStatus, FederationPreview, FederationSettings};
 use crate::m365::sync::{AttributeMapping, Direction, MAPPINGS};
 use crate::m365::{ConnectionStatus, ImportSelection, TenantUser};
 use crate::server::AppState;
@@ -28,6 +29,157 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(import_run))
         .routes(routes!(attributes))
         .routes(routes!(set_attribute))
+        .routes(routes!(domains))
+        .routes(routes!(federation_preview, federate, unfederate))
+}
+
+/// idbridge's settings for a domain (its issuer, endpoints and signing certificate).
+fn federation_settings(state: &AppState, domain: &str) -> FederationSettings {
+    let certificate = state.idp.signing().certificate_der_base64().to_string();
+    FederationSettings::for_domain(&state.config, &certificate, domain)
+}
+
+/// The tenant's domains: how each signs in, and for those federated to idbridge what
+/// Microsoft holds that differs from idbridge's settings (`drift`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/m365/domains",
+    tag = "m365",
+    responses(
+        (status = 200, description = "The domains", body = [DomainStatus]),
+        (status = 409, description = "Not connected (`m365_not_connected`)", body = ErrorResponse),
+        (status = 502, description = "Graph refused or could not be reached (`m365_unavailable`); a 403 names the permission", body = ErrorResponse),
+    )
+)]
+async fn domains(State(state): State<AppState>) -> Result<Json<Vec<DomainStatus>>, ApiError> {
+    let statuses = state
+        .m365
+        .domain_statuses(|d| federation_settings(&state, d))
+        .await?;
+    Ok(Json(statuses))
+}
+
+/// What federating a domain would do: who signs in through idbridge, who could not, what
+/// would be sent to Graph, and the PowerShell equivalent.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationPlan {
+    pub preview: FederationPreview,
+    /// The `internalDomainFederation` idbridge sends.
+    #[schema(value_type = Object)]
+    pub graph_body: serde_json::Value,
+    pub powershell: String,
+}
+
+/// The preview of federating (or unfederating) a domain; changes nothing.
+#[utoipa::path(
+    get,
+    path = "/api/v1/m365/domains/{domain}/federation",
+    tag = "m365",
+    params(("domain" = String, Path, description = "The domain, e.g. contoso.com")),
+    responses(
+        (status = 200, description = "The preview", body = FederationPlan),
+        (status = 404, description = "The tenant has no such domain", body = ErrorResponse),
+        (status = 502, description = "Graph refused or could not be reached", body = ErrorResponse),
+    )
+)]
+async fn federation_preview(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<Json<FederationPlan>, ApiError> {
+    let preview = state.m365.federation_preview(&domain).await?;
+    let settings = federation_settings(&state, &preview.domain);
+    Ok(Json(FederationPlan {
+        graph_body: settings.body(),
+        powershell: settings.powershell(&preview.domain),
+        preview,
+    }))
+}
+
+/// Confirmations of a federation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FederateRequest {
+    /// Federate although users of the domain are not bound (they could no longer sign in).
+    #[serde(default)]
+    pub confirm_users_not_bound: bool,
+    /// Needed for the tenant's default domain.
+    #[serde(default)]
+    pub confirm_default: bool,
+}
+
+/// Federates a domain to idbridge through Graph.
+#[utoipa::path(
+    put,
+    path = "/api/v1/m365/domains/{domain}/federation",
+    tag = "m365",
+    params(("domain" = String, Path, description = "The domain, e.g. contoso.com")),
+    request_body(content = Option<FederateRequest>, description = "Confirmations; none needed for a verified, non-default domain whose users are all bound"),
+    responses(
+        (status = 200, description = "Federated: who signs in through idbridge now", body = FederationPreview),
+        (status = 404, description = "The tenant has no such domain", body = ErrorResponse),
+        (status = 409, description = "Unverified, the initial domain, or already federated (`field`: `domain`)", body = ErrorResponse),
+        (status = 422, description = "A confirmation is needed (`field`: `confirmUsersNotBound` or `confirmDefault`); the message says why", body = ErrorResponse),
+        (status = 502, description = "Graph refused (a 403 names the permission) or could not be reached; nothing changed", body = ErrorResponse),
+    )
+)]
+async fn federate(
+    State(state): State<AppState>,
+    Extension(caller): Extension<AdminPrincipal>,
+    Path(domain): Path<String>,
+    OptionalJson(body): OptionalJson<FederateRequest>,
+) -> Result<Json<FederationPreview>, ApiError> {
+    let settings = federation_settings(&state, domain.trim());
+    let preview = state
+        .m365
+        .federate_domain(
+            &caller.actor(),
+            &domain,
+            &settings,
+            body.confirm_default,
+            body.confirm_users_not_bound,
+            Utc::now(),
+        )
+        .await?;
+    Ok(Json(preview))
+}
+
+/// Makes a domain federated to idbridge managed again (Microsoft 365 checks passwords).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/m365/domains/{domain}/federation",
+    tag = "m365",
+    params(("domain" = String, Path, description = "The domain"), ConfirmParams),
+    responses(
+        (status = 200, description = "Managed again: whose sign-in moved to Microsoft 365", body = FederationPreview),
+        (status = 404, description = "The tenant has no such domain", body = ErrorResponse),
+        (status = 409, description = "Not federated (`field`: `domain`)", body = ErrorResponse),
+        (status = 422, description = "`confirm=true` is needed; the message says what would happen", body = ErrorResponse),
+        (status = 502, description = "Graph refused or could not be reached; nothing changed", body = ErrorResponse),
+    )
+)]
+async fn unfederate(
+    State(state): State<AppState>,
+    Extension(caller): Extension<AdminPrincipal>,
+    Path(domain): Path<String>,
+    ApiQuery(params): ApiQuery<ConfirmParams>,
+) -> Result<Json<FederationPreview>, ApiError> {
+    let confirmed = match params.confirm.as_deref() {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(ApiError::validation(
+                "confirm",
+                format!("confirm must be true or false (got {v:?})"),
+            ))
+        }
+    };
+    let preview = state
+        .m365
+        .unfederate_domain(&caller.actor(), &domain, confirmed, Utc::now())
+        .await?;
+    Ok(Json(preview))
 }
 
 /// The connection to the Microsoft 365 tenant.
