@@ -767,6 +767,40 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "Microsoft 365 refused idbridge's token: reconnect it in the console (changes wait meanwhile)".into(),
         );
     }
+    // The federated domains against what idbridge would send: checked in the background at
+    // most every few minutes (a probe never waits for Graph), the last result reported.
+    let (federation, due) = state.m365.federation_check(now);
+    if due && m365.as_deref() == Some("connected") {
+        let checker = state.clone();
+        tokio::spawn(async move {
+            let certificate = checker.idp.signing().certificate_der_base64().to_string();
+            let config = checker.config.clone();
+            checker
+                .m365
+                .check_federation(
+                    |d| {
+                        crate::m365::federation::FederationSettings::for_domain(
+                            &config,
+                            &certificate,
+                            d,
+                        )
+                    },
+                    chrono::Utc::now(),
+                )
+                .await;
+        });
+    }
+    let federation = federation.filter(|_| m365.as_deref() == Some("connected"));
+    for domain in federation.iter().flat_map(|f| &f.domains) {
+        if !domain.drift.is_empty() {
+            let properties: Vec<&str> = domain.drift.iter().map(|d| d.property.as_str()).collect();
+            warnings.push(format!(
+                "Microsoft's federation of {} differs from idbridge in {}: see `idbridge m365 domains`",
+                domain.domain,
+                properties.join(", ")
+            ));
+        }
+    }
     let outbox = if database {
         state.store.outbox_depth().await.ok()
     } else {
@@ -794,6 +828,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
                 "matchesBaseUrl": name_mismatch.is_none(),
             },
             "m365": {"ok": m365.as_deref() != Some("reconnect"), "state": m365},
+            "federation": {
+                "ok": federation.as_ref().is_none_or(|f| f.ok()),
+                "checkedAt": federation.as_ref().map(|f| f.checked_at.to_rfc3339()),
+                "domains": federation.as_ref().map(|f| &f.domains),
+                "error": federation.as_ref().and_then(|f| f.error.clone()),
+            },
             "outbox": {
                 "ok": oldest_age.is_none_or(|age| age <= OUTBOX_AGE_WARNING_SECONDS),
                 "queued": outbox.as_ref().map(|o| o.queued),

@@ -172,6 +172,8 @@ pub struct M365 {
     cached: tokio::sync::Mutex<Option<CachedToken>>,
     /// This node's name: the owner of the import runs it starts.
     pub(crate) node: String,
+    /// The last check of the domains federated to idbridge, for `/readyz`.
+    pub(crate) federation_check: std::sync::Mutex<Option<super::federation::FederationCheck>>,
 }
 
 impl std::fmt::Debug for M365 {
@@ -297,6 +299,7 @@ impl M365 {
             credential,
             cached: tokio::sync::Mutex::new(None),
             node: config.node_name(),
+            federation_check: std::sync::Mutex::new(None),
         })
     }
 

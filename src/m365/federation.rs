@@ -207,7 +207,93 @@ pub struct FederationPreview {
     pub not_bound: Vec<String>,
 }
 
+/// How often `/readyz` has the federated domains checked against Microsoft (Graph reads: the
+/// domain list and one federation per federated domain).
+pub const FEDERATION_CHECK_EVERY: chrono::Duration = chrono::Duration::minutes(10);
+
+/// The domains federated to idbridge as last checked, with their drift.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationCheck {
+    pub checked_at: DateTime<Utc>,
+    /// Domains federated to idbridge, each with what differs from idbridge's settings.
+    pub domains: Vec<DomainStatus>,
+    /// Why the check could not be made (Graph's answer), if it failed.
+    pub error: Option<String>,
+}
+
+impl FederationCheck {
+    /// Every federated domain matches idbridge's settings (or none is federated).
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.domains.iter().all(|d| d.drift.is_empty())
+    }
+}
+
 impl M365 {
+    /// The last federation check, and whether a new one is due at `now`.
+    pub fn federation_check(&self, now: DateTime<Utc>) -> (Option<FederationCheck>, bool) {
+        let last = self
+            .federation_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let due = last
+            .as_ref()
+            .is_none_or(|c| now - c.checked_at >= FEDERATION_CHECK_EVERY);
+        (last, due)
+    }
+
+    /// Drops the last check: the next `/readyz` checks again (a domain's federation changed).
+    fn forget_federation_check(&self) {
+        *self
+            .federation_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Checks the domains federated to idbridge against `settings` and keeps the result for
+    /// [`M365::federation_check`].
+    pub async fn check_federation(
+        &self,
+        settings: impl Fn(&str) -> FederationSettings,
+        now: DateTime<Utc>,
+    ) -> FederationCheck {
+        // Marked checked first, so concurrent probes start one check, not one each.
+        {
+            let mut slot = self
+                .federation_check
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut pending = slot.clone().unwrap_or(FederationCheck {
+                checked_at: now,
+                domains: Vec::new(),
+                error: None,
+            });
+            pending.checked_at = now;
+            *slot = Some(pending);
+        }
+        let check = match self.domain_statuses(settings).await {
+            Ok(all) => FederationCheck {
+                checked_at: now,
+                domains: all
+                    .into_iter()
+                    .filter(|d| d.sign_in == DomainSignIn::Idbridge)
+                    .collect(),
+                error: None,
+            },
+            Err(e) => FederationCheck {
+                checked_at: now,
+                domains: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        };
+        *self
+            .federation_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(check.clone());
+        check
+    }
+
     /// The tenant's domains with how each signs in and, for those federated to idbridge, the
     /// drift from `settings` (by domain).
     pub async fn domain_statuses(
@@ -363,6 +449,7 @@ impl M365 {
             })
             .await
             .map_err(|e| e.during(GraphCall::FederateDomain))?;
+        self.forget_federation_check();
         let event =
             NewEvent::new(now, actor, kind::M365_DOMAIN_FEDERATED, Some(&d.id)).details(json!({
                 "issuerUri": settings.issuer_uri,
@@ -419,6 +506,7 @@ impl M365 {
         })
         .await
         .map_err(|e| e.during(GraphCall::FederateDomain))?;
+        self.forget_federation_check();
         let event =
             NewEvent::new(now, actor, kind::M365_DOMAIN_UNFEDERATED, Some(&d.id)).details(json!({
                 "issuerUri": held.get("issuerUri"),

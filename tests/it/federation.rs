@@ -174,6 +174,27 @@ async fn a_domain_is_federated_through_graph_after_its_checks_and_preview_then_m
     assert_eq!(fabrikam.drift.len(), 1, "{:?}", fabrikam.drift);
     assert_eq!(fabrikam.drift[0].property, "signingCertificate");
     assert_eq!(fabrikam.drift[0].microsoft.as_deref(), Some("MIIOLD"));
+    // /readyz says so too (checked in the background; the node stays ready).
+    let readyz = || async {
+        let r = reqwest::get(app.url("/readyz")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    readyz().await;
+    let ready = crate::support::m365::eventually("readyz reports the drift", || async {
+        let body = readyz().await;
+        (body["checks"]["federation"]["ok"] == json!(false)).then_some(body)
+    })
+    .await;
+    let domains = ready["checks"]["federation"]["domains"].as_array().unwrap();
+    assert_eq!(domains.len(), 1, "{ready}");
+    assert_eq!(domains[0]["drift"][0]["property"], "signingCertificate");
+    assert!(
+        ready["warnings"]
+            .to_string()
+            .contains("fabrikam.com differs from idbridge in signingCertificate"),
+        "{ready}"
+    );
 
     // Managed again, after a confirmation.
     let e = refused(

@@ -278,7 +278,17 @@ impl M365Sync {
                     return patch(GraphCall::SetAccountEnabled, body, parts);
                 }
                 let Some(sealed) = work.job.secret_enc.as_deref() else {
-                    return nothing();
+                    // No password left to send (a failed change queued again has its sealed
+                    // password erased): the sign-out it asked for still goes.
+                    return if parts.is_empty() {
+                        nothing()
+                    } else {
+                        Plan::Send(UpdatePlan {
+                            main: None,
+                            parts,
+                            effect: JobEffect::Nothing,
+                        })
+                    };
                 };
                 let password = match self.sealer.open(sealed, OUTBOX_PASSWORD_CONTEXT) {
                     Ok(p) => p,
