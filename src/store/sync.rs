@@ -327,37 +327,66 @@ impl Store {
     }
 
     /// Marks users as being bound and queues their bind jobs, with one event each, in one
-    /// transaction. A user bound before keeps its immutable ID and M365 object.
+    /// transaction of a few multi-row statements (a statement per user made binding a large
+    /// directory cost a database round trip per row). A user bound before keeps its immutable
+    /// ID and M365 object; a user named twice is bound once.
     pub async fn bind_users(
         &self,
         requests: &[BindRequest],
         now_ms: i64,
         events: &[NewEvent],
     ) -> Result<(), StoreError> {
+        const BINDING_WIDTH: usize = 6;
+        const JOB_WIDTH: usize = 5;
         let bind_requested = BindingState::after(None, BindingStep::BindRequested)
             .unwrap_or(BindingState::Pending)
             .as_str();
+        // One row per user: a multi-row upsert may not touch the same row twice.
+        let mut seen = std::collections::HashSet::new();
+        let requests: Vec<&BindRequest> = requests
+            .iter()
+            .filter(|r| seen.insert(r.user_id.as_str()))
+            .collect();
         let mut tx = self.pool.begin().await?;
-        for request in requests {
-            sqlx::query(
+        for chunk in requests.chunks(super::rows_per_statement(BINDING_WIDTH)) {
+            let sql = format!(
                 "INSERT INTO m365_bindings (user_id, immutable_id, user_principal_name, \
-                 m365_object_id, state, bound_at) VALUES ($1, $2, $3, $4, $6, $5) \
-                 ON CONFLICT (user_id) DO UPDATE SET state = $6, last_error = NULL, \
-                 m365_object_id = COALESCE(m365_bindings.m365_object_id, $4)",
-            )
-            .bind(&request.user_id)
-            .bind(&request.immutable_id_candidate)
-            .bind(&request.user_principal_name)
-            .bind(&request.m365_object_id)
-            .bind(now_ms)
-            .bind(bind_requested)
-            .execute(&mut *tx)
-            .await?;
-            enqueue(&mut *tx, &request.user_id, &OutboxJob::bind(), now_ms).await?;
+                 m365_object_id, state, bound_at) VALUES {} \
+                 ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, last_error = NULL, \
+                 m365_object_id = COALESCE(m365_bindings.m365_object_id, excluded.m365_object_id)",
+                super::values_tuples(self.backend, chunk.len(), BINDING_WIDTH)
+            );
+            let mut query = sqlx::query(&sql);
+            for request in chunk {
+                query = query
+                    .bind(&request.user_id)
+                    .bind(&request.immutable_id_candidate)
+                    .bind(&request.user_principal_name)
+                    .bind(&request.m365_object_id)
+                    .bind(bind_requested)
+                    .bind(now_ms);
+            }
+            query.execute(&mut *tx).await?;
         }
-        for event in events {
-            events::insert(&mut *tx, event).await?;
+        for chunk in requests.chunks(super::rows_per_statement(JOB_WIDTH)) {
+            let sql = format!(
+                "INSERT INTO m365_outbox (user_id, kind, next_attempt_at, created_at, updated_at) \
+                 VALUES {}",
+                super::values_tuples(self.backend, chunk.len(), JOB_WIDTH)
+            );
+            let mut query = sqlx::query(&sql);
+            for request in chunk {
+                query = query
+                    .bind(&request.user_id)
+                    .bind(JobKind::Bind.as_str())
+                    .bind(now_ms)
+                    .bind(now_ms)
+                    .bind(now_ms);
+            }
+            query.execute(&mut *tx).await?;
         }
+        let events: Vec<&NewEvent> = events.iter().collect();
+        events::insert_many(&mut tx, self.backend, &events).await?;
         tx.commit().await?;
         self.note_change();
         Ok(())
