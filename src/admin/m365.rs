@@ -232,6 +232,19 @@ struct M365Page {
     run_moving: bool,
     recent_runs: Vec<RunLine>,
     attributes: Vec<AttributeLine>,
+    /// The tenant's domains and how each signs in (connected only).
+    domains: Vec<DomainLine>,
+    domains_error: Option<String>,
+}
+
+/// One of the tenant's domains on the page.
+struct DomainLine {
+    name: String,
+    /// managed, federated to idbridge, federated elsewhere (issuer).
+    sign_in: String,
+    flags: String,
+    /// "property: Microsoft has …" for each property that differs from idbridge's settings.
+    drift: Vec<String>,
 }
 
 /// Progress and results of one import run (the live region's content).
@@ -376,6 +389,11 @@ async fn build_page(
             Err(err) => tenant_error = Some(err.to_string()),
         }
     }
+    let (domains, domains_error) = if connected {
+        domain_lines(state).await
+    } else {
+        (Vec::new(), None)
+    };
 
     let mut run = None;
     let mut run_moving = false;
@@ -430,6 +448,8 @@ async fn build_page(
         tenant_total,
         tenant_not_imported,
         tenant_error,
+        domains,
+        domains_error,
         find,
         list_limit: TENANT_LIST_LIMIT,
         run,
@@ -685,4 +705,57 @@ async fn set_attributes(
         text
     };
     Ok(redirect_with_notice("/admin/m365#attributes", &notice))
+}
+
+/// The tenant's domains for the page, or Graph's error.
+async fn domain_lines(state: &AppState) -> (Vec<DomainLine>, Option<String>) {
+    use crate::m365::federation::{DomainSignIn, FederationSettings};
+    let certificate = state.idp.signing().certificate_der_base64().to_string();
+    let statuses = state
+        .m365
+        .domain_statuses(|d| FederationSettings::for_domain(&state.config, &certificate, d))
+        .await;
+    match statuses {
+        Ok(all) => (
+            all.into_iter()
+                .map(|d| {
+                    let mut flags = Vec::new();
+                    if d.is_default {
+                        flags.push("default");
+                    }
+                    if d.is_initial {
+                        flags.push("initial");
+                    }
+                    if !d.is_verified {
+                        flags.push("not verified");
+                    }
+                    DomainLine {
+                        sign_in: match d.sign_in {
+                            DomainSignIn::Managed => "managed (Microsoft 365 passwords)".into(),
+                            DomainSignIn::Idbridge => "federated to idbridge".into(),
+                            DomainSignIn::OtherProvider => format!(
+                                "federated elsewhere ({})",
+                                d.issuer_uri.as_deref().unwrap_or("unknown issuer")
+                            ),
+                        },
+                        flags: flags.join(", "),
+                        drift: d
+                            .drift
+                            .iter()
+                            .map(|x| {
+                                format!(
+                                    "{}: Microsoft 365 has {}",
+                                    x.property,
+                                    x.microsoft.as_deref().unwrap_or("nothing")
+                                )
+                            })
+                            .collect(),
+                        name: d.domain,
+                    }
+                })
+                .collect(),
+            None,
+        ),
+        Err(err) => (Vec::new(), Some(err.to_string())),
+    }
 }

@@ -422,3 +422,37 @@ async fn the_api_previews_federates_refuses_with_fields_and_unfederates() {
     assert_eq!(status, 200);
     assert!(fake.federation("fabrikam.com").is_none());
 }
+
+#[tokio::test]
+async fn the_console_shows_each_domain_s_sign_in_and_drift() {
+    let (app, fake) = tenant(FEDERATION_ROLES).await;
+    let ours = settings(&app, "fabrikam.com");
+    app.state()
+        .m365
+        .federate_domain(&admin(), "fabrikam.com", &ours, false, true, Utc::now())
+        .await
+        .unwrap();
+    fake.set_federation_property(
+        "fabrikam.com",
+        "passiveSignInUri",
+        json!("https://old.example/sso"),
+    );
+    let browser = crate::support::console::admin_browser(&app, "root", AdminRole::Admin).await;
+    let (status, page) = browser.get(&app, "/admin/m365").await;
+    assert_eq!(status, 200);
+    let row = |domain: &str| {
+        page.split("<tr>")
+            .find(|r| r.contains(&format!("<td>{domain}</td>")))
+            .unwrap_or_else(|| panic!("{domain} listed: {page}"))
+            .to_string()
+    };
+    // Ours by its issuer although its sign-in page was changed, with the difference shown.
+    assert!(row("fabrikam.com").contains("federated to idbridge"));
+    assert!(
+        row("fabrikam.com").contains("passiveSignInUri: Microsoft 365 has https://old.example/sso"),
+        "{}",
+        row("fabrikam.com")
+    );
+    assert!(row("contoso.com").contains("managed") && row("contoso.com").contains("default"));
+    assert!(row("northwind.com").contains("not verified"));
+}
