@@ -49,6 +49,8 @@ pub fn router() -> Router<AppState> {
         .route("/admin/m365/import", post(import))
         .route("/admin/m365/imports/{run_id}", get(import_progress))
         .route("/admin/m365/attributes", post(set_attributes))
+        .route("/admin/m365/domains/federate", post(federate))
+        .route("/admin/m365/domains/unfederate", post(unfederate))
 }
 
 /// What Microsoft appends to the redirect URI after consent.
@@ -240,6 +242,9 @@ struct M365Page {
 /// One of the tenant's domains on the page.
 struct DomainLine {
     name: String,
+    /// Offered: federate (managed, verified, not initial) or make managed (federated here).
+    can_federate: bool,
+    can_unfederate: bool,
     /// managed, federated to idbridge, federated elsewhere (issuer).
     sign_in: String,
     flags: String,
@@ -730,6 +735,10 @@ async fn domain_lines(state: &AppState) -> (Vec<DomainLine>, Option<String>) {
                         flags.push("not verified");
                     }
                     DomainLine {
+                        can_federate: d.sign_in == DomainSignIn::Managed
+                            && d.is_verified
+                            && !d.is_initial,
+                        can_unfederate: d.sign_in == DomainSignIn::Idbridge,
                         sign_in: match d.sign_in {
                             DomainSignIn::Managed => "managed (Microsoft 365 passwords)".into(),
                             DomainSignIn::Idbridge => "federated to idbridge".into(),
@@ -757,5 +766,134 @@ async fn domain_lines(state: &AppState) -> (Vec<DomainLine>, Option<String>) {
             None,
         ),
         Err(err) => (Vec::new(), Some(err.to_string())),
+    }
+}
+
+/// The confirmation page of a domain's federation change: who it affects, what is sent.
+#[derive(Template)]
+#[template(path = "admin/m365_federate.html")]
+struct FederatePage {
+    chrome: Chrome,
+    domain: String,
+    /// Federating (else making managed).
+    federate: bool,
+    is_default: bool,
+    bound: Vec<String>,
+    not_bound: Vec<String>,
+    graph_body: String,
+    powershell: String,
+}
+
+/// Federates a domain: without `confirmed=yes`, the preview to confirm; then the change, or
+/// the refusal with its reason on the Microsoft 365 page.
+async fn federate(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    change_federation(&state, &admin, &FormFields::parse(&body), true).await
+}
+
+/// Makes a domain federated to idbridge managed again, after the same preview.
+async fn unfederate(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    change_federation(&state, &admin, &FormFields::parse(&body), false).await
+}
+
+async fn change_federation(
+    state: &AppState,
+    admin: &AdminPrincipal,
+    form: &FormFields,
+    federate: bool,
+) -> Result<Response, AppError> {
+    use crate::m365::federation::{FederationError, FederationSettings};
+    let Some(domain) = form.one("domain").filter(|d| !d.trim().is_empty()) else {
+        return refused(
+            state,
+            admin,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Choose the domain first.".into(),
+        )
+        .await;
+    };
+    let yes = |name: &str| form.one(name).as_deref() == Some("yes");
+    let certificate = state.idp.signing().certificate_der_base64().to_string();
+    let settings = FederationSettings::for_domain(&state.config, &certificate, domain.trim());
+    let now = Utc::now();
+    let outcome = if !yes("confirmed") {
+        // The preview: nothing changes.
+        let domains = state
+            .m365
+            .domain_statuses(|d| FederationSettings::for_domain(&state.config, &certificate, d));
+        let preview = state.m365.federation_preview(&domain).await;
+        match (preview, domains.await) {
+            (Ok(preview), Ok(domains)) => {
+                let is_default = domains
+                    .iter()
+                    .any(|d| d.domain == preview.domain && d.is_default);
+                let page = FederatePage {
+                    chrome: Chrome::new(admin, "m365"),
+                    graph_body: serde_json::to_string_pretty(&settings.body()).unwrap_or_default(),
+                    powershell: settings.powershell(&preview.domain),
+                    domain: preview.domain,
+                    federate,
+                    is_default,
+                    bound: preview.bound,
+                    not_bound: preview.not_bound,
+                };
+                return Ok(render(StatusCode::OK, &page));
+            }
+            (Err(e), _) => Err(e),
+            (_, Err(e)) => Err(FederationError::M365(e)),
+        }
+    } else if federate {
+        state
+            .m365
+            .federate_domain(
+                &admin.actor(),
+                &domain,
+                &settings,
+                yes("confirm_default"),
+                yes("confirm_unbound"),
+                now,
+            )
+            .await
+            .map(|p| {
+                format!(
+                    "{} is federated to idbridge: its {} bound user(s) sign in here. Microsoft may take a few minutes (at most 2 hours) to switch.",
+                    p.domain,
+                    p.bound.len()
+                )
+            })
+    } else {
+        state
+            .m365
+            .unfederate_domain(&admin.actor(), &domain, true, now)
+            .await
+            .map(|p| {
+                format!(
+                    "{} is managed again: Microsoft 365 checks its users' passwords. Microsoft may take up to 2 hours to switch.",
+                    p.domain
+                )
+            })
+    };
+    match outcome {
+        Ok(notice) => Ok(redirect_with_notice("/admin/m365#domains", &notice)),
+        Err(err) => {
+            let status = match &err {
+                FederationError::Store(_) => return Err(internal(err)),
+                FederationError::M365(M365Error::Store(_) | M365Error::Secret(_)) => {
+                    return Err(internal(err))
+                }
+                FederationError::UnknownDomain(_) => StatusCode::NOT_FOUND,
+                FederationError::NeedsConfirmation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                FederationError::M365(_) => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::CONFLICT,
+            };
+            refused(state, admin, status, format!("Nothing changed: {err}")).await
+        }
     }
 }

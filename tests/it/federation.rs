@@ -456,3 +456,112 @@ async fn the_console_shows_each_domain_s_sign_in_and_drift() {
     assert!(row("contoso.com").contains("managed") && row("contoso.com").contains("default"));
     assert!(row("northwind.com").contains("not verified"));
 }
+
+#[tokio::test]
+async fn the_console_federates_after_a_confirmation_page_and_makes_managed_again() {
+    let (app, fake) = tenant(FEDERATION_ROLES).await;
+    let browser = crate::support::console::admin_browser(&app, "root", AdminRole::Admin).await;
+    let (_, page) = browser.get(&app, "/admin/m365").await;
+    assert!(
+        page.contains("action=\"/admin/m365/domains/federate\""),
+        "offered"
+    );
+
+    // The confirmation page: who is affected, what is sent; nothing changed yet.
+    let r = browser
+        .post(
+            &app,
+            "/admin/m365/domains/federate",
+            &[("domain", "fabrikam.com")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let confirm = r.text().await.unwrap();
+    assert!(
+        confirm.contains("Federate fabrikam.com to idbridge?"),
+        "{confirm}"
+    );
+    assert!(
+        confirm.contains("<li>ana@fabrikam.com</li>")
+            && confirm.contains("<li>breakglass@fabrikam.com</li>")
+    );
+    assert!(
+        confirm.contains("name=\"confirm_unbound\""),
+        "asks about the users not bound"
+    );
+    assert!(confirm.contains("New-MgDomainFederationConfiguration"));
+    assert!(fake.federation("fabrikam.com").is_none());
+
+    // Confirmed without ticking the users not bound: refused with the reason, nothing sent.
+    let r = browser
+        .post(
+            &app,
+            "/admin/m365/domains/federate",
+            &[("domain", "fabrikam.com"), ("confirmed", "yes")],
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("breakglass@fabrikam.com"));
+    assert!(fake.federation("fabrikam.com").is_none());
+
+    // The default domain's page asks for that confirmation too.
+    let r = browser
+        .post(
+            &app,
+            "/admin/m365/domains/federate",
+            &[("domain", "contoso.com")],
+        )
+        .await;
+    assert!(r.text().await.unwrap().contains("name=\"confirm_default\""));
+
+    let r = browser
+        .post(
+            &app,
+            "/admin/m365/domains/federate",
+            &[
+                ("domain", "fabrikam.com"),
+                ("confirmed", "yes"),
+                ("confirm_unbound", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    assert!(fake.federation("fabrikam.com").is_some());
+    assert_eq!(
+        app.events("m365_domain_federated").await[0].actor,
+        "admin:root"
+    );
+    let (_, page) = browser.get(&app, "/admin/m365").await;
+    assert!(
+        page.contains("federated to idbridge") && page.contains("Make managed"),
+        "{page}"
+    );
+
+    let r = browser
+        .post(
+            &app,
+            "/admin/m365/domains/unfederate",
+            &[("domain", "fabrikam.com"), ("confirmed", "yes")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    assert!(fake.federation("fabrikam.com").is_none());
+
+    // A read-only admin sees the domains but cannot change them.
+    let viewer = crate::support::console::admin_browser(&app, "viewer", AdminRole::ReadOnly).await;
+    let (_, page) = viewer.get(&app, "/admin/m365").await;
+    assert!(page.contains("<td>fabrikam.com</td>") && !page.contains("Federate…"));
+    let r = viewer
+        .post(
+            &app,
+            "/admin/m365/domains/federate",
+            &[
+                ("domain", "fabrikam.com"),
+                ("confirmed", "yes"),
+                ("confirm_unbound", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    assert!(fake.federation("fabrikam.com").is_none());
+}
