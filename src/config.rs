@@ -510,6 +510,10 @@ pub struct SamlConfig {
     /// The keys read from `m365_certificate_file` at start-up.
     #[serde(skip)]
     pub m365_certificates: Option<Arc<VerificationKeys>>,
+    /// Microsoft's AuthnRequests must be signed by a key of `m365_certificate_file` (Entra
+    /// signs them when the federation's `isSignedAuthenticationRequestRequired` is true, which
+    /// `idbridge m365 federate` then sets).
+    pub m365_signed_requests: bool,
 }
 
 impl Default for SamlConfig {
@@ -529,6 +533,7 @@ impl Default for SamlConfig {
             service_providers: Vec::new(),
             m365_certificate_file: None,
             m365_certificates: None,
+            m365_signed_requests: false,
         }
     }
 }
@@ -559,6 +564,10 @@ pub struct ServiceProviderConfig {
     /// The keys read from `certificate_file` at start-up.
     #[serde(skip)]
     pub certificates: Option<Arc<VerificationKeys>>,
+    /// Its AuthnRequests must be signed by a key of `certificate_file` (its metadata's
+    /// `AuthnRequestsSigned`).
+    #[serde(default)]
+    pub want_authn_requests_signed: bool,
 }
 
 fn default_name_id() -> String {
@@ -997,10 +1006,24 @@ impl Config {
                 let setting = format!("saml.service_providers[{i}].certificate_file");
                 sp.certificates = Some(Arc::new(load_certificates(&setting, path)?));
             }
+            if sp.want_authn_requests_signed && sp.certificate_file.is_none() {
+                return Err(invalid(
+                    &format!("saml.service_providers[{i}].want_authn_requests_signed"),
+                    "signed AuthnRequests are required but no certificate is configured to check them",
+                    "set certificate_file to the service provider's signing certificate (PEM), or drop want_authn_requests_signed",
+                ));
+            }
         }
         if let Some(path) = &self.saml.m365_certificate_file {
             let keys = load_certificates("saml.m365_certificate_file", path)?;
             self.saml.m365_certificates = Some(Arc::new(keys));
+        }
+        if self.saml.m365_signed_requests && self.saml.m365_certificate_file.is_none() {
+            return Err(invalid(
+                "saml.m365_signed_requests",
+                "Microsoft's AuthnRequests must be signed but no certificate is configured to check them",
+                "set saml.m365_certificate_file to Microsoft's signing certificates (PEM, from https://login.microsoftonline.com/<tenant>/federationmetadata/2007-06/federationmetadata.xml), or drop m365_signed_requests",
+            ));
         }
         self.password_policy
             .validate()

@@ -70,6 +70,9 @@ pub struct FederationSettings {
     pub sign_out_uri: String,
     /// The signing certificate, base64 of its DER (Graph's `signingCertificate`).
     pub signing_certificate: String,
+    /// Entra signs its AuthnRequests (`isSignedAuthenticationRequestRequired`): set with
+    /// `[saml] m365_signed_requests`, which makes idbridge require it.
+    pub signed_requests: bool,
 }
 
 /// The properties idbridge sets, and their values, for comparing with Microsoft's copy.
@@ -107,6 +110,7 @@ impl FederationSettings {
             passive_sign_in_uri: format!("{base}/saml/sso"),
             sign_out_uri: format!("{base}/saml/slo"),
             signing_certificate: signing_certificate.to_string(),
+            signed_requests: config.saml.m365_signed_requests,
         }
     }
 
@@ -119,6 +123,7 @@ impl FederationSettings {
             "passiveSignInUri": self.passive_sign_in_uri,
             "signOutUri": self.sign_out_uri,
             "signingCertificate": self.signing_certificate,
+            "isSignedAuthenticationRequestRequired": self.signed_requests,
         });
         if let Some(object) = body.as_object_mut() {
             for (name, value) in FIXED {
@@ -142,8 +147,13 @@ impl FederationSettings {
              -PreferredAuthenticationProtocol \"saml\" `\n  \
              -SigningCertificate \"{}\" `\n  \
              -FederatedIdpMfaBehavior \"acceptIfMfaDoneByFederatedIdp\" `\n  \
-             -PromptLoginBehavior \"nativeSupport\"",
-            self.issuer_uri, self.passive_sign_in_uri, self.sign_out_uri, self.signing_certificate
+             -PromptLoginBehavior \"nativeSupport\" `\n  \
+             -IsSignedAuthenticationRequestRequired:${}",
+            self.issuer_uri,
+            self.passive_sign_in_uri,
+            self.sign_out_uri,
+            self.signing_certificate,
+            self.signed_requests
         )
     }
 
@@ -155,7 +165,8 @@ impl FederationSettings {
             ("signOutUri", self.sign_out_uri.as_str()),
             ("signingCertificate", self.signing_certificate.as_str()),
         ];
-        ours.into_iter()
+        let mut drift: Vec<Drift> = ours
+            .into_iter()
             .chain(FIXED)
             .filter_map(|(property, value)| {
                 let theirs = held.get(property).and_then(Value::as_str);
@@ -165,7 +176,20 @@ impl FederationSettings {
                     microsoft: theirs.map(str::to_string),
                 })
             })
-            .collect()
+            .collect();
+        // Unset, Microsoft does not sign (its default is false).
+        let signs = held
+            .get("isSignedAuthenticationRequestRequired")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if signs != self.signed_requests {
+            drift.push(Drift {
+                property: "isSignedAuthenticationRequestRequired".into(),
+                idbridge: self.signed_requests.to_string(),
+                microsoft: Some(signs.to_string()),
+            });
+        }
+        drift
     }
 }
 
@@ -565,6 +589,7 @@ mod tests {
             passive_sign_in_uri: "https://idp.contoso.com/saml/sso".into(),
             sign_out_uri: "https://idp.contoso.com/saml/slo".into(),
             signing_certificate: "MIIC".into(),
+            signed_requests: false,
         }
     }
 

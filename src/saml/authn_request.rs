@@ -46,8 +46,13 @@ pub struct AuthnRequest {
 impl AuthnRequest {
     /// Parses a decoded AuthnRequest document.
     pub fn parse(xml: &str) -> Result<Self, SamlError> {
-        let doc = parse_document(xml)?;
-        let root = protocol_root(&doc, "AuthnRequest")?;
+        Self::from_document(&parse_document(xml)?)
+    }
+
+    /// Reads an AuthnRequest from a parsed document (whose signature the caller may check on
+    /// the same root).
+    pub fn from_document(doc: &roxmltree::Document<'_>) -> Result<Self, SamlError> {
+        let root = protocol_root(doc, "AuthnRequest")?;
         let header = RequestHeader::parse(root)?;
 
         let acs_index = match root.attribute("AssertionConsumerServiceIndex") {

@@ -155,13 +155,15 @@ async fn metadata(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The raw query goes along: a service provider that signs its requests signs it as sent.
 async fn sso_redirect(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     jar: CookieJar,
+    RawQuery(raw): RawQuery,
     Query(params): Query<SamlParams>,
 ) -> Result<Response, AppError> {
-    sso(state, addr, jar, params, true).await
+    sso(state, addr, jar, params, Some(raw.unwrap_or_default())).await
 }
 
 async fn sso_post(
@@ -170,7 +172,7 @@ async fn sso_post(
     jar: CookieJar,
     Form(params): Form<SamlParams>,
 ) -> Result<Response, AppError> {
-    sso(state, addr, jar, params, false).await
+    sso(state, addr, jar, params, None).await
 }
 
 async fn sso(
@@ -178,7 +180,7 @@ async fn sso(
     addr: SocketAddr,
     jar: CookieJar,
     params: SamlParams,
-    redirect_binding: bool,
+    raw_query: Option<String>,
 ) -> Result<Response, AppError> {
     let now = Utc::now();
     let ip = Some(addr.ip().to_string());
@@ -186,7 +188,7 @@ async fn sso(
         .idp
         .receive_authn_request(
             params.saml_request.as_deref(),
-            redirect_binding,
+            raw_query.as_deref(),
             params.relay_state,
             now,
         )

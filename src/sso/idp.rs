@@ -396,13 +396,18 @@ impl IdentityProvider {
 
     /// Decodes and checks an AuthnRequest. Nothing is written yet: the request ID goes into the
     /// replay cache when the request is parked or answered, and is accepted once only.
+    ///
+    /// `raw_query` is the HTTP-Redirect query as sent (`None` for HTTP-POST): a service
+    /// provider that must sign its requests signs those octets (SAML bindings §3.4.4.1), or
+    /// the request root itself with an enveloped signature for HTTP-POST.
     pub async fn receive_authn_request(
         &self,
         saml_request: Option<&str>,
-        redirect_binding: bool,
+        raw_query: Option<&str>,
         relay_state: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<IncomingRequest, SsoError> {
+        let redirect_binding = raw_query.is_some();
         let encoded = saml_request
             .filter(|s| !s.trim().is_empty())
             .ok_or(SsoError::MissingRequest)?;
@@ -416,11 +421,30 @@ impl IdentityProvider {
         } else {
             saml::decode_post(encoded)?
         };
-        let request = AuthnRequest::parse(&xml)?;
+        // One parse: the root whose signature is checked is the root the request is read from.
+        let doc = saml::parse_document(&xml)?;
+        let request = AuthnRequest::from_document(&doc)?;
         let sp = self
             .service_providers
             .get(&request.issuer)
             .ok_or_else(|| SsoError::UnknownServiceProvider(request.issuer.clone()))?;
+        if sp.requires_signed_requests {
+            let keys = sp.verification_keys.as_deref().ok_or_else(|| {
+                SsoError::BadSignature(
+                    sp.entity_id.clone(),
+                    saml::SamlError::Invalid {
+                        field: "Signature",
+                        reason: "no certificate is configured to check it".into(),
+                    },
+                )
+            })?;
+            let checked = match raw_query {
+                Some(raw) => saml::verify::RedirectQuery::parse(raw, "SAMLRequest")
+                    .and_then(|query| query.verify(keys)),
+                None => saml::verify::verify_enveloped(&doc, keys),
+            };
+            checked.map_err(|e| SsoError::BadSignature(sp.entity_id.clone(), e))?;
+        }
         if request.issue_instant > now + self.settings.skew {
             return Err(SsoError::FromFuture(request.issue_instant.to_rfc3339()));
         }

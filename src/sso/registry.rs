@@ -51,6 +51,8 @@ pub struct ServiceProvider {
     /// The SP's signing keys, when its certificate is configured: its messages must then be
     /// signed by one of them.
     pub verification_keys: Option<Arc<VerificationKeys>>,
+    /// Its AuthnRequests must carry a valid signature by one of `verification_keys`.
+    pub requires_signed_requests: bool,
 }
 
 /// All registered service providers, by entity ID.
@@ -74,6 +76,7 @@ impl ServiceProviders {
             requires_m365_binding: true,
             is_m365: true,
             verification_keys: config.saml.m365_certificates.clone(),
+            requires_signed_requests: config.saml.m365_signed_requests,
         };
         let mut by_entity_id = HashMap::new();
         by_entity_id.insert(m365.entity_id.clone(), Arc::new(m365));
@@ -98,6 +101,7 @@ impl ServiceProviders {
                     || name_id == NameIdSource::ImmutableId,
                 is_m365: false,
                 verification_keys: sp.certificates.clone(),
+                requires_signed_requests: sp.want_authn_requests_signed,
             };
             by_entity_id.insert(entry.entity_id.clone(), Arc::new(entry));
         }
@@ -111,6 +115,7 @@ impl ServiceProviders {
             requires_m365_binding: false,
             is_m365: false,
             verification_keys: None,
+            requires_signed_requests: false,
         });
         // A configured entry cannot take the portal's name.
         by_entity_id.remove(PORTAL_TARGET);

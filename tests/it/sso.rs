@@ -2750,3 +2750,158 @@ fn a_bad_certificate_file_stops_start_up_naming_the_setting() {
         );
     }
 }
+
+const AUTHN_REQUEST_ID_ATTR: &str = "urn:oasis:names:tc:SAML:2.0:protocol:AuthnRequest";
+
+/// `xml` (an AuthnRequest) with an enveloped signature by `xmlsec1 --sign`.
+fn xmlsec_signed_authn_request(xml: &str, id: &str, key: &SpKey) -> String {
+    let template = xml.replacen(
+        "</Issuer>",
+        &format!(
+            "</Issuer><ds:Signature xmlns:ds=\"{NS_DSIG}\"><ds:SignedInfo><ds:CanonicalizationMethod Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/><ds:SignatureMethod Algorithm=\"{RSA_SHA256}\"/><ds:Reference URI=\"#{id}\"><ds:Transforms><ds:Transform Algorithm=\"http://www.w3.org/2000/09/xmldsig#enveloped-signature\"/><ds:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/></ds:Transforms><ds:DigestMethod Algorithm=\"http://www.w3.org/2001/04/xmlenc#sha256\"/><ds:DigestValue/></ds:Reference></ds:SignedInfo><ds:SignatureValue/></ds:Signature>"
+        ),
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("t.xml"), dir.path().join("s.xml"));
+    std::fs::write(&input, template).unwrap();
+    let out = Command::new("xmlsec1")
+        .arg("--sign")
+        .arg("--privkey-pem")
+        .arg(key.key_path())
+        .arg("--id-attr:ID")
+        .arg(AUTHN_REQUEST_ID_ATTR)
+        .arg("--output")
+        .arg(&output)
+        .arg(&input)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run xmlsec1 ({e}); {INSTALL_HINT}"));
+    assert!(
+        out.status.success(),
+        "xmlsec1 --sign failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(output).unwrap()
+}
+
+#[tokio::test]
+async fn signed_authn_requests_are_required_when_configured_and_checked_in_both_bindings() {
+    let microsoft = SpKey::new("login.microsoftonline.com");
+    let other = SpKey::new("attacker.example");
+    let app = TestApp::spawn_with(&format!(
+        "[saml]\nm365_certificate_file = \"{}\"\nm365_signed_requests = true\n",
+        microsoft.cert_path().display()
+    ))
+    .await;
+    let browser = app.browser();
+
+    // Signed by Microsoft's key: the sign-in page, in both bindings.
+    let id = request_id();
+    let signed = xmlsec_signed_authn_request(&authn_request(&id, ""), &id, &microsoft);
+    xmlsec_verify(&signed, &microsoft.cert_path(), AUTHN_REQUEST_ID_ATTR).unwrap();
+    let page = sso_post(&browser, &app, &signed, None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.has_login_form(), "{}", page.body);
+    let query = signed_query(
+        &authn_request(&request_id(), ""),
+        Some("rs"),
+        RSA_SHA256,
+        &microsoft,
+    );
+    let response = browser
+        .get(format!("{}?{query}", app.url("/saml/sso")))
+        .send()
+        .await
+        .unwrap();
+    let page = Page::read(response).await;
+    assert!(page.has_login_form(), "{}", page.body);
+
+    // Refused, each with a saml_request_rejected event saying why.
+    let inner_id = request_id();
+    let genuine = xmlsec_signed_authn_request(&authn_request(&inner_id, ""), &inner_id, &microsoft);
+    let genuine = genuine[genuine.find("<samlp:AuthnRequest").unwrap()..].to_string();
+    let forged_open = |id: &str| {
+        format!(
+            "<samlp:AuthnRequest xmlns:samlp=\"{NS_PROTOCOL}\" ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{}\" ForceAuthn=\"false\"><Issuer xmlns=\"{NS_ASSERTION}\">{M365}</Issuer>",
+            xs_datetime(Utc::now())
+        )
+    };
+    let post_cases: Vec<(String, &str)> = vec![
+        (authn_request(&request_id(), ""), "not signed"),
+        {
+            let id = request_id();
+            let xml = xmlsec_signed_authn_request(&authn_request(&id, ""), &id, &microsoft);
+            (
+                xml.replace("nameid-format:persistent", "nameid-format:emailAddress"),
+                "digest does not match",
+            )
+        },
+        {
+            let id = request_id();
+            (
+                xmlsec_signed_authn_request(&authn_request(&id, ""), &id, &other),
+                "does not verify with any configured certificate",
+            )
+        },
+        // XSW: the genuine signed request inside a forged root.
+        (
+            format!(
+                "{}<samlp:Extensions>{genuine}</samlp:Extensions></samlp:AuthnRequest>",
+                forged_open(&request_id())
+            ),
+            "not a child",
+        ),
+    ];
+    for (xml, reason) in post_cases {
+        let before = rejected_count(&app).await;
+        let page = sso_post(&browser, &app, &xml, None).await;
+        assert_rejected(&app, &page, before, reason).await;
+    }
+    let redirect_cases: Vec<(String, &str)> = vec![
+        (
+            format!(
+                "SAMLRequest={}",
+                form_encode(&deflate_base64(authn_request(&request_id(), "").as_bytes()))
+            ),
+            "not signed",
+        ),
+        (
+            signed_query(&authn_request(&request_id(), ""), None, RSA_SHA256, &other),
+            "does not match the query",
+        ),
+        // Signed, then the request swapped for another.
+        {
+            let signed = signed_query(
+                &authn_request(&request_id(), ""),
+                None,
+                RSA_SHA256,
+                &microsoft,
+            );
+            let (_, rest) = signed.split_once('&').unwrap();
+            (
+                format!(
+                    "SAMLRequest={}&{rest}",
+                    form_encode(&deflate_base64(
+                        authn_request(&request_id(), "ForceAuthn=\"true\"").as_bytes()
+                    ))
+                ),
+                "does not match the query",
+            )
+        },
+    ];
+    for (query, reason) in redirect_cases {
+        let before = rejected_count(&app).await;
+        let response = browser
+            .get(format!("{}?{query}", app.url("/saml/sso")))
+            .send()
+            .await
+            .unwrap();
+        let page = Page::read(response).await;
+        assert_rejected(&app, &page, before, reason).await;
+    }
+
+    // Without the certificate the setting is refused at start, with the fix.
+    let err = idbridge::config::Config::from_toml("[saml]\nm365_signed_requests = true\n")
+        .expect_err("refused");
+    assert!(err.to_string().contains("m365_certificate_file"), "{err}");
+}
