@@ -1228,16 +1228,7 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
                     println!("{}", serde_json::to_string(&d).map_err(fail)?);
                     continue;
                 }
-                let mut flags = Vec::new();
-                if d.is_default {
-                    flags.push("default");
-                }
-                if d.is_initial {
-                    flags.push("initial");
-                }
-                if !d.is_verified {
-                    flags.push("unverified");
-                }
+                let flags = d.flags();
                 let sign_in = match d.sign_in {
                     DomainSignIn::Managed => "managed".to_string(),
                     DomainSignIn::Idbridge => "federated to idbridge".to_string(),

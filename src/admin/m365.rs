@@ -724,16 +724,7 @@ async fn domain_lines(state: &AppState) -> (Vec<DomainLine>, Option<String>) {
         Ok(all) => (
             all.into_iter()
                 .map(|d| {
-                    let mut flags = Vec::new();
-                    if d.is_default {
-                        flags.push("default");
-                    }
-                    if d.is_initial {
-                        flags.push("initial");
-                    }
-                    if !d.is_verified {
-                        flags.push("not verified");
-                    }
+                    let flags = d.flags();
                     DomainLine {
                         can_federate: d.sign_in == DomainSignIn::Managed
                             && d.is_verified

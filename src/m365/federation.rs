@@ -220,6 +220,20 @@ pub struct DomainStatus {
     pub drift: Vec<Drift>,
 }
 
+impl DomainStatus {
+    /// `default`, `initial`, `unverified`: what sets the domain apart, for lists.
+    pub fn flags(&self) -> Vec<&'static str> {
+        [
+            (self.is_default, "default"),
+            (self.is_initial, "initial"),
+            (!self.is_verified, "unverified"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect()
+    }
+}
+
 /// Who a change of a domain's sign-in affects: the Microsoft 365 users of the domain.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -454,7 +454,7 @@ async fn the_console_shows_each_domain_s_sign_in_and_drift() {
         row("fabrikam.com")
     );
     assert!(row("contoso.com").contains("managed") && row("contoso.com").contains("default"));
-    assert!(row("northwind.com").contains("not verified"));
+    assert!(row("northwind.com").contains("unverified"));
 }
 
 #[tokio::test]

@@ -2341,26 +2341,7 @@ fn xmlsec_signed_logout(id: &str, name_id: &str, index: &str, key: &SpKey) -> St
         ),
         1,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let (input, output) = (dir.path().join("t.xml"), dir.path().join("s.xml"));
-    std::fs::write(&input, template).unwrap();
-    let out = Command::new("xmlsec1")
-        .arg("--sign")
-        .arg("--privkey-pem")
-        .arg(key.key_path())
-        .arg("--id-attr:ID")
-        .arg(LOGOUT_REQUEST_ID_ATTR)
-        .arg("--output")
-        .arg(&output)
-        .arg(&input)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run xmlsec1 ({e}); {INSTALL_HINT}"));
-    assert!(
-        out.status.success(),
-        "xmlsec1 --sign failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(output).unwrap()
+    xmlsec_sign(&template, LOGOUT_REQUEST_ID_ATTR, key)
 }
 
 /// A LogoutRequest from the wiki signed by idbridge's own enveloped signer with the SP's key.
@@ -2762,26 +2743,7 @@ fn xmlsec_signed_authn_request(xml: &str, id: &str, key: &SpKey) -> String {
         ),
         1,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let (input, output) = (dir.path().join("t.xml"), dir.path().join("s.xml"));
-    std::fs::write(&input, template).unwrap();
-    let out = Command::new("xmlsec1")
-        .arg("--sign")
-        .arg("--privkey-pem")
-        .arg(key.key_path())
-        .arg("--id-attr:ID")
-        .arg(AUTHN_REQUEST_ID_ATTR)
-        .arg("--output")
-        .arg(&output)
-        .arg(&input)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run xmlsec1 ({e}); {INSTALL_HINT}"));
-    assert!(
-        out.status.success(),
-        "xmlsec1 --sign failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(output).unwrap()
+    xmlsec_sign(&template, AUTHN_REQUEST_ID_ATTR, key)
 }
 
 #[tokio::test]
@@ -2904,4 +2866,30 @@ async fn signed_authn_requests_are_required_when_configured_and_checked_in_both_
     let err = idbridge::config::Config::from_toml("[saml]\nm365_signed_requests = true\n")
         .expect_err("refused");
     assert!(err.to_string().contains("m365_certificate_file"), "{err}");
+}
+
+/// Signs a template (an empty `ds:Signature` in place) with `xmlsec1 --sign`, the element's
+/// `ID` declared by `id_attr`: an independent signer, so our verifier is not only checked
+/// against our own signer.
+fn xmlsec_sign(template: &str, id_attr: &str, key: &SpKey) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("t.xml"), dir.path().join("s.xml"));
+    std::fs::write(&input, template).unwrap();
+    let out = Command::new("xmlsec1")
+        .arg("--sign")
+        .arg("--privkey-pem")
+        .arg(key.key_path())
+        .arg("--id-attr:ID")
+        .arg(id_attr)
+        .arg("--output")
+        .arg(&output)
+        .arg(&input)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run xmlsec1 ({e}); {INSTALL_HINT}"));
+    assert!(
+        out.status.success(),
+        "xmlsec1 --sign failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(output).unwrap()
 }

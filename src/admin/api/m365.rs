@@ -164,17 +164,7 @@ async fn unfederate(
     Path(domain): Path<String>,
     ApiQuery(params): ApiQuery<ConfirmParams>,
 ) -> Result<Json<FederationPreview>, ApiError> {
-    let confirmed = match params.confirm.as_deref() {
-        None => false,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
-        Some(v) if v.eq_ignore_ascii_case("false") => false,
-        Some(v) => {
-            return Err(ApiError::validation(
-                "confirm",
-                format!("confirm must be true or false (got {v:?})"),
-            ))
-        }
-    };
+    let confirmed = params.confirmed(false)?;
     let preview = state
         .m365
         .unfederate_domain(&caller.actor(), &domain, confirmed, Utc::now())
@@ -352,6 +342,21 @@ pub struct ConfirmParams {
     confirm: Option<String>,
 }
 
+impl ConfirmParams {
+    /// The `confirm` query parameter, else `otherwise` (the body's, or no confirmation).
+    fn confirmed(&self, otherwise: bool) -> Result<bool, ApiError> {
+        match self.confirm.as_deref() {
+            None => Ok(otherwise),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(ApiError::validation(
+                "confirm",
+                format!("confirm must be true or false (got {v:?})"),
+            )),
+        }
+    }
+}
+
 /// The confirmation deactivating needs, as a body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -392,17 +397,7 @@ async fn deactivate(
     ApiQuery(params): ApiQuery<ConfirmParams>,
     OptionalJson(body): OptionalJson<ConfirmBody>,
 ) -> Result<Json<Deactivated>, ApiError> {
-    let confirmed = match params.confirm.as_deref() {
-        None => body.confirm,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
-        Some(v) if v.eq_ignore_ascii_case("false") => false,
-        Some(v) => {
-            return Err(ApiError::validation(
-                "confirm",
-                format!("confirm must be true or false (got {v:?})"),
-            ))
-        }
-    };
+    let confirmed = params.confirmed(body.confirm)?;
     if !confirmed {
         let bound = state.store.bound_user_ids().await?.len();
         return Err(ApiError::validation(

@@ -254,10 +254,7 @@ impl GraphClient {
         token: &str,
         domain: &str,
     ) -> Result<Option<Map<String, Value>>, GraphError> {
-        let url = self.url(
-            &format!("/domains/{}/federationConfiguration", encode(domain)),
-            &[],
-        )?;
+        let url = self.federation_url(domain, None)?;
         let answer = self.send(token, Method::GET, url, None).await?;
         let page: Collection<Map<String, Value>> = decode(&answer)?;
         Ok(page.value.into_iter().next())
@@ -271,10 +268,7 @@ impl GraphClient {
         domain: &str,
         body: &Value,
     ) -> Result<Map<String, Value>, GraphError> {
-        let url = self.url(
-            &format!("/domains/{}/federationConfiguration", encode(domain)),
-            &[],
-        )?;
+        let url = self.federation_url(domain, None)?;
         let answer = self.send(token, Method::POST, url, Some(body)).await?;
         decode(&answer)
     }
@@ -288,14 +282,7 @@ impl GraphClient {
         id: &str,
         patch: &Value,
     ) -> Result<(), GraphError> {
-        let url = self.url(
-            &format!(
-                "/domains/{}/federationConfiguration/{}",
-                encode(domain),
-                encode(id)
-            ),
-            &[],
-        )?;
+        let url = self.federation_url(domain, Some(id))?;
         self.send(token, Method::PATCH, url, Some(patch)).await?;
         Ok(())
     }
@@ -308,16 +295,19 @@ impl GraphClient {
         domain: &str,
         id: &str,
     ) -> Result<(), GraphError> {
-        let url = self.url(
-            &format!(
-                "/domains/{}/federationConfiguration/{}",
-                encode(domain),
-                encode(id)
-            ),
-            &[],
-        )?;
+        let url = self.federation_url(domain, Some(id))?;
         self.send(token, Method::DELETE, url, None).await?;
         Ok(())
+    }
+
+    /// `/domains/{domain}/federationConfiguration[/{id}]`.
+    fn federation_url(&self, domain: &str, id: Option<&str>) -> Result<Url, GraphError> {
+        let mut path = format!("/domains/{}/federationConfiguration", encode(domain));
+        if let Some(id) = id {
+            path.push('/');
+            path.push_str(&encode(id));
+        }
+        self.url(&path, &[])
     }
 
     /// `{base}{path}?{query}`, `path` already encoded; query values are percent-encoded here.
