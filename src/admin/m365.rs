@@ -816,29 +816,21 @@ async fn change_federation(
     let now = Utc::now();
     let outcome = if !yes("confirmed") {
         // The preview: nothing changes.
-        let domains = state
-            .m365
-            .domain_statuses(|d| FederationSettings::for_domain(&state.config, &certificate, d));
-        let preview = state.m365.federation_preview(&domain).await;
-        match (preview, domains.await) {
-            (Ok(preview), Ok(domains)) => {
-                let is_default = domains
-                    .iter()
-                    .any(|d| d.domain == preview.domain && d.is_default);
+        match state.m365.federation_preview(&domain).await {
+            Ok(preview) => {
                 let page = FederatePage {
                     chrome: Chrome::new(admin, "m365"),
                     graph_body: serde_json::to_string_pretty(&settings.body()).unwrap_or_default(),
                     powershell: settings.powershell(&preview.domain),
                     domain: preview.domain,
                     federate,
-                    is_default,
+                    is_default: preview.is_default,
                     bound: preview.bound,
                     not_bound: preview.not_bound,
                 };
                 return Ok(render(StatusCode::OK, &page));
             }
-            (Err(e), _) => Err(e),
-            (_, Err(e)) => Err(FederationError::M365(e)),
+            Err(e) => Err(e),
         }
     } else if federate {
         state

@@ -239,6 +239,8 @@ impl DomainStatus {
 #[serde(rename_all = "camelCase")]
 pub struct FederationPreview {
     pub domain: String,
+    /// The tenant's default domain (new users get it): federating it needs a confirmation.
+    pub is_default: bool,
     /// Bound to idbridge (they carry its immutable ID): they sign in through idbridge.
     pub bound: Vec<String>,
     /// Not bound: once the domain is federated they can no longer sign in.
@@ -389,6 +391,11 @@ impl M365 {
         domain: &str,
     ) -> Result<FederationPreview, FederationError> {
         let d = self.find_domain(domain).await?;
+        self.preview_of(&d).await
+    }
+
+    /// [`M365::federation_preview`] of a domain already read from Graph.
+    async fn preview_of(&self, d: &GraphDomain) -> Result<FederationPreview, FederationError> {
         let bound: HashSet<String> = self
             .store()
             .bound_m365_object_ids()
@@ -409,6 +416,7 @@ impl M365 {
             .map_err(|e| e.during(GraphCall::ReadUsers))?;
         let mut preview = FederationPreview {
             domain: d.id.clone(),
+            is_default: d.is_default,
             ..FederationPreview::default()
         };
         for user in users {
@@ -461,7 +469,7 @@ impl M365 {
                 ),
             });
         }
-        let preview = self.federation_preview(&d.id).await?;
+        let preview = self.preview_of(&d).await?;
         if !preview.not_bound.is_empty() && !confirm_unbound {
             return Err(FederationError::NeedsConfirmation {
                 confirmation: Confirmation::UsersNotBound,
@@ -515,7 +523,7 @@ impl M365 {
             Some(held) if d.authentication_type.eq_ignore_ascii_case("Federated") => held,
             _ => return Err(FederationError::NotFederated(d.id)),
         };
-        let preview = self.federation_preview(&d.id).await?;
+        let preview = self.preview_of(&d).await?;
         if !confirmed {
             return Err(FederationError::NeedsConfirmation {
                 confirmation: Confirmation::Unfederate,
