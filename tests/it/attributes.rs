@@ -90,7 +90,7 @@ async fn the_attribute_catalogue_round_trips_every_attribute_through_cli_api_and
         args.push(value(spec, "cli"));
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    app.cli(dir.path(), &args);
+    app.cli(dir.path(), &args).await;
     let json = get(format!("/api/v1/users/{username}")).await;
     assert_json(&json, "cli", "api");
     let id = json["id"].as_str().unwrap().to_string();
@@ -138,9 +138,11 @@ async fn the_attribute_catalogue_round_trips_every_attribute_through_cli_api_and
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let shown = app.cli(dir.path(), &["user", "show", "api-user", "--json"]);
+    let shown = app
+        .cli(dir.path(), &["user", "show", "api-user", "--json"])
+        .await;
     assert_json(&serde_json::from_str(&shown).unwrap(), "api", "cli");
-    let table = app.cli(dir.path(), &["user", "show", "api-user"]);
+    let table = app.cli(dir.path(), &["user", "show", "api-user"]).await;
     for spec in CATALOGUE {
         let line = format!("{:<30}{}", spec.name, value(spec, "api"));
         assert!(table.contains(&line), "{line:?} in {table}");

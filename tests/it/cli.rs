@@ -1093,7 +1093,7 @@ async fn a_backup_taken_while_the_server_writes_restores_users_bindings_events_a
         .await;
     }
     let work = tempfile::tempdir().unwrap();
-    let fingerprint = app.cli(work.path(), &["cert", "show"]);
+    let fingerprint = app.cli(work.path(), &["cert", "show"]).await;
     let config = work.path().join("idbridge.toml");
     let on_postgres = crate::support::TestApp::on_postgres();
     if on_postgres {

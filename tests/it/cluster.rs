@@ -205,7 +205,7 @@ async fn two_nodes_deliver_every_change_exactly_once_and_in_order_per_user() {
 }
 
 /// Writes a config file for a node run as its own process (so it can be killed) and starts it.
-fn start_node_process(
+async fn start_node_process(
     a: &TestApp,
     fake: &GraphFake,
     dir: &Path,
@@ -260,7 +260,8 @@ fn start_node_process(
             }
         }
         assert!(Instant::now() < deadline, "node {node} did not start");
-        std::thread::sleep(Duration::from_millis(100));
+        // Not a thread sleep: node A runs on this runtime and must keep renewing its leases.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (child, port)
 }
@@ -318,7 +319,7 @@ async fn a_killed_node_s_changes_are_delivered_by_the_other_within_30_seconds() 
     let names = bound_users(&a, USERS).await;
     let before = fake.user_patches().len();
     let dir = tempfile::tempdir().unwrap();
-    let (mut b, _) = start_node_process(&a, &fake, dir.path(), "node-b", sync_keys);
+    let (mut b, _) = start_node_process(&a, &fake, dir.path(), "node-b", sync_keys).await;
 
     // A slow Microsoft keeps rounds in flight, so node B holds claims when it is killed.
     fake.set_latency(Duration::from_millis(700));
@@ -359,7 +360,7 @@ async fn a_stopping_node_ends_its_round_and_gives_its_changes_back_at_once() {
     let names = bound_users(&a, USERS).await;
     let before = fake.user_patches().len();
     let dir = tempfile::tempdir().unwrap();
-    let (b, _) = start_node_process(&a, &fake, dir.path(), "node-b", sync_keys);
+    let (b, _) = start_node_process(&a, &fake, dir.path(), "node-b", sync_keys).await;
     fake.set_latency(Duration::from_millis(700));
     suspend_all(&a, &names).await;
     eventually("node B holds claimed changes", || async {

@@ -1,8 +1,6 @@
 //! Federating a domain to idbridge through Graph: the checks Microsoft makes, the preview of
 //! who is affected, drift, and making the domain managed again; from the library and the CLI.
 
-use std::process::Command;
-
 use chrono::Utc;
 use idbridge::directory::AdminRole;
 use idbridge::events::Actor;
@@ -262,14 +260,16 @@ async fn the_cli_lists_domains_previews_federates_and_unfederates() {
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(binary())
+    // Asynchronously: the server shares this test's runtime.
+    let run = async |args: &[&str]| {
+        let out = tokio::process::Command::new(binary())
             .arg("--config")
             .arg(&file)
             .args(args)
             .current_dir(work.path())
             .env("RUST_LOG", "warn")
             .output()
+            .await
             .unwrap();
         (
             out.status.code(),
@@ -277,14 +277,14 @@ async fn the_cli_lists_domains_previews_federates_and_unfederates() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, out, err) = run(&["m365", "domains"]);
+    let (code, out, err) = run(&["m365", "domains"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("fabrikam.com\tmanaged"), "{out}");
     assert!(out.contains("contoso.com\tmanaged\tdefault"), "{out}");
     assert!(out.contains("northwind.com\tmanaged\tunverified"), "{out}");
 
     // Without --yes: who is affected, what would be sent, the PowerShell, and nothing changed.
-    let (code, _, err) = run(&["m365", "federate", "fabrikam.com"]);
+    let (code, _, err) = run(&["m365", "federate", "fabrikam.com"]).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("nothing changed") && err.contains("breakglass@fabrikam.com"),
@@ -296,11 +296,11 @@ async fn the_cli_lists_domains_previews_federates_and_unfederates() {
     );
     assert!(err.contains("\"passiveSignInUri\""), "{err}");
     assert!(fake.federation("fabrikam.com").is_none());
-    let (code, _, err) = run(&["m365", "federate", "contoso.onmicrosoft.com", "--yes"]);
+    let (code, _, err) = run(&["m365", "federate", "contoso.onmicrosoft.com", "--yes"]).await;
     assert_eq!(code, Some(1));
     assert!(err.contains("initial domain"), "{err}");
 
-    let (code, out, err) = run(&["m365", "federate", "fabrikam.com", "--yes"]);
+    let (code, out, err) = run(&["m365", "federate", "fabrikam.com", "--yes"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.contains("federated to idbridge") && out.contains("1 bound"),
@@ -308,7 +308,7 @@ async fn the_cli_lists_domains_previews_federates_and_unfederates() {
     );
     let held: Value = fake.federation("fabrikam.com").unwrap();
     assert_eq!(held["issuerUri"], json!(config.saml_issuer()));
-    let (_, out, _) = run(&["m365", "domains"]);
+    let (_, out, _) = run(&["m365", "domains"]).await;
     assert!(out.contains("fabrikam.com\tfederated to idbridge"), "{out}");
     assert!(!out.contains("differs"), "{out}");
     fake.set_federation_property(
@@ -316,16 +316,16 @@ async fn the_cli_lists_domains_previews_federates_and_unfederates() {
         "signOutUri",
         json!("https://old.example/slo"),
     );
-    let (_, out, _) = run(&["m365", "domains"]);
+    let (_, out, _) = run(&["m365", "domains"]).await;
     assert!(
         out.contains("differs: signOutUri is https://old.example/slo in Microsoft 365"),
         "{out}"
     );
 
-    let (code, _, err) = run(&["m365", "unfederate", "fabrikam.com"]);
+    let (code, _, err) = run(&["m365", "unfederate", "fabrikam.com"]).await;
     assert_eq!(code, Some(1));
     assert!(err.contains("--yes"), "{err}");
-    let (code, out, err) = run(&["m365", "unfederate", "fabrikam.com", "--yes"]);
+    let (code, out, err) = run(&["m365", "unfederate", "fabrikam.com", "--yes"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("managed again"), "{out}");
     assert!(fake.federation("fabrikam.com").is_none());

@@ -470,9 +470,13 @@ async fn an_admin_can_require_a_password_change_and_reset_factors_from_the_cli()
     let (app, user) = app_with_bound_user().await;
     enrol_totp(&app, &user).await;
     let dir = tempfile::tempdir().unwrap();
-    let out = app.cli(dir.path(), &["user", "require-password-change", USERNAME]);
+    let out = app
+        .cli(dir.path(), &["user", "require-password-change", USERNAME])
+        .await;
     assert!(out.contains("alice"), "{out}");
-    let out = app.cli(dir.path(), &["user", "mfa", "reset", USERNAME]);
+    let out = app
+        .cli(dir.path(), &["user", "mfa", "reset", USERNAME])
+        .await;
     assert!(out.contains("alice"), "{out}");
     assert_eq!(app.events("mfa_reset").await.len(), 1);
     assert_eq!(app.events("user_password_change_required").await.len(), 1);
@@ -507,7 +511,9 @@ async fn an_admin_can_require_a_password_change_and_reset_factors_from_the_cli()
     assert_eq!(authn_statement(&done).0, PASSWORD_PROTECTED);
 
     // Under the chosen policy, `user mfa require` makes the next sign-in enrol.
-    let out = app.cli(dir.path(), &["user", "mfa", "require", USERNAME]);
+    let out = app
+        .cli(dir.path(), &["user", "mfa", "require", USERNAME])
+        .await;
     assert!(out.contains("alice"), "{out}");
     assert_eq!(app.events("mfa_requirement_set").await.len(), 1);
 }

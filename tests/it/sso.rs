@@ -1313,7 +1313,7 @@ async fn a_cached_session_ends_when_the_cli_or_the_server_suspends_the_user() {
 
     // Through the CLI, which writes the database directly.
     let dir = tempfile::tempdir().unwrap();
-    app.cli(dir.path(), &["user", "suspend", USERNAME]);
+    app.cli(dir.path(), &["user", "suspend", USERNAME]).await;
     let deadline = Instant::now() + StdDuration::from_secs(10);
     loop {
         let page = sso_post(&alice, &app, &authn_request(&request_id(), ""), None).await;

@@ -306,7 +306,7 @@ async fn the_cli_reports_missing_permissions_in_m365_status() {
         .await
         .expect("connected");
     let config = cli_config(&app, &fake);
-    let out = run_cli(&app, &config, &["m365", "status"]);
+    let out = run_cli(&app, &config, &["m365", "status"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -348,8 +348,9 @@ fn cli_config(app: &TestApp, fake: &GraphFake) -> std::path::PathBuf {
     path
 }
 
-fn run_cli(app: &TestApp, config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(binary())
+/// Runs the CLI without blocking the runtime the in-process server shares.
+async fn run_cli(app: &TestApp, config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(binary())
         .arg("--config")
         .arg(config)
         .args(args)
@@ -357,6 +358,7 @@ fn run_cli(app: &TestApp, config: &std::path::Path, args: &[&str]) -> std::proce
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .output()
+        .await
         .expect("binary runs")
 }
 
@@ -375,7 +377,8 @@ async fn switching_an_attribute_to_import_from_the_cli_imports_within_seconds() 
         &app,
         &config,
         &["m365", "attributes", "set", "department", "import"],
-    );
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}{}",

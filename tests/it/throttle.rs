@@ -296,12 +296,13 @@ async fn console_guesses_lock_the_guessers_address_not_the_admin_and_the_cli_unl
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(binary())
+    let out = tokio::process::Command::new(binary())
         .args(["--config"])
         .arg(&config)
         .args(["admin", "unlock", "root", "--address", "127.0.0.100"])
         .env("RUST_LOG", "warn")
         .output()
+        .await
         .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -75,7 +75,7 @@ pub fn test_config(dir: &std::path::Path, extra: &str) -> Config {
 impl TestApp {
     /// Runs the `idbridge` CLI (a separate process) with a config file in `dir` pointing at
     /// this server's database; asserts it succeeds and returns its standard output.
-    pub fn cli(&self, dir: &std::path::Path, args: &[&str]) -> String {
+    pub async fn cli(&self, dir: &std::path::Path, args: &[&str]) -> String {
         let config = &self.state().config;
         let file = dir.join("idbridge.toml");
         std::fs::write(
@@ -89,13 +89,16 @@ impl TestApp {
             ),
         )
         .unwrap();
-        let out = std::process::Command::new(binary())
+        // Asynchronously: the server runs on this test's runtime, and a blocked runtime would
+        // freeze it mid-transaction while the CLI waits for the same SQLite write lock.
+        let out = tokio::process::Command::new(binary())
             .arg("--config")
             .arg(&file)
             .args(args)
             .current_dir(dir)
             .env("RUST_LOG", "warn")
             .output()
+            .await
             .expect("binary runs");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
