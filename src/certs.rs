@@ -1,4 +1,7 @@
-//! The SAML signing key and certificate on disk: loaded, or generated on first start.
+//! The SAML signing key and certificate on disk: loaded, or generated on first start; and
+//! their rollover to a new key ([`rollover`]).
+
+pub mod rollover;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -41,9 +44,7 @@ pub fn name_mismatch(config: &Config, credential: &SigningCredential) -> Option<
         .any(|part| part.strip_prefix("CN=") == Some(expected.as_str()));
     (!names_it).then(|| {
         format!(
-            "the signing certificate names {subject}, but idbridge now serves {expected}. Before federating a domain, renew it: stop idbridge, move {} and {} away, start it (a new key and certificate are made), and give Microsoft the new `idbridge cert show --der-base64`",
-            config.certs.key_file.display(),
-            config.certs.cert_file.display()
+            "the signing certificate names {subject}, but idbridge now serves {expected}. Roll it over to one that names {expected}: `idbridge cert next`, `idbridge cert promote`, `idbridge cert retire` (Microsoft 365 is told through Graph; a domain federated by hand gets the printed PowerShell)"
         )
     })
 }
@@ -145,6 +146,6 @@ mod tests {
         let warning = name_mismatch(&moved, &credential).expect("a warning");
         assert!(warning.contains("CN=old.contoso.com"), "{warning}");
         assert!(warning.contains("idp.contoso.com"), "{warning}");
-        assert!(warning.contains("cert show --der-base64"), "{warning}");
+        assert!(warning.contains("idbridge cert next"), "{warning}");
     }
 }

@@ -17,6 +17,7 @@ use crate::directory::{Directory, User, UserChanges, UserState};
 use crate::events::Actor;
 use crate::store::{EventFilter, Store, UserListQuery};
 
+mod cert;
 mod keys;
 mod wait;
 
@@ -70,7 +71,7 @@ pub enum Command {
     /// Manage admin accounts.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Inspect the SAML signing certificate.
+    /// Inspect the SAML signing certificate, and roll it over to a new one.
     #[command(subcommand)]
     Cert(CertCommand),
     /// Connect Microsoft 365, list and import its users.
@@ -431,6 +432,21 @@ pub enum CertCommand {
         #[arg(long)]
         der_base64: bool,
     },
+    /// Rollover, step 1: make the next key and certificate, publish them in the metadata and
+    /// have Microsoft 365 trust them (`nextSigningCertificate` of every federated domain).
+    Next,
+    /// Rollover, step 2: sign with the next certificate (Microsoft 365 gets it as
+    /// `signingCertificate`; the old one stays trusted as `nextSigningCertificate`).
+    Promote,
+    /// Rollover, step 3: stop publishing and trusting the previous certificate.
+    Retire {
+        /// Retire even though Responses it signed may still be on their way (a few minutes
+        /// after the promotion).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Give up a prepared next certificate before it is promoted.
+    Discard,
 }
 
 /// A CLI failure: printed as one line to stderr, exit status 1.
@@ -528,20 +544,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             store.close().await;
             Ok(())
         }
-        Command::Cert(CertCommand::Show { der_base64 }) => {
-            let cred = crate::certs::load(&config).map_err(fail)?;
-            if der_base64 {
-                println!("{}", cred.certificate_der_base64());
-                return Ok(());
-            }
-            println!("subject:            {}", cred.subject());
-            println!("sha256 fingerprint: {}", cred.fingerprint_sha256());
-            println!("not before:         {}", cred.not_before().to_rfc3339());
-            println!("not after:          {}", cred.not_after().to_rfc3339());
-            println!("key:                RSA {} bits", cred.key_bits());
-            println!("file:               {}", config.certs.cert_file.display());
-            Ok(())
-        }
+        Command::Cert(cmd) => cert::run(&config, cmd).await,
         Command::Admin(AdminCommand::Create { username, role }) => {
             let directory = open_directory(&config).await?;
             let password = directory
@@ -945,9 +948,7 @@ fn shorten(text: &str) -> String {
 }
 
 async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError> {
-    use crate::m365::federation::{
-        Confirmation, DomainSignIn, FederationError, FederationSettings,
-    };
+    use crate::m365::federation::{Confirmation, DomainSignIn, FederationError};
     use crate::m365::{ImportSelection, M365};
     let directory = open_directory(config).await?;
     let m365 = M365::new(config, directory.store().clone()).map_err(fail)?;
@@ -1215,12 +1216,9 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
             }
         }
         M365Command::Domains { json } => {
-            let certificate = crate::certs::load(config)
-                .map_err(fail)?
-                .certificate_der_base64()
-                .to_string();
+            let signing = cert::signing_set(config, m365.store()).await?;
             let domains = m365
-                .domain_statuses(|d| FederationSettings::for_domain(config, &certificate, d))
+                .domain_statuses(|d| signing.federation_settings(config, d))
                 .await
                 .map_err(fail)?;
             for d in domains {
@@ -1253,11 +1251,9 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
             yes,
             default,
         } => {
-            let certificate = crate::certs::load(config)
-                .map_err(fail)?
-                .certificate_der_base64()
-                .to_string();
-            let settings = FederationSettings::for_domain(config, &certificate, &domain);
+            let settings = cert::signing_set(config, m365.store())
+                .await?
+                .federation_settings(config, &domain);
             match m365
                 .federate_domain(&actor, &domain, &settings, default, yes, Utc::now())
                 .await

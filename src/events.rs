@@ -60,6 +60,14 @@ pub mod kind {
     pub const API_KEY_CREATE: &str = "api_key_create";
     pub const API_KEY_REVOKE: &str = "api_key_revoke";
     pub const SIGNING_CERT_CREATE: &str = "signing_certificate_create";
+    /// A rollover's next signing certificate was made and published (not signing yet).
+    pub const SIGNING_CERT_PREPARED: &str = "signing_certificate_prepared";
+    /// The next signing certificate now signs; the one before is still trusted.
+    pub const SIGNING_CERT_PROMOTED: &str = "signing_certificate_promoted";
+    /// The previous signing certificate is no longer published nor trusted by Microsoft.
+    pub const SIGNING_CERT_RETIRED: &str = "signing_certificate_retired";
+    /// A prepared next signing certificate was given up before it signed anything.
+    pub const SIGNING_CERT_DISCARDED: &str = "signing_certificate_discarded";
     pub const SSO_LOGIN_SUCCESS: &str = "sso_login_success";
     /// Every step of a sign-in passed (password, and a second factor where needed): a new
     /// idbridge session.

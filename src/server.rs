@@ -31,6 +31,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Cert(#[from] CertError),
+    #[error("signing certificates: {0}")]
+    Signing(#[from] crate::certs::rollover::RolloverError),
     #[error("configuration error: {0}")]
     M365(#[from] crate::m365::M365SetupError),
     #[error("configuration error: smtp: {0}")]
@@ -50,6 +52,10 @@ pub struct AppInner {
     pub store: Store,
     pub directory: Directory,
     pub idp: IdentityProvider,
+    /// The credential of the certificate files (signing until a rollover promotes another).
+    pub signing_file: Arc<crate::saml::SigningCredential>,
+    /// Seals what is stored secret: tokens, pushed passwords, rollover keys.
+    pub data_key: crate::secrets::SecretBox,
     /// WebAuthn passkeys: registration and sign-in ceremonies.
     pub passkeys: crate::mfa::passkey::Passkeys,
     /// Throttles the admin console's sign-in form.
@@ -65,6 +71,32 @@ pub struct AppInner {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Whether this node does the cluster-wide chores (janitor, delta import, expiry scan).
     pub duty: crate::cluster::Duty,
+}
+
+impl AppInner {
+    /// The signing-certificate rollover's steps, with this node's parts.
+    pub fn rollover(&self) -> crate::certs::rollover::Rollover<'_> {
+        crate::certs::rollover::Rollover {
+            config: &self.config,
+            store: &self.store,
+            key: &self.data_key,
+            file: self.signing_file.clone(),
+            m365: &self.m365,
+        }
+    }
+
+    /// Reads the stored signing certificates and signs with them; whether they changed.
+    pub async fn reload_signing(&self) -> Result<bool, crate::certs::rollover::RolloverError> {
+        let set = self.rollover().current().await?;
+        let fingerprint = set.current.fingerprint_sha256();
+        let changed = self.idp.use_signing_set(&self.config, set).map_err(|e| {
+            crate::certs::rollover::RolloverError::Store(StoreError::Corrupt(e.to_string()))
+        })?;
+        if changed {
+            tracing::info!(signing = %fingerprint, "signing certificates changed by a rollover step");
+        }
+        Ok(changed)
+    }
 }
 
 /// Shared application state, cheap to clone.
@@ -123,6 +155,10 @@ impl App {
             );
         }
         let data_key = crate::m365::data_key(&config)?;
+        let signing_file = Arc::new(signing);
+        let signing =
+            crate::certs::rollover::SigningSet::load(&store, &data_key, signing_file.clone())
+                .await?;
         let directory = Directory::new(store.clone(), config.password_policy.clone())
             .with_hash_pool(config.sign_in.hash_workers, config.sign_in.hash_queue)
             .with_password_sealer(data_key.clone());
@@ -159,7 +195,7 @@ impl App {
                 store.clone(),
                 directory.clone(),
                 m365.clone(),
-                data_key,
+                data_key.clone(),
                 config.m365.sync.clone(),
             )
             .on_node(&config.node_name(), duty.clone()),
@@ -186,6 +222,8 @@ impl App {
                 store,
                 directory,
                 idp,
+                signing_file,
+                data_key,
                 passkeys,
                 m365,
                 sync,
@@ -289,6 +327,7 @@ pub async fn run(
     });
     let janitor = tokio::spawn(purge_expired(app.state.clone(), token.clone()));
     let change_poll = tokio::spawn(poll_changes(app.state.clone(), token.clone()));
+    let signing_reload = tokio::spawn(reload_signing(app.state.clone(), token.clone()));
     let sync_worker = worker.then(|| tokio::spawn(app.state.sync.clone().run(token.clone())));
     let router = app.router();
     let serve_token = token.clone();
@@ -308,6 +347,7 @@ pub async fn run(
         .await;
     let _ = janitor.await;
     let _ = change_poll.await;
+    let _ = signing_reload.await;
     if let Some(sync_worker) = sync_worker {
         let _ = sync_worker.await;
     }
@@ -558,6 +598,27 @@ async fn poll_changes(state: AppState, token: CancellationToken) {
     }
 }
 
+/// Signs with what a rollover step on any node (or the CLI) stored, within
+/// [`crate::certs::rollover::RELOAD_EVERY`].
+async fn reload_signing(state: AppState, token: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::certs::rollover::RELOAD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => match state.reload_signing().await {
+                Ok(_) => failing = false,
+                Err(err) if !failing => {
+                    failing = true;
+                    tracing::warn!(%err, "could not read the stored signing certificates; signing with the ones read before");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 async fn purge_expired(state: AppState, token: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -741,6 +802,21 @@ const OUTBOX_AGE_WARNING_SECONDS: i64 = 900;
 /// Days before the signing certificate expires at which `/readyz` flags it.
 const CERTIFICATE_WARNING_DAYS: i64 = 30;
 
+/// What to do about a signing certificate that expires in `days_left` days, by where its
+/// rollover stands.
+pub fn expiry_warning(days_left: i64, stage: crate::certs::rollover::RolloverStage) -> String {
+    use crate::certs::rollover::RolloverStage;
+    let fix = match stage {
+        RolloverStage::NextPrepared => {
+            "promote the prepared next certificate (`idbridge cert promote`, or the console's SAML page)"
+        }
+        RolloverStage::Steady | RolloverStage::Promoted => {
+            "roll it over: `idbridge cert next`, then `idbridge cert promote` (or the console's SAML page); Microsoft 365 is told through Graph"
+        }
+    };
+    format!("the signing certificate expires in {days_left} days: {fix}")
+}
+
 /// Readiness, per dependency, as JSON. Only an unreachable database makes the node unready
 /// (503): a load balancer should not take a node out because Microsoft 365 or a certificate
 /// needs an admin, but the body says so, with what to do.
@@ -748,14 +824,13 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let now = chrono::Utc::now();
     let database = state.store.ping().await;
     let mut warnings: Vec<String> = Vec::new();
-    let signing = state.idp.signing();
+    let signing_set = state.idp.signing_set();
+    let signing = signing_set.current.clone();
     let days_left = (signing.not_after() - now).num_days();
     if days_left < CERTIFICATE_WARNING_DAYS {
-        warnings.push(format!(
-            "the signing certificate expires in {days_left} days: renew it and give Microsoft the new one"
-        ));
+        warnings.push(expiry_warning(days_left, signing_set.stage()));
     }
-    let name_mismatch = crate::certs::name_mismatch(&state.config, signing);
+    let name_mismatch = crate::certs::name_mismatch(&state.config, &signing);
     warnings.extend(name_mismatch.clone());
     let m365 = if database {
         state.m365.status().await.ok().map(|s| s.state)
@@ -773,18 +848,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if due && m365.as_deref() == Some("connected") {
         let checker = state.clone();
         tokio::spawn(async move {
-            let certificate = checker.idp.signing().certificate_der_base64().to_string();
+            let signing = checker.idp.signing_set();
             let config = checker.config.clone();
             checker
                 .m365
                 .check_federation(
-                    |d| {
-                        crate::m365::federation::FederationSettings::for_domain(
-                            &config,
-                            &certificate,
-                            d,
-                        )
-                    },
+                    |d| signing.federation_settings(&config, d),
                     chrono::Utc::now(),
                 )
                 .await;
@@ -826,6 +895,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
                 "notAfter": signing.not_after().to_rfc3339(),
                 "daysLeft": days_left,
                 "matchesBaseUrl": name_mismatch.is_none(),
+                "rollover": signing_set.stage(),
+                "next": signing_set.next.as_ref().map(|n| n.fingerprint_sha256()),
+                "previous": signing_set.previous.as_ref().map(|p| &p.fingerprint_sha256),
             },
             "m365": {"ok": m365.as_deref() != Some("reconnect"), "state": m365},
             "federation": {

@@ -399,7 +399,7 @@ async fn dashboard(
             counts,
             connection,
             events,
-            certificate_warning: crate::certs::name_mismatch(&state.config, state.idp.signing()),
+            certificate_warning: crate::certs::name_mismatch(&state.config, &state.idp.signing()),
         },
     ))
 }

@@ -714,11 +714,11 @@ async fn set_attributes(
 
 /// The tenant's domains for the page, or Graph's error.
 async fn domain_lines(state: &AppState) -> (Vec<DomainLine>, Option<String>) {
-    use crate::m365::federation::{DomainSignIn, FederationSettings};
-    let certificate = state.idp.signing().certificate_der_base64().to_string();
+    use crate::m365::federation::DomainSignIn;
+    let signing = state.idp.signing_set();
     let statuses = state
         .m365
-        .domain_statuses(|d| FederationSettings::for_domain(&state.config, &certificate, d))
+        .domain_statuses(|d| signing.federation_settings(&state.config, d))
         .await;
     match statuses {
         Ok(all) => (
@@ -800,7 +800,7 @@ async fn change_federation(
     form: &FormFields,
     federate: bool,
 ) -> Result<Response, AppError> {
-    use crate::m365::federation::{FederationError, FederationSettings};
+    use crate::m365::federation::FederationError;
     let Some(domain) = form.one("domain").filter(|d| !d.trim().is_empty()) else {
         return refused(
             state,
@@ -811,8 +811,10 @@ async fn change_federation(
         .await;
     };
     let yes = |name: &str| form.one(name).as_deref() == Some("yes");
-    let certificate = state.idp.signing().certificate_der_base64().to_string();
-    let settings = FederationSettings::for_domain(&state.config, &certificate, domain.trim());
+    let settings = state
+        .idp
+        .signing_set()
+        .federation_settings(&state.config, domain.trim());
     let now = Utc::now();
     let outcome = if !yes("confirmed") {
         // The preview: nothing changes.

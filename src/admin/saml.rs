@@ -2,18 +2,22 @@
 //! signing certificate and the registered service providers.
 
 use askama::Template;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 
-use super::{display_time, Chrome};
+use super::binding::FormFields;
+use super::{display_time, redirect_with_notice, Chrome, Notice};
+use crate::certs::rollover::{MicrosoftUpdate, RolloverError, RolloverStage};
 use crate::m365::federation::FederationSettings;
+use crate::saml::CertificateInfo;
 use crate::server::AppState;
 use crate::sso::NameIdSource;
-use crate::web::{render, AdminPrincipal};
+use crate::web::{render, AdminPrincipal, AppError};
 
 /// Warn this many days before the signing certificate expires (Microsoft refuses assertions
 /// signed with an expired one, and a new certificate must be given to Microsoft first).
@@ -21,7 +25,9 @@ const EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// Console routes of this page (behind the admin session guard).
 pub fn router() -> Router<AppState> {
-    Router::new().route("/admin/saml", get(page))
+    Router::new()
+        .route("/admin/saml", get(page))
+        .route("/admin/saml/certificates", post(rollover_step))
 }
 
 /// The warning for a certificate valid until `not_after`, if it expires within
@@ -31,14 +37,14 @@ fn expiry_warning(not_after: DateTime<Utc>, now: DateTime<Utc>) -> Option<String
     if left <= chrono::Duration::zero() {
         Some(format!(
             "The signing certificate expired on {}: Microsoft 365 refuses every sign-in. \
-             Create a new certificate and give it to Microsoft (signingCertificate).",
+             Roll over to a new one below (prepare, then promote at once).",
             display_time(Some(not_after.timestamp_millis()))
         ))
     } else if left < chrono::Duration::days(EXPIRY_WARNING_DAYS) {
         Some(format!(
-            "The signing certificate expires in {} days ({}). Create the next one now and give it \
-             to Microsoft (nextSigningCertificate, then signingCertificate), or sign-ins to \
-             Microsoft 365 stop when it expires.",
+            "The signing certificate expires in {} days ({}). Roll it over now (Certificate \
+             rollover below: prepare the next one, then promote it), or sign-ins to Microsoft \
+             365 stop when it expires.",
             left.num_days(),
             display_time(Some(not_after.timestamp_millis()))
         ))
@@ -85,8 +91,31 @@ struct SamlPage {
     certificate: String,
     service_providers: Vec<SpLine>,
     federations: Vec<Federation>,
+    /// Where the rollover stands: `steady`, `next_prepared` or `promoted`.
+    stage: &'static str,
+    next: Option<CertLine>,
+    previous: Option<CertLine>,
+    /// The PowerShell giving a domain federated by hand this stage's certificates.
+    rollover_powershell: String,
     /// The domain of the examples when no per-domain issuer is configured.
     placeholder_domain: bool,
+}
+
+/// A certificate of a rollover, for the page.
+struct CertLine {
+    subject: String,
+    fingerprint: String,
+    not_after: String,
+}
+
+impl From<&CertificateInfo> for CertLine {
+    fn from(c: &CertificateInfo) -> Self {
+        Self {
+            subject: c.subject.clone(),
+            fingerprint: c.fingerprint_sha256.clone(),
+            not_after: display_time(Some(c.not_after.timestamp_millis())),
+        }
+    }
 }
 
 /// Graph's `internalDomainFederation` body and the PowerShell equivalent for one domain.
@@ -102,12 +131,90 @@ fn federation(domain: &str, settings: &FederationSettings) -> Federation {
 async fn page(
     State(state): State<AppState>,
     Extension(admin): Extension<AdminPrincipal>,
+    Notice(notice): Notice,
 ) -> Response {
+    let page = build_page(&state, Chrome::new(&admin, "saml").flash(notice));
+    render(StatusCode::OK, &page)
+}
+
+/// A rollover step from the page (`step`: next, promote, retire or discard; `confirm=yes`
+/// retires before Responses the old certificate signed are surely gone).
+async fn rollover_step(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let form = FormFields::parse(&body);
+    let rollover = state.rollover();
+    let (actor, now) = (admin.actor(), Utc::now());
+    let (taken, done) = match form.one("step").as_deref() {
+        Some("next") => (
+            rollover.prepare(&actor, now).await,
+            "The next signing certificate is published; promote it when Microsoft 365 trusts it.",
+        ),
+        Some("promote") => (
+            rollover.promote(&actor, now).await,
+            "Promoted: idbridge signs with the new certificate (every node within seconds). Retire the previous one in a few minutes.",
+        ),
+        Some("retire") => (
+            rollover
+                .retire(&actor, form.one("confirm").as_deref() == Some("yes"), now)
+                .await,
+            "The previous certificate is retired: no longer published nor trusted by Microsoft 365.",
+        ),
+        Some("discard") => (
+            rollover.discard(&actor, now).await,
+            "The prepared next certificate was discarded.",
+        ),
+        _ => {
+            return Err(AppError::bad_request(
+                "Unknown rollover step",
+                "Choose one of the buttons on the SAML page.",
+            ))
+        }
+    };
+    match taken {
+        Ok(taken) => {
+            state
+                .reload_signing()
+                .await
+                .map_err(|e| AppError::Internal(e.to_string()))?;
+            let microsoft = match &taken.microsoft {
+                MicrosoftUpdate::Domains(d) if d.is_empty() => {
+                    " No domain is federated to idbridge in Microsoft 365.".to_string()
+                }
+                MicrosoftUpdate::Domains(d) => {
+                    format!(" Microsoft 365 updated: {}.", d.join(", "))
+                }
+                MicrosoftUpdate::ByHand(_) => " Microsoft 365 is not connected: give each domain federated by hand the certificates with the PowerShell below.".to_string(),
+            };
+            Ok(redirect_with_notice(
+                "/admin/saml#rollover",
+                &format!("{done}{microsoft}"),
+            ))
+        }
+        Err(err) => {
+            let status = match &err {
+                RolloverError::Store(_)
+                | RolloverError::Secret(_)
+                | RolloverError::Certificate(_) => return Err(AppError::Internal(err.to_string())),
+                RolloverError::TooSoon { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                RolloverError::Microsoft(_) => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::CONFLICT,
+            };
+            let chrome = Chrome::new(&admin, "saml").error(Some(format!("Nothing changed: {err}")));
+            Ok(render(status, &build_page(&state, chrome)))
+        }
+    }
+}
+
+fn build_page(state: &AppState, chrome: Chrome) -> SamlPage {
     let config = &state.config;
     let base = config.base_url.trim_end_matches('/');
     let sign_in_url = format!("{base}/saml/sso");
     let sign_out_url = format!("{base}/saml/slo");
-    let signing = state.idp.signing();
+    let signing_set = state.idp.signing_set();
+    let signing = signing_set.current.clone();
     let certificate = signing.certificate_der_base64().to_string();
     let issuer = config.saml_issuer().to_string();
     let domain_issuers: Vec<(String, String)> = config
@@ -116,12 +223,8 @@ async fn page(
         .iter()
         .map(|(d, i)| (d.clone(), i.clone()))
         .collect();
-    let for_domain = |domain: &str| {
-        federation(
-            domain,
-            &FederationSettings::for_domain(config, &certificate, domain),
-        )
-    };
+    let for_domain =
+        |domain: &str| federation(domain, &signing_set.federation_settings(config, domain));
     let federations = if domain_issuers.is_empty() {
         vec![for_domain("contoso.com")]
     } else {
@@ -149,8 +252,18 @@ async fn page(
             requires_binding: sp.requires_m365_binding,
         })
         .collect();
-    let page = SamlPage {
-        chrome: Chrome::new(&admin, "saml"),
+    let overview = signing_set.overview();
+    let by_hand = signing_set.federation_settings(config, "<domain>");
+    SamlPage {
+        chrome,
+        stage: match overview.stage {
+            RolloverStage::Steady => "steady",
+            RolloverStage::NextPrepared => "next_prepared",
+            RolloverStage::Promoted => "promoted",
+        },
+        next: overview.next.as_ref().map(CertLine::from),
+        previous: overview.previous.as_ref().map(CertLine::from),
+        rollover_powershell: by_hand.certificates_powershell("<domain>"),
         https: config.is_https(),
         metadata_url: format!("{base}/saml/metadata"),
         placeholder_domain: domain_issuers.is_empty(),
@@ -168,8 +281,7 @@ async fn page(
         certificate,
         service_providers,
         federations,
-    };
-    render(StatusCode::OK, &page)
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,9 @@ pub struct FederationSettings {
     pub sign_out_uri: String,
     /// The signing certificate, base64 of its DER (Graph's `signingCertificate`).
     pub signing_certificate: String,
+    /// The other certificate Microsoft must trust during a rollover (Graph's
+    /// `nextSigningCertificate`): the next one once prepared, the previous one once promoted.
+    pub next_signing_certificate: Option<String>,
     /// Entra signs its AuthnRequests (`isSignedAuthenticationRequestRequired`): set with
     /// `[saml] m365_signed_requests`, which makes idbridge require it.
     pub signed_requests: bool,
@@ -97,7 +100,12 @@ pub struct Drift {
 impl FederationSettings {
     /// idbridge's settings for `domain`: its issuer (`[saml.domain_issuers]`, else the one
     /// issuer), the sign-in and sign-out endpoints, the signing certificate (base64 DER).
-    pub fn for_domain(config: &Config, signing_certificate: &str, domain: &str) -> Self {
+    pub fn for_domain(
+        config: &Config,
+        signing_certificate: &str,
+        next_signing_certificate: Option<&str>,
+        domain: &str,
+    ) -> Self {
         let base = config.base_url.trim_end_matches('/');
         let issuer = config
             .saml
@@ -110,6 +118,7 @@ impl FederationSettings {
             passive_sign_in_uri: format!("{base}/saml/sso"),
             sign_out_uri: format!("{base}/saml/slo"),
             signing_certificate: signing_certificate.to_string(),
+            next_signing_certificate: next_signing_certificate.map(str::to_string),
             signed_requests: config.saml.m365_signed_requests,
         }
     }
@@ -129,8 +138,29 @@ impl FederationSettings {
             for (name, value) in FIXED {
                 object.insert(name.into(), json!(value));
             }
+            if let Some(next) = &self.next_signing_certificate {
+                object.insert("nextSigningCertificate".into(), json!(next));
+            }
         }
         body
+    }
+
+    /// The Microsoft Graph PowerShell that gives a domain federated by hand these settings'
+    /// certificates (a rollover step).
+    pub fn certificates_powershell(&self, domain: &str) -> String {
+        let next = self
+            .next_signing_certificate
+            .as_deref()
+            .map_or_else(|| "$null".to_string(), |c| format!("\"{c}\""));
+        format!(
+            "Connect-MgGraph -Scopes \"Domain-InternalFederation.ReadWrite.All\"\n\
+             $federation = Get-MgDomainFederationConfiguration -DomainId \"{domain}\"\n\
+             Update-MgDomainFederationConfiguration -DomainId \"{domain}\" `\n  \
+             -InternalDomainFederationId $federation.Id `\n  \
+             -SigningCertificate \"{}\" `\n  \
+             -NextSigningCertificate {next}",
+            self.signing_certificate
+        )
     }
 
     /// The same as Microsoft Graph PowerShell commands, for admins who must do it by hand.
@@ -157,6 +187,15 @@ impl FederationSettings {
         )
     }
 
+    /// Whether Microsoft's federation `held` is idbridge's: it sends its users to idbridge's
+    /// issuer or sign-in page (a drifted copy is still ours, and its drift is what the admin
+    /// must see).
+    fn is_held_in(&self, held: &Map<String, Value>) -> bool {
+        held.get("issuerUri").and_then(Value::as_str) == Some(self.issuer_uri.as_str())
+            || held.get("passiveSignInUri").and_then(Value::as_str)
+                == Some(self.passive_sign_in_uri.as_str())
+    }
+
     /// Where `held` (Microsoft's `internalDomainFederation`) differs from these settings.
     pub fn drift(&self, held: &Map<String, Value>) -> Vec<Drift> {
         let ours = [
@@ -165,8 +204,15 @@ impl FederationSettings {
             ("signOutUri", self.sign_out_uri.as_str()),
             ("signingCertificate", self.signing_certificate.as_str()),
         ];
+        // Microsoft's next certificate matters only during a rollover: outside one, whatever it
+        // holds there is harmless (idbridge signs with the one it holds as signingCertificate).
+        let next = self
+            .next_signing_certificate
+            .as_deref()
+            .map(|next| ("nextSigningCertificate", next));
         let mut drift: Vec<Drift> = ours
             .into_iter()
+            .chain(next)
             .chain(FIXED)
             .filter_map(|(property, value)| {
                 let theirs = held.get(property).and_then(Value::as_str);
@@ -355,13 +401,7 @@ impl M365 {
                 .and_then(|h| h.get("issuerUri"))
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            // Ours when Microsoft sends its users to idbridge's issuer or sign-in page (a
-            // drifted copy is still ours, and its drift is what the admin must see).
-            let ours_held = held.as_ref().is_some_and(|h| {
-                issuer.as_deref() == Some(ours.issuer_uri.as_str())
-                    || h.get("passiveSignInUri").and_then(Value::as_str)
-                        == Some(ours.passive_sign_in_uri.as_str())
-            });
+            let ours_held = held.as_ref().is_some_and(|h| ours.is_held_in(h));
             let sign_in = match (federated, ours_held) {
                 (false, _) => DomainSignIn::Managed,
                 (true, true) => DomainSignIn::Idbridge,
@@ -563,6 +603,52 @@ impl M365 {
         Ok(preview)
     }
 
+    /// Gives every domain federated to idbridge the certificates of `settings` (a rollover
+    /// step): `signingCertificate`, and `nextSigningCertificate` (cleared when `None`).
+    /// Returns the domains changed. A failure stops at that domain: the step is then not
+    /// taken, and taking it again sets them all (the domains changed before it trust both the
+    /// old and the new certificate either way, so no sign-in fails meanwhile).
+    pub async fn set_federation_certificates(
+        &self,
+        settings: impl Fn(&str) -> FederationSettings,
+    ) -> Result<Vec<String>, M365Error> {
+        let mut changed = Vec::new();
+        for d in self.tenant_domains().await? {
+            if !d.authentication_type.eq_ignore_ascii_case("Federated") {
+                continue;
+            }
+            let ours = settings(&d.id);
+            let Some(held) = self.held_federation(&d.id).await? else {
+                continue;
+            };
+            if !ours.is_held_in(&held) {
+                continue;
+            }
+            let Some(id) = held.get("id").and_then(Value::as_str).map(str::to_string) else {
+                continue;
+            };
+            let patch = json!({
+                "signingCertificate": ours.signing_certificate,
+                "nextSigningCertificate": ours.next_signing_certificate,
+            });
+            let graph = self.graph();
+            let domain = d.id.clone();
+            self.call(|t| {
+                let (domain, id, patch) = (domain.clone(), id.clone(), patch.clone());
+                async move {
+                    graph
+                        .update_domain_federation(t.expose_secret(), &domain, &id, &patch)
+                        .await
+                }
+            })
+            .await
+            .map_err(|e| e.during(GraphCall::FederateDomain))?;
+            changed.push(d.id);
+        }
+        self.forget_federation_check();
+        Ok(changed)
+    }
+
     /// The tenant's domains, read from Graph.
     async fn tenant_domains(&self) -> Result<Vec<GraphDomain>, M365Error> {
         let graph = self.graph();
@@ -611,6 +697,7 @@ mod tests {
             passive_sign_in_uri: "https://idp.contoso.com/saml/sso".into(),
             sign_out_uri: "https://idp.contoso.com/saml/slo".into(),
             signing_certificate: "MIIC".into(),
+            next_signing_certificate: None,
             signed_requests: false,
         }
     }
@@ -635,6 +722,31 @@ mod tests {
         );
         assert_eq!(drift[0].microsoft.as_deref(), Some("MIIOLD"));
         assert_eq!(drift[1].microsoft, None);
+    }
+
+    #[test]
+    fn during_a_rollover_microsoft_must_hold_the_other_certificate_as_next() {
+        let mut ours = settings();
+        ours.next_signing_certificate = Some("MIINEXT".into());
+        let Value::Object(mut held) = ours.body() else {
+            panic!("an object");
+        };
+        assert_eq!(held["nextSigningCertificate"], json!("MIINEXT"));
+        assert!(ours.drift(&held).is_empty());
+        held.insert("nextSigningCertificate".into(), Value::Null);
+        let drift = ours.drift(&held);
+        assert_eq!(drift.len(), 1);
+        assert_eq!(drift[0].property, "nextSigningCertificate");
+        // Outside a rollover whatever Microsoft holds as next is not drift.
+        assert!(settings().drift(&held).is_empty());
+        let text = ours.certificates_powershell("contoso.com");
+        assert!(
+            text.contains("-NextSigningCertificate \"MIINEXT\""),
+            "{text}"
+        );
+        assert!(settings()
+            .certificates_powershell("contoso.com")
+            .contains("-NextSigningCertificate $null"));
     }
 
     #[test]

@@ -1,18 +1,18 @@
 //! IdP metadata. Entra ID does not read it, but admins and other SPs find it handy.
 
-use super::signing::SigningCredential;
 use super::xml::XmlWriter;
 use super::{
     SamlError, BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, NAMEID_PERSISTENT, NS_DSIG, NS_METADATA,
     NS_PROTOCOL,
 };
 
-/// Builds unsigned IdP metadata listing every signing certificate (current and next).
+/// Builds unsigned IdP metadata listing every signing certificate (base64 DER) a service
+/// provider should trust: the current one first, then those of a rollover (next, previous).
 pub fn idp_metadata(
     entity_id: &str,
     sso_url: &str,
     slo_url: &str,
-    signing_certs: &[&SigningCredential],
+    signing_certs: &[&str],
 ) -> Result<String, SamlError> {
     if signing_certs.is_empty() {
         return Err(SamlError::Missing("signing certificate for the metadata"));
@@ -33,7 +33,7 @@ pub fn idp_metadata(
                     w.element("md:KeyDescriptor", &[("use", "signing")], |w| {
                         w.element("ds:KeyInfo", &[("xmlns:ds", NS_DSIG)], |w| {
                             w.element("ds:X509Data", &[], |w| {
-                                w.leaf("ds:X509Certificate", &[], cred.certificate_der_base64())
+                                w.leaf("ds:X509Certificate", &[], cred)
                             })
                         })
                     })?;
@@ -64,6 +64,7 @@ pub fn idp_metadata(
 mod tests {
     use super::*;
     use crate::saml::test_support::credential;
+    use crate::saml::SigningCredential;
 
     #[test]
     fn metadata_lists_certs_and_endpoints_in_schema_order() {
@@ -73,7 +74,7 @@ mod tests {
             "https://idp/e?a=1&b=2",
             "https://idp/sso",
             "https://idp/slo",
-            &[cred, &next],
+            &[cred.certificate_der_base64(), next.certificate_der_base64()],
         )
         .unwrap();
         assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?><md:EntityDescriptor"));

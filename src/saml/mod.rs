@@ -22,7 +22,7 @@ pub use error::SamlError;
 pub use logout::{build_logout_response, LogoutRequest, LogoutResponseParams};
 pub use metadata::idp_metadata;
 pub use response::{build_signed_response, build_status_response, AssertionParams};
-pub use signing::{SignatureAlgorithm, SigningCredential};
+pub use signing::{CertificateInfo, SignatureAlgorithm, SigningCredential};
 pub use verify::{RedirectQuery, VerificationKeys};
 
 /// SAML 2.0 assertion namespace (`saml:`).

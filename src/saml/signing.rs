@@ -206,29 +206,33 @@ impl SigningCredential {
 
     /// SHA-256 fingerprint of the certificate, uppercase hex with colons.
     pub fn fingerprint_sha256(&self) -> String {
-        match self.cert.digest(MessageDigest::sha256()) {
-            Ok(d) => d
-                .iter()
-                .map(|b| format!("{b:02X}"))
-                .collect::<Vec<_>>()
-                .join(":"),
-            Err(_) => "(unavailable)".into(),
-        }
+        fingerprint(&self.cert)
     }
 
     /// The certificate subject on one line, e.g. `CN=idbridge.example.com`.
     pub fn subject(&self) -> String {
-        let parts: Vec<String> = self
-            .cert
-            .subject_name()
-            .entries()
-            .map(|e| {
-                let key = e.object().nid().short_name().unwrap_or("?");
-                let value = e.data().to_string().unwrap_or_default();
-                format!("{key}={value}")
-            })
-            .collect();
-        parts.join(", ")
+        subject_line(&self.cert)
+    }
+
+    /// The certificate as PEM (what is stored beside the sealed key).
+    pub fn certificate_pem(&self) -> Result<Vec<u8>, SamlError> {
+        Ok(self.cert.to_pem()?)
+    }
+
+    /// The private key as PKCS#8 PEM, to be sealed before it is stored.
+    pub fn private_key_pem(&self) -> Result<Vec<u8>, SamlError> {
+        Ok(self.key.private_key_to_pem_pkcs8()?)
+    }
+
+    /// The certificate without the key.
+    pub fn info(&self) -> CertificateInfo {
+        CertificateInfo {
+            subject: self.subject(),
+            fingerprint_sha256: self.fingerprint_sha256(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            der_base64: self.cert_der_base64.clone(),
+        }
     }
 
     /// Start of the certificate's validity.
@@ -245,6 +249,62 @@ impl SigningCredential {
     pub fn key_bits(&self) -> u32 {
         self.key.bits()
     }
+}
+
+/// What an admin needs to know of a certificate, without its key: for the certificates of a
+/// rollover that idbridge publishes but no longer (or not yet) signs with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateInfo {
+    pub subject: String,
+    pub fingerprint_sha256: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub not_before: DateTime<Utc>,
+    #[schema(value_type = String, format = DateTime)]
+    pub not_after: DateTime<Utc>,
+    /// Base64 of the DER (Graph's `signingCertificate` form).
+    pub der_base64: String,
+}
+
+impl CertificateInfo {
+    /// Reads a PEM certificate.
+    pub fn from_pem(cert_pem: &[u8]) -> Result<Self, SamlError> {
+        let cert = X509::from_pem(cert_pem).map_err(|e| SamlError::Invalid {
+            field: "certificate",
+            reason: format!("not a readable PEM certificate ({e})"),
+        })?;
+        Ok(Self {
+            subject: subject_line(&cert),
+            fingerprint_sha256: fingerprint(&cert),
+            not_before: asn1_to_utc(cert.not_before())?,
+            not_after: asn1_to_utc(cert.not_after())?,
+            der_base64: BASE64.encode(cert.to_der()?),
+        })
+    }
+}
+
+fn fingerprint(cert: &X509) -> String {
+    match cert.digest(MessageDigest::sha256()) {
+        Ok(d) => d
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+        Err(_) => "(unavailable)".into(),
+    }
+}
+
+fn subject_line(cert: &X509) -> String {
+    let parts: Vec<String> = cert
+        .subject_name()
+        .entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?");
+            let value = e.data().to_string().unwrap_or_default();
+            format!("{key}={value}")
+        })
+        .collect();
+    parts.join(", ")
 }
 
 fn asn1_to_utc(t: &Asn1TimeRef) -> Result<DateTime<Utc>, SamlError> {

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::registry::{NameIdSource, ServiceProvider, ServiceProviders, PORTAL_TARGET};
 use super::replay::{ReplayCache, ReplayError};
 use super::session_cache::{CachedSession, SessionCache};
+use crate::certs::rollover::SigningSet;
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryError, User, UserState};
 use crate::events::{kind, Actor, NewEvent};
@@ -270,11 +271,11 @@ struct Settings {
 pub struct IdentityProvider {
     store: Store,
     directory: Directory,
-    signing: SigningCredential,
+    /// Swapped whole when a rollover step changes the certificates (on any node).
+    signing: std::sync::RwLock<Arc<Signing>>,
     algorithm: SignatureAlgorithm,
     service_providers: ServiceProviders,
     settings: Settings,
-    metadata: String,
     writes: WriteBehind,
     replay: ReplayCache,
     throttle: SignInThrottle,
@@ -282,6 +283,30 @@ pub struct IdentityProvider {
     mfa: Mfa,
     sessions: SessionCache,
     session_reads: CacheCounters,
+}
+
+/// The certificates in use and the metadata that publishes them.
+#[derive(Debug)]
+struct Signing {
+    set: SigningSet,
+    metadata: String,
+}
+
+impl Signing {
+    fn new(config: &Config, set: SigningSet) -> Result<Self, crate::config::ConfigError> {
+        let metadata = saml::idp_metadata(
+            config.saml_issuer(),
+            &format!("{}/saml/sso", config.base_url),
+            &format!("{}/saml/slo", config.base_url),
+            &set.published(),
+        )
+        .map_err(|e| crate::config::ConfigError::Invalid {
+            setting: "saml.issuer".into(),
+            problem: e.to_string(),
+            fix: "use a plain URI without control characters".into(),
+        })?;
+        Ok(Self { set, metadata })
+    }
 }
 
 /// Hits and misses of the session cache.
@@ -300,23 +325,13 @@ impl IdentityProvider {
         config: &Config,
         store: Store,
         directory: Directory,
-        signing: SigningCredential,
+        signing: SigningSet,
         writes: WriteBehind,
         replay: ReplayCache,
         mfa: Mfa,
     ) -> Result<Self, crate::config::ConfigError> {
         let algorithm = config.saml_signature_algorithm()?;
-        let metadata = saml::idp_metadata(
-            config.saml_issuer(),
-            &format!("{}/saml/sso", config.base_url),
-            &format!("{}/saml/slo", config.base_url),
-            &[&signing],
-        )
-        .map_err(|e| crate::config::ConfigError::Invalid {
-            setting: "saml.issuer".into(),
-            problem: e.to_string(),
-            fix: "use a plain URI without control characters".into(),
-        })?;
+        let signing = std::sync::RwLock::new(Arc::new(Signing::new(config, signing)?));
         let s = &config.saml;
         Ok(Self {
             throttle: SignInThrottle::sso(store.clone(), config),
@@ -342,7 +357,6 @@ impl IdentityProvider {
                 relay_state_max: s.relay_state_max_bytes,
                 support_contact: s.support_contact.clone(),
             },
-            metadata,
             writes,
             replay,
             sessions: SessionCache::new(SESSION_CACHE_MAX),
@@ -369,14 +383,41 @@ impl IdentityProvider {
         self.writes.flush().await;
     }
 
-    /// The IdP metadata document.
-    pub fn metadata(&self) -> &str {
-        &self.metadata
+    fn signing_state(&self) -> Arc<Signing> {
+        self.signing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// The signing credential (for the admin pages and `cert show`).
-    pub fn signing(&self) -> &SigningCredential {
-        &self.signing
+    /// The IdP metadata document (every published certificate).
+    pub fn metadata(&self) -> String {
+        self.signing_state().metadata.clone()
+    }
+
+    /// The credential Responses are signed with now.
+    pub fn signing(&self) -> Arc<SigningCredential> {
+        self.signing_state().set.current.clone()
+    }
+
+    /// The certificates in use and where their rollover stands.
+    pub fn signing_set(&self) -> SigningSet {
+        self.signing_state().set.clone()
+    }
+
+    /// Signs with `set` from now on, unless it holds the same certificates; whether it
+    /// changed anything.
+    pub fn use_signing_set(
+        &self,
+        config: &Config,
+        set: SigningSet,
+    ) -> Result<bool, crate::config::ConfigError> {
+        if self.signing_state().set.same_as(&set) {
+            return Ok(false);
+        }
+        let next = Arc::new(Signing::new(config, set)?);
+        *self.signing.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(true)
     }
 
     /// The registered service providers.
@@ -1196,7 +1237,8 @@ impl IdentityProvider {
             subject_lifetime: self.settings.assertion_lifetime,
             conditions_lifetime: self.settings.conditions_lifetime,
         };
-        let xml = saml::build_signed_response(&params, &self.signing, self.algorithm)
+        let signing = self.signing();
+        let xml = saml::build_signed_response(&params, &signing, self.algorithm)
             .map_err(SsoError::Build)?;
         let event = NewEvent::new(
             now,
@@ -1390,7 +1432,7 @@ impl IdentityProvider {
                 in_response_to: &request.id,
                 now,
             },
-            &self.signing,
+            &self.signing(),
             self.algorithm,
         )
         .map_err(SsoError::Build)?;

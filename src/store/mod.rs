@@ -13,6 +13,7 @@ mod mfa;
 mod passkeys;
 mod resets;
 mod saml;
+mod signing;
 mod sync;
 mod sync_round;
 mod throttle;
@@ -27,6 +28,7 @@ pub use mfa::{FactorCounts, TotpRow};
 pub use passkeys::{CeremonyRow, PasskeyRow};
 pub use resets::{ResetTokenRow, ENDED_PASSWORD_CHANGED, ENDED_USED};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
+pub use signing::{CertificateRole, SigningCertificateRow};
 pub use sync::{
     BindOutcome, BindRequest, BindingListQuery, BindingListRow, BindingRow, Completion,
     DirectionEffects, FollowUp, JobEffect, JobKind, OutboxDepth, OutboxJob, OutboxRow, SyncCounts,

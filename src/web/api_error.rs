@@ -216,6 +216,23 @@ impl From<crate::m365::federation::FederationError> for ApiError {
     }
 }
 
+impl From<crate::certs::rollover::RolloverError> for ApiError {
+    fn from(err: crate::certs::rollover::RolloverError) -> Self {
+        use crate::certs::rollover::RolloverError;
+        let message = err.to_string();
+        match err {
+            RolloverError::AlreadyPrepared(_)
+            | RolloverError::PreviousNotRetired(_)
+            | RolloverError::NoNext
+            | RolloverError::NoPrevious => ApiError::conflict(Some("stage"), message),
+            RolloverError::TooSoon { .. } => ApiError::validation("confirm", message),
+            RolloverError::Microsoft(e) => e.into(),
+            RolloverError::Store(e) => e.into(),
+            RolloverError::Certificate(_) | RolloverError::Secret(_) => ApiError::internal(message),
+        }
+    }
+}
+
 impl From<SyncError> for ApiError {
     fn from(err: SyncError) -> Self {
         let message = err.to_string();

@@ -11,7 +11,7 @@ use crate::support::graph_fake::{FakeUserSpec, GraphFake};
 use crate::support::m365::{configured, m365_settings, settled};
 use crate::support::{binary, TestApp};
 
-const FEDERATION_ROLES: &[&str] = &[
+pub(crate) const FEDERATION_ROLES: &[&str] = &[
     "User.ReadWrite.All",
     "User-PasswordProfile.ReadWrite.All",
     "Domain.Read.All",
@@ -24,18 +24,15 @@ fn admin() -> Actor {
 }
 
 fn settings(app: &TestApp, domain: &str) -> FederationSettings {
-    let certificate = app
-        .state()
+    app.state()
         .idp
-        .signing()
-        .certificate_der_base64()
-        .to_string();
-    FederationSettings::for_domain(&app.state().config, &certificate, domain)
+        .signing_set()
+        .federation_settings(&app.state().config, domain)
 }
 
 /// A tenant with fabrikam.com (verified, not default) holding a bound user and a user that
 /// is not bound, northwind.com (unverified), and contoso.com as the default domain.
-async fn tenant(roles: &[&str]) -> (TestApp, GraphFake) {
+pub(crate) async fn tenant(roles: &[&str]) -> (TestApp, GraphFake) {
     let (app, fake) = configured("", "").await;
     fake.set_app_roles(roles);
     fake.add_domain("fabrikam.com", false, false);

@@ -28,6 +28,7 @@ mod package;
 mod passkeys;
 mod portal;
 mod proxy;
+mod rollover;
 mod server;
 mod sso;
 mod sync;

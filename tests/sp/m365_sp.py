@@ -134,7 +134,7 @@ def microsoft_authn_request(request_id, request_mfa=False):
     )
 
 
-def sp_client(metadata_path):
+def sp_client(metadata_path, acs=ACS):
     config = SPConfig()
     config.load(
         {
@@ -144,7 +144,7 @@ def sp_client(metadata_path):
             "allow_unknown_attributes": True,
             "service": {
                 "sp": {
-                    "endpoints": {"assertion_consumer_service": [(ACS, BINDING_HTTP_POST)]},
+                    "endpoints": {"assertion_consumer_service": [(acs, BINDING_HTTP_POST)]},
                     "want_assertions_signed": True,
                     "want_response_signed": False,
                     "allow_unsolicited": False,
@@ -169,8 +169,8 @@ def tamper(saml_response_b64):
     return base64.b64encode(tampered.encode()).decode()
 
 
-def must_reject(metadata_path, label, saml_response_b64, outstanding):
-    client = sp_client(metadata_path)
+def must_reject(metadata_path, label, saml_response_b64, outstanding, acs=ACS):
+    client = sp_client(metadata_path, acs)
     try:
         result = client.parse_authn_request_response(
             saml_response_b64, BINDING_HTTP_POST, outstanding=outstanding
@@ -179,6 +179,28 @@ def must_reject(metadata_path, label, saml_response_b64, outstanding):
         return
     if result is not None and result.assertion is not None:
         fail(f"pysaml2 accepted a {label} response, so its validation is not effective")
+
+
+NS_MD = "urn:oasis:names:tc:SAML:2.0:metadata"
+NS_DS = "http://www.w3.org/2000/09/xmldsig#"
+
+
+def trusting(metadata, certificates):
+    """The IdP metadata with its signing keys replaced by `certificates`: what Microsoft
+    trusts is what its federation settings hold, not what the IdP publishes."""
+    from lxml import etree
+
+    root = etree.fromstring(metadata)
+    idp = root.find(f"{{{NS_MD}}}IDPSSODescriptor")
+    for descriptor in idp.findall(f"{{{NS_MD}}}KeyDescriptor"):
+        idp.remove(descriptor)
+    for position, certificate in enumerate(certificates):
+        descriptor = etree.Element(f"{{{NS_MD}}}KeyDescriptor", use="signing")
+        key_info = etree.SubElement(descriptor, f"{{{NS_DS}}}KeyInfo")
+        data = etree.SubElement(key_info, f"{{{NS_DS}}}X509Data")
+        etree.SubElement(data, f"{{{NS_DS}}}X509Certificate").text = certificate
+        idp.insert(position, descriptor)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
 def main():
@@ -190,6 +212,17 @@ def main():
     parser.add_argument("--expect-status", type=int, default=200)
     parser.add_argument("--totp-secret", help="answer the second-factor page with this TOTP secret (base32)")
     parser.add_argument("--request-mfa", action="store_true", help="ask for multipleauthn")
+    parser.add_argument(
+        "--acs",
+        default=ACS,
+        help="Microsoft's login.srf as idbridge is configured to post to (m365.login_base_url)",
+    )
+    parser.add_argument(
+        "--trust-cert",
+        action="append",
+        help="a certificate (base64 DER) Microsoft holds for the domain (signingCertificate, "
+        "nextSigningCertificate); given, only these are trusted, not the metadata's",
+    )
     args = parser.parse_args()
 
     if shutil.which("xmlsec1") is None:
@@ -208,8 +241,8 @@ def main():
     atexit.register(shutil.rmtree, workdir, True)
     metadata_path = os.path.join(workdir, "idp-metadata.xml")
     with open(metadata_path, "wb") as f:
-        f.write(r.content)
-    client = sp_client(metadata_path)
+        f.write(trusting(r.content, args.trust_cert) if args.trust_cert else r.content)
+    client = sp_client(metadata_path, args.acs)
 
     # 2. The browser arrives with Microsoft's AuthnRequest (HTTP-POST binding).
     request_id = "_" + str(uuid.uuid4())
@@ -272,8 +305,8 @@ def main():
 
     # 5. Negative controls: the same validator must refuse a tampered or unsolicited
     #    response, otherwise its "accepted" above proves nothing.
-    must_reject(metadata_path, "tampered", tamper(post["inputs"]["SAMLResponse"]), {request_id: "/"})
-    must_reject(metadata_path, "unsolicited", post["inputs"]["SAMLResponse"], {})
+    must_reject(metadata_path, "tampered", tamper(post["inputs"]["SAMLResponse"]), {request_id: "/"}, args.acs)
+    must_reject(metadata_path, "unsolicited", post["inputs"]["SAMLResponse"], {}, args.acs)
 
     name_id = assertion.subject.name_id
     idp_email = []

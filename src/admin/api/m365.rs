@@ -35,8 +35,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// idbridge's settings for a domain (its issuer, endpoints and signing certificate).
 fn federation_settings(state: &AppState, domain: &str) -> FederationSettings {
-    let certificate = state.idp.signing().certificate_der_base64().to_string();
-    FederationSettings::for_domain(&state.config, &certificate, domain)
+    state
+        .idp
+        .signing_set()
+        .federation_settings(&state.config, domain)
 }
 
 /// The tenant's domains: how each signs in, and for those federated to idbridge what
@@ -344,7 +346,7 @@ pub struct ConfirmParams {
 
 impl ConfirmParams {
     /// The `confirm` query parameter, else `otherwise` (the body's, or no confirmation).
-    fn confirmed(&self, otherwise: bool) -> Result<bool, ApiError> {
+    pub(super) fn confirmed(&self, otherwise: bool) -> Result<bool, ApiError> {
         match self.confirm.as_deref() {
             None => Ok(otherwise),
             Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),

@@ -8,6 +8,7 @@
 //! 403 on writes, 500) are added to the document by `schema::GuardResponses`.
 
 mod bindings;
+mod certificates;
 pub(crate) mod events;
 mod extract;
 mod m365;
@@ -49,6 +50,7 @@ pub use schema::{ErrorDetail, ErrorResponse};
         (name = "bindings", description = "Binding users to Microsoft 365, and sync"),
         (name = "m365", description = "The Microsoft 365 connection, imports, exported attributes"),
         (name = "events", description = "Directory Insights: the event log"),
+        (name = "certificates", description = "The SAML signing certificates and their rollover"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -62,6 +64,7 @@ fn guarded() -> OpenApiRouter<AppState> {
         .merge(bindings::routes())
         .merge(m365::routes())
         .merge(events::routes())
+        .merge(certificates::routes())
 }
 
 /// The operations anyone may call.
