@@ -1217,8 +1217,11 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
         }
         M365Command::Domains { json } => {
             let signing = cert::signing_set(config, m365.store()).await?;
+            let known = crate::m365::federation::KnownFederations::load(m365.store())
+                .await
+                .map_err(fail)?;
             let domains = m365
-                .domain_statuses(|d| signing.federation_settings(config, d))
+                .domain_statuses(|d| signing.federation_settings(config, d, &known))
                 .await
                 .map_err(fail)?;
             for d in domains {
@@ -1253,7 +1256,7 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
         } => {
             let settings = cert::signing_set(config, m365.store())
                 .await?
-                .federation_settings(config, &domain);
+                .new_federation_settings(config, &domain);
             match m365
                 .federate_domain(&actor, &domain, &settings, default, yes, Utc::now())
                 .await

@@ -85,8 +85,14 @@ impl AppInner {
         }
     }
 
-    /// Reads the stored signing certificates and signs with them; whether they changed.
+    /// Reads what every node shares beyond the database's own rows, the stored signing
+    /// certificates and the domains federated through Graph, and uses it; whether the
+    /// certificates changed.
     pub async fn reload_signing(&self) -> Result<bool, crate::certs::rollover::RolloverError> {
+        let known = crate::m365::federation::KnownFederations::load(&self.store).await?;
+        if self.idp.use_federations(known) {
+            tracing::info!("federated domains changed: issuers reloaded");
+        }
         let set = self.rollover().current().await?;
         let fingerprint = set.current.fingerprint_sha256();
         let changed = self.idp.use_signing_set(&self.config, set).map_err(|e| {
@@ -186,6 +192,7 @@ impl App {
             replay,
             mfa,
         )?;
+        idp.use_federations(crate::m365::federation::KnownFederations::load(&store).await?);
         let passkeys =
             crate::mfa::passkey::Passkeys::new(&config, store.clone(), directory.clone());
         let m365 = Arc::new(crate::m365::M365::new(&config, store.clone())?);
@@ -849,11 +856,17 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         let checker = state.clone();
         tokio::spawn(async move {
             let signing = checker.idp.signing_set();
+            // Fresh from the database: a domain the CLI or another node just federated counts.
+            let known = match crate::m365::federation::KnownFederations::load(&checker.store).await
+            {
+                Ok(known) => Arc::new(known),
+                Err(_) => checker.idp.federations(),
+            };
             let config = checker.config.clone();
             checker
                 .m365
                 .check_federation(
-                    |d| signing.federation_settings(&config, d),
+                    |d| signing.federation_settings(&config, d, &known),
                     chrono::Utc::now(),
                 )
                 .await;

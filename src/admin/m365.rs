@@ -715,10 +715,9 @@ async fn set_attributes(
 /// The tenant's domains for the page, or Graph's error.
 async fn domain_lines(state: &AppState) -> (Vec<DomainLine>, Option<String>) {
     use crate::m365::federation::DomainSignIn;
-    let signing = state.idp.signing_set();
     let statuses = state
         .m365
-        .domain_statuses(|d| signing.federation_settings(&state.config, d))
+        .domain_statuses(|d| state.idp.federation_settings(&state.config, d))
         .await;
     match statuses {
         Ok(all) => (
@@ -813,8 +812,7 @@ async fn change_federation(
     let yes = |name: &str| form.one(name).as_deref() == Some("yes");
     let settings = state
         .idp
-        .signing_set()
-        .federation_settings(&state.config, domain.trim());
+        .new_federation_settings(&state.config, domain.trim());
     let now = Utc::now();
     let outcome = if !yes("confirmed") {
         // The preview: nothing changes.
@@ -866,7 +864,11 @@ async fn change_federation(
             })
     };
     match outcome {
-        Ok(notice) => Ok(redirect_with_notice("/admin/m365#domains", &notice)),
+        Ok(notice) => {
+            // This node uses the domain's issuer at once (the others within seconds).
+            state.reload_signing().await.map_err(internal)?;
+            Ok(redirect_with_notice("/admin/m365#domains", &notice))
+        }
         Err(err) => {
             let status = match &err {
                 FederationError::Store(_) => return Err(internal(err)),

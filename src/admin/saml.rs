@@ -224,7 +224,7 @@ fn build_page(state: &AppState, chrome: Chrome) -> SamlPage {
         .map(|(d, i)| (d.clone(), i.clone()))
         .collect();
     let for_domain =
-        |domain: &str| federation(domain, &signing_set.federation_settings(config, domain));
+        |domain: &str| federation(domain, &state.idp.federation_settings(config, domain));
     let federations = if domain_issuers.is_empty() {
         vec![for_domain("contoso.com")]
     } else {
@@ -253,7 +253,7 @@ fn build_page(state: &AppState, chrome: Chrome) -> SamlPage {
         })
         .collect();
     let overview = signing_set.overview();
-    let by_hand = signing_set.federation_settings(config, "<domain>");
+    let by_hand = state.idp.federation_settings(config, "<domain>");
     SamlPage {
         chrome,
         stage: match overview.stage {

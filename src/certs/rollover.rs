@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::events::{kind, Actor, NewEvent};
-use crate::m365::federation::FederationSettings;
+use crate::m365::federation::{FederationSettings, KnownFederations};
 use crate::m365::{M365Error, M365};
 use crate::saml::{CertificateInfo, SamlError, SigningCredential};
 use crate::secrets::{SecretBox, SecretError};
@@ -171,9 +171,26 @@ impl SigningSet {
         self.published() == other.published()
     }
 
-    /// idbridge's federation settings for `domain` with these certificates.
-    pub fn federation_settings(&self, config: &Config, domain: &str) -> FederationSettings {
+    /// idbridge's federation settings for `domain` as it is federated, with these
+    /// certificates.
+    pub fn federation_settings(
+        &self,
+        config: &Config,
+        domain: &str,
+        known: &KnownFederations,
+    ) -> FederationSettings {
         FederationSettings::for_domain(
+            config,
+            self.current.certificate_der_base64(),
+            self.microsoft_next(),
+            domain,
+            known,
+        )
+    }
+
+    /// idbridge's settings for federating `domain` now, with these certificates.
+    pub fn new_federation_settings(&self, config: &Config, domain: &str) -> FederationSettings {
+        FederationSettings::for_new_domain(
             config,
             self.current.certificate_der_base64(),
             self.microsoft_next(),
@@ -422,7 +439,8 @@ impl Rollover<'_> {
 
     /// Gives every domain federated to idbridge the certificates of `planned`.
     async fn tell_microsoft(&self, planned: &SigningSet) -> Result<MicrosoftUpdate, RolloverError> {
-        let settings = |domain: &str| planned.federation_settings(self.config, domain);
+        let known = KnownFederations::load(self.store).await?;
+        let settings = |domain: &str| planned.federation_settings(self.config, domain, &known);
         match self.m365.set_federation_certificates(settings).await {
             Ok(domains) => Ok(MicrosoftUpdate::Domains(domains)),
             Err(M365Error::NotConfigured(_) | M365Error::NotConnected) => Ok(
@@ -497,7 +515,8 @@ mod tests {
         );
         assert_eq!(set.microsoft_next(), Some(new.certificate_der_base64()));
         let config = Config::from_toml("base_url = \"https://idp.example.com\"").unwrap();
-        let settings = set.federation_settings(&config, "contoso.com");
+        let settings =
+            set.federation_settings(&config, "contoso.com", &KnownFederations::default());
         assert_eq!(settings.signing_certificate, old.certificate_der_base64());
 
         let promoted = SigningSet {

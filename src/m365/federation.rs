@@ -8,7 +8,7 @@
 //! user without an immutable ID there can no longer sign in. A preview says who that is before
 //! anything changes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
@@ -20,7 +20,7 @@ use super::graph::GraphDomain;
 use super::permissions::GraphCall;
 use crate::config::Config;
 use crate::events::{kind, Actor, NewEvent};
-use crate::store::StoreError;
+use crate::store::{FederatedDomainRow, StoreError};
 
 /// Users listed per Graph page for the preview (Graph's maximum for users).
 const PREVIEW_PAGE: u32 = 999;
@@ -78,6 +78,46 @@ pub struct FederationSettings {
     pub signed_requests: bool,
 }
 
+/// The issuer `[saml.domain_issuers]` gives `domain`, if any.
+fn configured_issuer(config: &Config, domain: &str) -> Option<String> {
+    config
+        .saml
+        .domain_issuers
+        .iter()
+        .find(|(d, _)| d.eq_ignore_ascii_case(domain.trim()))
+        .map(|(_, i)| i.clone())
+}
+
+/// The domains idbridge federated through Graph, by lower-case name.
+#[derive(Debug, Clone, Default)]
+pub struct KnownFederations(BTreeMap<String, FederatedDomainRow>);
+
+impl KnownFederations {
+    /// From the stored records.
+    pub fn new(rows: Vec<FederatedDomainRow>) -> Self {
+        Self(
+            rows.into_iter()
+                .map(|r| (r.domain.to_lowercase(), r))
+                .collect(),
+        )
+    }
+
+    /// Read from the store.
+    pub async fn load(store: &crate::store::Store) -> Result<Self, StoreError> {
+        Ok(Self::new(store.federated_domains().await?))
+    }
+
+    /// The record of `domain`, if idbridge federated it.
+    pub fn get(&self, domain: &str) -> Option<&FederatedDomainRow> {
+        self.0.get(&domain.trim().to_lowercase())
+    }
+
+    /// Whether both hold the same records.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
 /// The properties idbridge sets, and their values, for comparing with Microsoft's copy.
 const FIXED: [(&str, &str); 3] = [
     ("preferredAuthenticationProtocol", "saml"),
@@ -98,24 +138,68 @@ pub struct Drift {
 }
 
 impl FederationSettings {
-    /// idbridge's settings for `domain`: its issuer (`[saml.domain_issuers]`, else the one
-    /// issuer), the sign-in and sign-out endpoints, the signing certificate (base64 DER).
+    /// idbridge's settings for `domain` as it is federated: the issuer and sign-in URL idbridge
+    /// gave it (`known`), else those of a domain federated by hand (`[saml.domain_issuers]`,
+    /// else the one issuer, and `/saml/sso`); the sign-out endpoint; the certificates.
     pub fn for_domain(
+        config: &Config,
+        signing_certificate: &str,
+        next_signing_certificate: Option<&str>,
+        domain: &str,
+        known: &KnownFederations,
+    ) -> Self {
+        let base = config.base_url.trim_end_matches('/');
+        let recorded = known.get(domain);
+        let issuer = configured_issuer(config, domain)
+            .or_else(|| recorded.map(|r| r.issuer_uri.clone()))
+            .unwrap_or_else(|| config.saml_issuer().to_string());
+        let sign_in = recorded.map_or_else(
+            || format!("{base}/saml/sso"),
+            |r| r.passive_sign_in_uri.clone(),
+        );
+        Self::with(
+            config,
+            issuer,
+            sign_in,
+            signing_certificate,
+            next_signing_certificate,
+        )
+    }
+
+    /// idbridge's settings for federating `domain` now: its own issuer
+    /// (`[saml.domain_issuers]`, else `{base_url}/saml/{domain}`: Entra wants one per
+    /// federated domain) and its own sign-in URL `{base_url}/saml/sso/{domain}`.
+    pub fn for_new_domain(
         config: &Config,
         signing_certificate: &str,
         next_signing_certificate: Option<&str>,
         domain: &str,
     ) -> Self {
         let base = config.base_url.trim_end_matches('/');
-        let issuer = config
-            .saml
-            .domain_issuers
-            .iter()
-            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
-            .map_or_else(|| config.saml_issuer().to_string(), |(_, i)| i.clone());
+        let domain = domain.trim().to_lowercase();
+        let issuer =
+            configured_issuer(config, &domain).unwrap_or_else(|| format!("{base}/saml/{domain}"));
+        let sign_in = format!("{base}/saml/sso/{domain}");
+        Self::with(
+            config,
+            issuer,
+            sign_in,
+            signing_certificate,
+            next_signing_certificate,
+        )
+    }
+
+    fn with(
+        config: &Config,
+        issuer: String,
+        sign_in: String,
+        signing_certificate: &str,
+        next_signing_certificate: Option<&str>,
+    ) -> Self {
+        let base = config.base_url.trim_end_matches('/');
         Self {
             issuer_uri: issuer,
-            passive_sign_in_uri: format!("{base}/saml/sso"),
+            passive_sign_in_uri: sign_in,
             sign_out_uri: format!("{base}/saml/slo"),
             signing_certificate: signing_certificate.to_string(),
             next_signing_certificate: next_signing_certificate.map(str::to_string),
@@ -536,6 +620,14 @@ impl M365 {
             .await
             .map_err(|e| e.during(GraphCall::FederateDomain))?;
         self.forget_federation_check();
+        self.store()
+            .record_federated_domain(&FederatedDomainRow {
+                domain: d.id.to_lowercase(),
+                issuer_uri: settings.issuer_uri.clone(),
+                passive_sign_in_uri: settings.passive_sign_in_uri.clone(),
+                federated_at: now.timestamp_millis(),
+            })
+            .await?;
         let event =
             NewEvent::new(now, actor, kind::M365_DOMAIN_FEDERATED, Some(&d.id)).details(json!({
                 "issuerUri": settings.issuer_uri,
@@ -593,6 +685,7 @@ impl M365 {
         .await
         .map_err(|e| e.during(GraphCall::FederateDomain))?;
         self.forget_federation_check();
+        self.store().forget_federated_domain(&d.id).await?;
         let event =
             NewEvent::new(now, actor, kind::M365_DOMAIN_UNFEDERATED, Some(&d.id)).details(json!({
                 "issuerUri": held.get("issuerUri"),

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use askama::Template;
-use axum::extract::{ConnectInfo, Query, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +31,9 @@ const BROWSER_COOKIE: &str = "idbridge_browser";
 pub fn router() -> Router<AppState> {
     let timed = Router::new()
         .route("/saml/sso", get(sso_redirect).post(sso_post))
+        // A federated domain's own sign-in URL (its passiveSignInUri): the same endpoint; the
+        // Response's issuer is the one of the user's UPN domain either way, as Entra requires.
+        .route("/saml/sso/{domain}", get(sso_redirect).post(sso_post))
         .route("/saml/login", post(login))
         .route("/saml/login/continue", post(continue_sign_in))
         .route("/saml/login/code", post(second_factor_code))
@@ -39,6 +42,7 @@ pub fn router() -> Router<AppState> {
         .route_layer(axum::middleware::from_fn(time_sign_in));
     Router::new()
         .route("/saml/metadata", get(metadata))
+        .route("/saml/metadata/{domain}", get(domain_metadata))
         .route("/saml/slo", get(slo_redirect).post(slo_post))
         .merge(timed)
 }
@@ -153,6 +157,25 @@ async fn metadata(State(state): State<AppState>) -> Response {
         state.idp.metadata().to_string(),
     )
         .into_response()
+}
+
+/// A federated domain's metadata: its own issuer as the entity ID, its sign-in URL.
+async fn domain_metadata(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<Response, AppError> {
+    let xml = state
+        .idp
+        .domain_metadata(&state.config, &domain)
+        .ok_or(AppError::NotFound)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/samlmetadata+xml"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        xml,
+    )
+        .into_response())
 }
 
 /// The raw query goes along: a service provider that signs its requests signs it as sent.

@@ -17,6 +17,7 @@ use crate::certs::rollover::SigningSet;
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryError, User, UserState};
 use crate::events::{kind, Actor, NewEvent};
+use crate::m365::federation::{FederationSettings, KnownFederations};
 use crate::mfa::{CodeOutcome, FactorKind, Factors, Mfa, TotpEnrolment};
 use crate::saml::{
     self, AssertionParams, AuthnRequest, LogoutRequest, LogoutResponseParams, SamlError,
@@ -273,6 +274,8 @@ pub struct IdentityProvider {
     directory: Directory,
     /// Swapped whole when a rollover step changes the certificates (on any node).
     signing: std::sync::RwLock<Arc<Signing>>,
+    /// The domains idbridge federated through Graph, with their issuers (any node).
+    federations: std::sync::RwLock<Arc<KnownFederations>>,
     algorithm: SignatureAlgorithm,
     service_providers: ServiceProviders,
     settings: Settings,
@@ -332,6 +335,7 @@ impl IdentityProvider {
     ) -> Result<Self, crate::config::ConfigError> {
         let algorithm = config.saml_signature_algorithm()?;
         let signing = std::sync::RwLock::new(Arc::new(Signing::new(config, signing)?));
+        let federations = std::sync::RwLock::new(Arc::new(KnownFederations::default()));
         let s = &config.saml;
         Ok(Self {
             throttle: SignInThrottle::sso(store.clone(), config),
@@ -340,6 +344,7 @@ impl IdentityProvider {
             store,
             directory,
             signing,
+            federations,
             algorithm,
             service_providers: ServiceProviders::from_config(config),
             settings: Settings {
@@ -403,6 +408,58 @@ impl IdentityProvider {
     /// The certificates in use and where their rollover stands.
     pub fn signing_set(&self) -> SigningSet {
         self.signing_state().set.clone()
+    }
+
+    /// The domains idbridge federated through Graph.
+    pub fn federations(&self) -> Arc<KnownFederations> {
+        self.federations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Uses `known` from now on; whether it changed anything.
+    pub fn use_federations(&self, known: KnownFederations) -> bool {
+        if self.federations().same_as(&known) {
+            return false;
+        }
+        *self.federations.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(known);
+        true
+    }
+
+    /// The metadata of a domain with its own issuer (`[saml.domain_issuers]` or federated
+    /// through Graph): that issuer as entity ID, the domain's sign-in URL. `None` for another
+    /// domain (the general metadata serves it).
+    pub fn domain_metadata(&self, config: &Config, domain: &str) -> Option<String> {
+        let known = self.federations();
+        let configured = self
+            .settings
+            .domain_issuers
+            .iter()
+            .any(|(d, _)| d.eq_ignore_ascii_case(domain.trim()));
+        if known.get(domain).is_none() && !configured {
+            return None;
+        }
+        let settings = self.federation_settings(config, domain);
+        let set = self.signing_set();
+        saml::idp_metadata(
+            &settings.issuer_uri,
+            &settings.passive_sign_in_uri,
+            &settings.sign_out_uri,
+            &set.published(),
+        )
+        .ok()
+    }
+
+    /// idbridge's settings for `domain` as it is federated (for drift and rollovers).
+    pub fn federation_settings(&self, config: &Config, domain: &str) -> FederationSettings {
+        self.signing_set()
+            .federation_settings(config, domain, &self.federations())
+    }
+
+    /// idbridge's settings for federating `domain` now.
+    pub fn new_federation_settings(&self, config: &Config, domain: &str) -> FederationSettings {
+        self.signing_set().new_federation_settings(config, domain)
     }
 
     /// Signs with `set` from now on, unless it holds the same certificates; whether it
@@ -1297,6 +1354,8 @@ impl IdentityProvider {
 
     /// The Issuer for a user: Entra matches it against the federated domain of the user's UPN,
     /// so a domain with its own issuer URI gets that one.
+    /// Configured (`[saml.domain_issuers]`) first, then the issuer idbridge gave the domain
+    /// when it federated it, else the one issuer (a domain federated by hand).
     fn issuer_for_upn(&self, upn: &str) -> String {
         let domain = upn.rsplit('@').next().unwrap_or_default().to_lowercase();
         self.settings
@@ -1304,6 +1363,11 @@ impl IdentityProvider {
             .iter()
             .find(|(d, _)| *d == domain)
             .map(|(_, i)| i.clone())
+            .or_else(|| {
+                self.federations()
+                    .get(&domain)
+                    .map(|r| r.issuer_uri.clone())
+            })
             .unwrap_or_else(|| self.settings.issuer.clone())
     }
 

@@ -7,6 +7,7 @@
 
 mod admins;
 mod events;
+mod federation;
 mod leases;
 mod m365;
 mod mfa;
@@ -22,6 +23,7 @@ mod write_behind;
 
 pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
 pub use events::{EventFilter, EventRow};
+pub use federation::FederatedDomainRow;
 pub use leases::WorkLease;
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
 pub use mfa::{FactorCounts, TotpRow};

@@ -23,11 +23,18 @@ fn admin() -> Actor {
     Actor::Admin("alice".into())
 }
 
+/// idbridge's settings for `domain` as it is federated.
 fn settings(app: &TestApp, domain: &str) -> FederationSettings {
     app.state()
         .idp
-        .signing_set()
         .federation_settings(&app.state().config, domain)
+}
+
+/// What idbridge sends to federate `domain` now.
+fn new_settings(app: &TestApp, domain: &str) -> FederationSettings {
+    app.state()
+        .idp
+        .new_federation_settings(&app.state().config, domain)
 }
 
 /// A tenant with fabrikam.com (verified, not default) holding a bound user and a user that
@@ -63,7 +70,12 @@ async fn a_domain_is_federated_through_graph_after_its_checks_and_preview_then_m
 {
     let (app, fake) = tenant(FEDERATION_ROLES).await;
     let m365 = &app.state().m365;
-    let ours = settings(&app, "fabrikam.com");
+    let ours = new_settings(&app, "fabrikam.com");
+    assert_eq!(
+        ours.issuer_uri,
+        app.url("/saml/fabrikam.com"),
+        "its own issuer"
+    );
     let now = Utc::now();
 
     // Refused with the reason, nothing sent.
@@ -124,7 +136,10 @@ async fn a_domain_is_federated_through_graph_after_its_checks_and_preview_then_m
         .federation("fabrikam.com")
         .expect("federated in Microsoft 365");
     assert_eq!(held["issuerUri"], json!(ours.issuer_uri));
-    assert_eq!(held["passiveSignInUri"], json!(app.url("/saml/sso")));
+    assert_eq!(
+        held["passiveSignInUri"],
+        json!(app.url("/saml/sso/fabrikam.com"))
+    );
     assert_eq!(held["signOutUri"], json!(app.url("/saml/slo")));
     assert_eq!(held["signingCertificate"], json!(ours.signing_certificate));
     assert_eq!(held["preferredAuthenticationProtocol"], "saml");
@@ -137,6 +152,9 @@ async fn a_domain_is_federated_through_graph_after_its_checks_and_preview_then_m
     assert_eq!(events[0].actor, "admin:alice");
     assert_eq!(events[0].target.as_deref(), Some("fabrikam.com"));
     assert!(events[0].details.contains("breakglass@fabrikam.com"));
+    // Every node reads the domain's issuer from the database (this one now, for the test).
+    app.state().reload_signing().await.unwrap();
+    assert_eq!(settings(&app, "fabrikam.com"), ours);
 
     let statuses = m365.domain_statuses(|d| settings(&app, d)).await.unwrap();
     let status = |name: &str| {
@@ -304,7 +322,7 @@ async fn the_cli_lists_domains_previews_federates_and_unfederates() {
         "{out}"
     );
     let held: Value = fake.federation("fabrikam.com").unwrap();
-    assert_eq!(held["issuerUri"], json!(config.saml_issuer()));
+    assert_eq!(held["issuerUri"], json!(app.url("/saml/fabrikam.com")));
     let (_, out, _) = run(&["m365", "domains"]).await;
     assert!(out.contains("fabrikam.com\tfederated to idbridge"), "{out}");
     assert!(!out.contains("differs"), "{out}");
@@ -561,4 +579,110 @@ async fn the_console_federates_after_a_confirmation_page_and_makes_managed_again
         .await;
     assert_eq!(r.status(), 403);
     assert!(fake.federation("fabrikam.com").is_none());
+}
+
+#[tokio::test]
+async fn each_federated_domain_gets_its_own_issuer_and_sign_in_url_and_responses_follow_the_upn() {
+    use crate::sso::{authn_request, auto_post, request_id, run_m365_sp, sso_post, submit_login};
+    let (app, fake) = tenant(FEDERATION_ROLES).await;
+    fake.add_domain("tailspin.com", false, false);
+    app.create_user("tom", "tom@tailspin.com", "Corr3ct-Horse-Battery")
+        .await;
+    app.state()
+        .sync
+        .bind(&admin(), &["tom".to_string()], Utc::now())
+        .await
+        .unwrap();
+    settled(&app, "tom", "bound").await;
+    let key = crate::support::console::api_key(&app, "ops", AdminRole::Admin).await;
+    let http = crate::support::console::api_client(&key);
+    for domain in ["fabrikam.com", "tailspin.com"] {
+        let r = http
+            .put(app.url(&format!("/api/v1/m365/domains/{domain}/federation")))
+            .json(&json!({"confirmUsersNotBound": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{domain}: {}", r.text().await.unwrap());
+        let held = fake.federation(domain).unwrap();
+        assert_eq!(
+            held["issuerUri"],
+            json!(app.url(&format!("/saml/{domain}")))
+        );
+        assert_eq!(
+            held["passiveSignInUri"],
+            json!(app.url(&format!("/saml/sso/{domain}")))
+        );
+    }
+    // No drift: idbridge expects what it sent, per domain.
+    let domains: Value = http
+        .get(app.url("/api/v1/m365/domains"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for domain in ["fabrikam.com", "tailspin.com"] {
+        let d = domains
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["domain"] == domain)
+            .unwrap();
+        assert_eq!(d["signIn"], "idbridge", "{d}");
+        assert_eq!(d["drift"], json!([]), "{d}");
+    }
+
+    // Each user's Response carries the issuer of their UPN's domain, wherever they start.
+    for (user, domain) in [("ana", "fabrikam.com"), ("tom", "tailspin.com")] {
+        let browser = app.browser();
+        let page = sso_post(&browser, &app, &authn_request(&request_id(), ""), None).await;
+        let done = submit_login(&browser, &app, &page, user, "Corr3ct-Horse-Battery").await;
+        let xml = auto_post(&done).xml;
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let issuers: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name(("urn:oasis:names:tc:SAML:2.0:assertion", "Issuer")))
+            .filter_map(|n| n.text())
+            .collect();
+        let expected = app.url(&format!("/saml/{domain}"));
+        assert_eq!(issuers, [expected.as_str(), expected.as_str()], "{user}");
+
+        // pysaml2 as Microsoft for that domain: its metadata, its sign-in URL.
+        let args = vec![
+            app.base_url.clone(),
+            user.to_string(),
+            "Corr3ct-Horse-Battery".to_string(),
+            "--domain".to_string(),
+            domain.to_string(),
+            "--acs".to_string(),
+            format!("{}/login.srf", app.state().config.m365.login_base_url),
+        ];
+        let result = tokio::task::spawn_blocking(move || run_m365_sp(args))
+            .await
+            .unwrap();
+        assert_eq!(result["issuer"], json!(expected), "{result}");
+    }
+    // Only domains with their own issuer have their own metadata.
+    let r = reqwest::get(app.url("/saml/metadata/contoso.com"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Made managed again, the domain's record goes: its users get the one issuer.
+    let r = http
+        .delete(app.url("/api/v1/m365/domains/tailspin.com/federation?confirm=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = reqwest::get(app.url("/saml/metadata/tailspin.com"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = reqwest::get(app.url("/saml/metadata/fabrikam.com"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -67,6 +67,8 @@ async fn microsoft_accepts(app: &TestApp, certificates: Vec<String>) {
         PASSWORD.into(),
         "--acs".into(),
         acs(app),
+        "--domain".into(),
+        DOMAIN.into(),
     ];
     for c in certificates {
         args.push("--trust-cert".into());
@@ -166,6 +168,8 @@ async fn the_signing_certificate_rolls_over_with_microsoft_trusting_every_step()
             PASSWORD.to_string(),
             "--acs".to_string(),
             acs(&app),
+            "--domain".to_string(),
+            DOMAIN.to_string(),
             "--trust-cert".to_string(),
             old.clone(),
         ];

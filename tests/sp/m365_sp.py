@@ -213,6 +213,11 @@ def main():
     parser.add_argument("--totp-secret", help="answer the second-factor page with this TOTP secret (base32)")
     parser.add_argument("--request-mfa", action="store_true", help="ask for multipleauthn")
     parser.add_argument(
+        "--domain",
+        help="a domain federated with its own issuer: its metadata (/saml/metadata/DOMAIN) and "
+        "sign-in URL (/saml/sso/DOMAIN), as Microsoft holds them for that domain",
+    )
+    parser.add_argument(
         "--acs",
         default=ACS,
         help="Microsoft's login.srf as idbridge is configured to post to (m365.login_base_url)",
@@ -233,7 +238,8 @@ def main():
     http = requests.Session()
 
     # 1. The IdP metadata, as an admin would download it for the federation settings.
-    r = http.get(f"{base}/saml/metadata", timeout=30)
+    suffix = f"/{args.domain}" if args.domain else ""
+    r = http.get(f"{base}/saml/metadata{suffix}", timeout=30)
     if r.status_code != 200:
         fail(f"GET /saml/metadata answered {r.status_code}")
     workdir = tempfile.mkdtemp(prefix="m365_sp_")
@@ -248,13 +254,13 @@ def main():
     request_id = "_" + str(uuid.uuid4())
     saml_request = base64.b64encode(microsoft_authn_request(request_id, args.request_mfa).encode()).decode()
     r = http.post(
-        f"{base}/saml/sso",
+        f"{base}/saml/sso{suffix}",
         data={"SAMLRequest": saml_request, "RelayState": args.relay_state},
         allow_redirects=False,
         timeout=30,
     )
     if r.status_code != 200:
-        fail(f"POST /saml/sso answered {r.status_code}: {r.text[:500]}")
+        fail(f"POST /saml/sso{suffix} answered {r.status_code}: {r.text[:500]}")
     login_forms = [f for f in forms_of(r.text) if "password" in f["inputs"]]
     if len(login_forms) != 1:
         fail(f"expected one login form with a password field, found {len(login_forms)}: {r.text[:500]}")

@@ -33,12 +33,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(federation_preview, federate, unfederate))
 }
 
-/// idbridge's settings for a domain (its issuer, endpoints and signing certificate).
-fn federation_settings(state: &AppState, domain: &str) -> FederationSettings {
-    state
-        .idp
-        .signing_set()
-        .federation_settings(&state.config, domain)
+/// idbridge's settings for federating a domain now (its own issuer and sign-in URL).
+fn new_federation_settings(state: &AppState, domain: &str) -> FederationSettings {
+    state.idp.new_federation_settings(&state.config, domain)
 }
 
 /// The tenant's domains: how each signs in, and for those federated to idbridge what
@@ -56,7 +53,7 @@ fn federation_settings(state: &AppState, domain: &str) -> FederationSettings {
 async fn domains(State(state): State<AppState>) -> Result<Json<Vec<DomainStatus>>, ApiError> {
     let statuses = state
         .m365
-        .domain_statuses(|d| federation_settings(&state, d))
+        .domain_statuses(|d| state.idp.federation_settings(&state.config, d))
         .await?;
     Ok(Json(statuses))
 }
@@ -90,7 +87,7 @@ async fn federation_preview(
     Path(domain): Path<String>,
 ) -> Result<Json<FederationPlan>, ApiError> {
     let preview = state.m365.federation_preview(&domain).await?;
-    let settings = federation_settings(&state, &preview.domain);
+    let settings = new_federation_settings(&state, &preview.domain);
     Ok(Json(FederationPlan {
         graph_body: settings.body(),
         powershell: settings.powershell(&preview.domain),
@@ -131,7 +128,7 @@ async fn federate(
     Path(domain): Path<String>,
     OptionalJson(body): OptionalJson<FederateRequest>,
 ) -> Result<Json<FederationPreview>, ApiError> {
-    let settings = federation_settings(&state, domain.trim());
+    let settings = new_federation_settings(&state, domain.trim());
     let preview = state
         .m365
         .federate_domain(
@@ -143,6 +140,8 @@ async fn federate(
             Utc::now(),
         )
         .await?;
+    // This node uses the domain's issuer at once (the others within seconds).
+    state.reload_signing().await?;
     Ok(Json(preview))
 }
 
@@ -171,6 +170,8 @@ async fn unfederate(
         .m365
         .unfederate_domain(&caller.actor(), &domain, confirmed, Utc::now())
         .await?;
+    // This node uses the domain's issuer at once (the others within seconds).
+    state.reload_signing().await?;
     Ok(Json(preview))
 }
 

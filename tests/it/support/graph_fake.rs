@@ -4814,6 +4814,24 @@ fn create_federation(st: &mut State, caller: &Caller, name: &str, body: Option<V
     if let Err(e) = check_federation_body(&body, true) {
         return e;
     }
+    // One issuer URI per federated domain of the tenant: Entra tells the domains' sign-ins
+    // apart by it (and AD FS needs -SupportMultipleDomain for the same reason).
+    let issuer = body
+        .get("issuerUri")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if st.domains.iter().any(|d| {
+        !d.name.eq_ignore_ascii_case(name)
+            && d.federation
+                .as_ref()
+                .and_then(|f| f.get("issuerUri"))
+                .and_then(Value::as_str)
+                == Some(issuer)
+    }) {
+        return bad(format!(
+            "The issuer URI '{issuer}' is already used by another federated domain of the tenant."
+        )); // FAKE CHOICE of text
+    }
     let domain = match federation_domain(st, name) {
         Ok(d) => d,
         Err(e) => return e,
