@@ -510,6 +510,11 @@ pub struct SamlConfig {
     /// The keys read from `m365_certificate_file` at start-up.
     #[serde(skip)]
     pub m365_certificates: Option<Arc<VerificationKeys>>,
+    /// Microsoft's federation metadata URL, instead of `m365_certificate_file`:
+    /// `https://login.microsoftonline.com/<tenant ID>/federationmetadata/2007-06/federationmetadata.xml`.
+    /// Its signing certificates are read at start and every day, so Microsoft's key rollover
+    /// needs nothing from the admin.
+    pub m365_metadata_url: Option<String>,
     /// Microsoft's AuthnRequests must be signed by a key of `m365_certificate_file` (Entra
     /// signs them when the federation's `isSignedAuthenticationRequestRequired` is true, which
     /// `idbridge m365 federate` then sets).
@@ -533,6 +538,7 @@ impl Default for SamlConfig {
             service_providers: Vec::new(),
             m365_certificate_file: None,
             m365_certificates: None,
+            m365_metadata_url: None,
             m365_signed_requests: false,
         }
     }
@@ -1018,11 +1024,36 @@ impl Config {
             let keys = load_certificates("saml.m365_certificate_file", path)?;
             self.saml.m365_certificates = Some(Arc::new(keys));
         }
-        if self.saml.m365_signed_requests && self.saml.m365_certificate_file.is_none() {
+        if let Some(url) = &self.saml.m365_metadata_url {
+            let fix = "give Microsoft's federation metadata URL, https://login.microsoftonline.com/<tenant ID>/federationmetadata/2007-06/federationmetadata.xml";
+            let parsed = url::Url::parse(url)
+                .map_err(|e| invalid("saml.m365_metadata_url", format!("{url:?}: {e}"), fix))?;
+            // Plain http only to this machine (a test or a local mirror): the certificates
+            // decide whose requests are trusted.
+            let local = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+            if parsed.scheme() != "https" && !(parsed.scheme() == "http" && local) {
+                return Err(invalid(
+                    "saml.m365_metadata_url",
+                    format!("{url:?} is not https"),
+                    fix,
+                ));
+            }
+            if self.saml.m365_certificate_file.is_some() {
+                return Err(invalid(
+                    "saml.m365_metadata_url",
+                    "both m365_metadata_url and m365_certificate_file are set".to_string(),
+                    "keep one: the URL (idbridge follows Microsoft's key rollover) or the file",
+                ));
+            }
+        }
+        if self.saml.m365_signed_requests
+            && self.saml.m365_certificate_file.is_none()
+            && self.saml.m365_metadata_url.is_none()
+        {
             return Err(invalid(
                 "saml.m365_signed_requests",
                 "Microsoft's AuthnRequests must be signed but no certificate is configured to check them",
-                "set saml.m365_certificate_file to Microsoft's signing certificates (PEM, from https://login.microsoftonline.com/<tenant>/federationmetadata/2007-06/federationmetadata.xml), or drop m365_signed_requests",
+                "set saml.m365_metadata_url to https://login.microsoftonline.com/<tenant ID>/federationmetadata/2007-06/federationmetadata.xml (or saml.m365_certificate_file to its certificates, PEM or the metadata file), or drop m365_signed_requests",
             ));
         }
         self.password_policy
@@ -1315,7 +1346,7 @@ pub fn read_private_file(setting: &str, path: &Path) -> Result<Vec<u8>, ConfigEr
 /// Reads a service provider's PEM certificate file, refusing anything but a small regular file
 /// (a path such as /dev/zero or a FIFO must not stall start-up).
 fn load_certificates(setting: &str, path: &Path) -> Result<VerificationKeys, ConfigError> {
-    let fix = "name the PEM file (-----BEGIN CERTIFICATE-----) holding the service provider's signing certificate, as in its metadata's <KeyDescriptor use=\"signing\">, or remove the setting";
+    let fix = "name the PEM file (-----BEGIN CERTIFICATE-----) holding the service provider's signing certificate, or its SAML metadata (Microsoft's federation metadata for Microsoft 365), or remove the setting";
     let unreadable =
         |e: std::io::Error| invalid(setting, format!("cannot read {}: {e}", path.display()), fix);
     let meta = std::fs::metadata(path).map_err(unreadable)?;
@@ -1333,7 +1364,7 @@ fn load_certificates(setting: &str, path: &Path) -> Result<VerificationKeys, Con
                 .read_to_end(&mut pem)
         })
         .map_err(unreadable)?;
-    VerificationKeys::from_pem(&pem)
+    VerificationKeys::from_file_contents(&pem)
         .map_err(|e| invalid(setting, format!("{}: {e}", path.display()), fix))
 }
 

@@ -56,6 +56,9 @@ pub struct AppInner {
     pub signing_file: Arc<crate::saml::SigningCredential>,
     /// Seals what is stored secret: tokens, pushed passwords, rollover keys.
     pub data_key: crate::secrets::SecretBox,
+    /// Why Microsoft's federation metadata (`saml.m365_metadata_url`) could not be read last
+    /// time, if it could not.
+    pub m365_metadata_error: std::sync::Mutex<Option<String>>,
     /// WebAuthn passkeys: registration and sign-in ceremonies.
     pub passkeys: crate::mfa::passkey::Passkeys,
     /// Throttles the admin console's sign-in form.
@@ -231,6 +234,7 @@ impl App {
                 idp,
                 signing_file,
                 data_key,
+                m365_metadata_error: std::sync::Mutex::new(None),
                 passkeys,
                 m365,
                 sync,
@@ -335,6 +339,13 @@ pub async fn run(
     let janitor = tokio::spawn(purge_expired(app.state.clone(), token.clone()));
     let change_poll = tokio::spawn(poll_changes(app.state.clone(), token.clone()));
     let signing_reload = tokio::spawn(reload_signing(app.state.clone(), token.clone()));
+    let microsoft_keys = app.state.config.saml.m365_metadata_url.clone().map(|url| {
+        tokio::spawn(refresh_microsoft_keys(
+            app.state.clone(),
+            url,
+            token.clone(),
+        ))
+    });
     let sync_worker = worker.then(|| tokio::spawn(app.state.sync.clone().run(token.clone())));
     let router = app.router();
     let serve_token = token.clone();
@@ -355,6 +366,9 @@ pub async fn run(
     let _ = janitor.await;
     let _ = change_poll.await;
     let _ = signing_reload.await;
+    if let Some(task) = microsoft_keys {
+        let _ = task.await;
+    }
     if let Some(sync_worker) = sync_worker {
         let _ = sync_worker.await;
     }
@@ -626,6 +640,70 @@ async fn reload_signing(state: AppState, token: CancellationToken) {
     }
 }
 
+/// How often Microsoft's federation metadata is read again; after a failure, sooner.
+const MICROSOFT_METADATA_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+const MICROSOFT_METADATA_RETRY: Duration = Duration::from_secs(5 * 60);
+
+/// Trusts the signing certificates of Microsoft's federation metadata for Microsoft's SAML
+/// messages, read at start and every day: Microsoft rolls its keys and publishes the next
+/// one there first. A failed read keeps the keys read before (none at first: signed
+/// requests are then refused) and is reported by `/readyz`.
+async fn refresh_microsoft_keys(state: AppState, url: String, token: CancellationToken) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+    {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::error!(%err, "cannot build the HTTP client for Microsoft's metadata");
+            return;
+        }
+    };
+    loop {
+        let wait = match fetch_metadata_keys(&client, &url).await {
+            Ok(keys) => {
+                tracing::info!(url = %url, certificates = ?keys.fingerprints(), "read Microsoft's signing certificates");
+                if let Some(m365) = state
+                    .idp
+                    .service_providers()
+                    .get(crate::sso::M365_ENTITY_ID)
+                {
+                    m365.verification_keys.replace(Arc::new(keys));
+                }
+                *state
+                    .m365_metadata_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                MICROSOFT_METADATA_EVERY
+            }
+            Err(err) => {
+                tracing::warn!(url = %url, %err, "cannot read Microsoft's federation metadata; keeping the certificates read before");
+                *state
+                    .m365_metadata_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(err);
+                MICROSOFT_METADATA_RETRY
+            }
+        };
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn fetch_metadata_keys(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<crate::saml::verify::VerificationKeys, String> {
+    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    crate::saml::verify::VerificationKeys::from_metadata(&body).map_err(|e| e.to_string())
+}
+
 async fn purge_expired(state: AppState, token: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -839,6 +917,28 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
     let name_mismatch = crate::certs::name_mismatch(&state.config, &signing);
     warnings.extend(name_mismatch.clone());
+    let microsoft_keys = state
+        .idp
+        .service_providers()
+        .get(crate::sso::M365_ENTITY_ID)
+        .and_then(|sp| sp.verification_keys.get());
+    let metadata_error = state
+        .m365_metadata_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(err) = &metadata_error {
+        warnings.push(format!(
+            "Microsoft's federation metadata could not be read ({err}); {}",
+            if microsoft_keys.is_some() {
+                "the certificates read before are still trusted"
+            } else if state.config.saml.m365_signed_requests {
+                "Microsoft's signed sign-in requests are refused until it can be read"
+            } else {
+                "Microsoft's messages are not checked against its certificates meanwhile"
+            }
+        ));
+    }
     let m365 = if database {
         state.m365.status().await.ok().map(|s| s.state)
     } else {
@@ -913,6 +1013,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
                 "previous": signing_set.previous.as_ref().map(|p| &p.fingerprint_sha256),
             },
             "m365": {"ok": m365.as_deref() != Some("reconnect"), "state": m365},
+            "microsoftCertificates": {
+                "ok": metadata_error.is_none()
+                    && (microsoft_keys.is_some() || !state.config.saml.m365_signed_requests),
+                "sha256": microsoft_keys.as_ref().map(|k| k.fingerprints().to_vec()),
+                "error": metadata_error,
+            },
             "federation": {
                 "ok": federation.as_ref().is_none_or(|f| f.ok()),
                 "checkedAt": federation.as_ref().map(|f| f.checked_at.to_rfc3339()),

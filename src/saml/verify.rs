@@ -38,7 +38,7 @@ use openssl::x509::X509;
 use roxmltree::{Document, Node};
 
 use super::xml::exc_c14n;
-use super::{SamlError, NS_DSIG};
+use super::{SamlError, NS_DSIG, NS_METADATA};
 
 /// The only signature algorithm accepted (RSA PKCS#1 v1.5 with SHA-256).
 pub const RSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256";
@@ -96,12 +96,90 @@ impl VerificationKeys {
         }
         let certs = X509::stack_from_pem(pem)
             .map_err(|e| invalid(format!("not a readable PEM certificate ({e})")))?;
+        Self::from_certificates(&certs)
+    }
+
+    /// Reads SAML metadata (an IdP's or service provider's, or Microsoft's federation
+    /// metadata): the certificates of its signing `KeyDescriptor`s, in any role descriptor
+    /// (`IDPSSODescriptor`, `SPSSODescriptor`, WS-Federation's `RoleDescriptor`). The
+    /// metadata's own signature is not checked: it is trusted as the https source it came
+    /// from is (Microsoft publishes it at login.microsoftonline.com).
+    pub fn from_metadata(xml: &[u8]) -> Result<Self, SamlError> {
+        let invalid = |reason: String| SamlError::Invalid {
+            field: "metadata",
+            reason,
+        };
+        if xml.len() > MAX_CERTIFICATE_FILE_BYTES {
+            return Err(invalid(format!(
+                "{} bytes is more than metadata holds (at most {MAX_CERTIFICATE_FILE_BYTES})",
+                xml.len()
+            )));
+        }
+        let text = std::str::from_utf8(xml).map_err(|_| invalid("not UTF-8".into()))?;
+        // roxmltree refuses DTDs by default: no entity expansion.
+        let doc = Document::parse(text).map_err(|e| invalid(format!("not readable XML ({e})")))?;
+        let mut seen = std::collections::HashSet::new();
+        let mut certs = Vec::new();
+        for descriptor in doc.descendants().filter(|n| {
+            n.has_tag_name((NS_METADATA, "KeyDescriptor"))
+                && n.attribute("use").is_none_or(|u| u == "signing")
+        }) {
+            for node in descriptor
+                .descendants()
+                .filter(|n| n.has_tag_name((NS_DSIG, "X509Certificate")))
+            {
+                let b64: String = node
+                    .text()
+                    .unwrap_or_default()
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                if !seen.insert(b64.clone()) {
+                    continue;
+                }
+                let der = BASE64
+                    .decode(&b64)
+                    .map_err(|_| invalid("an X509Certificate is not base64".into()))?;
+                certs.push(
+                    X509::from_der(&der).map_err(|e| {
+                        invalid(format!("an X509Certificate is not readable ({e})"))
+                    })?,
+                );
+            }
+        }
+        if certs.is_empty() {
+            return Err(invalid(
+                "no signing certificate (no <KeyDescriptor use=\"signing\"> with an X509Certificate)"
+                    .into(),
+            ));
+        }
+        Self::from_certificates(&certs)
+    }
+
+    /// Reads a certificate file that is either PEM or SAML metadata (XML).
+    pub fn from_file_contents(contents: &[u8]) -> Result<Self, SamlError> {
+        let start = contents
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(0);
+        if contents.get(start) == Some(&b'<') {
+            Self::from_metadata(contents)
+        } else {
+            Self::from_pem(contents)
+        }
+    }
+
+    fn from_certificates(certs: &[X509]) -> Result<Self, SamlError> {
+        let invalid = |reason: String| SamlError::Invalid {
+            field: "certificate",
+            reason,
+        };
         if certs.is_empty() {
             return Err(invalid("no certificate in the file".into()));
         }
         let mut keys = Vec::with_capacity(certs.len());
         let mut fingerprints = Vec::with_capacity(certs.len());
-        for cert in &certs {
+        for cert in certs {
             let key = cert.public_key()?;
             if key.rsa().is_err() {
                 return Err(invalid(

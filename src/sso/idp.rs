@@ -527,7 +527,7 @@ impl IdentityProvider {
             .get(&request.issuer)
             .ok_or_else(|| SsoError::UnknownServiceProvider(request.issuer.clone()))?;
         if sp.requires_signed_requests {
-            let keys = sp.verification_keys.as_deref().ok_or_else(|| {
+            let keys = sp.verification_keys.get().ok_or_else(|| {
                 SsoError::BadSignature(
                     sp.entity_id.clone(),
                     saml::SamlError::Invalid {
@@ -538,8 +538,8 @@ impl IdentityProvider {
             })?;
             let checked = match raw_query {
                 Some(raw) => saml::verify::RedirectQuery::parse(raw, "SAMLRequest")
-                    .and_then(|query| query.verify(keys)),
-                None => saml::verify::verify_enveloped(&doc, keys),
+                    .and_then(|query| query.verify(&keys)),
+                None => saml::verify::verify_enveloped(&doc, &keys),
             };
             checked.map_err(|e| SsoError::BadSignature(sp.entity_id.clone(), e))?;
         }
@@ -1439,10 +1439,10 @@ impl IdentityProvider {
             .service_providers
             .get(&request.issuer)
             .ok_or_else(|| SsoError::UnknownServiceProvider(request.issuer.clone()))?;
-        if let Some(keys) = &sp.verification_keys {
+        if let Some(keys) = sp.verification_keys.get() {
             let checked = match message {
-                LogoutMessage::Redirect(query) => query.verify(keys),
-                LogoutMessage::Post { .. } => saml::verify::verify_enveloped(&doc, keys),
+                LogoutMessage::Redirect(query) => query.verify(&keys),
+                LogoutMessage::Post { .. } => saml::verify::verify_enveloped(&doc, &keys),
             };
             checked.map_err(|e| SsoError::BadSignature(sp.entity_id.clone(), e))?;
         }

@@ -33,7 +33,29 @@ impl NameIdSource {
 }
 
 /// What idbridge knows about one service provider.
-#[derive(Debug, Clone)]
+/// A service provider's signing keys; replaced while idbridge runs when they come from a
+/// metadata URL (Microsoft's federation metadata, read again every day).
+#[derive(Debug, Default)]
+pub struct TrustedKeys(std::sync::RwLock<Option<Arc<VerificationKeys>>>);
+
+impl TrustedKeys {
+    /// Keys known from the start (or none).
+    pub fn new(keys: Option<Arc<VerificationKeys>>) -> Self {
+        Self(std::sync::RwLock::new(keys))
+    }
+
+    /// The keys now, if any.
+    pub fn get(&self) -> Option<Arc<VerificationKeys>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Trusts `keys` from now on.
+    pub fn replace(&self, keys: Arc<VerificationKeys>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(keys);
+    }
+}
+
+#[derive(Debug)]
 pub struct ServiceProvider {
     pub entity_id: String,
     pub name: String,
@@ -50,7 +72,7 @@ pub struct ServiceProvider {
     pub is_m365: bool,
     /// The SP's signing keys, when its certificate is configured: its messages must then be
     /// signed by one of them.
-    pub verification_keys: Option<Arc<VerificationKeys>>,
+    pub verification_keys: TrustedKeys,
     /// Its AuthnRequests must carry a valid signature by one of `verification_keys`.
     pub requires_signed_requests: bool,
 }
@@ -75,7 +97,7 @@ impl ServiceProviders {
             attributes: Vec::new(),
             requires_m365_binding: true,
             is_m365: true,
-            verification_keys: config.saml.m365_certificates.clone(),
+            verification_keys: TrustedKeys::new(config.saml.m365_certificates.clone()),
             requires_signed_requests: config.saml.m365_signed_requests,
         };
         let mut by_entity_id = HashMap::new();
@@ -100,7 +122,7 @@ impl ServiceProviders {
                 requires_m365_binding: sp.require_m365_binding
                     || name_id == NameIdSource::ImmutableId,
                 is_m365: false,
-                verification_keys: sp.certificates.clone(),
+                verification_keys: TrustedKeys::new(sp.certificates.clone()),
                 requires_signed_requests: sp.want_authn_requests_signed,
             };
             by_entity_id.insert(entry.entity_id.clone(), Arc::new(entry));
@@ -114,7 +136,7 @@ impl ServiceProviders {
             attributes: Vec::new(),
             requires_m365_binding: false,
             is_m365: false,
-            verification_keys: None,
+            verification_keys: TrustedKeys::default(),
             requires_signed_requests: false,
         });
         // A configured entry cannot take the portal's name.

@@ -2865,7 +2865,136 @@ async fn signed_authn_requests_are_required_when_configured_and_checked_in_both_
     // Without the certificate the setting is refused at start, with the fix.
     let err = idbridge::config::Config::from_toml("[saml]\nm365_signed_requests = true\n")
         .expect_err("refused");
-    assert!(err.to_string().contains("m365_certificate_file"), "{err}");
+    assert!(err.to_string().contains("m365_metadata_url"), "{err}");
+}
+
+/// Microsoft's federation metadata as login.microsoftonline.com publishes it (abridged): the
+/// metadata's own signature (its KeyInfo is not a signing key of the tenant), a WS-Federation
+/// RoleDescriptor and the IDPSSODescriptor, both naming the signing certificate.
+fn microsoft_federation_metadata(signing: &[&SpKey], metadata_signer: &SpKey) -> String {
+    let key_descriptors: String = signing
+        .iter()
+        .map(|k| {
+            format!(
+                "<KeyDescriptor use=\"signing\"><KeyInfo xmlns=\"http://www.w3.org/2000/09/xmldsig#\"><X509Data><X509Certificate>{}</X509Certificate></X509Data></KeyInfo></KeyDescriptor>",
+                k.credential.certificate_der_base64()
+            )
+        })
+        .collect();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><EntityDescriptor ID=\"_m\" entityID=\"https://sts.windows.net/tenant/\" xmlns=\"urn:oasis:names:tc:SAML:2.0:metadata\">\
+         <Signature xmlns=\"http://www.w3.org/2000/09/xmldsig#\"><SignedInfo/><SignatureValue>AA==</SignatureValue><KeyInfo><X509Data><X509Certificate>{}</X509Certificate></X509Data></KeyInfo></Signature>\
+         <RoleDescriptor xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xmlns:fed=\"http://docs.oasis-open.org/wsfed/federation/200706\" xsi:type=\"fed:SecurityTokenServiceType\" protocolSupportEnumeration=\"http://docs.oasis-open.org/wsfed/federation/200706\">{key_descriptors}</RoleDescriptor>\
+         <IDPSSODescriptor protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">{key_descriptors}<SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"https://login.microsoftonline.com/tenant/saml2\"/></IDPSSODescriptor></EntityDescriptor>",
+        metadata_signer.credential.certificate_der_base64()
+    )
+}
+
+/// Serves `body` at any path over plain HTTP on 127.0.0.1 (a stand-in for Microsoft's
+/// metadata endpoint); the body can be changed while it runs. Returns the base URL.
+async fn serve_document(body: std::sync::Arc<std::sync::Mutex<(u16, String)>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let (status, text) = body.lock().unwrap().clone();
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn microsoft_s_certificates_are_read_from_its_federation_metadata_url_or_file() {
+    let microsoft = SpKey::new("login.microsoftonline.com");
+    let signer = SpKey::new("metadata signer");
+    let body = std::sync::Arc::new(std::sync::Mutex::new((
+        200,
+        microsoft_federation_metadata(&[&microsoft], &signer),
+    )));
+    let base = serve_document(body.clone()).await;
+    let url = format!("{base}/tenant/federationmetadata/2007-06/federationmetadata.xml");
+    let app = TestApp::spawn_with(&format!(
+        "[saml]\nm365_metadata_url = \"{url}\"\nm365_signed_requests = true\n"
+    ))
+    .await;
+    let ready = crate::support::m365::eventually("the metadata is read", || async {
+        let body: serde_json::Value = reqwest::get(app.url("/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (body["checks"]["microsoftCertificates"]["ok"] == true).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        ready["checks"]["microsoftCertificates"]["sha256"],
+        serde_json::json!([microsoft.credential.fingerprint_sha256()]),
+        "the tenant's signing certificate, not the metadata signer's"
+    );
+    let browser = app.browser();
+    let id = request_id();
+    let signed = xmlsec_signed_authn_request(&authn_request(&id, ""), &id, &microsoft);
+    let page = sso_post(&browser, &app, &signed, None).await;
+    assert!(page.has_login_form(), "{}", page.body);
+    let id = request_id();
+    let by_signer = xmlsec_signed_authn_request(&authn_request(&id, ""), &id, &signer);
+    let before = rejected_count(&app).await;
+    let page = sso_post(&browser, &app, &by_signer, None).await;
+    assert_rejected(&app, &page, before, "signature").await;
+
+    // The same metadata as a file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("federationmetadata.xml");
+    std::fs::write(&file, &body.lock().unwrap().1).unwrap();
+    let config = idbridge::config::Config::from_toml(&format!(
+        "[saml]\nm365_certificate_file = {:?}\nm365_signed_requests = true\n",
+        file.display().to_string()
+    ))
+    .unwrap();
+    assert_eq!(
+        config.saml.m365_certificates.unwrap().fingerprints(),
+        [microsoft.credential.fingerprint_sha256()]
+    );
+    // Refused: a URL that is not https (off this machine), both sources, metadata with a DTD.
+    for (toml, says) in [
+        (
+            "[saml]\nm365_metadata_url = \"http://login.example/x.xml\"\n".to_string(),
+            "not https",
+        ),
+        (
+            format!(
+                "[saml]\nm365_metadata_url = \"{url}\"\nm365_certificate_file = {:?}\n",
+                file.display().to_string()
+            ),
+            "keep one",
+        ),
+    ] {
+        let err = idbridge::config::Config::from_toml(&toml).expect_err("refused");
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    std::fs::write(
+        &file,
+        "<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY a \"b\">]><EntityDescriptor/>",
+    )
+    .unwrap();
+    let err = idbridge::config::Config::from_toml(&format!(
+        "[saml]\nm365_certificate_file = {:?}\n",
+        file.display().to_string()
+    ))
+    .expect_err("a DTD is refused");
+    assert!(err.to_string().contains("metadata"), "{err}");
 }
 
 /// Signs a template (an empty `ds:Signature` in place) with `xmlsec1 --sign`, the element's
