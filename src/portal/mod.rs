@@ -43,15 +43,19 @@ const FORM_COOKIE: &str = "idbridge_portal_form";
 const NOTICE_COOKIE: &str = "idbridge_portal_notice";
 
 /// The portal's Content-Security-Policy: scripts and styles from idbridge only (the inline
-/// style of `base.html` by its hash, for the signed-out pages), forms post only here, no
-/// framing. `connect-src 'self'` is for the WebAuthn script of passkeys.
-fn portal_csp() -> HeaderValue {
+/// style of `base.html` by its hash, for the signed-out pages), forms post only here and to
+/// Microsoft's sign-in host (signing out redirects there, and Chromium applies form-action
+/// to a form's redirects), no framing. `connect-src 'self'` is for the WebAuthn script.
+fn portal_csp(login_base_url: &str) -> HeaderValue {
     let style =
         crate::web::front_door::inline_hash(include_str!("../../templates/base.html"), "style");
+    let login = url::Url::parse(login_base_url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
     let policy = format!(
         "default-src 'none'; script-src 'self'; style-src 'self' {style}; img-src 'self' data:; \
-         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
-         object-src 'none'"
+         connect-src 'self'; form-action 'self' {login}; frame-ancestors 'none'; \
+         base-uri 'none'; object-src 'none'"
     );
     HeaderValue::from_str(&policy)
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
@@ -59,6 +63,7 @@ fn portal_csp() -> HeaderValue {
 
 /// The portal's routes.
 pub fn router(state: AppState) -> Router<AppState> {
+    let csp = portal_csp(&state.config.m365.login_base_url);
     let signed_in =
         pages::signed_in_router()
             .merge(mfa::router())
@@ -73,7 +78,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/portal/static/portal.css", get(portal_css))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
-            portal_csp(),
+            csp,
         ))
 }
 

@@ -30,6 +30,11 @@ pub fn public_router() -> Router<AppState> {
     Router::new()
         .route("/", get(home))
         .route("/login", get(login_page).post(login))
+        // Where Microsoft's sign-out sends the browser back (post_logout_redirect_uri).
+        .route(
+            "/signed-out",
+            get(|| async { Redirect::to("/login?signed_out=1") }),
+        )
 }
 
 /// Routes behind the portal guard.
@@ -527,7 +532,30 @@ async fn logout(
         .delete_session(&session.session_hash, &event)
         .await?;
     let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
-    let mut response = (jar, Redirect::to("/login?signed_out=1")).into_response();
+    // A user bound to Microsoft 365 is signed out there too: the browser goes on to the
+    // Microsoft identity platform's sign-out endpoint, which ends Microsoft's session (and
+    // for a federated domain calls idbridge's sign-out URL, whose session is already gone).
+    // https://learn.microsoft.com/entra/identity-platform/v2-protocols-oidc#send-a-sign-out-request
+    let bound = state
+        .store
+        .binding(&session.user.id)
+        .await?
+        .is_some_and(|b| b.state == crate::binding::BindingState::Bound);
+    let next = if bound {
+        // Microsoft returns the browser to `/signed-out` when that URL is a redirect URI of
+        // the app registration (README), else shows its own "signed out" page.
+        let back = format!("{}/signed-out", state.config.base_url.trim_end_matches('/'));
+        let mut url = format!(
+            "{}/common/oauth2/v2.0/logout",
+            state.config.m365.login_base_url.trim_end_matches('/')
+        );
+        url.push_str("?post_logout_redirect_uri=");
+        url.extend(url::form_urlencoded::byte_serialize(back.as_bytes()));
+        url
+    } else {
+        "/login?signed_out=1".to_string()
+    };
+    let mut response = (jar, Redirect::to(&next)).into_response();
     response
         .headers_mut()
         .insert("clear-site-data", HeaderValue::from_static("\"cache\""));

@@ -747,6 +747,21 @@ async fn the_portal_and_microsoft_365_share_one_sign_in_session() {
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
+    // A bound user is signed out of Microsoft 365 too, and Microsoft sends the browser back
+    // to /signed-out: the sign-in form, saying so (the round trip through Microsoft's fake
+    // is in the browser test).
+    assert_eq!(
+        r.headers()["location"],
+        format!(
+            "{}/common/oauth2/v2.0/logout?post_logout_redirect_uri={}",
+            app.state().config.m365.login_base_url,
+            url::form_urlencoded::byte_serialize(app.url("/signed-out").as_bytes())
+                .collect::<String>()
+        )
+        .as_str()
+    );
+    let r = sso_first.get(app.url("/signed-out")).send().await.unwrap();
+    assert_eq!(r.headers()["location"], "/login?signed_out=1");
     let page = sso_post(&sso_first, &app, &authn_request(&request_id(), ""), None).await;
     assert!(page.has_login_form(), "signed out: {}", page.body);
 }

@@ -1079,6 +1079,23 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
             token(&mut st, tenant, &path, &parts.headers, &bytes)
         }
         ("GET", [_tenant, "discovery", "v2.0", "keys"]) => json_response(200, &jwks(), &[]),
+        // v2-protocols-oidc "Send a sign-out request": back to post_logout_redirect_uri when
+        // it is a registered redirect URI, else Microsoft's own signed-out page.
+        ("GET", [_tenant, "oauth2", "v2.0", "logout"]) => {
+            let q = Query::parse(&query);
+            match q.get("post_logout_redirect_uri") {
+                Some(uri) if st.redirect_uris.iter().any(|u| u == uri) => Response::builder()
+                    .status(302)
+                    .header("location", uri)
+                    .body(Body::empty())
+                    .unwrap(),
+                _ => Response::builder()
+                    .status(200)
+                    .header("content-type", "text/html")
+                    .body(Body::from("<h1>You signed out of your account</h1>"))
+                    .unwrap(),
+            }
+        }
         ("GET", [tenant, "v2.0", ".well-known", "openid-configuration"]) => {
             let base = st.login_base().to_string();
             json_response(

@@ -34,6 +34,7 @@ pub async fn configured(sync_keys: &str, extra: &str) -> (TestApp, GraphFake) {
     fake.add_domain("contoso.com", false, true);
     let app = TestApp::spawn_with(&m365_settings(&fake, sync_keys, extra)).await;
     fake.register_redirect_uri(&app.url("/m365/callback"));
+    fake.register_redirect_uri(&app.url("/signed-out"));
     (app, fake)
 }
 
