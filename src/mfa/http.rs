@@ -117,6 +117,7 @@ async fn manage_page(State(state): State<AppState>, jar: CookieJar) -> Result<Re
             message: "Your passkeys are shown once you are signed in to idbridge.".into(),
             hint: "Sign in to idbridge first (through any application), then open this page again."
                 .into(),
+            reference: None,
         });
     };
     let passkeys = passkey_views(&state, &user.id).await?;

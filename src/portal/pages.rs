@@ -22,7 +22,7 @@ use crate::events::{kind, Actor, NewEvent};
 use crate::m365::sync::{Direction, Directions};
 use crate::portal::ChangeOutcome;
 use crate::server::AppState;
-use crate::sso::{LoginOutcome, Refusal, SESSION_COOKIE};
+use crate::sso::{LoginOutcome, Refusal, RefusalNotice, SESSION_COOKIE};
 use crate::web::{display_time, render, AppError};
 
 /// Routes without a session (`/` shows the sign-in form to a signed-out visitor).
@@ -181,8 +181,9 @@ async fn sign_in(
 }
 
 /// The refusal page of a correct password on an account that may not sign in.
-fn refused(state: &AppState, refusal: Refusal) -> AppError {
+fn refused(state: &AppState, notice: RefusalNotice) -> AppError {
     let contact = state.self_service.support_contact();
+    let refusal = notice.refusal;
     let hint = match refusal {
         Refusal::PasswordExpired if state.self_service.can_mail() => format!(
             "Choose a new password with \u{201c}Forgot your password?\u{201d} on the sign-in page, or ask {contact}."
@@ -193,6 +194,7 @@ fn refused(state: &AppState, refusal: Refusal) -> AppError {
         title: refusal.title().into(),
         message: refusal.message("idbridge"),
         hint,
+        reference: Some(notice.quote()),
     }
 }
 

@@ -15,7 +15,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::idp::{
-    Answer, CodeResult, IncomingRequest, LoginOutcome, LogoutMessage, LogoutOutcome, SsoError, Step,
+    Answer, CodeResult, IncomingRequest, LoginOutcome, LogoutMessage, LogoutOutcome, RefusalNotice,
+    SsoError, Step,
 };
 use crate::saml::RedirectQuery;
 use crate::server::AppState;
@@ -396,15 +397,9 @@ async fn proceed(
             };
             (jar, render(status, &page)).into_response()
         }
-        Step::Refused(refusal) => (
-            jar,
-            AppError::Refused {
-                title: refusal.title().into(),
-                message: refusal.message(&request.sp.name),
-                hint: refusal.hint(state.idp.support_contact()),
-            },
-        )
-            .into_response(),
+        Step::Refused(notice) => {
+            (jar, refusal_page(&state, &notice, &request.sp.name)).into_response()
+        }
         Step::SignedIn {
             user,
             session,
@@ -678,13 +673,9 @@ async fn login(
             .await
             .map_err(internal)
         }
-        LoginOutcome::Refused(refusal) => {
+        LoginOutcome::Refused(notice) => {
             let _ = state.idp.take_pending(&form.pending).await;
-            Err(AppError::Refused {
-                title: refusal.title().into(),
-                message: refusal.message(&request.sp.name),
-                hint: refusal.hint(state.idp.support_contact()),
-            })
+            Err(refusal_page(&state, &notice, &request.sp.name))
         }
         LoginOutcome::PasswordPassed(user) => {
             let request = match state
@@ -806,12 +797,9 @@ fn answer_page(state: &AppState, answer: Answer) -> Response {
                 relay_state: relay_state.as_deref(),
             },
         ),
-        Answer::Refused { refusal, sp_name } => AppError::Refused {
-            title: refusal.title().into(),
-            message: refusal.message(&sp_name),
-            hint: refusal.hint(state.idp.support_contact()),
+        Answer::Refused { notice, sp_name } => {
+            refusal_page(state, &notice, &sp_name).into_response()
         }
-        .into_response(),
         Answer::Post { .. } => {
             AppError::Internal("a SAML message to post is not base64".into()).into_response()
         }
@@ -852,5 +840,15 @@ fn capitalise(text: &str) -> String {
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect::<String>() + ".",
         None => String::new(),
+    }
+}
+
+/// The refusal page: why, whom to ask, and the reference and time to quote.
+fn refusal_page(state: &AppState, notice: &RefusalNotice, sp_name: &str) -> AppError {
+    AppError::Refused {
+        title: notice.refusal.title().into(),
+        message: notice.refusal.message(sp_name),
+        hint: notice.refusal.hint(state.idp.support_contact()),
+        reference: Some(notice.quote()),
     }
 }

@@ -135,11 +135,12 @@ impl Refusal {
         }
     }
 
-    /// What happened, in the user's terms.
+    /// What happened, in the user's terms. It does not say the password was right: whoever
+    /// guessed it learns nothing more than the page itself shows.
     pub fn message(self, sp_name: &str) -> String {
         match self {
             Refusal::NotBound => format!(
-                "You signed in correctly, but your account is not connected to {sp_name}, so idbridge cannot sign you in there."
+                "Your account is not connected to {sp_name}, so idbridge cannot sign you in there."
             ),
             Refusal::Suspended => "Sign-in is blocked while your account is suspended.".into(),
             Refusal::PasswordExpired => {
@@ -157,6 +158,26 @@ impl Refusal {
             Refusal::Suspended => format!("Ask {contact} to re-activate your account."),
             Refusal::PasswordExpired => format!("Ask {contact} to reset your password."),
         }
+    }
+}
+
+/// A refusal as the user sees it: why, and what to quote to the helpdesk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalNotice {
+    pub refusal: Refusal,
+    /// A short code, also in the `sso_access_refused` event's details (`reference`).
+    pub reference: String,
+    pub at: DateTime<Utc>,
+}
+
+impl RefusalNotice {
+    /// `R-1A2B3C4D, 2026-12-02 14:03 UTC`: what the page shows to quote.
+    pub fn quote(&self) -> String {
+        format!(
+            "{}, {}",
+            self.reference,
+            self.at.format("%Y-%m-%d %H:%M UTC")
+        )
     }
 }
 
@@ -201,7 +222,10 @@ pub enum Answer {
         sp_name: String,
     },
     /// Show the user why sign-in was refused; nothing goes to the service provider.
-    Refused { refusal: Refusal, sp_name: String },
+    Refused {
+        notice: RefusalNotice,
+        sp_name: String,
+    },
 }
 
 /// The outcome of a login form submission.
@@ -213,7 +237,7 @@ pub enum LoginOutcome {
     /// password check, the same whether or not the account exists.
     Throttled(Locked),
     /// Correct password, but the account may not sign in at all.
-    Refused(Refusal),
+    Refused(RefusalNotice),
     /// The password passed; [`IdentityProvider::next_step`] tells what comes next.
     PasswordPassed(Box<User>),
 }
@@ -233,7 +257,7 @@ pub enum Step {
         enrolment: Box<TotpEnrolment>,
     },
     /// The account may not sign in; the request is used up.
-    Refused(Refusal),
+    Refused(RefusalNotice),
     /// Signed in: a new session with its cookie token.
     SignedIn {
         user: Box<User>,
@@ -769,10 +793,10 @@ impl IdentityProvider {
         };
         self.throttle.succeeded(login, client_ip.as_deref()).await?;
         if user.state != UserState::Active {
-            let refusal = Refusal::Suspended;
-            self.record_refusal(&user, sp, refusal, client_ip, now)
+            let notice = self
+                .record_refusal(&user, sp, Refusal::Suspended, client_ip, now)
                 .await?;
-            return Ok(LoginOutcome::Refused(refusal));
+            return Ok(LoginOutcome::Refused(notice));
         }
         let event = NewEvent::new(
             now,
@@ -915,9 +939,10 @@ impl IdentityProvider {
         let user = self.pending_user(request).await?;
         if user.state != UserState::Active {
             let _ = self.take_pending(pending_token).await?;
-            self.record_refusal(&user, Some(&request.sp), Refusal::Suspended, client_ip, now)
+            let notice = self
+                .record_refusal(&user, Some(&request.sp), Refusal::Suspended, client_ip, now)
                 .await?;
-            return Ok(Step::Refused(Refusal::Suspended));
+            return Ok(Step::Refused(notice));
         }
         let expired = self.directory.password_expired(&user, now);
         if expired || user.must_change_password {
@@ -1225,7 +1250,16 @@ impl IdentityProvider {
         refusal: Refusal,
         client_ip: Option<String>,
         now: DateTime<Utc>,
-    ) -> Result<(), SsoError> {
+    ) -> Result<RefusalNotice, SsoError> {
+        let code: String = crate::secrets::random_bytes::<4>()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        let notice = RefusalNotice {
+            refusal,
+            reference: format!("R-{code}"),
+            at: now,
+        };
         let event = NewEvent::new(
             now,
             &Actor::User(user.username.clone()),
@@ -1235,11 +1269,12 @@ impl IdentityProvider {
         .details(json!({
             "reason": refusal.code(),
             "serviceProvider": sp.map(|s| s.entity_id.clone()),
+            "reference": notice.reference,
         }))
         .client_ip(client_ip);
         self.store.record_event(&event).await?;
         metrics::counter!(names::SSO_REFUSALS, "reason" => refusal.code()).increment(1);
-        Ok(())
+        Ok(notice)
     }
 
     /// Answers a request for a signed-in user: a signed Response, or a refusal page.
@@ -1260,10 +1295,11 @@ impl IdentityProvider {
             (sp.requires_m365_binding && !bound).then_some(Refusal::NotBound)
         });
         if let Some(refusal) = refusal {
-            self.record_refusal(user, Some(sp), refusal, client_ip, now)
+            let notice = self
+                .record_refusal(user, Some(sp), refusal, client_ip, now)
                 .await?;
             return Ok(Answer::Refused {
-                refusal,
+                notice,
                 sp_name: sp.name.clone(),
             });
         }

@@ -11,7 +11,7 @@ mod session_cache;
 pub use handlers::{portal_steps, router, SESSION_COOKIE};
 pub use idp::{
     Answer, CodeResult, IdentityProvider, IncomingRequest, LoginOutcome, LogoutMessage,
-    LogoutOutcome, Refusal, SsoError, Step,
+    LogoutOutcome, Refusal, RefusalNotice, SsoError, Step,
 };
 pub use registry::{NameIdSource, ServiceProvider, ServiceProviders, M365_ENTITY_ID};
 pub use replay::ReplayCache;

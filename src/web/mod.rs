@@ -48,6 +48,8 @@ pub enum AppError {
         title: String,
         message: String,
         hint: String,
+        /// What the user quotes to the helpdesk (a code in the refusal's event, and the time).
+        reference: Option<String>,
     },
     #[error("not found")]
     NotFound,
@@ -112,13 +114,14 @@ impl IntoResponse for AppError {
                 title,
                 message,
                 hint,
+                reference,
             } => render(
                 StatusCode::FORBIDDEN,
                 &MessagePage {
                     title: &title,
                     message: &message,
                     hint: Some(&hint),
-                    reference: None,
+                    reference: reference.as_deref(),
                 },
             ),
             AppError::NotFound => render(

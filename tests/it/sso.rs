@@ -620,6 +620,17 @@ async fn assert_rejected(app: &TestApp, page: &Page, before: usize, reason: &str
 /// Asserts the refusal page: 403, why, whom to ask, and nothing for Microsoft.
 pub(crate) fn assert_refusal_page(page: &Page, why: &str) {
     assert_eq!(page.status, 403, "expected a refusal page: {}", page.body);
+    // It does not confirm a guessed password, and gives a reference and time to quote.
+    assert!(
+        !page.body.contains("correctly"),
+        "the refusal must not confirm the password: {}",
+        page.body
+    );
+    assert!(
+        page.body.contains("Reference: <code>R-") && page.body.contains(" UTC</code>"),
+        "a reference and time to quote: {}",
+        page.body
+    );
     assert!(
         page.body.contains(why),
         "the page should say {why:?}: {}",
@@ -1187,6 +1198,10 @@ async fn unbound_user_is_refused_for_microsoft_365() {
     let event = &app.events("sso_access_refused").await[0];
     assert_eq!(event.target.as_deref(), Some(USERNAME));
     assert_eq!(details(event)["serviceProvider"], M365);
+    // The reference on the page is the one in the event, for the helpdesk to find.
+    let reference = details(event)["reference"].as_str().unwrap().to_string();
+    assert!(reference.starts_with("R-") && reference.len() == 10, "{reference}");
+    assert!(page.body.contains(&reference), "{}", page.body);
     assert!(app.events("sso_assertion_issued").await.is_empty());
 }
 
