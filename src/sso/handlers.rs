@@ -820,6 +820,16 @@ async fn rejected(
         .idp
         .record_rejection(&err, endpoint, ip, Utc::now())
         .await;
+    if matches!(err, SsoError::MissingRequest) && endpoint == "/saml/sso" {
+        // Most likely an employee who bookmarked the sign-in page: say where to start.
+        let portal = format!("{}/", state.config.base_url.trim_end_matches('/'));
+        return AppError::bad_request(
+            "Start from Microsoft 365",
+            format!(
+                "This page is where Microsoft 365 sends you to sign in, and it was opened without a sign-in request. Go to https://www.office.com and sign in with your work email: you come back here by yourself. To manage your account (password, sign-in methods), open {portal}."
+            ),
+        );
+    }
     let title = if endpoint == "/saml/slo" {
         "This sign-out request cannot be used"
     } else {

@@ -1200,7 +1200,10 @@ async fn unbound_user_is_refused_for_microsoft_365() {
     assert_eq!(details(event)["serviceProvider"], M365);
     // The reference on the page is the one in the event, for the helpdesk to find.
     let reference = details(event)["reference"].as_str().unwrap().to_string();
-    assert!(reference.starts_with("R-") && reference.len() == 10, "{reference}");
+    assert!(
+        reference.starts_with("R-") && reference.len() == 10,
+        "{reference}"
+    );
     assert!(page.body.contains(&reference), "{}", page.body);
     assert!(app.events("sso_assertion_issued").await.is_empty());
 }
@@ -1487,14 +1490,31 @@ async fn undecodable_requests_are_rejected() {
     .await;
     assert_rejected(&app, &page, before, "base64").await;
 
+    // Without a request (a bookmarked sign-in page): where to start instead, and the event.
     let before = rejected_count(&app).await;
     let page = post_form(&browser, &app, "/saml/sso", &[("RelayState", "x")]).await;
-    assert_rejected(&app, &page, before, "no SAMLRequest").await;
-
-    let before = rejected_count(&app).await;
+    assert_eq!(page.status, 400);
+    assert!(
+        page.body.contains("Start from Microsoft 365"),
+        "{}",
+        page.body
+    );
+    assert_eq!(rejected_count(&app).await, before + 1);
     let response = browser.get(app.url("/saml/sso")).send().await.unwrap();
     let page = Page::read(response).await;
-    assert_rejected(&app, &page, before, "no SAMLRequest").await;
+    assert_eq!(page.status, 400);
+    assert!(
+        page.body.contains("https://www.office.com") && page.body.contains(&app.url("/")),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("SAMLRequest"),
+        "no jargon: {}",
+        page.body
+    );
+    assert!(!page.has_login_form());
+    assert_eq!(rejected_count(&app).await, before + 2);
 
     // HTTP-Redirect DEFLATE bomb: 10 MB of zeros in a few KB.
     let bomb = deflate_base64(&vec![0u8; 10 * 1024 * 1024]);
