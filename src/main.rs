@@ -18,6 +18,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = idbridge::cli::Cli::parse();
+    // A command's output piped into `head` ends quietly when the reader goes, as other
+    // command-line tools do, instead of a panic from println!. Not for `serve`, whose
+    // sockets get EPIPE as an error to handle.
+    if !matches!(cli.command, idbridge::cli::Command::Serve) {
+        sigpipe::reset();
+    }
     idbridge::telemetry::init(cli.config.as_deref());
     match idbridge::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

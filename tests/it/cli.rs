@@ -1293,3 +1293,20 @@ async fn restored_postgres_database(url: &str) -> String {
         .unwrap();
     format!("{server}/{restored}")
 }
+
+#[test]
+fn output_piped_into_head_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} completions bash | head -1 >/dev/null",
+            binary().display()
+        ))
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+}
