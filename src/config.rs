@@ -1082,6 +1082,17 @@ impl Config {
                 }
             }
         }
+        if let Some(id) = &self.m365.client_id {
+            // Entra's application (client) IDs are GUIDs; anything else is a paste of the wrong
+            // value (the object ID is a GUID too, but at least a secret is caught here).
+            if uuid::Uuid::try_parse(id.trim()).is_err() {
+                return Err(invalid(
+                    "m365.client_id",
+                    format!("{id:?} is not an application (client) ID"),
+                    "copy the Application (client) ID, a GUID like 5f8c3b2a-6d1e-4f7a-9b0c-1e2d3f4a5b6c, from the app registration's Overview in the Entra admin center",
+                ));
+            }
+        }
         if self.m365.tenant.trim().is_empty() {
             return Err(invalid(
                 "m365.tenant",
@@ -1414,6 +1425,18 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.saml_issuer(), "http://127.0.0.1:8080");
         assert!(c.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn a_client_id_that_is_not_a_guid_is_refused_with_where_to_find_it() {
+        let e = Config::from_toml("[m365]\nclient_id = \"not-a-guid\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("m365.client_id") && e.contains("Overview"), "{e}");
+        let ok = Config::from_toml(
+            "[m365]\nclient_id = \"5f8c3b2a-6d1e-4f7a-9b0c-1e2d3f4a5b6c\"\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]
