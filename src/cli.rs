@@ -611,6 +611,32 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             limit,
             json,
         } => {
+            if let Some(t) = event_type.as_deref() {
+                if !crate::events::kind::ALL.contains(&t) {
+                    // An unknown type would list nothing, as if nothing had happened.
+                    let near: Vec<&str> = crate::events::kind::ALL
+                        .iter()
+                        .copied()
+                        .filter(|k| {
+                            let stem = t.split('_').next().unwrap_or(t);
+                            k.starts_with(stem) || k.contains(t)
+                        })
+                        .collect();
+                    let known = if near.is_empty() {
+                        crate::events::kind::ALL.join(", ")
+                    } else {
+                        near.join(", ")
+                    };
+                    return Err(CliError(format!(
+                        "unknown event type {t:?}; {}: {known}",
+                        if near.is_empty() {
+                            "the types are"
+                        } else {
+                            "did you mean one of"
+                        }
+                    )));
+                }
+            }
             let filter = EventFilter {
                 event_type,
                 target,

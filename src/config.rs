@@ -1432,10 +1432,12 @@ mod tests {
         let e = Config::from_toml("[m365]\nclient_id = \"not-a-guid\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("m365.client_id") && e.contains("Overview"), "{e}");
-        let ok = Config::from_toml(
-            "[m365]\nclient_id = \"5f8c3b2a-6d1e-4f7a-9b0c-1e2d3f4a5b6c\"\n",
+        assert!(
+            e.contains("m365.client_id") && e.contains("Overview"),
+            "{e}"
         );
+        let ok =
+            Config::from_toml("[m365]\nclient_id = \"5f8c3b2a-6d1e-4f7a-9b0c-1e2d3f4a5b6c\"\n");
         assert!(ok.is_ok(), "{ok:?}");
     }
 

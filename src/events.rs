@@ -147,6 +147,78 @@ pub mod kind {
     pub const MFA_REQUIREMENT_SET: &str = "mfa_requirement_set";
     /// An admin asked a user to change their password at the next sign-in.
     pub const USER_PASSWORD_CHANGE_REQUIRED: &str = "user_password_change_required";
+
+    /// Every event type, for checking a type filter (a unit test keeps it complete).
+    pub const ALL: &[&str] = &[
+        USER_CREATE,
+        USER_UPDATE,
+        USER_DELETE,
+        USER_SUSPEND,
+        USER_ACTIVATE,
+        USER_PASSWORD_SET,
+        USER_PASSWORD_REJECTED,
+        ADMIN_CREATE,
+        ADMIN_LOGIN_SUCCESS,
+        ADMIN_LOGIN_FAILED,
+        ADMIN_LOGIN_THROTTLED,
+        ADMIN_LOGOUT,
+        ADMIN_PASSWORD_CHANGE,
+        ADMIN_ACCESS_DENIED,
+        API_KEY_CREATE,
+        API_KEY_REVOKE,
+        SIGNING_CERT_CREATE,
+        SIGNING_CERT_PREPARED,
+        SIGNING_CERT_PROMOTED,
+        SIGNING_CERT_RETIRED,
+        SIGNING_CERT_DISCARDED,
+        SSO_LOGIN_SUCCESS,
+        SSO_SESSION_START,
+        SSO_LOGIN_FAILED,
+        SIGN_IN_THROTTLED,
+        SSO_ASSERTION_ISSUED,
+        SSO_ACCESS_REFUSED,
+        SAML_REQUEST_REJECTED,
+        SSO_LOGOUT,
+        SAML_LOGOUT_REFUSED,
+        PASSKEY_REGISTER,
+        PASSKEY_DELETE,
+        PASSKEY_AUTHENTICATED,
+        PASSKEY_REFUSED,
+        PASSKEY_CLONE_SUSPECTED,
+        PORTAL_ACCESS_DENIED,
+        PASSWORD_RESET_REQUESTED,
+        PASSWORD_RESET_SENT,
+        PASSWORD_RESET_SEND_FAILED,
+        PASSWORD_RESET_USED,
+        PASSWORD_RESET_REFUSED,
+        PASSWORD_RESET_THROTTLED,
+        M365_CONNECT,
+        M365_CONNECT_FAILED,
+        M365_TOKEN_REFRESH_FAILED,
+        M365_DEACTIVATE,
+        M365_IMPORT,
+        M365_IMPORT_USER_FAILED,
+        M365_BIND,
+        M365_UNBIND,
+        M365_USER_CREATED,
+        M365_USER_ADOPTED,
+        M365_SYNC_FAILED,
+        M365_SYNC_RETRY,
+        M365_DOMAIN_FEDERATED,
+        M365_DOMAIN_UNFEDERATED,
+        INTEGRATION_ATTRIBUTE_INCLUDE,
+        INTEGRATION_ATTRIBUTE_EXCLUDE,
+        MFA_TOTP_ENROLLED,
+        MFA_TOTP_REMOVED,
+        MFA_RECOVERY_CODES_CREATED,
+        MFA_RECOVERY_CODE_USED,
+        MFA_PASSED,
+        MFA_FAILED,
+        MFA_THROTTLED,
+        MFA_RESET,
+        MFA_REQUIREMENT_SET,
+        USER_PASSWORD_CHANGE_REQUIRED,
+    ];
 }
 
 /// An event about to be recorded.
@@ -188,5 +260,21 @@ impl NewEvent {
     pub fn client_ip(mut self, ip: Option<String>) -> Self {
         self.client_ip = ip;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_event_type_is_in_the_list_of_all() {
+        let source = include_str!("events.rs");
+        let declared = source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub const "))
+            .filter(|l| l.contains(": &str = \""))
+            .count();
+        assert_eq!(super::kind::ALL.len(), declared);
+        let unique: std::collections::HashSet<_> = super::kind::ALL.iter().collect();
+        assert_eq!(unique.len(), declared, "no type twice");
     }
 }

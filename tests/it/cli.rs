@@ -1308,5 +1308,27 @@ fn output_piped_into_head_ends_quietly() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_event_type_is_refused_with_the_near_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = idbridge(dir.path(), &["events", "--type", "sso_login"], "", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("unknown event type") && err.contains("sso_login_failed"),
+        "{err}"
+    );
+    let out = idbridge(
+        dir.path(),
+        &["events", "--type", "sso_login_failed"],
+        "",
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }
