@@ -1507,6 +1507,10 @@ async fn events_are_filtered_paged_and_exported_as_json_lines() {
     }
     api.send("POST", "/api/v1/users/u3/suspend", None).await;
 
+    // An unknown type would match nothing: refused, naming the field.
+    api.get("/api/v1/events?type=user_created")
+        .await
+        .error(422, "validation_failed", Some("type"));
     let page = api.ok("/api/v1/events?type=user_create&limit=2").await;
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
@@ -1610,13 +1614,13 @@ async fn the_json_lines_export_streams_the_whole_log() {
             idbridge::events::NewEvent::new(
                 Utc::now(),
                 &Actor::System,
-                "test_bulk",
+                idbridge::events::kind::SSO_LOGIN_SUCCESS,
                 Some(format!("t{i}").as_str()),
             )
         })
         .collect();
     app.store.record_batch(&events, &[]).await.unwrap();
-    let r = api.get("/api/v1/events.jsonl?type=test_bulk").await;
+    let r = api.get("/api/v1/events.jsonl?type=sso_login_success").await;
     let lines: Vec<Value> = r
         .text
         .lines()

@@ -57,6 +57,14 @@ pub struct EventParams {
 
 impl EventParams {
     fn filter(&self) -> Result<EventFilter, ApiError> {
+        if let Some(t) = self.event_type.as_deref() {
+            if !crate::events::kind::ALL.contains(&t) {
+                return Err(ApiError::validation(
+                    "type",
+                    format!("unknown event type {t:?}: an unknown type would match nothing"),
+                ));
+            }
+        }
         Ok(EventFilter {
             event_type: self.event_type.clone(),
             target: self.target.clone(),
