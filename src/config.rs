@@ -1391,18 +1391,30 @@ fn figment_error(err: figment::Error) -> ConfigError {
         .and_then(|m| m.source.as_ref())
         .map(|s| s.to_string())
         .unwrap_or_else(|| "the configuration".into());
-    let fix = match &err.kind {
-        figment::error::Kind::UnknownField(_, expected) => {
+    let (problem, fix) = match &err.kind {
+        // The known settings are said once, in the fix (figment's own text lists them too).
+        figment::error::Kind::UnknownField(name, expected) => (
+            format!("unknown setting `{name}`"),
             format!(
                 "remove or rename it in {source}; known settings here: {}",
                 expected.join(", ")
-            )
-        }
-        _ => format!("correct it in {source} (see README.md, Configuration)"),
+            ),
+        ),
+        // A socket address takes an IP address: `localhost:8080` is not one.
+        _ if setting.ends_with("listen") => (
+            err.kind.to_string(),
+            format!(
+                "give an IP address and port in {source}, e.g. \"127.0.0.1:8080\" (this machine only) or \"0.0.0.0:8080\" (every interface); a host name such as localhost is not accepted"
+            ),
+        ),
+        _ => (
+            err.kind.to_string(),
+            format!("correct it in {source} (see README.md, Configuration)"),
+        ),
     };
     ConfigError::Invalid {
         setting,
-        problem: err.kind.to_string(),
+        problem,
         fix,
     }
 }

@@ -20,10 +20,32 @@ pub enum Actor {
 }
 
 impl Actor {
-    /// The actor of CLI commands: `cli:<os user>`.
+    /// The actor of CLI commands: `cli:<os account>`, the account the process runs as (not
+    /// `$USER`, which anyone can set, and which sudo, cron and systemd leave unset or stale).
     pub fn cli() -> Self {
-        Actor::Cli(std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+        Actor::Cli(os_account())
     }
+}
+
+/// The name of the account this process runs as: its real uid (the owner of `/proc/self`)
+/// looked up in `/etc/passwd`; `uid:N` when the uid has no name there. Read from the files
+/// rather than through libc's getpwuid, which would need unsafe code.
+fn os_account() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let id = fields.nth(1)?;
+                (id.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid:{uid}"))
 }
 
 impl std::fmt::Display for Actor {
@@ -265,6 +287,19 @@ impl NewEvent {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_cli_actor_is_the_os_account_whatever_user_says() {
+        let super::Actor::Cli(name) = super::Actor::cli() else {
+            panic!("a CLI actor");
+        };
+        assert!(!name.is_empty() && name != "unknown", "{name}");
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        assert!(
+            name.starts_with("uid:") || passwd.lines().any(|l| l.starts_with(&format!("{name}:"))),
+            "{name}"
+        );
+    }
+
     #[test]
     fn every_event_type_is_in_the_list_of_all() {
         let source = include_str!("events.rs");

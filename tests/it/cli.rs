@@ -828,10 +828,8 @@ async fn events_json_lines_are_the_api_export() {
         }
     }
     // The actor filter: the same as the API's.
-    let actor = format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    );
+    // The OS account the commands ran as (the test's), as the library names it.
+    let actor = idbridge::events::Actor::cli().to_string();
     let by_actor = ok(cli(&d, &["events", "--json", "--actor", &actor]).await);
     assert_eq!(by_actor.lines().count(), 4, "{by_actor}");
     let bad = cli(&d, &["events", "--json", "--since", "yesterday"]).await;
@@ -1331,4 +1329,21 @@ fn an_unknown_event_type_is_refused_with_the_near_ones() {
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn the_cli_actor_is_the_os_account_not_the_user_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = idbridge(
+        dir.path(),
+        &["admin", "create", "ops"],
+        "",
+        &[("USER", "mallory")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = idbridge(dir.path(), &["events", "--type", "admin_create"], "", &[]);
+    let events = stdout(&out);
+    let actor = idbridge::events::Actor::cli().to_string();
+    assert!(events.contains(&actor), "{events}");
+    assert!(!events.contains("cli:mallory"), "{events}");
 }
