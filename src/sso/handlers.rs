@@ -398,7 +398,7 @@ async fn proceed(
             (jar, render(status, &page)).into_response()
         }
         Step::Refused(notice) => {
-            (jar, refusal_page(&state, &notice, &request.sp.name)).into_response()
+            (jar, refusal_page(state, &notice, &request.sp.name)).into_response()
         }
         Step::SignedIn {
             user,
