@@ -118,13 +118,18 @@ pub enum UserCommand {
         /// Filter by username, email or name.
         #[arg(long)]
         search: Option<String>,
-        #[arg(long, default_value_t = 100)]
+        /// At most this many users (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
-        #[arg(long, default_value_t = 0)]
+        /// Skip this many users first (for the next page).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
         offset: i64,
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// Leave out the header line of the table (for scripts).
+        #[arg(long)]
+        no_header: bool,
     },
     /// Show one user (by username, email or id).
     Show {
@@ -861,6 +866,7 @@ async fn user_command(config: &Config, cmd: UserCommand) -> Result<(), CliError>
             limit,
             offset,
             json,
+            no_header,
         } => {
             let users = directory
                 .list_users(&UserListQuery {
@@ -870,6 +876,9 @@ async fn user_command(config: &Config, cmd: UserCommand) -> Result<(), CliError>
                 })
                 .await
                 .map_err(fail)?;
+            if !json && !no_header {
+                println!("USERNAME\tEMAIL\tNAME\tSTATE\tMICROSOFT 365");
+            }
             for u in users {
                 if json {
                     println!("{}", u.to_json());

@@ -149,10 +149,14 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "",
         &[],
     ));
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["user", "add", "bob2", "--email", "BOB@contoso.com"],
             "another user already has this email",
+        ),
+        (
+            &["user", "set", "bob", "--email", ""],
+            "email: is required and cannot be cleared",
         ),
         (
             &["user", "add", "bob3", "--email", "not-an-email"],
@@ -185,8 +189,18 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         );
         assert!(stderr(&out).starts_with("error: "));
     }
-    let list = ok(idbridge(d, &["user", "list"], "", &[]));
+    // A usage error (clap's status 2) names the flag and its range.
+    let out = idbridge(d, &["user", "list", "--limit", "0"], "", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--limit") && stderr(&out).contains("1..=1000"),
+        "{}",
+        stderr(&out)
+    );
+    let list = ok(idbridge(d, &["user", "list", "--no-header"], "", &[]));
     assert_eq!(list.lines().count(), 1, "{list}");
+    let table = ok(idbridge(d, &["user", "list"], "", &[]));
+    assert!(table.starts_with("USERNAME\tEMAIL"), "a header: {table}");
     assert!(ok(idbridge(d, &["user", "show", "bob", "--json"], "", &[]))
         .contains("\"department\": null"));
 }
