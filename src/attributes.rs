@@ -325,7 +325,7 @@ catalogue! {
     .aliases(&["phoneNumbers.work", "phoneWork"]),
     /// Mobile phone.
     MobilePhone = AttributeSpec::new(
-        "phoneNumbers.mobile.number", "Personal Cell", Phone, Optional, 64, "phone_mobile",
+        "phoneNumbers.mobile.number", "Mobile Phone", Phone, Optional, 64, "phone_mobile",
     )
     .group(PHONES)
     .graph("mobilePhone")
