@@ -285,6 +285,81 @@ impl NewEvent {
     }
 }
 
+/// What an event type means, in the words the console shows beside its code.
+pub fn label(event_type: &str) -> &'static str {
+    match event_type {
+        "user_create" => "User created",
+        "user_update" => "User changed",
+        "user_delete" => "User deleted",
+        "user_suspend" => "User suspended",
+        "user_activate" => "User activated",
+        "user_password_set" => "Password set",
+        "user_password_rejected" => "Password refused by the policy",
+        "admin_create" => "Admin created",
+        "admin_login_success" => "Admin signed in",
+        "admin_login_failed" => "Admin sign-in failed",
+        "admin_login_throttled" => "Admin sign-in locked",
+        "admin_logout" => "Admin signed out",
+        "admin_password_change" => "Admin password changed",
+        "admin_access_denied" => "Console or API request refused",
+        "api_key_create" => "API key created",
+        "api_key_revoke" => "API key revoked",
+        "signing_certificate_create" => "Signing certificate created",
+        "signing_certificate_prepared" => "Next signing certificate prepared",
+        "signing_certificate_promoted" => "Signing certificate promoted",
+        "signing_certificate_retired" => "Previous signing certificate retired",
+        "signing_certificate_discarded" => "Next signing certificate discarded",
+        "sso_login_success" => "Password accepted",
+        "sso_session_start" => "Signed in",
+        "sso_login_failed" => "Sign-in failed",
+        "sign_in_throttled" => "Sign-in locked",
+        "sso_assertion_issued" => "Signed in to an application",
+        "sso_access_refused" => "Refused",
+        "saml_request_rejected" => "SAML request rejected",
+        "sso_logout" => "Signed out",
+        "saml_logout_refused" => "Sign-out request refused",
+        "passkey_register" => "Passkey added",
+        "passkey_delete" => "Passkey removed",
+        "passkey_authenticated" => "Signed in with a passkey",
+        "passkey_refused" => "Passkey refused",
+        "passkey_clone_suspected" => "Passkey may be cloned",
+        "portal_access_denied" => "Portal request refused",
+        "password_reset_requested" => "Password reset asked for",
+        "password_reset_sent" => "Password reset link sent",
+        "password_reset_send_failed" => "Password reset link not sent",
+        "password_reset_used" => "Password reset by link",
+        "password_reset_refused" => "Password reset link refused",
+        "password_reset_throttled" => "Password reset requests limited",
+        "m365_connect" => "Microsoft 365 connected",
+        "m365_connect_failed" => "Microsoft 365 connection failed",
+        "m365_token_refresh_failed" => "Microsoft 365 token refused",
+        "m365_deactivate" => "Microsoft 365 connection deactivated",
+        "m365_import" => "Users imported from Microsoft 365",
+        "m365_import_user_failed" => "User not imported",
+        "m365_bind" => "Bound to Microsoft 365",
+        "m365_unbind" => "Unbound from Microsoft 365",
+        "m365_user_created" => "Microsoft 365 account created",
+        "m365_user_adopted" => "Microsoft 365 account adopted",
+        "m365_sync_failed" => "Change refused by Microsoft 365",
+        "m365_sync_retry" => "Change to Microsoft 365 retried",
+        "m365_domain_federated" => "Domain federated to idbridge",
+        "m365_domain_unfederated" => "Domain made managed",
+        "integrationattribute_include" => "Attribute exported to Microsoft 365",
+        "integrationattribute_exclude" => "Attribute no longer exported",
+        "mfa_totp_enrolled" => "Authenticator app added",
+        "mfa_totp_removed" => "Authenticator app removed",
+        "mfa_recovery_codes_created" => "Recovery codes created",
+        "mfa_recovery_code_used" => "Recovery code used",
+        "mfa_passed" => "Second factor passed",
+        "mfa_failed" => "Second factor failed",
+        "mfa_throttled" => "Second factor locked",
+        "mfa_reset" => "Second factors reset",
+        "mfa_requirement_set" => "Second factor requirement changed",
+        "user_password_change_required" => "Password change required",
+        _ => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -298,6 +373,13 @@ mod tests {
             name.starts_with("uid:") || passwd.lines().any(|l| l.starts_with(&format!("{name}:"))),
             "{name}"
         );
+    }
+
+    #[test]
+    fn every_event_type_has_a_label() {
+        for kind in super::kind::ALL {
+            assert!(!super::label(kind).is_empty(), "{kind}");
+        }
     }
 
     #[test]

@@ -161,12 +161,51 @@ fn with_query(path: &str, query: String) -> String {
 struct EventLine {
     at: String,
     event_type: String,
+    /// What the type means ("Refused: not_bound_to_m365" adds the reason).
+    label: String,
     actor: String,
     target: String,
     /// The events of the same target.
     target_url: String,
     client_ip: String,
-    details: String,
+    /// The details as name and value, one line each (nested values as compact JSON).
+    details: Vec<(String, String)>,
+}
+
+/// The details of an event as lines for the page.
+fn detail_lines(details: &str) -> Vec<(String, String)> {
+    match serde_json::from_str::<serde_json::Value>(details) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Array(items) if items.iter().all(|i| i.is_string()) => items
+                        .iter()
+                        .filter_map(|i| i.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    other => other.to_string(),
+                };
+                (k, text)
+            })
+            .collect(),
+        _ if details.trim().is_empty() || details.trim() == "{}" => Vec::new(),
+        _ => vec![("details".into(), details.to_string())],
+    }
+}
+
+/// The event's label, with the reason of a refusal.
+fn event_label(event_type: &str, details: &[(String, String)]) -> String {
+    let label = crate::events::label(event_type);
+    let reason = details.iter().find(|(k, _)| k == "reason").map(|(_, v)| v);
+    match (event_type, reason) {
+        (crate::events::kind::SSO_ACCESS_REFUSED, Some(reason)) => {
+            format!("{label}: {}", reason.replace('_', " "))
+        }
+        _ => label.to_string(),
+    }
 }
 
 #[derive(Template)]
@@ -249,10 +288,11 @@ async fn page(
                 })
                 .unwrap_or_default(),
             target: e.target.unwrap_or_default(),
+            label: event_label(&e.event_type, &detail_lines(&e.details)),
             event_type: e.event_type,
             actor: e.actor,
             client_ip: e.client_ip.unwrap_or_default(),
-            details: e.details,
+            details: detail_lines(&e.details),
         })
         .collect();
     Ok(render(StatusCode::OK, &page))
@@ -286,4 +326,31 @@ async fn export(
         body,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn details_are_lines_and_a_refusal_names_its_reason() {
+        let lines = detail_lines(
+            r#"{"reason":"not_bound_to_m365","serviceProvider":"urn:federation:MicrosoftOnline","users":["a","b"],"n":3,"none":null}"#,
+        );
+        assert_eq!(
+            lines,
+            [
+                ("n".to_string(), "3".to_string()),
+                ("reason".into(), "not_bound_to_m365".into()),
+                ("serviceProvider".into(), "urn:federation:MicrosoftOnline".into()),
+                ("users".into(), "a, b".into()),
+            ]
+        );
+        assert_eq!(
+            event_label("sso_access_refused", &lines),
+            "Refused: not bound to m365"
+        );
+        assert_eq!(event_label("m365_bind", &[]), "Bound to Microsoft 365");
+        assert!(detail_lines("{}").is_empty());
+    }
 }

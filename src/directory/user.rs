@@ -277,7 +277,7 @@ impl UserChanges {
             let value = match spec.presence {
                 Presence::Optional => optional(raw, check)?,
                 // Cleared, a required attribute says so rather than that "" is malformed.
-                Presence::Required | Presence::Always if raw.trim().is_empty() => {
+                Presence::Required if raw.trim().is_empty() => {
                     return Err(invalid(spec.name, "is required and cannot be cleared"))
                 }
                 Presence::Required | Presence::Always => Some(check(raw)?),

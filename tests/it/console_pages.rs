@@ -654,8 +654,11 @@ async fn events_filter_page_and_export_as_json_lines() {
     assert_eq!(seen.len(), 100);
     assert!(page.contains("192.0.2.7"));
     assert!(
-        shows(&page, &format!("{{\"n\":{}}}", now - 1_000_000 + 1099)),
-        "newest first, details shown"
+        shows(
+            &page,
+            &format!("<dt>n</dt><dd>{}</dd>", now - 1_000_000 + 1099)
+        ),
+        "newest first, details shown as a list"
     );
     let mut older = rel_link(&page, "next");
     let mut pages = 1;
