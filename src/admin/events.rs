@@ -342,7 +342,10 @@ mod label_tests {
             [
                 ("n".to_string(), "3".to_string()),
                 ("reason".into(), "not_bound_to_m365".into()),
-                ("serviceProvider".into(), "urn:federation:MicrosoftOnline".into()),
+                (
+                    "serviceProvider".into(),
+                    "urn:federation:MicrosoftOnline".into()
+                ),
                 ("users".into(), "a, b".into()),
             ]
         );

@@ -274,6 +274,12 @@ async fn binding_without_a_connection_points_to_the_m365_page_and_is_refused() {
     assert!(page.contains("id=\"m365-not-connected\""));
     assert!(page.contains("Microsoft 365 is not connected"));
     assert!(page.contains("href=\"/admin/m365\""));
+    // The buttons that cannot work are disabled, with the reason beside them.
+    assert!(
+        page.contains("id=\"bind-selected\" disabled") && page.contains("id=\"bind-all\" disabled"),
+        "{page}"
+    );
+    assert!(page.contains("id=\"bind-disabled-reason\""), "{page}");
 
     let r = admin
         .post(&app, "/admin/binding/bind", &[("user", &gina.id)])
@@ -416,6 +422,10 @@ async fn connect_app_connects_and_missing_settings_are_named() {
     let (_, page) = admin.get(&bare, "/admin/m365").await;
     assert!(page.contains("id=\"config-problem\""), "{page}");
     assert!(page.contains("m365.client_id"));
+    assert!(
+        page.contains("id=\"connect\" disabled aria-describedby=\"config-problem\""),
+        "Connect cannot work, and says why: {page}"
+    );
     let r = admin.post(&bare, "/admin/m365/connect", &[]).await;
     assert_eq!(r.status(), 409);
     let page = r.text().await.unwrap();
