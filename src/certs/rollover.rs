@@ -306,17 +306,9 @@ impl Rollover<'_> {
                 return Err(e);
             }
         };
-        let set = self.current().await?;
-        let info = set.next.as_ref().map(|n| n.info());
-        self.record(
-            kind::SIGNING_CERT_PREPARED,
-            actor,
-            info.as_ref(),
-            &microsoft,
-            now,
-        )
-        .await?;
-        Ok(StepTaken { set, microsoft })
+        let info = planned.next.as_ref().map(|n| n.info());
+        self.finish(kind::SIGNING_CERT_PREPARED, actor, info, microsoft, now)
+            .await
     }
 
     /// Signs with the next certificate from now on (every node within [`RELOAD_EVERY`]); the
@@ -349,16 +341,14 @@ impl Rollover<'_> {
         {
             return Err(RolloverError::NoNext);
         }
-        let set = self.current().await?;
-        self.record(
+        self.finish(
             kind::SIGNING_CERT_PROMOTED,
             actor,
-            Some(&next.info()),
-            &microsoft,
+            Some(next.info()),
+            microsoft,
             now,
         )
-        .await?;
-        Ok(StepTaken { set, microsoft })
+        .await
     }
 
     /// Stops trusting and publishing the previous certificate. Refused until Responses it
@@ -388,16 +378,14 @@ impl Rollover<'_> {
         self.store
             .delete_signing_certificate(CertificateRole::Previous)
             .await?;
-        let set = self.current().await?;
-        self.record(
+        self.finish(
             kind::SIGNING_CERT_RETIRED,
             actor,
-            Some(&previous),
-            &microsoft,
+            Some(previous),
+            microsoft,
             now,
         )
-        .await?;
-        Ok(StepTaken { set, microsoft })
+        .await
     }
 
     /// Gives up a prepared next certificate that never signed (Microsoft forgets it too).
@@ -416,16 +404,14 @@ impl Rollover<'_> {
         self.store
             .delete_signing_certificate(CertificateRole::Next)
             .await?;
-        let set = self.current().await?;
-        self.record(
+        self.finish(
             kind::SIGNING_CERT_DISCARDED,
             actor,
-            Some(&next.info()),
-            &microsoft,
+            Some(next.info()),
+            microsoft,
             now,
         )
-        .await?;
-        Ok(StepTaken { set, microsoft })
+        .await
     }
 
     /// How long after a promotion the previous certificate may still be needed: a Response's
@@ -448,6 +434,21 @@ impl Rollover<'_> {
             ),
             Err(e) => Err(RolloverError::Microsoft(e)),
         }
+    }
+
+    /// Records the step's event and returns the certificates as stored now.
+    async fn finish(
+        &self,
+        event_kind: &'static str,
+        actor: &Actor,
+        certificate: Option<CertificateInfo>,
+        microsoft: MicrosoftUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<StepTaken, RolloverError> {
+        self.record(event_kind, actor, certificate.as_ref(), &microsoft, now)
+            .await?;
+        let set = self.current().await?;
+        Ok(StepTaken { set, microsoft })
     }
 
     async fn record(
