@@ -987,6 +987,7 @@ async fn m365_command(config: &Config, cmd: M365Command) -> Result<(), CliError>
     use crate::m365::{ImportSelection, M365};
     let directory = open_directory(config).await?;
     let m365 = M365::new(config, directory.store().clone()).map_err(fail)?;
+    m365.load_registration().await.map_err(fail)?;
     let actor = Actor::cli();
     match cmd {
         M365Command::Connect {

@@ -77,6 +77,62 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// Self-service password resets by emailed link.
     pub password_reset: PasswordResetConfig,
+    /// Where the settings the console can also change were set (the file or the environment);
+    /// those stay read-only in the console.
+    #[serde(skip)]
+    pub sources: SettingSources,
+}
+
+/// The settings the console and the API can change too: set in the file or the environment,
+/// they win and are shown read-only there.
+pub const CONSOLE_SETTINGS: [&str; 6] = [
+    "m365.tenant",
+    "m365.client_id",
+    "m365.client_secret",
+    "m365.client_secret_file",
+    "m365.client_certificate_file",
+    "m365.client_key_file",
+];
+
+/// Where each of [`CONSOLE_SETTINGS`] was set, if not left at its default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingSources(BTreeMap<&'static str, String>);
+
+impl SettingSources {
+    /// Where `setting` was set ("/etc/idbridge/idbridge.toml", "the environment
+    /// (IDBRIDGE_M365__CLIENT_ID)"), or `None` when it was left at its default.
+    pub fn of(&self, setting: &str) -> Option<&str> {
+        self.0.get(setting).map(String::as_str)
+    }
+
+    /// Records that `setting` was set in `source` (tests and tools).
+    pub fn set(&mut self, setting: &'static str, source: impl Into<String>) {
+        self.0.insert(setting, source.into());
+    }
+
+    fn read(figment: &Figment) -> Self {
+        let mut sources = Self::default();
+        for setting in CONSOLE_SETTINGS {
+            let Some(metadata) = figment.find_metadata(setting) else {
+                continue;
+            };
+            let source = if metadata.name.contains("environment") {
+                format!(
+                    "the environment (IDBRIDGE_{})",
+                    setting.to_uppercase().replace('.', "__")
+                )
+            } else if let Some(figment::Source::File(path)) = &metadata.source {
+                path.display().to_string()
+            } else if metadata.name.starts_with("TOML") {
+                "the configuration".to_string()
+            } else {
+                // The built-in default.
+                continue;
+            };
+            sources.set(setting, source);
+        }
+        sources
+    }
 }
 
 /// Throttling of the SSO sign-in page against password guessing.
@@ -331,6 +387,7 @@ impl Default for Config {
             log: LogConfig::default(),
             smtp: None,
             password_reset: PasswordResetConfig::default(),
+            sources: SettingSources::default(),
         }
     }
 }
@@ -815,6 +872,7 @@ impl Config {
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let mut config: Config = figment.extract().map_err(figment_error)?;
+        config.sources = SettingSources::read(&figment);
         config.normalise_and_validate()?;
         Ok(config)
     }

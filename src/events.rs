@@ -130,6 +130,14 @@ pub mod kind {
     /// Too many reset requests for one typed name or from one address: refused for a while.
     pub const PASSWORD_RESET_THROTTLED: &str = "password_reset_throttled";
     pub const M365_CONNECT: &str = "m365_connect";
+    /// The app registration (tenant, client ID, credential) was changed in the console or API.
+    pub const M365_APP_REGISTRATION_CHANGED: &str = "m365_app_registration_changed";
+    /// A SAML service provider was registered in the console or API.
+    pub const SAML_SP_REGISTERED: &str = "saml_sp_registered";
+    /// A registered SAML service provider was changed.
+    pub const SAML_SP_CHANGED: &str = "saml_sp_changed";
+    /// A registered SAML service provider was removed.
+    pub const SAML_SP_REMOVED: &str = "saml_sp_removed";
     pub const M365_CONNECT_FAILED: &str = "m365_connect_failed";
     pub const M365_TOKEN_REFRESH_FAILED: &str = "m365_token_refresh_failed";
     pub const M365_DEACTIVATE: &str = "m365_deactivate";
@@ -215,6 +223,10 @@ pub mod kind {
         PASSWORD_RESET_REFUSED,
         PASSWORD_RESET_THROTTLED,
         M365_CONNECT,
+        M365_APP_REGISTRATION_CHANGED,
+        SAML_SP_REGISTERED,
+        SAML_SP_CHANGED,
+        SAML_SP_REMOVED,
         M365_CONNECT_FAILED,
         M365_TOKEN_REFRESH_FAILED,
         M365_DEACTIVATE,
@@ -331,6 +343,10 @@ pub fn label(event_type: &str) -> &'static str {
         "password_reset_refused" => "Password reset link refused",
         "password_reset_throttled" => "Password reset requests limited",
         "m365_connect" => "Microsoft 365 connected",
+        "m365_app_registration_changed" => "Microsoft 365 app registration changed",
+        "saml_sp_registered" => "Service provider registered",
+        "saml_sp_changed" => "Service provider changed",
+        "saml_sp_removed" => "Service provider removed",
         "m365_connect_failed" => "Microsoft 365 connection failed",
         "m365_token_refresh_failed" => "Microsoft 365 token refused",
         "m365_deactivate" => "Microsoft 365 connection deactivated",

@@ -35,6 +35,8 @@ pub enum StartError {
     Signing(#[from] crate::certs::rollover::RolloverError),
     #[error("configuration error: {0}")]
     M365(#[from] crate::m365::M365SetupError),
+    #[error("the app registration entered in the console cannot be read: {0}")]
+    Registration(#[from] crate::m365::RegistrationError),
     #[error("configuration error: smtp: {0}")]
     Mail(#[from] crate::mail::MailError),
     #[error("configuration error: metrics: {0}")]
@@ -199,6 +201,7 @@ impl App {
         let passkeys =
             crate::mfa::passkey::Passkeys::new(&config, store.clone(), directory.clone());
         let m365 = Arc::new(crate::m365::M365::new(&config, store.clone())?);
+        m365.load_registration().await?;
         let duty = crate::cluster::Duty::default();
         let sync = Arc::new(
             crate::m365::M365Sync::new(
@@ -619,8 +622,8 @@ async fn poll_changes(state: AppState, token: CancellationToken) {
     }
 }
 
-/// Signs with what a rollover step on any node (or the CLI) stored, within
-/// [`crate::certs::rollover::RELOAD_EVERY`].
+/// Signs with what a rollover step on any node (or the CLI) stored, and uses the settings
+/// admins entered in the console on any node, within [`crate::certs::rollover::RELOAD_EVERY`].
 async fn reload_signing(state: AppState, token: CancellationToken) {
     let mut tick = tokio::time::interval(crate::certs::rollover::RELOAD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -628,13 +631,21 @@ async fn reload_signing(state: AppState, token: CancellationToken) {
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tick.tick() => match state.reload_signing().await {
-                Ok(_) => failing = false,
-                Err(err) if !failing => {
-                    failing = true;
-                    tracing::warn!(%err, "could not read the stored signing certificates; signing with the ones read before");
+            _ = tick.tick() => {
+                match state.reload_signing().await {
+                    Ok(_) => failing = false,
+                    Err(err) if !failing => {
+                        failing = true;
+                        tracing::warn!(%err, "could not read the stored signing certificates; signing with the ones read before");
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => {}
+                // What admins changed in the console on another node (or the CLI).
+                match state.m365.load_registration().await {
+                    Ok(true) => tracing::info!("the Microsoft 365 app registration changed: using it"),
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(%err, "could not read the app registration entered in the console; using the one read before"),
+                }
             }
         }
     }

@@ -22,7 +22,10 @@ use serde::Deserialize;
 use super::binding::FormFields;
 use super::{display_time, redirect_with_notice, Chrome, Notice};
 use crate::m365::sync::{attributes, Direction, SyncError};
-use crate::m365::{ConnectionStatus, ImportSelection, M365Error};
+use crate::m365::{
+    AppRegistration, ConnectionStatus, CredentialChange, CredentialKind, ImportSelection,
+    M365Error, RegistrationChange, RegistrationError, ValueSource,
+};
 use crate::server::AppState;
 use crate::store::{ImportRunRow, SyncCounts};
 use crate::web::{render, AdminPrincipal, AppError};
@@ -43,6 +46,11 @@ pub fn public_router() -> Router<AppState> {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/m365", get(page))
+        .route("/admin/m365/app-registration", post(save_registration))
+        .route(
+            "/admin/m365/app-registration/certificate.pem",
+            get(registration_certificate),
+        )
         .route("/admin/m365/connect", post(connect))
         .route("/admin/m365/connect-app", post(connect_app))
         .route("/admin/m365/deactivate", post(deactivate))
@@ -215,6 +223,7 @@ struct RunLine {
 struct M365Page {
     chrome: Chrome,
     connection: ConnectionView,
+    registration: RegistrationView,
     /// What is missing from the [m365] settings, naming the setting.
     config_problem: Option<String>,
     /// The tenant setting names one tenant, so client-credentials mode can be used.
@@ -289,22 +298,80 @@ struct PageQuery {
     find: Option<String>,
 }
 
-/// What is missing for connecting at all, naming the setting (checked before the admin
-/// clicks; the connection service says the same when asked).
-fn config_problem(state: &AppState) -> Option<String> {
-    let m = &state.config.m365;
-    if m.client_id.as_deref().is_none_or(str::is_empty) {
-        return Some(M365Error::NotConfigured("m365.client_id").to_string());
+/// What is missing for connecting at all (checked before the admin clicks; the connection
+/// service says the same when asked).
+pub(crate) fn config_problem(state: &AppState) -> Option<String> {
+    state.m365.registration().problem().map(|p| p.to_string())
+}
+
+/// One value of the app registration on the page: editable, or where it is set instead.
+struct RegistrationValue {
+    value: String,
+    /// Set in the file or the environment: read-only here.
+    set_in: Option<String>,
+    /// Who entered it in the console, and when.
+    entered: Option<String>,
+}
+
+impl RegistrationValue {
+    fn new(value: String, source: &ValueSource) -> Self {
+        let (set_in, entered) = match source {
+            ValueSource::File(place) => (Some(place.clone()), None),
+            ValueSource::Console { at_ms, by } => (
+                None,
+                Some(format!("entered {} by {by}", display_time(Some(*at_ms)))),
+            ),
+            ValueSource::Default => (None, None),
+        };
+        Self {
+            value,
+            set_in,
+            entered,
+        }
     }
-    let has_credential = m.client_secret.is_some()
-        || m.client_secret_file.is_some()
-        || (m.client_certificate_file.is_some() && m.client_key_file.is_some());
-    (!has_credential).then(|| {
-        M365Error::NotConfigured(
-            "a client credential (m365.client_secret_file, m365.client_secret, or m365.client_certificate_file with m365.client_key_file)",
-        )
-        .to_string()
-    })
+}
+
+/// The app registration section of the page.
+struct RegistrationView {
+    tenant: RegistrationValue,
+    client_id: RegistrationValue,
+    /// "client secret", "certificate" or empty.
+    credential: RegistrationValue,
+    thumbprint: String,
+    not_after: String,
+    /// Every value comes from the file: nothing to save here.
+    all_from_file: bool,
+}
+
+impl RegistrationView {
+    fn new(reg: &AppRegistration) -> Self {
+        let credential = match reg.credential_kind() {
+            Some(CredentialKind::Secret) => "client secret",
+            Some(CredentialKind::Certificate) => "certificate",
+            None => "",
+        };
+        Self {
+            tenant: RegistrationValue::new(reg.tenant.clone(), &reg.tenant_source),
+            client_id: RegistrationValue::new(
+                reg.client_id.clone().unwrap_or_default(),
+                &reg.client_id_source,
+            ),
+            credential: RegistrationValue::new(credential.into(), &reg.credential_source),
+            thumbprint: reg
+                .certificate
+                .as_ref()
+                .map(|c| c.thumbprint.clone())
+                .unwrap_or_default(),
+            not_after: reg
+                .certificate
+                .as_ref()
+                .map(|c| c.not_after.clone())
+                .unwrap_or_default(),
+            all_from_file: !reg.tenant_source.editable()
+                && !reg.client_id_source.editable()
+                && !reg.credential_source.editable(),
+        }
+    }
 }
 
 fn internal(err: impl std::fmt::Display) -> AppError {
@@ -442,9 +509,9 @@ async fn build_page(
     Ok(M365Page {
         chrome,
         connection,
+        registration: RegistrationView::new(&state.m365.registration()),
         config_problem: config_problem(state),
-        app_mode: !["organizations", "common", "consumers"]
-            .contains(&state.config.m365.tenant.as_str()),
+        app_mode: state.m365.registration().names_one_tenant(),
         redirect_uri: state.m365.redirect_uri().to_string(),
         deactivate_effect: DEACTIVATE_EFFECT,
         counts,
@@ -547,6 +614,109 @@ async fn connect_app(
         )),
         Err(err) => m365_refusal(&state, &admin, err).await,
     }
+}
+
+/// Saves the app registration entered on the page: fields left as they are, or set in the
+/// file, are not changed; a blank secret keeps the one stored.
+async fn save_registration(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let form = FormFields::parse(&body);
+    let now = state.m365.registration();
+    let text = |name: &str| {
+        form.one(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let mut change = RegistrationChange::default();
+    if now.tenant_source.editable() {
+        change.tenant = text("tenant").filter(|t| !t.eq_ignore_ascii_case(&now.tenant));
+    }
+    if now.client_id_source.editable() {
+        change.client_id =
+            text("client_id").filter(|id| Some(id.to_ascii_lowercase()) != now.client_id);
+    }
+    if now.credential_source.editable() {
+        change.credential = match form.one("credential").as_deref().unwrap_or("keep") {
+            "secret" => match text("client_secret") {
+                Some(secret) => Some(CredentialChange::Secret(secret.into())),
+                None => {
+                    return refused(
+                        &state,
+                        &admin,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Paste the client secret's Value (Certificates & secrets in the app registration), or choose Keep.".into(),
+                    )
+                    .await
+                }
+            },
+            "generate" => Some(CredentialChange::GenerateCertificate),
+            "upload" => Some(CredentialChange::UploadCertificate {
+                certificate_pem: form.one("certificate_pem").unwrap_or_default(),
+                private_key_pem: form.one("private_key_pem").unwrap_or_default().into(),
+            }),
+            "remove" => Some(CredentialChange::Remove),
+            _ => None,
+        };
+    }
+    let generated = matches!(
+        change.credential,
+        Some(CredentialChange::GenerateCertificate)
+    );
+    if change.tenant.is_none() && change.client_id.is_none() && change.credential.is_none() {
+        return Ok(redirect_with_notice(
+            "/admin/m365#app-registration",
+            "Nothing changed in the app registration.",
+        ));
+    }
+    match state
+        .m365
+        .change_registration(change, &admin.actor(), None, Utc::now())
+        .await
+    {
+        Ok(reg) => {
+            let next = if generated {
+                " Download the certificate below and upload it to the app registration (Certificates & secrets → Certificates → Upload certificate)."
+            } else if reg.problem().is_none() {
+                " You can connect now."
+            } else {
+                ""
+            };
+            Ok(redirect_with_notice(
+                "/admin/m365#app-registration",
+                &format!("App registration saved; it is used from now on.{next}"),
+            ))
+        }
+        Err(err @ (RegistrationError::Store(_) | RegistrationError::Secret(_))) => {
+            Err(internal(err))
+        }
+        Err(err) => {
+            refused(
+                &state,
+                &admin,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                err.to_string(),
+            )
+            .await
+        }
+    }
+}
+
+/// The certificate credential's public part as a PEM file, to upload to the app registration.
+async fn registration_certificate(State(state): State<AppState>) -> Result<Response, AppError> {
+    let Some(cert) = state.m365.registration().certificate.clone() else {
+        return Err(AppError::NotFound);
+    };
+    Response::builder()
+        .header("content-type", "application/x-pem-file")
+        .header(
+            "content-disposition",
+            "attachment; filename=\"idbridge-app-registration.pem\"",
+        )
+        .body(axum::body::Body::from(cert.pem))
+        .map_err(internal)
 }
 
 async fn deactivate(

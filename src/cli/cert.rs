@@ -42,6 +42,7 @@ async fn step(config: &Config, store: &Store, cmd: CertCommand) -> Result<(), Cl
     }
     let key = crate::m365::data_key(config).map_err(fail)?;
     let m365 = M365::new(config, store.clone()).map_err(fail)?;
+    m365.load_registration().await.map_err(fail)?;
     let rollover = Rollover {
         config,
         store,

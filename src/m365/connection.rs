@@ -18,14 +18,17 @@ use oauth2::{
     RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
     TokenUrl,
 };
-use openssl::pkey::{PKey, Private};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::graph::{GraphClient, GraphError, RetryPolicy};
 use super::permissions::{self, GrantMode, MissingPermission};
-use crate::config::Config;
+use super::registration::{
+    AppRegistration, ClientCredential, FileRegistration, RegistrationChange, RegistrationError,
+    MULTI_TENANT,
+};
+use crate::config::{Config, M365Config};
 use crate::events::{kind, Actor, NewEvent};
 use crate::secrets::token_hash;
 use crate::secrets::{SecretBox, SecretError};
@@ -47,7 +50,7 @@ const EXPIRY_MARGIN_MS: i64 = 120_000;
 /// Why a connection operation failed; messages tell the admin what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum M365Error {
-    #[error("Microsoft 365 is not configured: {0}. Fix: set it in the [m365] section (see README.md, Connecting Microsoft 365)")]
+    #[error("Microsoft 365 is not configured: {0} is missing. Fix: enter it under App registration on the console's Microsoft 365 page (or PUT /api/v1/m365/app-registration), or set it in the [m365] section of idbridge.toml (see README.md, Connecting Microsoft 365)")]
     NotConfigured(&'static str),
     #[error("Microsoft 365 is not connected. Fix: run `idbridge m365 connect`")]
     NotConnected,
@@ -97,16 +100,6 @@ impl From<GraphError> for M365Error {
     fn from(err: GraphError) -> Self {
         M365Error::Graph(Box::new(err))
     }
-}
-
-/// How idbridge authenticates to the Microsoft identity platform.
-enum ClientCredential {
-    Secret(SecretString),
-    /// A certificate uploaded to the app registration: we sign a JWT client assertion.
-    Certificate {
-        cert_der: Vec<u8>,
-        key: PKey<Private>,
-    },
 }
 
 /// The connection as admins see it.
@@ -165,10 +158,16 @@ pub struct M365 {
     http: reqwest::Client,
     login_base_url: String,
     graph_resource: String,
-    tenant: String,
     redirect_uri: String,
-    client_id: Option<String>,
-    credential: Option<ClientCredential>,
+    /// The app registration's values from the file and the environment.
+    file_registration: FileRegistration,
+    /// The app registration in effect (the file's values, else the console's); replaced
+    /// when an admin changes it here or on another node.
+    registration: std::sync::RwLock<Arc<AppRegistration>>,
+    /// The default tenant when neither the file nor the console names one.
+    default_tenant: String,
+    /// Subject of a certificate credential generated in the console.
+    certificate_name: String,
     cached: tokio::sync::Mutex<Option<CachedToken>>,
     /// This node's name: the owner of the import runs it starts.
     pub(crate) node: String,
@@ -180,7 +179,7 @@ impl std::fmt::Debug for M365 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("M365")
             .field("login_base_url", &self.login_base_url)
-            .field("client_id", &self.client_id)
+            .field("registration", &self.registration())
             .finish_non_exhaustive()
     }
 }
@@ -198,7 +197,7 @@ pub enum M365SetupError {
     Secret(#[from] SecretError),
 }
 
-fn setting_error(
+pub(super) fn setting_error(
     setting: &'static str,
     problem: impl ToString,
     fix: &'static str,
@@ -211,7 +210,10 @@ fn setting_error(
 }
 
 /// Reads a secret file that must be private to idbridge (the check is shared with `[smtp]`).
-fn read_private_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, M365SetupError> {
+pub(super) fn read_private_file(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<u8>, M365SetupError> {
     crate::config::read_private_file(setting, path).map_err(|err| match err {
         crate::config::ConfigError::Invalid { problem, .. } => setting_error(
             setting,
@@ -242,33 +244,18 @@ impl M365 {
     pub fn new(config: &Config, store: Store) -> Result<Self, M365SetupError> {
         let m = &config.m365;
         let secrets = data_key(config)?;
-        let credential = if let (Some(cert), Some(key)) =
-            (&m.client_certificate_file, &m.client_key_file)
-        {
-            let cert_pem = std::fs::read(cert)
-                .map_err(|e| setting_error("m365.client_certificate_file", e, "check the path"))?;
-            let cert = openssl::x509::X509::from_pem(&cert_pem)
-                .and_then(|c| c.to_der())
-                .map_err(|e| {
-                    setting_error("m365.client_certificate_file", e, "give a PEM certificate")
-                })?;
-            let key_pem = read_private_file("m365.client_key_file", key)?;
-            let key = PKey::private_key_from_pem(&key_pem).map_err(|e| {
-                setting_error("m365.client_key_file", e, "give a PEM RSA private key")
-            })?;
-            Some(ClientCredential::Certificate {
-                cert_der: cert,
-                key,
-            })
-        } else if let Some(path) = &m.client_secret_file {
-            let bytes = read_private_file("m365.client_secret_file", path)?;
-            let text = String::from_utf8_lossy(&bytes).trim().to_string();
-            Some(ClientCredential::Secret(SecretString::from(text)))
-        } else {
-            m.client_secret
-                .as_ref()
-                .map(|s| ClientCredential::Secret(SecretString::from(s.clone())))
-        };
+        let file_registration = FileRegistration::from_config(config)?;
+        let default_tenant = M365Config::default().tenant;
+        let registration = file_registration
+            .effective(None, &secrets, &default_tenant)
+            .map_err(|e| setting_error("m365", e, "check the [m365] section"))?;
+        let certificate_name = format!(
+            "idbridge {}",
+            url::Url::parse(&config.base_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_else(|| "app registration".into())
+        );
         let policy = RetryPolicy {
             max_attempts: m.sync.graph_max_attempts.max(1),
             base_delay: std::time::Duration::from_millis(m.sync.graph_retry_base_ms),
@@ -293,10 +280,11 @@ impl M365 {
             http,
             login_base_url: m.login_base_url.clone(),
             graph_resource,
-            tenant: m.tenant.clone(),
             redirect_uri: format!("{}/m365/callback", config.base_url),
-            client_id: m.client_id.clone(),
-            credential,
+            file_registration,
+            registration: std::sync::RwLock::new(Arc::new(registration)),
+            default_tenant,
+            certificate_name,
             cached: tokio::sync::Mutex::new(None),
             node: config.node_name(),
             federation_check: std::sync::Mutex::new(None),
@@ -313,11 +301,78 @@ impl M365 {
         &self.redirect_uri
     }
 
+    /// The app registration in effect now.
+    pub fn registration(&self) -> Arc<AppRegistration> {
+        self.registration
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the app registration entered in the console (by an admin on any node) and uses
+    /// it when it changed; whether it did.
+    pub async fn load_registration(&self) -> Result<bool, RegistrationError> {
+        let stored = self.store.app_registration().await?;
+        let stamp = stored.as_ref().map(|r| r.updated_at);
+        if stamp == self.registration().stored_at {
+            return Ok(false);
+        }
+        let registration = self.file_registration.effective(
+            stored.as_ref(),
+            &self.secrets,
+            &self.default_tenant,
+        )?;
+        self.use_registration(registration).await;
+        Ok(true)
+    }
+
+    async fn use_registration(&self, registration: AppRegistration) {
+        *self.registration.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(registration);
+        // A token of the previous app registration must not be used for the new one.
+        *self.cached.lock().await = None;
+    }
+
+    /// Changes the app registration as an admin asked (values set in the file stay as they
+    /// are and cannot be changed here); takes effect at once, on other nodes within seconds.
+    pub async fn change_registration(
+        &self,
+        change: RegistrationChange,
+        actor: &Actor,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<AppRegistration>, RegistrationError> {
+        let stored = self.store.app_registration().await?;
+        let (row, changed) = self.file_registration.apply(
+            stored.as_ref(),
+            change,
+            &self.secrets,
+            &self.certificate_name,
+            &actor.to_string(),
+            now,
+        )?;
+        let registration =
+            self.file_registration
+                .effective(Some(&row), &self.secrets, &self.default_tenant)?;
+        let event = NewEvent::new(now, actor, kind::M365_APP_REGISTRATION_CHANGED, None)
+            .details(json!({
+                "changed": changed,
+                "tenant": registration.tenant,
+                "clientId": registration.client_id,
+                "credential": registration.credential_kind().map(|k| k.as_str()),
+                "certificateThumbprint": registration.certificate.as_ref().map(|c| c.thumbprint.clone()),
+            }))
+            .client_ip(client_ip);
+        self.store.save_app_registration(&row, &event).await?;
+        self.use_registration(registration).await;
+        Ok(self.registration())
+    }
+
     fn client(&self, tenant: &str) -> Result<MsClient, M365Error> {
-        let client_id = self
+        let reg = self.registration();
+        let client_id = reg
             .client_id
             .clone()
-            .ok_or(M365Error::NotConfigured("m365.client_id"))?;
+            .ok_or(M365Error::NotConfigured("the application (client) ID"))?;
         let base = format!("{}/{}/oauth2/v2.0", self.login_base_url, tenant);
         let bad = |e: url::ParseError| M365Error::Refused(format!("invalid endpoint URL: {e}"));
         let client = oauth2::Client::new(ClientId::new(client_id))
@@ -325,7 +380,7 @@ impl M365 {
             .set_token_uri(TokenUrl::new(format!("{base}/token")).map_err(bad)?)
             .set_redirect_uri(RedirectUrl::new(self.redirect_uri.clone()).map_err(bad)?)
             .set_auth_type(AuthType::RequestBody);
-        Ok(match &self.credential {
+        Ok(match &reg.credential {
             Some(ClientCredential::Secret(secret)) => {
                 client.set_client_secret(ClientSecret::new(secret.expose_secret().to_string()))
             }
@@ -353,13 +408,14 @@ impl M365 {
 
     /// The client assertion for certificate credentials (RFC 7523 JWT, RS256), or none.
     fn client_assertion(&self, tenant: &str) -> Result<Option<String>, M365Error> {
-        let Some(ClientCredential::Certificate { cert_der, key }) = &self.credential else {
+        let reg = self.registration();
+        let Some(ClientCredential::Certificate { cert_der, key }) = &reg.credential else {
             return Ok(None);
         };
-        let client_id = self
+        let client_id = reg
             .client_id
             .clone()
-            .ok_or(M365Error::NotConfigured("m365.client_id"))?;
+            .ok_or(M365Error::NotConfigured("the application (client) ID"))?;
         let now = Utc::now().timestamp();
         let header = json!({
             "alg": "RS256",
@@ -395,15 +451,10 @@ impl M365 {
     }
 
     fn require_credential(&self) -> Result<(), M365Error> {
-        if self.client_id.is_none() {
-            return Err(M365Error::NotConfigured("m365.client_id"));
+        match self.registration().problem() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
         }
-        if self.credential.is_none() {
-            return Err(M365Error::NotConfigured(
-                "a client credential (m365.client_secret, m365.client_secret_file, or m365.client_certificate_file with m365.client_key_file)",
-            ));
-        }
-        Ok(())
     }
 
     fn delegated_scopes(&self) -> Vec<Scope> {
@@ -426,7 +477,7 @@ impl M365 {
         now: DateTime<Utc>,
     ) -> Result<String, M365Error> {
         self.require_credential()?;
-        let client = self.client(&self.tenant)?;
+        let client = self.client(&self.registration().tenant)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let (url, state) = client
             .authorize_url(CsrfToken::new_random)
@@ -489,11 +540,12 @@ impl M365 {
             ));
         };
         let verifier = self.secrets.open(&sealed_verifier, "m365.pkce_verifier")?;
-        let client = self.client(&self.tenant)?;
+        let tenant = self.registration().tenant.clone();
+        let client = self.client(&tenant)?;
         let mut request = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_string()));
-        for (name, value) in self.assertion_params(&self.tenant)? {
+        for (name, value) in self.assertion_params(&tenant)? {
             request = request.add_extra_param(name, value);
         }
         let response = match request.request_async(&self.http).await {
@@ -510,7 +562,7 @@ impl M365 {
             .id_token
             .as_deref()
             .and_then(tenant_of_id_token)
-            .unwrap_or_else(|| self.tenant.clone());
+            .unwrap_or(tenant);
         self.store_tokens("delegated", &tenant_id, &response, &actor, now)
             .await
     }
@@ -522,20 +574,15 @@ impl M365 {
         now: DateTime<Utc>,
     ) -> Result<ConnectionStatus, M365Error> {
         self.require_credential()?;
-        if ["organizations", "common", "consumers"].contains(&self.tenant.as_str()) {
+        let tenant = self.registration().tenant.clone();
+        if MULTI_TENANT.contains(&tenant.as_str()) {
             return Err(M365Error::NotConfigured(
-                "m365.tenant (client-credentials mode needs your tenant ID or a verified domain, not organizations)",
+                "the tenant (client-credentials mode needs your tenant ID or a verified domain, not organizations)",
             ));
         }
-        let response = self.client_credentials_token(&self.tenant).await?;
-        self.store_tokens(
-            "application",
-            &self.tenant.clone(),
-            &response,
-            &actor.to_string(),
-            now,
-        )
-        .await
+        let response = self.client_credentials_token(&tenant).await?;
+        self.store_tokens("application", &tenant, &response, &actor.to_string(), now)
+            .await
     }
 
     async fn client_credentials_token(&self, tenant: &str) -> Result<MsTokenResponse, M365Error> {
@@ -713,7 +760,10 @@ impl M365 {
                 return Ok(token);
             }
         }
-        let tenant = row.tenant_id.clone().unwrap_or_else(|| self.tenant.clone());
+        let tenant = row
+            .tenant_id
+            .clone()
+            .unwrap_or_else(|| self.registration().tenant.clone());
         let result = if row.mode == "application" {
             self.client_credentials_token(&tenant).await
         } else {

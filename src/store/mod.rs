@@ -6,6 +6,7 @@
 //! folder because their DDL differs (auto-increment keys).
 
 mod admins;
+mod app_registration;
 mod events;
 mod federation;
 mod leases;
@@ -22,6 +23,7 @@ mod users;
 mod write_behind;
 
 pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
+pub use app_registration::AppRegistrationRow;
 pub use events::{EventFilter, EventRow};
 pub use federation::FederatedDomainRow;
 pub use leases::WorkLease;

@@ -192,6 +192,28 @@ impl From<M365Error> for ApiError {
     }
 }
 
+impl From<crate::m365::RegistrationError> for ApiError {
+    fn from(err: crate::m365::RegistrationError) -> Self {
+        use crate::m365::RegistrationError;
+        let message = err.to_string();
+        match err {
+            RegistrationError::SetInFile { setting, .. } => {
+                ApiError::conflict(Some(setting), message)
+            }
+            RegistrationError::Invalid { field, .. } => ApiError::validation(
+                match field {
+                    "tenant" => "tenant",
+                    "application (client) ID" => "clientId",
+                    _ => "credential",
+                },
+                message,
+            ),
+            RegistrationError::Store(e) => e.into(),
+            RegistrationError::Secret(_) => ApiError::internal(message),
+        }
+    }
+}
+
 impl From<crate::m365::federation::FederationError> for ApiError {
     fn from(err: crate::m365::federation::FederationError) -> Self {
         use crate::m365::federation::{Confirmation, FederationError};

@@ -421,7 +421,11 @@ async fn connect_app_connects_and_missing_settings_are_named() {
     let admin = admin_browser(&bare, "root", AdminRole::Admin).await;
     let (_, page) = admin.get(&bare, "/admin/m365").await;
     assert!(page.contains("id=\"config-problem\""), "{page}");
-    assert!(page.contains("m365.client_id"));
+    assert!(
+        page.contains("application (client) ID is missing"),
+        "{page}"
+    );
+    assert!(page.contains("App registration"), "{page}");
     assert!(
         page.contains("id=\"connect\" disabled aria-describedby=\"config-problem\""),
         "Connect cannot work, and says why: {page}"
@@ -430,7 +434,7 @@ async fn connect_app_connects_and_missing_settings_are_named() {
     assert_eq!(r.status(), 409);
     let page = r.text().await.unwrap();
     assert!(
-        page.contains("Microsoft 365 is not configured: m365.client_id"),
+        page.contains("Microsoft 365 is not configured: the application (client) ID is missing"),
         "{page}"
     );
     let r = admin.post(&bare, "/admin/m365/deactivate", &[]).await;

@@ -216,7 +216,11 @@ async fn missing_client_settings_say_what_to_set() {
         .await
         .unwrap_err();
     assert!(matches!(err, M365Error::NotConfigured(_)));
-    assert!(err.to_string().contains("client_secret"), "{err}");
+    assert!(
+        err.to_string().contains("a client secret or a certificate")
+            && err.to_string().contains("App registration"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

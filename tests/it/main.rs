@@ -9,6 +9,7 @@
 mod support;
 
 mod api;
+mod app_registration;
 mod attributes;
 mod browser;
 mod cli;

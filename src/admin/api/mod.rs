@@ -7,6 +7,7 @@
 //! `extract` (every refusal is an `ApiError`), and the responses every operation shares (401,
 //! 403 on writes, 500) are added to the document by `schema::GuardResponses`.
 
+mod app_registration;
 mod bindings;
 mod certificates;
 pub(crate) mod events;
@@ -63,6 +64,7 @@ fn guarded() -> OpenApiRouter<AppState> {
         .merge(users::routes())
         .merge(bindings::routes())
         .merge(m365::routes())
+        .merge(app_registration::routes())
         .merge(events::routes())
         .merge(certificates::routes())
 }

@@ -81,11 +81,14 @@ impl TestApp {
         std::fs::write(
             &file,
             format!(
-                "data_dir = {:?}\ndatabase_url = {:?}\n[certs]\nkey_file = {:?}\ncert_file = {:?}\n",
+                "data_dir = {:?}\ndatabase_url = {:?}\n[certs]\nkey_file = {:?}\ncert_file = {:?}\n\
+                 [m365]\nlogin_base_url = {:?}\ngraph_base_url = {:?}\n",
                 config.data_dir.display().to_string(),
                 config.database_url(),
                 config.certs.key_file.display().to_string(),
                 config.certs.cert_file.display().to_string(),
+                config.m365.login_base_url,
+                config.m365.graph_base_url,
             ),
         )
         .unwrap();
