@@ -189,6 +189,14 @@ async fn an_admin_signs_in_creates_and_binds_a_user_changes_the_export_and_signs
     }
 }
 
+/// The files a screenshot named `name` is saved as: 1280 and 390 px wide (`lib.mjs`'s WIDTHS).
+fn at_both_widths(name: &str) -> [PathBuf; 2] {
+    [
+        screenshot_dir().join(format!("{name}.png")),
+        screenshot_dir().join(format!("{name}-390.png")),
+    ]
+}
+
 /// The pages `screenshots.mjs` saves, by file name.
 const SCREENSHOTS: [&str; 10] = [
     "login", "password", "overview", "users", "user", "binding", "m365", "saml", "events",
@@ -255,14 +263,13 @@ async fn screenshots_of_every_console_page() {
     settled(&app, "bob", "bound").await;
     settled(&app, "erin", "failed").await;
     let one_time = one_time_admin(&app, "root").await;
-    for name in SCREENSHOTS {
-        let _ = std::fs::remove_file(screenshot_dir().join(format!("{name}.png")));
+    for path in SCREENSHOTS.iter().flat_map(|n| at_both_widths(n)) {
+        let _ = std::fs::remove_file(path);
     }
 
     run_script(&app, "screenshots.mjs", "root", &one_time).await;
 
-    for name in SCREENSHOTS {
-        let path = screenshot_dir().join(format!("{name}.png"));
+    for path in SCREENSHOTS.iter().flat_map(|n| at_both_widths(n)) {
         let bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()));
         assert!(
@@ -356,8 +363,11 @@ async fn an_employee_signs_in_to_the_portal_changes_the_password_and_resets_anot
     let mail = sink.wait_for(1).await.remove(0);
     let token = mail.link_param("token").expect("a reset link");
     let reset_url = app.url(&format!("/password/reset?token={token}"));
-    for name in PORTAL_SCREENSHOTS {
-        let _ = std::fs::remove_file(screenshot_dir().join(format!("portal-{name}.png")));
+    for path in PORTAL_SCREENSHOTS
+        .iter()
+        .flat_map(|n| at_both_widths(&format!("portal-{n}")))
+    {
+        let _ = std::fs::remove_file(path);
     }
 
     run_node(
@@ -372,8 +382,10 @@ async fn an_employee_signs_in_to_the_portal_changes_the_password_and_resets_anot
     )
     .await;
 
-    for name in PORTAL_SCREENSHOTS {
-        let path = screenshot_dir().join(format!("portal-{name}.png"));
+    for path in PORTAL_SCREENSHOTS
+        .iter()
+        .flat_map(|n| at_both_widths(&format!("portal-{n}")))
+    {
         let bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()));
         assert!(
