@@ -418,26 +418,8 @@ impl ServiceProviders {
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Arc<ServiceProvider>, SpRegistrationError> {
-        self.check_changeable(&registration.entity_id)?;
-        registration.check()?;
-        let row = registration.row(now.timestamp_millis(), now, actor);
-        let event = NewEvent::new(
-            now,
-            actor,
-            kind::SAML_SP_REGISTERED,
-            Some(&registration.entity_id),
-        )
-        .details(registration.details())
-        .client_ip(client_ip);
-        match store.insert_service_provider(&row, &event).await {
-            Err(StoreError::Conflict(_)) => {
-                return Err(SpRegistrationError::AlreadyRegistered(
-                    registration.entity_id,
-                ))
-            }
-            other => other?,
-        }
-        self.in_use(store, &registration.entity_id).await
+        self.save(store, registration, true, actor, client_ip, now)
+            .await
     }
 
     /// Replaces a registered service provider's settings (the entity ID stays).
@@ -449,22 +431,44 @@ impl ServiceProviders {
         client_ip: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Arc<ServiceProvider>, SpRegistrationError> {
+        self.save(store, registration, false, actor, client_ip, now)
+            .await
+    }
+
+    /// Stores a new (`new`) or changed registration with its event, then uses it.
+    async fn save(
+        &self,
+        store: &Store,
+        registration: SpRegistration,
+        new: bool,
+        actor: &Actor,
+        client_ip: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<ServiceProvider>, SpRegistrationError> {
         self.check_changeable(&registration.entity_id)?;
         registration.check()?;
-        // created_at is not rewritten by an update.
-        let row = registration.row(0, now, actor);
-        let event = NewEvent::new(
-            now,
-            actor,
-            kind::SAML_SP_CHANGED,
-            Some(&registration.entity_id),
-        )
-        .details(registration.details())
-        .client_ip(client_ip);
-        if !store.update_service_provider(&row, &event).await? {
-            return Err(SpRegistrationError::NotFound(registration.entity_id));
+        // An update keeps the stored created_at.
+        let row = registration.row(now.timestamp_millis(), now, actor);
+        let kind = if new {
+            kind::SAML_SP_REGISTERED
+        } else {
+            kind::SAML_SP_CHANGED
+        };
+        let event = NewEvent::new(now, actor, kind, Some(&registration.entity_id))
+            .details(registration.details())
+            .client_ip(client_ip);
+        let entity_id = registration.entity_id;
+        if new {
+            match store.insert_service_provider(&row, &event).await {
+                Err(StoreError::Conflict(_)) => {
+                    return Err(SpRegistrationError::AlreadyRegistered(entity_id))
+                }
+                other => other?,
+            }
+        } else if !store.update_service_provider(&row, &event).await? {
+            return Err(SpRegistrationError::NotFound(entity_id));
         }
-        self.in_use(store, &registration.entity_id).await
+        self.in_use(store, &entity_id).await
     }
 
     /// Removes a registered service provider: its requests are refused from now on.

@@ -26,8 +26,8 @@ pub struct ServiceProviderRow {
 }
 
 const COLUMNS: &str = "entity_id, name, acs_urls, slo_url, name_id, attributes, \
-     require_m365_binding, certificate_pem, want_authn_requests_signed, created_at, updated_at, \
-     updated_by";
+     require_m365_binding, certificate_pem, want_authn_requests_signed, updated_at, updated_by, \
+     created_at";
 
 fn from_row(row: &sqlx::any::AnyRow) -> Result<ServiceProviderRow, StoreError> {
     let corrupt = |what: &str, e: serde_json::Error| {
@@ -51,6 +51,28 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<ServiceProviderRow, StoreError> {
         updated_at: row.try_get("updated_at")?,
         updated_by: row.try_get("updated_by")?,
     })
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds $1..$9 (the entity ID and the settings) and then `updated_at`, `updated_by`: the
+/// order both the INSERT and the UPDATE use.
+fn bind_settings<'q>(
+    query: AnyQuery<'q>,
+    sp: &'q ServiceProviderRow,
+) -> Result<AnyQuery<'q>, StoreError> {
+    Ok(query
+        .bind(&sp.entity_id)
+        .bind(&sp.name)
+        .bind(json(&sp.acs_urls)?)
+        .bind(&sp.slo_url)
+        .bind(&sp.name_id)
+        .bind(json(&sp.attributes)?)
+        .bind(i64::from(sp.require_m365_binding))
+        .bind(&sp.certificate_pem)
+        .bind(i64::from(sp.want_authn_requests_signed))
+        .bind(sp.updated_at)
+        .bind(&sp.updated_by))
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
@@ -83,29 +105,19 @@ impl Store {
         if exists.is_some() {
             return Err(StoreError::Conflict("entity ID"));
         }
-        sqlx::query(&format!(
+        let insert = format!(
             "INSERT INTO saml_service_providers ({COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(&sp.entity_id)
-        .bind(&sp.name)
-        .bind(json(&sp.acs_urls)?)
-        .bind(&sp.slo_url)
-        .bind(&sp.name_id)
-        .bind(json(&sp.attributes)?)
-        .bind(i64::from(sp.require_m365_binding))
-        .bind(&sp.certificate_pem)
-        .bind(i64::from(sp.want_authn_requests_signed))
-        .bind(sp.created_at)
-        .bind(sp.updated_at)
-        .bind(&sp.updated_by)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match StoreError::from(e) {
-            // Registered by another node between the check and the insert.
-            StoreError::Conflict(_) => StoreError::Conflict("entity ID"),
-            other => other,
-        })?;
+        );
+        bind_settings(sqlx::query(&insert), sp)?
+            .bind(sp.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                // Registered by another node between the check and the insert.
+                StoreError::Conflict(_) => StoreError::Conflict("entity ID"),
+                other => other,
+            })?;
         events::insert(&mut *tx, event).await?;
         tx.commit().await?;
         Ok(())
@@ -119,23 +131,15 @@ impl Store {
         event: &NewEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE saml_service_providers SET name = $2, acs_urls = $3, slo_url = $4, \
-             name_id = $5, attributes = $6, require_m365_binding = $7, certificate_pem = $8, \
-             want_authn_requests_signed = $9, updated_at = $10, updated_by = $11 \
-             WHERE entity_id = $1",
-        )
-        .bind(&sp.entity_id)
-        .bind(&sp.name)
-        .bind(json(&sp.acs_urls)?)
-        .bind(&sp.slo_url)
-        .bind(&sp.name_id)
-        .bind(json(&sp.attributes)?)
-        .bind(i64::from(sp.require_m365_binding))
-        .bind(&sp.certificate_pem)
-        .bind(i64::from(sp.want_authn_requests_signed))
-        .bind(sp.updated_at)
-        .bind(&sp.updated_by)
+        let changed = bind_settings(
+            sqlx::query(
+                "UPDATE saml_service_providers SET name = $2, acs_urls = $3, slo_url = $4, \
+                 name_id = $5, attributes = $6, require_m365_binding = $7, certificate_pem = $8, \
+                 want_authn_requests_signed = $9, updated_at = $10, updated_by = $11 \
+                 WHERE entity_id = $1",
+            ),
+            sp,
+        )?
         .execute(&mut *tx)
         .await?
         .rows_affected();
