@@ -171,8 +171,8 @@ fn step_href(step: SetupStep, login_base_url: &str) -> String {
 }
 
 // The chart's drawing, in SVG user units (the SVG scales to the column's width).
-const WIDTH: f64 = 320.0;
-const HEIGHT: f64 = 130.0;
+const WIDTH: f64 = 400.0;
+const HEIGHT: f64 = 110.0;
 const LEFT: f64 = 28.0;
 const RIGHT: f64 = 4.0;
 const TOP: f64 = 8.0;
@@ -203,6 +203,8 @@ struct ColumnView {
 struct TickView {
     x: String,
     y: String,
+    /// `middle`, or `end` for the newest bucket's label (kept inside the drawing).
+    anchor: &'static str,
     label: String,
 }
 
@@ -433,10 +435,16 @@ impl ChartView {
                 },
                 bars,
             });
-            if (buckets.len() - 1 - i) % tick_every == 0 {
+            let back = buckets.len() - 1 - i;
+            if back % tick_every == 0 {
                 ticks.push(TickView {
-                    x: number(x + slot / 2.0),
+                    x: number(if back == 0 {
+                        WIDTH - RIGHT
+                    } else {
+                        x + slot / 2.0
+                    }),
                     y: number(HEIGHT - 5.0),
+                    anchor: if back == 0 { "end" } else { "middle" },
                     label: match period {
                         Period::Day => start.format("%H:00").to_string(),
                         Period::Month => start.format("%b %-d").to_string(),
