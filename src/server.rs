@@ -198,6 +198,7 @@ impl App {
             mfa,
         )?;
         idp.use_federations(crate::m365::federation::KnownFederations::load(&store).await?);
+        idp.service_providers().load_registered(&store).await?;
         let passkeys =
             crate::mfa::passkey::Passkeys::new(&config, store.clone(), directory.clone());
         let m365 = Arc::new(crate::m365::M365::new(&config, store.clone())?);
@@ -645,6 +646,11 @@ async fn reload_signing(state: AppState, token: CancellationToken) {
                     Ok(true) => tracing::info!("the Microsoft 365 app registration changed: using it"),
                     Ok(false) => {}
                     Err(err) => tracing::warn!(%err, "could not read the app registration entered in the console; using the one read before"),
+                }
+                match state.idp.service_providers().load_registered(&state.store).await {
+                    Ok(true) => tracing::info!("the service providers registered in the console changed: using them"),
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(%err, "could not read the service providers registered in the console; using the ones read before"),
                 }
             }
         }

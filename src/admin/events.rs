@@ -158,18 +158,44 @@ fn with_query(path: &str, query: String) -> String {
     }
 }
 
-struct EventLine {
-    at: String,
-    event_type: String,
+/// One event as the console shows it (the events page and a user's recent events).
+pub(super) struct EventLine {
+    pub(super) at: String,
+    pub(super) event_type: String,
     /// What the type means ("Refused: not_bound_to_m365" adds the reason).
-    label: String,
-    actor: String,
-    target: String,
+    pub(super) label: String,
+    pub(super) actor: String,
+    pub(super) target: String,
     /// The events of the same target.
-    target_url: String,
-    client_ip: String,
+    pub(super) target_url: String,
+    pub(super) client_ip: String,
     /// The details as name and value, one line each (nested values as compact JSON).
-    details: Vec<(String, String)>,
+    pub(super) details: Vec<(String, String)>,
+}
+
+impl From<crate::store::EventRow> for EventLine {
+    fn from(e: crate::store::EventRow) -> Self {
+        let details = detail_lines(&e.details);
+        Self {
+            at: display_seconds(e.at),
+            target_url: e
+                .target
+                .as_deref()
+                .map(|t| {
+                    let q = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("user", t)
+                        .finish();
+                    format!("/admin/events?{q}")
+                })
+                .unwrap_or_default(),
+            target: e.target.unwrap_or_default(),
+            label: event_label(&e.event_type, &details),
+            event_type: e.event_type,
+            actor: e.actor,
+            client_ip: e.client_ip.unwrap_or_default(),
+            details,
+        }
+    }
 }
 
 /// The details of an event as lines for the page.
@@ -273,28 +299,7 @@ async fn page(
         .then(|| rows.last())
         .flatten()
         .map(|last| with_query("/admin/events", query.query_string(Some(last.id))));
-    page.events = rows
-        .into_iter()
-        .map(|e| EventLine {
-            at: display_seconds(e.at),
-            target_url: e
-                .target
-                .as_deref()
-                .map(|t| {
-                    let q = url::form_urlencoded::Serializer::new(String::new())
-                        .append_pair("user", t)
-                        .finish();
-                    format!("/admin/events?{q}")
-                })
-                .unwrap_or_default(),
-            target: e.target.unwrap_or_default(),
-            label: event_label(&e.event_type, &detail_lines(&e.details)),
-            event_type: e.event_type,
-            actor: e.actor,
-            client_ip: e.client_ip.unwrap_or_default(),
-            details: detail_lines(&e.details),
-        })
-        .collect();
+    page.events = rows.into_iter().map(EventLine::from).collect();
     Ok(render(StatusCode::OK, &page))
 }
 

@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use crate::certs::rollover::{MicrosoftUpdate, RolloverError, RolloverStage};
 use crate::m365::federation::FederationSettings;
 use crate::saml::CertificateInfo;
 use crate::server::AppState;
-use crate::sso::NameIdSource;
+use crate::sso::{NameIdSource, SpOrigin, SpRegistration, SpRegistrationError};
 use crate::web::{render, AdminPrincipal, AppError};
 
 /// Warn this many days before the signing certificate expires (Microsoft refuses assertions
@@ -28,6 +28,11 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/saml", get(page))
         .route("/admin/saml/certificates", post(rollover_step))
+        .route("/admin/saml/service-providers", post(save_service_provider))
+        .route(
+            "/admin/saml/service-providers/remove",
+            post(remove_service_provider),
+        )
 }
 
 /// The warning for a certificate valid until `not_after`, if it expires within
@@ -61,6 +66,107 @@ struct SpLine {
     name_id: &'static str,
     name_id_format: &'static str,
     requires_binding: bool,
+    /// Where it is changed: `Built in`, `idbridge.toml`, or who registered it in the console.
+    origin: String,
+    /// Registered in the console: it can be changed and removed there.
+    editable: bool,
+    signed_requests: bool,
+    certificates: usize,
+}
+
+/// The register-or-change form, as entered (kept whole when refused).
+#[derive(Debug, Default)]
+struct SpForm {
+    /// Changing a registered one (the entity ID is then fixed).
+    editing: bool,
+    entity_id: String,
+    name: String,
+    /// One URL per line.
+    acs_urls: String,
+    slo_url: String,
+    name_id: &'static str,
+    /// One `SAML name = user attribute` per line.
+    attributes: String,
+    require_binding: bool,
+    certificate_pem: String,
+    want_signed: bool,
+}
+
+impl SpForm {
+    fn of(r: &SpRegistration) -> Self {
+        Self {
+            editing: true,
+            entity_id: r.entity_id.clone(),
+            name: r.name.clone(),
+            acs_urls: r.acs_urls.join("\n"),
+            slo_url: r.slo_url.clone().unwrap_or_default(),
+            name_id: r.name_id.as_str(),
+            attributes: r
+                .attributes
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            require_binding: r.require_m365_binding,
+            certificate_pem: r.certificate_pem.clone().unwrap_or_default(),
+            want_signed: r.want_authn_requests_signed,
+        }
+    }
+
+    fn parse(form: &FormFields) -> Self {
+        let text = |name: &str| form.one(name).unwrap_or_default();
+        Self {
+            editing: form.one("mode").as_deref() == Some("change"),
+            entity_id: text("entity_id").trim().to_string(),
+            name: text("name").trim().to_string(),
+            acs_urls: text("acs_urls"),
+            slo_url: text("slo_url").trim().to_string(),
+            name_id: NameIdSource::parse(&text("name_id"))
+                .unwrap_or(NameIdSource::Username)
+                .as_str(),
+            attributes: text("attributes"),
+            require_binding: form.one("require_m365_binding").is_some(),
+            certificate_pem: text("certificate_pem"),
+            want_signed: form.one("want_authn_requests_signed").is_some(),
+        }
+    }
+
+    /// The registration the form describes, or what to fix in the attribute lines.
+    fn registration(&self) -> Result<SpRegistration, String> {
+        let mut attributes = Vec::new();
+        for (n, line) in self.attributes.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let Some((saml_name, attribute)) = line.split_once('=') else {
+                return Err(format!(
+                    "Attributes: line {} ({line:?}) is not \"SAML name = user attribute\". Fix: write one per line, e.g. mail = email.",
+                    n + 1
+                ));
+            };
+            attributes.push((saml_name.trim().to_string(), attribute.trim().to_string()));
+        }
+        let lines = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let optional = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
+        Ok(SpRegistration {
+            entity_id: self.entity_id.clone(),
+            name: self.name.clone(),
+            acs_urls: lines(&self.acs_urls),
+            slo_url: optional(&self.slo_url),
+            name_id: NameIdSource::parse(self.name_id).unwrap_or(NameIdSource::Username),
+            attributes,
+            require_m365_binding: self.require_binding,
+            certificate_pem: optional(&self.certificate_pem),
+            want_authn_requests_signed: self.want_signed,
+        })
+    }
 }
 
 /// The federation settings of one domain, as Graph's JSON and as PowerShell.
@@ -90,6 +196,9 @@ struct SamlPage {
     expiry_warning: Option<String>,
     certificate: String,
     service_providers: Vec<SpLine>,
+    sp_form: SpForm,
+    /// The user attributes a service provider can receive, for the form's hint.
+    attribute_names: String,
     federations: Vec<Federation>,
     /// Where the rollover stands: `steady`, `next_prepared` or `promoted`.
     stage: &'static str,
@@ -128,13 +237,119 @@ fn federation(domain: &str, settings: &FederationSettings) -> Federation {
     }
 }
 
+/// `?edit=<entity ID>` opens a console-registered service provider in the form.
+#[derive(Debug, serde::Deserialize)]
+struct PageQuery {
+    edit: Option<String>,
+}
+
 async fn page(
     State(state): State<AppState>,
     Extension(admin): Extension<AdminPrincipal>,
     Notice(notice): Notice,
-) -> Response {
-    let page = build_page(&state, Chrome::new(&admin, "saml").flash(notice));
-    render(StatusCode::OK, &page)
+    Query(query): Query<PageQuery>,
+) -> Result<Response, AppError> {
+    let mut chrome = Chrome::new(&admin, "saml").flash(notice);
+    let mut form = SpForm::default();
+    if let Some(entity_id) = query.edit {
+        match state
+            .idp
+            .service_providers()
+            .registration(&state.store, &entity_id)
+            .await
+        {
+            Ok(r) => form = SpForm::of(&r),
+            Err(SpRegistrationError::Store(e)) => return Err(AppError::Internal(e.to_string())),
+            Err(e) => chrome = chrome.error(Some(e.to_string())),
+        }
+    }
+    let mut page = build_page(&state, chrome);
+    page.sp_form = form;
+    Ok(render(StatusCode::OK, &page))
+}
+
+/// Registers or changes a service provider from the page's form; a refusal shows the form
+/// again as entered, with what to fix.
+async fn save_service_provider(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let form = SpForm::parse(&FormFields::parse(&body));
+    let refuse = |status: StatusCode, message: String, form: SpForm| {
+        let chrome = Chrome::new(&admin, "saml").error(Some(format!("Nothing changed: {message}")));
+        let mut page = build_page(&state, chrome);
+        page.sp_form = form;
+        Ok(render(status, &page))
+    };
+    let registration = match form.registration() {
+        Ok(r) => r,
+        Err(message) => return refuse(StatusCode::UNPROCESSABLE_ENTITY, message, form),
+    };
+    let providers = state.idp.service_providers();
+    let (actor, now) = (admin.actor(), Utc::now());
+    let saved = if form.editing {
+        providers
+            .change(&state.store, registration, &actor, None, now)
+            .await
+    } else {
+        providers
+            .register(&state.store, registration, &actor, None, now)
+            .await
+    };
+    match saved {
+        Ok(sp) => Ok(redirect_with_notice(
+            "/admin/saml#service-providers",
+            &format!(
+                "{} {}: sign-ins to it work now, on every node within seconds.",
+                sp.name,
+                if form.editing {
+                    "is changed"
+                } else {
+                    "is registered"
+                }
+            ),
+        )),
+        Err(SpRegistrationError::Store(e)) => Err(AppError::Internal(e.to_string())),
+        Err(e) => {
+            let status = match e {
+                SpRegistrationError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                SpRegistrationError::NotFound(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::CONFLICT,
+            };
+            refuse(status, e.to_string(), form)
+        }
+    }
+}
+
+/// Removes a console-registered service provider.
+async fn remove_service_provider(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminPrincipal>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let form = FormFields::parse(&body);
+    let entity_id = form.one("entity_id").unwrap_or_default();
+    match state
+        .idp
+        .service_providers()
+        .unregister(&state.store, &entity_id, &admin.actor(), None, Utc::now())
+        .await
+    {
+        Ok(()) => Ok(redirect_with_notice(
+            "/admin/saml#service-providers",
+            &format!("{entity_id} is removed: its sign-in requests are refused from now on."),
+        )),
+        Err(SpRegistrationError::Store(e)) => Err(AppError::Internal(e.to_string())),
+        Err(e) => {
+            let status = match e {
+                SpRegistrationError::NotFound(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::CONFLICT,
+            };
+            let chrome = Chrome::new(&admin, "saml").error(Some(format!("Nothing changed: {e}")));
+            Ok(render(status, &build_page(&state, chrome)))
+        }
+    }
 }
 
 /// A rollover step from the page (`step`: next, promote, retire or discard; `confirm=yes`
@@ -243,13 +458,26 @@ fn build_page(state: &AppState, chrome: Chrome) -> SamlPage {
             entity_id: sp.entity_id.clone(),
             acs_urls: sp.acs_urls.clone(),
             slo_url: sp.slo_url.clone().unwrap_or_default(),
-            name_id: match sp.name_id {
-                NameIdSource::ImmutableId => "immutable ID",
-                NameIdSource::Username => "username",
-                NameIdSource::Email => "email",
-            },
+            name_id: sp.name_id.label(),
             name_id_format: sp.name_id.format(),
             requires_binding: sp.requires_m365_binding,
+            origin: match &sp.origin {
+                SpOrigin::BuiltIn => "Built in".to_string(),
+                SpOrigin::File => "idbridge.toml".to_string(),
+                SpOrigin::Console {
+                    updated_at_ms,
+                    updated_by,
+                } => format!(
+                    "Console, {} by {updated_by}",
+                    display_time(Some(*updated_at_ms))
+                ),
+            },
+            editable: matches!(sp.origin, SpOrigin::Console { .. }),
+            signed_requests: sp.requires_signed_requests,
+            certificates: sp
+                .verification_keys
+                .get()
+                .map_or(0, |k| k.fingerprints().len()),
         })
         .collect();
     let overview = signing_set.overview();
@@ -280,6 +508,8 @@ fn build_page(state: &AppState, chrome: Chrome) -> SamlPage {
         expiry_warning: expiry_warning(signing.not_after(), Utc::now()),
         certificate,
         service_providers,
+        sp_form: SpForm::default(),
+        attribute_names: crate::directory::User::attribute_names().join(", "),
         federations,
     }
 }

@@ -363,14 +363,9 @@ async fn create(
 
 struct AttributeLine {
     name: &'static str,
+    /// The catalogue's label ("Mobile Phone"); derived names have none but their name.
+    label: &'static str,
     value: String,
-}
-
-struct EventLine {
-    at: String,
-    event_type: String,
-    actor: String,
-    details: String,
 }
 
 struct FailedJobLine {
@@ -404,7 +399,7 @@ struct UserPage {
     password_pushed: bool,
     queued_jobs: Vec<String>,
     failed_jobs: Vec<FailedJobLine>,
-    events: Vec<EventLine>,
+    events: Vec<super::events::EventLine>,
     events_url: String,
     groups: Vec<FieldGroup>,
     policy: String,
@@ -444,12 +439,7 @@ async fn user_page(
         .recent_events_for(&user.username, RECENT_EVENTS)
         .await?
         .into_iter()
-        .map(|e| EventLine {
-            at: super::events::display_seconds(e.at),
-            event_type: e.event_type,
-            actor: e.actor,
-            details: e.details,
-        })
+        .map(super::events::EventLine::from)
         .collect();
     let groups = field_groups(
         |spec| match refused.form.and_then(|form| form.get(spec.name)) {
@@ -490,6 +480,11 @@ async fn user_page(
             .into_iter()
             .map(|name| AttributeLine {
                 name,
+                label: match crate::attributes::Attribute::parse(name) {
+                    Some(a) => a.spec().label,
+                    None if name == "displayName" => "Display Name",
+                    None => "Immutable ID",
+                },
                 value: user.attribute(name).unwrap_or_default(),
             })
             .collect(),

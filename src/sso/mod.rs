@@ -4,6 +4,7 @@
 
 mod handlers;
 mod idp;
+mod registration;
 mod registry;
 mod replay;
 mod session_cache;
@@ -13,5 +14,6 @@ pub use idp::{
     Answer, CodeResult, IdentityProvider, IncomingRequest, LoginOutcome, LogoutMessage,
     LogoutOutcome, Refusal, RefusalNotice, SsoError, Step,
 };
-pub use registry::{NameIdSource, ServiceProvider, ServiceProviders, M365_ENTITY_ID};
+pub use registration::{SpField, SpRegistration, SpRegistrationError};
+pub use registry::{NameIdSource, ServiceProvider, ServiceProviders, SpOrigin, M365_ENTITY_ID};
 pub use replay::ReplayCache;

@@ -16,6 +16,7 @@ mod mfa;
 mod passkeys;
 mod resets;
 mod saml;
+mod service_providers;
 mod signing;
 mod sync;
 mod sync_round;
@@ -34,6 +35,7 @@ pub use mfa::{FactorCounts, TotpRow};
 pub use passkeys::{CeremonyRow, PasskeyRow};
 pub use resets::{ResetTokenRow, ENDED_PASSWORD_CHANGED, ENDED_USED};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};
+pub use service_providers::ServiceProviderRow;
 pub use signing::{CertificateRole, SigningCertificateRow};
 pub use sync::{
     BindOutcome, BindRequest, BindingListQuery, BindingListRow, BindingRow, Completion,

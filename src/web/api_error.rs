@@ -214,6 +214,25 @@ impl From<crate::m365::RegistrationError> for ApiError {
     }
 }
 
+impl From<crate::sso::SpRegistrationError> for ApiError {
+    fn from(err: crate::sso::SpRegistrationError) -> Self {
+        use crate::sso::SpRegistrationError;
+        let message = err.to_string();
+        match err {
+            SpRegistrationError::Invalid { field, .. } => {
+                ApiError::validation(field.api_name(), message)
+            }
+            SpRegistrationError::BuiltIn(_)
+            | SpRegistrationError::SetInFile(_)
+            | SpRegistrationError::AlreadyRegistered(_) => {
+                ApiError::conflict(Some("entityId"), message)
+            }
+            SpRegistrationError::NotFound(_) => ApiError::not_found(message),
+            SpRegistrationError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::m365::federation::FederationError> for ApiError {
     fn from(err: crate::m365::federation::FederationError) -> Self {
         use crate::m365::federation::{Confirmation, FederationError};

@@ -52,6 +52,39 @@
     }
   });
 
+  // <button data-copy="element-id">: copies that element's text (a textarea's value) to the
+  // clipboard and says so in the button, which is a live region for screen readers.
+  document.addEventListener("click", function (e) {
+    var button = e.target && e.target.closest && e.target.closest("button[data-copy]");
+    if (!button) { return; }
+    var source = document.getElementById(button.getAttribute("data-copy"));
+    if (!source) { return; }
+    var text = source.value !== undefined ? source.value : source.textContent;
+    var label = button.getAttribute("data-label") || button.textContent;
+    button.setAttribute("data-label", label);
+    function said(word) {
+      button.textContent = word;
+      setTimeout(function () { button.textContent = label; }, 2000);
+    }
+    function fallback() {
+      // Without the Clipboard API (plain http off localhost): select it for Ctrl+C.
+      if (source.select) { source.focus(); source.select(); }
+      else {
+        var range = document.createRange();
+        range.selectNodeContents(source);
+        var sel = window.getSelection();
+        sel.removeAllRanges();
+        sel.addRange(range);
+      }
+      said("Selected: press Ctrl+C");
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () { said("Copied"); }, fallback);
+    } else {
+      fallback();
+    }
+  });
+
   // <form data-confirm="…">: asks before submitting.
   document.addEventListener("submit", function (e) {
     var form = e.target;

@@ -128,6 +128,44 @@ export function pathOf(page) {
 }
 
 /** Waits until the page's path is `path`. */
+/** The widths every page is saved at: a laptop, and a phone (an iPhone 12-15 is 390 px). */
+export const WIDTHS = [1280, 390];
+
+/**
+ * Saves the page as `<file>.png` at 1280 px and `<file>-390.png` at 390 px (full page), and
+ * returns a description of each width at which the page is wider than the window (a long
+ * unbroken value pushing the layout sideways), naming the outermost elements that stick out.
+ */
+export async function shootWidths(page, file) {
+  await page.waitForLoadState('load');
+  const before = page.viewportSize();
+  const problems = [];
+  for (const width of WIDTHS) {
+    await page.setViewportSize({ width, height: 800 });
+    const name = width === WIDTHS[0] ? file : `${file}-${width}`;
+    await page.screenshot({ path: `${name}.png`, fullPage: true });
+    const { scrolled, culprits } = await page.evaluate((limit) => {
+      const out = [];
+      for (const el of document.body.querySelectorAll('*')) {
+        if (el.getBoundingClientRect().right > limit + 1 && !out.some((o) => o.contains(el))) {
+          out.push(el);
+        }
+      }
+      const tag = (el) =>
+        el.tagName.toLowerCase() + (el.id ? `#${el.id}` : '') +
+        (el.className && typeof el.className === 'string' ? `.${el.className.split(' ').join('.')}` : '');
+      const describe = (el) =>
+        `${tag(el.parentElement)} > ${tag(el)} "${(el.textContent || '').replace(/\s+/g, ' ').trim().slice(0, 40)}…"`;
+      return { scrolled: document.documentElement.scrollWidth, culprits: out.slice(0, 3).map(describe) };
+    }, width);
+    if (scrolled > width) {
+      problems.push(`${name.split('/').pop()} is ${scrolled} px wide in a ${width} px window (${culprits.join(', ')})`);
+    }
+  }
+  await page.setViewportSize(before);
+  return problems;
+}
+
 export async function atPath(page, path) {
   await page.waitForURL((url) => url.pathname === path);
 }

@@ -5,7 +5,7 @@
 // Each screen is saved as a screenshot (portal-*.png).
 
 import { join } from 'node:path';
-import { atPath, run, setting } from './lib.mjs';
+import { atPath, run, setting, shootWidths } from './lib.mjs';
 
 const base = setting('IDBRIDGE_URL').replace(/\/$/, '');
 const user = setting('IDBRIDGE_USER');
@@ -14,7 +14,11 @@ const newPassword = setting('IDBRIDGE_USER_NEW_PASSWORD');
 const resetUrl = setting('IDBRIDGE_RESET_URL');
 const shots = setting('IDBRIDGE_SCREENSHOT_DIR');
 
-const shot = (page, name) => page.screenshot({ path: join(shots, `portal-${name}.png`), fullPage: true });
+/** Screens wider than the window at 1280 or 390 px. */
+const overflowing = [];
+const shot = async (page, name) => {
+  overflowing.push(...(await shootWidths(page, join(shots, `portal-${name}`))));
+};
 
 async function signIn(page, step, secret, title) {
   await step(title, async () => {
@@ -127,5 +131,11 @@ await run('portal_flows', async (page, step) => {
     await page.getByRole('heading', { name: 'This link cannot be used' }).waitFor();
     await page.getByText('already used').waitFor();
     await shot(page, 'reset-used');
+  });
+
+  await step('every screen fits the window at 1280 and 390 px', async () => {
+    if (overflowing.length) {
+      throw new Error(overflowing.join('; '));
+    }
   });
 });

@@ -1,40 +1,21 @@
-// Full-page screenshots of every console page, for anyone to look at (target/screenshots/*.png).
+// Full-page screenshots of every console page at 1280 and 390 px, for anyone to look at
+// (target/screenshots/*.png); the run fails when a page is wider than the window.
 // tests/it/browser.rs fills the directory first (bound, failed and unbound users, a tenant to
 // import from) and checks the files afterwards.
 
 import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
-import { atPath, firstSignIn, run, settings } from './lib.mjs';
+import { atPath, firstSignIn, run, settings, shootWidths } from './lib.mjs';
 
 const s = settings();
 mkdirSync(s.screenshots, { recursive: true });
 
-/** Pages wider than the window (a long unbroken value pushes the layout sideways). */
+/** Pages wider than the window at one of the widths. */
 const overflowing = [];
 
-/** Saves the page as `<name>.png`, noting whether it fits the window's width. */
+/** Saves the page as `<name>.png` and `<name>-390.png`, noting whether it fits each width. */
 async function shoot(page, name) {
-  await page.waitForLoadState('load');
-  await page.screenshot({ path: join(s.screenshots, `${name}.png`), fullPage: true });
-  const window = page.viewportSize().width;
-  // The page's width, and the outermost elements that stick out (to name the culprit).
-  const { width, culprits } = await page.evaluate((limit) => {
-    const out = [];
-    for (const el of document.body.querySelectorAll('*')) {
-      if (el.getBoundingClientRect().right > limit && !out.some((o) => o.contains(el))) {
-        out.push(el);
-      }
-    }
-    const tag = (el) =>
-      el.tagName.toLowerCase() + (el.id ? `#${el.id}` : '') +
-      (el.className && typeof el.className === 'string' ? `.${el.className.split(' ').join('.')}` : '');
-    const describe = (el) =>
-      `${tag(el.parentElement)} > ${tag(el)} "${(el.textContent || '').replace(/\s+/g, ' ').trim().slice(0, 40)}…"`;
-    return { width: document.documentElement.scrollWidth, culprits: out.slice(0, 3).map(describe) };
-  }, window);
-  if (width > window) {
-    overflowing.push(`${name} is ${width} px wide in a ${window} px window (${culprits.join(', ')})`);
-  }
+  overflowing.push(...(await shootWidths(page, join(s.screenshots, name))));
 }
 
 /** Opens a console page; it must answer 200 and show its heading. */

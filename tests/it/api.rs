@@ -63,6 +63,12 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/api/v1/signing-certificates/promote"),
     ("POST", "/api/v1/signing-certificates/retire"),
     ("DELETE", "/api/v1/signing-certificates/next"),
+    // Registered first, then read, changed; removing an unknown one is the documented 404.
+    ("GET", "/api/v1/saml/service-providers"),
+    ("POST", "/api/v1/saml/service-providers"),
+    ("GET", "/api/v1/saml/service-providers/{entityId}"),
+    ("PUT", "/api/v1/saml/service-providers/{entityId}"),
+    ("DELETE", "/api/v1/saml/service-providers/{entityId}"),
 ];
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -362,6 +368,14 @@ fn request_for(method: &str, path: &str) -> (String, Option<Value>) {
         .replace("/imports/{id}", "/imports/no-such-run")
         .replace("{id}", id)
         .replace("{attribute}", "department")
+        .replace(
+            "{entityId}",
+            if method == "DELETE" {
+                "https%3A%2F%2Fnone.example.com"
+            } else {
+                "https%3A%2F%2Fapp.example.com%2Fsaml"
+            },
+        )
         // Unfederating an unknown domain: the documented 404.
         .replace(
             "{domain}",
@@ -387,6 +401,13 @@ fn request_for(method: &str, path: &str) -> (String, Option<Value>) {
         ("PUT", "/api/v1/m365/domains/{domain}/federation") => Some(json!({})),
         // Set in the file: the documented 409.
         ("PUT", "/api/v1/m365/app-registration") => Some(json!({"tenant": "organizations"})),
+        ("POST", "/api/v1/saml/service-providers") => Some(json!({
+            "entityId": "https://app.example.com/saml",
+            "acsUrls": ["https://app.example.com/saml/acs"],
+        })),
+        ("PUT", "/api/v1/saml/service-providers/{entityId}") => {
+            Some(json!({"acsUrls": ["https://app.example.com/saml/acs2"], "nameId": "email"}))
+        }
         ("PUT", _) => Some(json!({"direction": "export"})),
         // Left unconfirmed: the answer must be the documented 422.
         ("DELETE", "/api/v1/m365/connection") => None,

@@ -189,6 +189,14 @@ async fn an_admin_signs_in_creates_and_binds_a_user_changes_the_export_and_signs
     }
 }
 
+/// The files a screenshot named `name` is saved as: 1280 and 390 px wide (`lib.mjs`'s WIDTHS).
+fn at_both_widths(name: &str) -> [PathBuf; 2] {
+    [
+        screenshot_dir().join(format!("{name}.png")),
+        screenshot_dir().join(format!("{name}-390.png")),
+    ]
+}
+
 #[tokio::test]
 async fn the_overview_checklist_advances_as_the_admin_connects_and_the_sign_in_chart_is_drawn() {
     require_browser_tooling();
@@ -280,14 +288,13 @@ async fn screenshots_of_every_console_page() {
     settled(&app, "bob", "bound").await;
     settled(&app, "erin", "failed").await;
     let one_time = one_time_admin(&app, "root").await;
-    for name in SCREENSHOTS {
-        let _ = std::fs::remove_file(screenshot_dir().join(format!("{name}.png")));
+    for path in SCREENSHOTS.iter().flat_map(|n| at_both_widths(n)) {
+        let _ = std::fs::remove_file(path);
     }
 
     run_script(&app, "screenshots.mjs", "root", &one_time).await;
 
-    for name in SCREENSHOTS {
-        let path = screenshot_dir().join(format!("{name}.png"));
+    for path in SCREENSHOTS.iter().flat_map(|n| at_both_widths(n)) {
         let bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()));
         assert!(
@@ -381,8 +388,11 @@ async fn an_employee_signs_in_to_the_portal_changes_the_password_and_resets_anot
     let mail = sink.wait_for(1).await.remove(0);
     let token = mail.link_param("token").expect("a reset link");
     let reset_url = app.url(&format!("/password/reset?token={token}"));
-    for name in PORTAL_SCREENSHOTS {
-        let _ = std::fs::remove_file(screenshot_dir().join(format!("portal-{name}.png")));
+    for path in PORTAL_SCREENSHOTS
+        .iter()
+        .flat_map(|n| at_both_widths(&format!("portal-{n}")))
+    {
+        let _ = std::fs::remove_file(path);
     }
 
     run_node(
@@ -397,8 +407,10 @@ async fn an_employee_signs_in_to_the_portal_changes_the_password_and_resets_anot
     )
     .await;
 
-    for name in PORTAL_SCREENSHOTS {
-        let path = screenshot_dir().join(format!("portal-{name}.png"));
+    for path in PORTAL_SCREENSHOTS
+        .iter()
+        .flat_map(|n| at_both_widths(&format!("portal-{n}")))
+    {
         let bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()));
         assert!(
@@ -472,4 +484,75 @@ async fn an_employee_sets_up_an_authenticator_app_in_the_portal_and_signs_in_wit
         assert_eq!(app.events(kind).await.len(), 1, "{kind}");
     }
     assert_eq!(app.events("mfa_failed").await.len(), 2);
+}
+
+/// The end-to-end promise: a fresh install (only the Graph fake's URLs configured, as
+/// Microsoft's are built in) reaches bound users and a registered SAML application through the
+/// console alone.
+#[tokio::test]
+async fn from_a_fresh_install_to_bound_users_without_editing_a_file() {
+    require_browser_tooling();
+    let fake = GraphFake::start().await;
+    fake.add_domain("contoso.com", false, true);
+    fake.add_user(FakeUserSpec {
+        upn: "frank@contoso.com".into(),
+        given_name: Some("Frank".into()),
+        surname: Some("Miller".into()),
+        account_enabled: true,
+        ..FakeUserSpec::default()
+    });
+    let app = TestApp::spawn_with(&format!(
+        "[m365]\nlogin_base_url = \"{}\"\ngraph_base_url = \"{}\"\n",
+        fake.login_base_url(),
+        fake.graph_base_url()
+    ))
+    .await;
+    let one_time = one_time_admin(&app, "root").await;
+    run_node(
+        &app,
+        "setup_flows.mjs",
+        &[
+            ("IDBRIDGE_ADMIN", "root"),
+            ("IDBRIDGE_ADMIN_ONE_TIME_PASSWORD", one_time.expose_secret()),
+            ("IDBRIDGE_ADMIN_NEW_PASSWORD", NEW_PASSWORD),
+            ("IDBRIDGE_TENANT", GraphFake::TENANT_ID),
+            ("IDBRIDGE_CLIENT_ID", GraphFake::CLIENT_ID),
+            ("IDBRIDGE_CLIENT_SECRET", GraphFake::CLIENT_SECRET),
+        ],
+    )
+    .await;
+
+    let stored = app.store.app_registration().await.unwrap().expect("stored");
+    assert_eq!(stored.client_id.as_deref(), Some(GraphFake::CLIENT_ID));
+    assert!(!stored
+        .client_secret_sealed
+        .unwrap()
+        .contains(GraphFake::CLIENT_SECRET));
+    let frank = app
+        .state()
+        .directory
+        .get_user("frank")
+        .await
+        .expect("imported");
+    let status = app.state().sync.user_status(&frank).await.unwrap();
+    assert_eq!(
+        status.state,
+        Some(idbridge::binding::BindingState::Bound),
+        "{status:?}"
+    );
+    assert!(fake
+        .user("frank@contoso.com")
+        .is_some_and(|u| u["onPremisesImmutableId"].is_string()));
+    let sps = app.store.service_providers().await.unwrap();
+    assert_eq!(sps.len(), 1);
+    assert_eq!(sps[0].entity_id, "https://wiki.example.com/saml");
+    assert_eq!(sps[0].name_id, "email");
+    assert_eq!(
+        sps[0].attributes,
+        [
+            ("mail".to_string(), "email".to_string()),
+            ("givenName".to_string(), "firstname".to_string())
+        ]
+    );
+    assert!(sps[0].updated_by.starts_with("admin:root"));
 }

@@ -576,11 +576,13 @@ async fn the_detail_page_shows_attributes_binding_the_last_error_and_events() {
 
     let (status, page) = admin.get(&app, &format!("/admin/users/{}", erin.id)).await;
     assert_eq!(status, 200);
+    // Each value once: in the edit form, under the catalogue's label (not a second list).
+    assert!(!page.contains("id=\"attributes\""), "{page}");
     for expected in [
-        "<code>jobTitle</code></dt><dd>Engineer",
-        "<code>addresses.work.postalCode</code></dt><dd>LS1 4AP",
-        "<code>phoneNumbers.mobile.number</code></dt><dd>+44 7700 900123",
-        "<code>immutableId</code></dt><dd>ErinImmutable123",
+        "value=\"Engineer\"",
+        "value=\"LS1 4AP\"",
+        "value=\"+44 7700 900123\"",
+        "Mobile Phone <span class=\"muted\">(phoneNumbers.mobile.number)</span>",
         "<code>ErinImmutable123</code>",
         "<span class=\"badge failed\">failed</span>",
         "Resource &#39;erin@contoso.com&#39; does not exist &lt;Graph&gt;",
@@ -597,6 +599,16 @@ async fn the_detail_page_shows_attributes_binding_the_last_error_and_events() {
     // Everything is escaped.
     assert!(shows(&page, "O'Neil <b>bold</b>"));
     assert!(!page.contains("<b>bold</b>") && !page.contains("<Graph>"));
+    // A read-only admin has no form: the values are a list, labelled from the catalogue.
+    let reader = admin_browser(&app, "auditor", AdminRole::ReadOnly).await;
+    let (_, page) = reader.get(&app, &format!("/admin/users/{}", erin.id)).await;
+    for expected in [
+        "<dt>Job Title <code class=\"key\">jobTitle</code></dt><dd>Engineer",
+        "<code class=\"key\">phoneNumbers.mobile.number</code></dt><dd>+44 7700 900123",
+        "<dt>Immutable ID <code class=\"key\">immutableId</code></dt><dd>ErinImmutable123",
+    ] {
+        assert!(page.contains(expected), "missing {expected}: {page}");
+    }
 
     let (status, page) = admin.get(&app, "/admin/users/no-such-user").await;
     assert_eq!(status, 404, "{page}");

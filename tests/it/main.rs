@@ -32,6 +32,7 @@ mod portal;
 mod proxy;
 mod rollover;
 mod server;
+mod service_providers;
 mod sso;
 mod sync;
 mod sync_parts;

@@ -14,6 +14,7 @@ pub(crate) mod events;
 mod extract;
 mod m365;
 mod schema;
+mod service_providers;
 mod users;
 
 use std::sync::OnceLock;
@@ -52,6 +53,7 @@ pub use schema::{ErrorDetail, ErrorResponse};
         (name = "m365", description = "The Microsoft 365 connection, imports, exported attributes"),
         (name = "events", description = "Directory Insights: the event log"),
         (name = "certificates", description = "The SAML signing certificates and their rollover"),
+        (name = "saml", description = "SAML service providers besides Microsoft 365"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -67,6 +69,7 @@ fn guarded() -> OpenApiRouter<AppState> {
         .merge(app_registration::routes())
         .merge(events::routes())
         .merge(certificates::routes())
+        .merge(service_providers::routes())
 }
 
 /// The operations anyone may call.
