@@ -376,6 +376,58 @@ pub fn label(event_type: &str) -> &'static str {
     }
 }
 
+/// What an end user's sign-in event amounts to on the console overview. The one place that
+/// says which event types are sign-ins, refusals and failures; admins' own console sign-ins
+/// are not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignInOutcome {
+    /// idbridge answered an application (Microsoft 365 or another) with a signed assertion.
+    SignedIn,
+    /// idbridge said no whatever the credentials: a suspended, unbound or expired account, a
+    /// locked name, address or second factor, a rejected SAML request.
+    Refused,
+    /// The person did not prove who they are: a wrong password, second-factor code or passkey.
+    Failed,
+}
+
+impl SignInOutcome {
+    /// Every outcome, in the order the overview shows them.
+    pub const ALL: [SignInOutcome; 3] = [Self::SignedIn, Self::Refused, Self::Failed];
+
+    /// The event types counted as this outcome.
+    pub fn event_types(self) -> &'static [&'static str] {
+        match self {
+            Self::SignedIn => &[kind::SSO_ASSERTION_ISSUED],
+            Self::Refused => &[
+                kind::SSO_ACCESS_REFUSED,
+                kind::SIGN_IN_THROTTLED,
+                kind::MFA_THROTTLED,
+                kind::SAML_REQUEST_REJECTED,
+            ],
+            Self::Failed => &[
+                kind::SSO_LOGIN_FAILED,
+                kind::MFA_FAILED,
+                kind::PASSKEY_REFUSED,
+            ],
+        }
+    }
+
+    /// The outcome an event type counts as, if any.
+    pub fn of(event_type: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.event_types().contains(&event_type))
+    }
+
+    /// Every event type counted as some outcome.
+    pub fn all_event_types() -> Vec<&'static str> {
+        Self::ALL
+            .into_iter()
+            .flat_map(|o| o.event_types().iter().copied())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -409,5 +461,26 @@ mod tests {
         assert_eq!(super::kind::ALL.len(), declared);
         let unique: std::collections::HashSet<_> = super::kind::ALL.iter().collect();
         assert_eq!(unique.len(), declared, "no type twice");
+    }
+
+    #[test]
+    fn each_counted_sign_in_event_type_is_known_and_counts_once() {
+        let all = super::SignInOutcome::all_event_types();
+        for t in &all {
+            assert!(super::kind::ALL.contains(t), "{t}");
+            assert_eq!(
+                all.iter().filter(|x| *x == t).count(),
+                1,
+                "{t} counted twice"
+            );
+        }
+        assert_eq!(
+            super::SignInOutcome::of(super::kind::SSO_LOGIN_FAILED),
+            Some(super::SignInOutcome::Failed)
+        );
+        assert_eq!(
+            super::SignInOutcome::of(super::kind::ADMIN_LOGIN_FAILED),
+            None
+        );
     }
 }

@@ -26,6 +26,7 @@ pub mod events;
 pub mod m365;
 pub mod mail;
 pub mod mfa;
+pub mod overview;
 pub mod portal;
 pub mod saml;
 pub mod secrets;

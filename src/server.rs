@@ -774,6 +774,10 @@ pub async fn purge_old(state: &AppState, now_ms: i64) {
     if let Err(err) = state.store.purge_reset_tokens(now_ms - 86_400_000).await {
         tracing::warn!(%err, "could not purge old password-reset links");
     }
+    // The overview charts 30 days of sync counts; a day more covers the oldest partial day.
+    if let Err(err) = state.store.purge_sync_tally(now_ms - 31 * 86_400_000).await {
+        tracing::warn!(%err, "could not purge old sync counts");
+    }
     let days = i64::from(state.config.events.retention_days);
     if days > 0 {
         match state

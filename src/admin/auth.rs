@@ -1,4 +1,4 @@
-//! Admin sign-in, sign-out, password change and the overview page.
+//! Admin sign-in, sign-out and password change.
 
 use std::net::SocketAddr;
 
@@ -14,10 +14,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{display_time, Chrome, Notice};
+use super::{Chrome, Notice};
 use crate::events::{kind, Actor, NewEvent};
 use crate::server::AppState;
-use crate::store::{EventFilter, SyncCounts};
 use crate::web::session::ADMIN_COOKIE;
 use crate::web::{new_token, render, token_hash, AdminPrincipal, AppError};
 
@@ -33,7 +32,6 @@ pub fn public_router() -> Router<AppState> {
 /// Routes behind the session guard.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/admin", get(dashboard))
         .route("/admin/logout", post(logout))
         .route("/admin/password", get(password_page).post(change_password))
 }
@@ -341,65 +339,4 @@ async fn change_password(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-#[derive(Template)]
-#[template(path = "admin/dashboard.html")]
-struct Dashboard {
-    chrome: Chrome,
-    users: i64,
-    counts: SyncCounts,
-    connection: String,
-    events: Vec<EventLine>,
-    /// The signing certificate no longer names the served host: what to do.
-    certificate_warning: Option<String>,
-}
-
-/// An event as a table row.
-pub struct EventLine {
-    pub at: String,
-    pub event_type: String,
-    pub actor: String,
-    pub target: String,
-}
-
-async fn dashboard(
-    State(state): State<AppState>,
-    Extension(admin): Extension<AdminPrincipal>,
-    Notice(notice): Notice,
-) -> Result<Response, AppError> {
-    let users = state.store.count_users().await?;
-    let counts = state.store.sync_counts().await?;
-    let connection = state
-        .m365
-        .status()
-        .await
-        .map(|s| s.state.replace('_', " "))
-        .unwrap_or_else(|_| "unknown".into());
-    let events = state
-        .store
-        .list_events(&EventFilter {
-            limit: 10,
-            ..EventFilter::default()
-        })
-        .await?
-        .into_iter()
-        .map(|e| EventLine {
-            at: display_time(Some(e.at)),
-            event_type: e.event_type,
-            actor: e.actor,
-            target: e.target.unwrap_or_default(),
-        })
-        .collect();
-    Ok(render(
-        StatusCode::OK,
-        &Dashboard {
-            chrome: Chrome::new(&admin, "").flash(notice),
-            users,
-            counts,
-            connection,
-            events,
-            certificate_warning: crate::certs::name_mismatch(&state.config, &state.idp.signing()),
-        },
-    ))
 }

@@ -7,6 +7,7 @@ mod auth;
 mod binding;
 mod events;
 mod m365;
+mod overview;
 mod saml;
 mod settings;
 mod users;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     let csp = console_csp(&state.config.m365.login_base_url);
     let console = Router::new()
         .merge(auth::router())
+        .merge(overview::router())
         .merge(users::router())
         .merge(binding::router())
         .merge(m365::router())

@@ -5,6 +5,7 @@
 //! 64-bit integers; times are Unix milliseconds). Each backend has its own `migrations/`
 //! folder because their DDL differs (auto-increment keys).
 
+mod activity;
 mod admins;
 mod app_registration;
 mod events;
@@ -23,6 +24,7 @@ mod throttle;
 mod users;
 mod write_behind;
 
+pub use activity::{Buckets, EventBucketCount, SyncBucketCount};
 pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
 pub use app_registration::AppRegistrationRow;
 pub use events::{EventFilter, EventRow};

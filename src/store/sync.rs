@@ -552,6 +552,7 @@ impl Store {
     /// one transaction. A job no longer held under its claim's token is left alone.
     pub async fn complete_jobs(&self, done: &[Completion], now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        let (mut delivered, mut failed) = (0, 0);
         for completion in done {
             // Lost to another node meanwhile: that node's delivery is the one that counts.
             if !complete_one(&mut tx, completion, now_ms).await? {
@@ -567,7 +568,10 @@ impl Store {
             for follow_up in &completion.follow_ups {
                 insert_follow_up(&mut tx, follow_up, now_ms).await?;
             }
+            delivered += 1;
+            failed += completion.follow_ups.iter().filter(|f| f.failed).count() as i64;
         }
+        super::activity::tally_sync(&mut tx, now_ms, delivered, failed).await?;
         tx.commit().await?;
         self.note_change();
         Ok(())
@@ -710,6 +714,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         events::insert(&mut *tx, event).await?;
+        super::activity::tally_sync(&mut tx, now_ms, 0, 1).await?;
         tx.commit().await?;
         self.note_change();
         Ok(())

@@ -197,6 +197,31 @@ fn at_both_widths(name: &str) -> [PathBuf; 2] {
     ]
 }
 
+#[tokio::test]
+async fn the_overview_checklist_advances_as_the_admin_connects_and_the_sign_in_chart_is_drawn() {
+    require_browser_tooling();
+    let (app, _fake) = crate::support::m365::configured("", "").await;
+    // Two failed sign-ins for the chart (an unknown name: nothing on the checklist moves).
+    let browser = app.browser();
+    for _ in 0..2 {
+        let xml = crate::sso::authn_request(&crate::sso::request_id(), "");
+        let form = crate::sso::sso_post(&browser, &app, &xml, None).await;
+        let page = crate::sso::submit_login(&browser, &app, &form, "mallory", "guess").await;
+        assert!(page.has_login_form(), "asked again");
+    }
+    let one_time = one_time_admin(&app, "root").await;
+
+    run_script(&app, "overview_flows.mjs", "root", &one_time).await;
+
+    let status = app.state().m365.status().await.unwrap();
+    assert_eq!(status.state, "connected");
+    assert!(app
+        .events("m365_connect")
+        .await
+        .iter()
+        .any(|e| e.actor == "admin:root"));
+}
+
 /// The pages `screenshots.mjs` saves, by file name.
 const SCREENSHOTS: [&str; 10] = [
     "login", "password", "overview", "users", "user", "binding", "m365", "saml", "events",

@@ -25,6 +25,7 @@ mod graph_fake_selftest;
 mod m365;
 mod metrics;
 mod mfa;
+mod overview;
 mod package;
 mod passkeys;
 mod portal;
