@@ -352,6 +352,8 @@ pub struct AdminConfig {
     pub login_account_max_failures: u32,
     /// How long failures count, and how long sign-in stays refused after too many.
     pub login_lockout_minutes: u64,
+    /// Admins without an authenticator app must set one up at their next console sign-in.
+    pub require_mfa: bool,
 }
 
 impl Default for AdminConfig {
@@ -362,6 +364,7 @@ impl Default for AdminConfig {
             login_max_failures: 5,
             login_account_max_failures: 20,
             login_lockout_minutes: 15,
+            require_mfa: false,
         }
     }
 }

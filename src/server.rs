@@ -65,6 +65,10 @@ pub struct AppInner {
     pub passkeys: crate::mfa::passkey::Passkeys,
     /// Throttles the admin console's sign-in form.
     pub admin_throttle: crate::throttle::SignInThrottle,
+    /// Second factors; here for admins' own authenticator apps (the SSO's are in `idp`).
+    pub mfa: crate::mfa::Mfa,
+    /// Throttles the second-factor codes of console sign-ins, per admin and per address.
+    pub admin_code_throttle: crate::throttle::SignInThrottle,
     /// Repeated refused requests, counted before they are written as events.
     pub refusals: crate::throttle::refusals::RefusalTally,
     pub m365: Arc<crate::m365::M365>,
@@ -195,7 +199,7 @@ impl App {
             signing,
             writes,
             replay,
-            mfa,
+            mfa.clone(),
         )?;
         idp.use_federations(crate::m365::federation::KnownFederations::load(&store).await?);
         let passkeys =
@@ -229,6 +233,11 @@ impl App {
                 duty,
                 self_service,
                 admin_throttle: crate::throttle::SignInThrottle::admin(store.clone(), &config),
+                admin_code_throttle: crate::throttle::SignInThrottle::second_factor(
+                    store.clone(),
+                    &config,
+                ),
+                mfa,
                 refusals: crate::throttle::refusals::RefusalTally::new(),
                 metrics,
                 config,

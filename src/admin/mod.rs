@@ -7,6 +7,7 @@ mod auth;
 mod binding;
 mod events;
 mod m365;
+mod mfa;
 mod saml;
 mod settings;
 mod users;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(saml::router())
         .merge(events::router())
         .merge(settings::router())
+        .merge(mfa::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_admin_session,
