@@ -7,6 +7,7 @@
 //! `extract` (every refusal is an `ApiError`), and the responses every operation shares (401,
 //! 403 on writes, 500) are added to the document by `schema::GuardResponses`.
 
+mod admins;
 mod app_registration;
 mod bindings;
 mod certificates;
@@ -52,6 +53,7 @@ pub use schema::{ErrorDetail, ErrorResponse};
         (name = "m365", description = "The Microsoft 365 connection, imports, exported attributes"),
         (name = "events", description = "Directory Insights: the event log"),
         (name = "certificates", description = "The SAML signing certificates and their rollover"),
+        (name = "admins", description = "The console's admin accounts"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -67,6 +69,7 @@ fn guarded() -> OpenApiRouter<AppState> {
         .merge(app_registration::routes())
         .merge(events::routes())
         .merge(certificates::routes())
+        .merge(admins::routes())
 }
 
 /// The operations anyone may call.
