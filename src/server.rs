@@ -257,8 +257,23 @@ impl App {
         })
     }
 
-    /// The full router with shared layers.
+    /// The main listener's router with shared layers: everything, or with `[admin] listen`
+    /// everything but the console and the API.
     pub fn router(&self) -> Router {
+        let surface = if self.state.config.admin.listen.is_some() {
+            Surface::Public
+        } else {
+            Surface::All
+        };
+        self.router_for(surface)
+    }
+
+    /// The router of the `[admin] listen` address: the console and the API only.
+    pub fn console_router(&self) -> Router {
+        self.router_for(Surface::Console)
+    }
+
+    fn router_for(&self, surface: Surface) -> Router {
         let server = &self.state.config.server;
         let trusted = Arc::new(server.trusted_proxy_nets());
         let deadline = Duration::from_secs(server.request_timeout_seconds);
@@ -275,6 +290,10 @@ impl App {
             .merge(crate::admin::router(self.state.clone()))
             .merge(crate::portal::router(self.state.clone()))
             .fallback(|| async { crate::web::AppError::NotFound })
+            .layer(axum::middleware::from_fn_with_state(
+                surface,
+                keep_to_surface,
+            ))
             .layer(RequestBodyLimitLayer::new(256 * 1024))
             .layer(SetResponseHeaderLayer::if_not_present(
                 header::X_CONTENT_TYPE_OPTIONS,
@@ -319,6 +338,46 @@ impl App {
     }
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    /// Everything (no `[admin] listen`).
+    All,
+    /// Everything but the console and the API.
+    Public,
+    /// Only the console and the API (`[admin] listen`).
+    Console,
+}
+
+/// Whether a path belongs to the console or the JSON API.
+fn is_console_path(path: &str) -> bool {
+    ["/admin", "/api"].iter().any(|p| {
+        path == *p
+            || path
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// Answers 404 for what this listener does not serve, as if it had no such routes.
+async fn keep_to_surface(
+    State(surface): State<Surface>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let console = is_console_path(request.uri().path());
+    let served = match surface {
+        Surface::All => true,
+        Surface::Public => !console,
+        Surface::Console => console,
+    };
+    if served {
+        next.run(request).await
+    } else {
+        crate::web::AppError::NotFound.into_response()
+    }
+}
+
 /// Binds the configured listen address.
 pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
     TcpListener::bind(config.listen)
@@ -339,6 +398,20 @@ pub async fn run(
     let token = app.shutdown.clone();
     // First: a metrics address that cannot be bound stops the start before any task runs.
     let metrics_tasks = start_metrics(&app.state, token.clone()).await?;
+    // So does a console address that cannot be bound.
+    let console_listener = match app.state.config.admin.listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                token.cancel();
+                return Err(std::io::Error::new(
+                    err.kind(),
+                    format!("cannot listen on {addr} for the console and API: {err}. Fix: choose a free address with `[admin] listen`"),
+                ));
+            }
+        },
+        None => None,
+    };
     let worker = app.state.config.m365.sync.worker;
     let duty = worker.then(|| {
         tokio::spawn(app.state.duty.clone().keep(
@@ -359,6 +432,20 @@ pub async fn run(
         ))
     });
     let sync_worker = worker.then(|| tokio::spawn(app.state.sync.clone().run(token.clone())));
+    let console = console_listener.map(|listener| {
+        let router = app.console_router();
+        let settings = app.state.config.server.clone();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            if let Err(err) = serve(listener, router, &settings, async move {
+                stop.cancelled().await
+            })
+            .await
+            {
+                tracing::warn!(%err, "the console listener stopped");
+            }
+        })
+    });
     let router = app.router();
     let serve_token = token.clone();
     let result = serve(listener, router, &app.state.config.server, async move {
@@ -389,6 +476,9 @@ pub async fn run(
         let _ = duty.await;
     }
     for task in metrics_tasks {
+        let _ = task.await;
+    }
+    if let Some(task) = console {
         let _ = task.await;
     }
     for task in app.tasks {

@@ -627,3 +627,94 @@ async fn require_mfa_makes_admins_enrol_at_next_sign_in() {
     let next_sign_in = sign_in(&app, "alice", one_time.expose_secret()).await.1;
     assert_eq!(location(&next_sign_in), "/admin/login/code");
 }
+
+/// `[admin] listen`: the console and the API answer only on their own address, the main
+/// listener answers 404 for them and keeps everything else.
+#[tokio::test]
+async fn with_admin_listen_the_console_and_api_are_served_only_there() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::spawn_with(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"")).await;
+    let console = format!("http://127.0.0.1:{port}");
+    let key = api_key(&app, "ops", AdminRole::Admin).await;
+    let api_caller = api_client(&key);
+    let browser = app.browser();
+    // The console listener is bound before the main one serves; wait for it all the same.
+    let mut login = None;
+    for _ in 0..50 {
+        if let Ok(r) = browser.get(format!("{console}/admin/login")).send().await {
+            login = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(login.expect("the console address answers").status(), 200);
+
+    for path in [
+        "/admin",
+        "/admin/login",
+        "/api/v1/openapi.json",
+        "/api/v1/me",
+    ] {
+        let r = api_caller.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} on the main listener");
+    }
+    let r = browser.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the rest stays on the main listener");
+    let r = browser
+        .get(format!("{console}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "and only there");
+    let r = api_caller
+        .get(format!("{console}/api/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Signing in works on the console address.
+    let one_time = app
+        .state()
+        .directory
+        .create_admin(&Actor::System, "alice", AdminRole::Admin, Utc::now())
+        .await
+        .unwrap();
+    let page = browser
+        .get(format!("{console}/admin/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = hidden_input(&page, "csrf").unwrap();
+    let r = browser
+        .post(format!("{console}/admin/login"))
+        .form(&[
+            ("csrf", token.as_str()),
+            ("username", "alice"),
+            ("password", one_time.expose_secret()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), "/admin/password");
+}
+
+/// The console address must differ from the main and the metrics ones, said with the fix.
+#[test]
+fn admin_listen_on_the_main_address_is_refused_with_the_fix() {
+    let err = idbridge::config::Config::from_toml(
+        "listen = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n",
+    )
+    .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("admin.listen"), "{text}");
+    assert!(text.contains("choose another port"), "{text}");
+}
