@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use crate::attributes::{Attribute, AttributeSpec, Kind, CATALOGUE};
 use crate::binding::BindingState;
 use crate::config::Config;
-use crate::directory::{Directory, User, UserChanges, UserState};
+use crate::directory::{AdminAction, Directory, User, UserChanges, UserState};
 use crate::events::Actor;
 use crate::store::{EventFilter, Store, UserListQuery};
 
@@ -377,6 +377,21 @@ pub enum AdminCommand {
         #[arg(long, default_value = "admin")]
         role: String,
     },
+    /// Disable an admin: signed out at once, sign-in and the API keys they created refused
+    /// until enabled (never the last active full admin).
+    Disable { username: String },
+    /// Enable a disabled admin again.
+    Enable { username: String },
+    /// Delete an admin; the API keys they created are revoked (never the last active full
+    /// admin).
+    Delete { username: String },
+    /// Give an admin a new one-time password, printed once, and sign them out everywhere.
+    ResetPassword {
+        username: String,
+        /// Also remove their authenticator app and recovery codes (a lost phone).
+        #[arg(long)]
+        remove_mfa: bool,
+    },
     /// Manage API keys of the JSON API.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -562,6 +577,43 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .await
                 .map_err(fail)?;
             print_one_time_password(&username, &password);
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Disable { username }) => {
+            change_admin(&config, &username, AdminAction::Disable, "disabled").await
+        }
+        Command::Admin(AdminCommand::Enable { username }) => {
+            change_admin(&config, &username, AdminAction::Enable, "enabled").await
+        }
+        Command::Admin(AdminCommand::Delete { username }) => {
+            change_admin(&config, &username, AdminAction::Delete, "deleted").await
+        }
+        Command::Admin(AdminCommand::ResetPassword {
+            username,
+            remove_mfa,
+        }) => {
+            let directory = open_directory(&config).await?;
+            let result = directory
+                .reset_admin_password(&Actor::cli(), None, &username, remove_mfa, Utc::now())
+                .await;
+            directory.store().close().await;
+            let reset = result.map_err(fail)?;
+            use secrecy::ExposeSecret;
+            println!();
+            println!(
+                "  Password reset for admin: {}",
+                username.trim().to_lowercase()
+            );
+            println!(
+                "  One-time password:        {}",
+                reset.password.expose_secret()
+            );
+            println!("  It is shown only now; it must be changed at the next sign-in.");
+            if reset.mfa_removed {
+                println!("  Their authenticator app and recovery codes were removed.");
+            }
+            println!();
+            let _ = std::io::stdout().flush();
             Ok(())
         }
         Command::Admin(AdminCommand::Key(cmd)) => {
@@ -773,6 +825,24 @@ fn write_private(path: &std::path::Path, secret: &SecretString) -> std::io::Resu
 }
 
 /// Prints a one-time password to stdout (never to the log), once.
+/// `admin disable|enable|delete`: the same rules as the console (never the last active full
+/// admin), from the command line.
+async fn change_admin(
+    config: &Config,
+    username: &str,
+    action: AdminAction,
+    done: &str,
+) -> Result<(), CliError> {
+    let directory = open_directory(config).await?;
+    let result = directory
+        .change_admin(&Actor::cli(), None, username, action, Utc::now())
+        .await;
+    directory.store().close().await;
+    result.map_err(fail)?;
+    println!("admin {}: {done}", username.trim().to_lowercase());
+    Ok(())
+}
+
 fn print_one_time_password(username: &str, password: &SecretString) {
     use secrecy::ExposeSecret;
     println!();

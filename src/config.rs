@@ -352,6 +352,11 @@ pub struct AdminConfig {
     pub login_account_max_failures: u32,
     /// How long failures count, and how long sign-in stays refused after too many.
     pub login_lockout_minutes: u64,
+    /// Admins without an authenticator app must set one up at their next console sign-in.
+    pub require_mfa: bool,
+    /// A separate address for the console and the JSON API (e.g. `127.0.0.1:9443`); set, the
+    /// main listener answers 404 for `/admin` and `/api`.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for AdminConfig {
@@ -362,6 +367,8 @@ impl Default for AdminConfig {
             login_max_failures: 5,
             login_account_max_failures: 20,
             login_lockout_minutes: 15,
+            require_mfa: false,
+            listen: None,
         }
     }
 }
@@ -885,6 +892,15 @@ impl Config {
                 format!("{} is also `listen`", self.listen),
                 "choose another port for metrics (e.g. 127.0.0.1:9464), or leave it out to serve /metrics on `listen`",
             ));
+        }
+        if let Some(admin) = self.admin.listen.filter(|a| a.port() != 0) {
+            if admin == self.listen || Some(admin) == self.metrics.listen {
+                return Err(invalid(
+                    "admin.listen",
+                    format!("{admin} is also `listen` or `metrics.listen`"),
+                    "choose another port for the console and API (e.g. 127.0.0.1:9443), or leave it out to serve them on `listen`",
+                ));
+            }
         }
         // Bounded so the lock arithmetic on millisecond timestamps cannot overflow.
         const DAY: u64 = 86_400;

@@ -77,6 +77,18 @@ pub mod kind {
     pub const ADMIN_LOGIN_THROTTLED: &str = "admin_login_throttled";
     pub const ADMIN_LOGOUT: &str = "admin_logout";
     pub const ADMIN_PASSWORD_CHANGE: &str = "admin_password_change";
+    /// An admin account was disabled: sign-in, its sessions and its API keys refused.
+    pub const ADMIN_DISABLE: &str = "admin_disable";
+    /// A disabled admin account was enabled again.
+    pub const ADMIN_ENABLE: &str = "admin_enable";
+    /// An admin account was deleted (the API keys it created revoked).
+    pub const ADMIN_DELETE: &str = "admin_delete";
+    /// An admin account was given another role.
+    pub const ADMIN_ROLE_CHANGE: &str = "admin_role_change";
+    /// Another admin (or the CLI) gave an admin a new one-time password.
+    pub const ADMIN_PASSWORD_RESET: &str = "admin_password_reset";
+    /// A change to an admin account refused: the last active full admin, or one's own account.
+    pub const ADMIN_CHANGE_REFUSED: &str = "admin_change_refused";
     /// A console or API request refused: CSRF, read-only role, bad API key.
     pub const ADMIN_ACCESS_DENIED: &str = "admin_access_denied";
     pub const API_KEY_CREATE: &str = "api_key_create";
@@ -193,6 +205,12 @@ pub mod kind {
         ADMIN_LOGIN_THROTTLED,
         ADMIN_LOGOUT,
         ADMIN_PASSWORD_CHANGE,
+        ADMIN_DISABLE,
+        ADMIN_ENABLE,
+        ADMIN_DELETE,
+        ADMIN_ROLE_CHANGE,
+        ADMIN_PASSWORD_RESET,
+        ADMIN_CHANGE_REFUSED,
         ADMIN_ACCESS_DENIED,
         API_KEY_CREATE,
         API_KEY_REVOKE,
@@ -313,6 +331,12 @@ pub fn label(event_type: &str) -> &'static str {
         "admin_login_throttled" => "Admin sign-in locked",
         "admin_logout" => "Admin signed out",
         "admin_password_change" => "Admin password changed",
+        "admin_disable" => "Admin disabled",
+        "admin_enable" => "Admin enabled",
+        "admin_delete" => "Admin deleted",
+        "admin_role_change" => "Admin role changed",
+        "admin_password_reset" => "Admin password reset",
+        "admin_change_refused" => "Admin change refused",
         "admin_access_denied" => "Console or API request refused",
         "api_key_create" => "API key created",
         "api_key_revoke" => "API key revoked",

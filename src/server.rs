@@ -65,6 +65,10 @@ pub struct AppInner {
     pub passkeys: crate::mfa::passkey::Passkeys,
     /// Throttles the admin console's sign-in form.
     pub admin_throttle: crate::throttle::SignInThrottle,
+    /// Second factors; here for admins' own authenticator apps (the SSO's are in `idp`).
+    pub mfa: crate::mfa::Mfa,
+    /// Throttles the second-factor codes of console sign-ins, per admin and per address.
+    pub admin_code_throttle: crate::throttle::SignInThrottle,
     /// Repeated refused requests, counted before they are written as events.
     pub refusals: crate::throttle::refusals::RefusalTally,
     pub m365: Arc<crate::m365::M365>,
@@ -195,7 +199,7 @@ impl App {
             signing,
             writes,
             replay,
-            mfa,
+            mfa.clone(),
         )?;
         idp.use_federations(crate::m365::federation::KnownFederations::load(&store).await?);
         idp.service_providers().load_registered(&store).await?;
@@ -230,6 +234,11 @@ impl App {
                 duty,
                 self_service,
                 admin_throttle: crate::throttle::SignInThrottle::admin(store.clone(), &config),
+                admin_code_throttle: crate::throttle::SignInThrottle::second_factor(
+                    store.clone(),
+                    &config,
+                ),
+                mfa,
                 refusals: crate::throttle::refusals::RefusalTally::new(),
                 metrics,
                 config,
@@ -249,8 +258,23 @@ impl App {
         })
     }
 
-    /// The full router with shared layers.
+    /// The main listener's router with shared layers: everything, or with `[admin] listen`
+    /// everything but the console and the API.
     pub fn router(&self) -> Router {
+        let surface = if self.state.config.admin.listen.is_some() {
+            Surface::Public
+        } else {
+            Surface::All
+        };
+        self.router_for(surface)
+    }
+
+    /// The router of the `[admin] listen` address: the console and the API only.
+    pub fn console_router(&self) -> Router {
+        self.router_for(Surface::Console)
+    }
+
+    fn router_for(&self, surface: Surface) -> Router {
         let server = &self.state.config.server;
         let trusted = Arc::new(server.trusted_proxy_nets());
         let deadline = Duration::from_secs(server.request_timeout_seconds);
@@ -267,6 +291,10 @@ impl App {
             .merge(crate::admin::router(self.state.clone()))
             .merge(crate::portal::router(self.state.clone()))
             .fallback(|| async { crate::web::AppError::NotFound })
+            .layer(axum::middleware::from_fn_with_state(
+                surface,
+                keep_to_surface,
+            ))
             .layer(RequestBodyLimitLayer::new(256 * 1024))
             .layer(SetResponseHeaderLayer::if_not_present(
                 header::X_CONTENT_TYPE_OPTIONS,
@@ -311,6 +339,46 @@ impl App {
     }
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    /// Everything (no `[admin] listen`).
+    All,
+    /// Everything but the console and the API.
+    Public,
+    /// Only the console and the API (`[admin] listen`).
+    Console,
+}
+
+/// Whether a path belongs to the console or the JSON API.
+fn is_console_path(path: &str) -> bool {
+    ["/admin", "/api"].iter().any(|p| {
+        path == *p
+            || path
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// Answers 404 for what this listener does not serve, as if it had no such routes.
+async fn keep_to_surface(
+    State(surface): State<Surface>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let console = is_console_path(request.uri().path());
+    let served = match surface {
+        Surface::All => true,
+        Surface::Public => !console,
+        Surface::Console => console,
+    };
+    if served {
+        next.run(request).await
+    } else {
+        crate::web::AppError::NotFound.into_response()
+    }
+}
+
 /// Binds the configured listen address.
 pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
     TcpListener::bind(config.listen)
@@ -331,6 +399,20 @@ pub async fn run(
     let token = app.shutdown.clone();
     // First: a metrics address that cannot be bound stops the start before any task runs.
     let metrics_tasks = start_metrics(&app.state, token.clone()).await?;
+    // So does a console address that cannot be bound.
+    let console_listener = match app.state.config.admin.listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                token.cancel();
+                return Err(std::io::Error::new(
+                    err.kind(),
+                    format!("cannot listen on {addr} for the console and API: {err}. Fix: choose a free address with `[admin] listen`"),
+                ));
+            }
+        },
+        None => None,
+    };
     let worker = app.state.config.m365.sync.worker;
     let duty = worker.then(|| {
         tokio::spawn(app.state.duty.clone().keep(
@@ -351,6 +433,20 @@ pub async fn run(
         ))
     });
     let sync_worker = worker.then(|| tokio::spawn(app.state.sync.clone().run(token.clone())));
+    let console = console_listener.map(|listener| {
+        let router = app.console_router();
+        let settings = app.state.config.server.clone();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            if let Err(err) = serve(listener, router, &settings, async move {
+                stop.cancelled().await
+            })
+            .await
+            {
+                tracing::warn!(%err, "the console listener stopped");
+            }
+        })
+    });
     let router = app.router();
     let serve_token = token.clone();
     let result = serve(listener, router, &app.state.config.server, async move {
@@ -381,6 +477,9 @@ pub async fn run(
         let _ = duty.await;
     }
     for task in metrics_tasks {
+        let _ = task.await;
+    }
+    if let Some(task) = console {
         let _ = task.await;
     }
     for task in app.tasks {

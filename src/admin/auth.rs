@@ -17,7 +17,7 @@ use serde_json::json;
 use super::{Chrome, Notice};
 use crate::events::{kind, Actor, NewEvent};
 use crate::server::AppState;
-use crate::web::session::ADMIN_COOKIE;
+use crate::web::session::{ADMIN_COOKIE, PENDING_CODE, PENDING_ENROL};
 use crate::web::{new_token, render, token_hash, AdminPrincipal, AppError};
 
 /// The sign-in form's double-submit cookie (login CSRF: the form only works in the browser that
@@ -183,16 +183,50 @@ async fn login(
             jar,
         ));
     };
+    if admin.disabled_at.is_some() {
+        // The password was right: say why, as for a suspended user; nothing else is counted.
+        state.admin_throttle.abandoned(&name, ip.as_deref()).await?;
+        let event = NewEvent::new(
+            now,
+            &Actor::Anonymous,
+            kind::ADMIN_LOGIN_FAILED,
+            Some(&admin.username),
+        )
+        .details(json!({"reason": "account disabled"}))
+        .client_ip(ip.clone());
+        state.store.record_event(&event).await?;
+        return Ok(again(
+            "This admin account is disabled. Ask another full admin to enable it.",
+            StatusCode::FORBIDDEN,
+            jar,
+        ));
+    }
     state.admin_throttle.succeeded(&name, ip.as_deref()).await?;
+    let factors = state
+        .mfa
+        .owner_factors(crate::store::FactorOwner::Admin(&admin.id))
+        .await?;
+    let pending = if factors.totp {
+        Some(PENDING_CODE)
+    } else if state.config.admin.require_mfa {
+        Some(PENDING_ENROL)
+    } else {
+        None
+    };
     let token = new_token();
     let now_ms = now.timestamp_millis();
-    let expires = now_ms + (state.config.admin.session_max_hours.max(1) * 3_600_000) as i64;
+    // A session owing its second factor lives only long enough to type a code.
+    let expires = match pending {
+        Some(_) => now_ms + PENDING_MS,
+        None => full_session_expiry(&state, now_ms),
+    };
     let event = NewEvent::new(
         now,
         &Actor::Admin(admin.username.clone()),
         kind::ADMIN_LOGIN_SUCCESS,
         Some(&admin.username),
     )
+    .details(json!({"secondFactor": "none"}))
     .client_ip(ip.clone());
     state
         .store
@@ -204,19 +238,29 @@ async fn login(
                 now_ms,
                 expires_at: expires,
                 client_ip: ip.as_deref(),
+                pending_step: pending,
             },
-            &event,
+            pending.is_none().then_some(&event),
         )
         .await?;
     let jar = jar
         .remove(Cookie::build(LOGIN_COOKIE).path("/admin"))
         .add(cookie(&state, ADMIN_COOKIE, token));
-    let target = if admin.must_change_password == 1 {
-        "/admin/password".to_string()
-    } else {
-        next
+    let target = match pending {
+        Some(PENDING_ENROL) => "/admin/login/enrol".to_string(),
+        Some(_) => "/admin/login/code".to_string(),
+        None if admin.must_change_password == 1 => "/admin/password".to_string(),
+        None => next,
     };
     Ok((jar, Redirect::to(&target)).into_response())
+}
+
+/// How long a session may wait for its second factor.
+const PENDING_MS: i64 = 10 * 60_000;
+
+/// When a console session that starts (or completes its second factor) now ends.
+pub(crate) fn full_session_expiry(state: &AppState, now_ms: i64) -> i64 {
+    now_ms + (state.config.admin.session_max_hours.max(1) * 3_600_000) as i64
 }
 
 async fn logout(

@@ -7,6 +7,7 @@ mod auth;
 mod binding;
 mod events;
 mod m365;
+mod mfa;
 mod overview;
 mod saml;
 mod settings;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(saml::router())
         .merge(events::router())
         .merge(settings::router())
+        .merge(mfa::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_admin_session,

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{generate_password, new_record_id, validate_username, Directory, DirectoryError};
 use crate::events::{kind, Actor, NewEvent};
-use crate::store::{AdminRow, ApiKeyRow, StoreError};
+use crate::store::{AdminChange, AdminRow, AdminUpdate, ApiKeyRow, StoreError};
 
 /// The start of every API key, so leaked keys are easy to recognise (secret scanners).
 pub const API_KEY_PREFIX: &str = "idb_";
@@ -45,6 +45,48 @@ impl AdminRole {
     }
 }
 
+/// A change one admin makes to another admin's account (or the CLI to any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Refuse sign-in, end the sessions, refuse the API keys the admin created.
+    Disable,
+    /// Allow sign-in again.
+    Enable,
+    /// Remove the account (the API keys it created are revoked).
+    Delete,
+    /// Give the account another role.
+    SetRole(AdminRole),
+}
+
+impl AdminAction {
+    /// The verb, for messages ("you cannot disable your own admin account").
+    pub fn verb(self) -> &'static str {
+        match self {
+            AdminAction::Disable => "disable",
+            AdminAction::Enable => "enable",
+            AdminAction::Delete => "delete",
+            AdminAction::SetRole(_) => "change the role of",
+        }
+    }
+
+    fn event(self) -> &'static str {
+        match self {
+            AdminAction::Disable => kind::ADMIN_DISABLE,
+            AdminAction::Enable => kind::ADMIN_ENABLE,
+            AdminAction::Delete => kind::ADMIN_DELETE,
+            AdminAction::SetRole(_) => kind::ADMIN_ROLE_CHANGE,
+        }
+    }
+}
+
+/// An admin's password just reset: the one-time password is shown once.
+#[derive(Debug)]
+pub struct AdminReset {
+    pub password: SecretString,
+    /// Whether the admin's authenticator app and recovery codes were removed.
+    pub mfa_removed: bool,
+}
+
 /// A key just created: the secret is shown once and never stored.
 #[derive(Debug)]
 pub struct NewApiKey {
@@ -73,6 +115,7 @@ impl Directory {
             role: role.as_str().into(),
             must_change_password: 1,
             created_at: now.timestamp_millis(),
+            disabled_at: None,
         };
         let event = NewEvent::new(now, actor, kind::ADMIN_CREATE, Some(&username))
             .details(json!({"role": role.as_str()}));
@@ -133,6 +176,142 @@ impl Directory {
         Ok(())
     }
 
+    /// Disables, enables, deletes or changes the role of an admin account. `caller` is the
+    /// admin making the change (none from the CLI): nobody changes their own account this way,
+    /// and no change leaves zero active full admins. Refusals are events.
+    pub async fn change_admin(
+        &self,
+        actor: &Actor,
+        caller: Option<&str>,
+        username: &str,
+        action: AdminAction,
+        now: DateTime<Utc>,
+    ) -> Result<(), DirectoryError> {
+        let admin = self
+            .admin_to_change(actor, caller, username, action.verb(), now)
+            .await?;
+        let now_ms = now.timestamp_millis();
+        let by = actor.to_string();
+        let update = match action {
+            AdminAction::Disable => AdminUpdate::Disable(now_ms),
+            AdminAction::Enable => AdminUpdate::Enable,
+            AdminAction::Delete => AdminUpdate::Delete { by: &by, now_ms },
+            AdminAction::SetRole(role) => AdminUpdate::Role(role.as_str()),
+        };
+        let details = match action {
+            AdminAction::SetRole(role) => json!({"from": admin.role, "to": role.as_str()}),
+            _ => json!({"role": admin.role}),
+        };
+        let event =
+            NewEvent::new(now, actor, action.event(), Some(&admin.username)).details(details);
+        self.apply_admin_change(actor, &admin, update, &[event], action.verb(), now)
+            .await
+    }
+
+    /// Gives another admin a new one-time password (changed at their next sign-in), ends
+    /// their sessions and, when `remove_mfa`, removes their authenticator app and recovery
+    /// codes (for a lost phone). The password is returned once, to be shown once.
+    pub async fn reset_admin_password(
+        &self,
+        actor: &Actor,
+        caller: Option<&str>,
+        username: &str,
+        remove_mfa: bool,
+        now: DateTime<Utc>,
+    ) -> Result<AdminReset, DirectoryError> {
+        let admin = self
+            .admin_to_change(actor, caller, username, "reset the password of", now)
+            .await?;
+        let factors = self.store().admin_factor_counts(&admin.id).await?;
+        let mfa_removed = remove_mfa && (factors.totp || factors.recovery_codes > 0);
+        let password = generate_password();
+        let hash = self.hash(&password).await?;
+        let mut events = vec![NewEvent::new(
+            now,
+            actor,
+            kind::ADMIN_PASSWORD_RESET,
+            Some(&admin.username),
+        )
+        .details(json!({"mfaRemoved": mfa_removed}))];
+        if mfa_removed {
+            events.push(
+                NewEvent::new(now, actor, kind::MFA_RESET, Some(&admin.username)).details(json!({
+                    "account": "admin",
+                    "totp": factors.totp,
+                    "recoveryCodes": factors.recovery_codes,
+                })),
+            );
+        }
+        let update = AdminUpdate::ResetPassword {
+            hash: &hash,
+            remove_mfa,
+        };
+        self.apply_admin_change(actor, &admin, update, &events, "reset", now)
+            .await?;
+        Ok(AdminReset {
+            password,
+            mfa_removed,
+        })
+    }
+
+    /// The admin named `username`, unless it is the caller's own account (refused, as an
+    /// event).
+    async fn admin_to_change(
+        &self,
+        actor: &Actor,
+        caller: Option<&str>,
+        username: &str,
+        verb: &'static str,
+        now: DateTime<Utc>,
+    ) -> Result<AdminRow, DirectoryError> {
+        let name = username.trim().to_lowercase();
+        let admin = self
+            .store()
+            .find_admin(&name)
+            .await?
+            .ok_or_else(|| DirectoryError::NoAdmin(name.clone()))?;
+        if caller.is_some_and(|c| c.eq_ignore_ascii_case(&admin.username)) {
+            self.record_admin_refusal(actor, &admin.username, verb, "own_account", now)
+                .await?;
+            return Err(DirectoryError::OwnAccount(verb));
+        }
+        Ok(admin)
+    }
+
+    async fn apply_admin_change(
+        &self,
+        actor: &Actor,
+        admin: &AdminRow,
+        update: AdminUpdate<'_>,
+        events: &[NewEvent],
+        verb: &'static str,
+        now: DateTime<Utc>,
+    ) -> Result<(), DirectoryError> {
+        match self.store().update_admin(&admin.id, update, events).await? {
+            AdminChange::Done => Ok(()),
+            AdminChange::NotFound => Err(DirectoryError::NoAdmin(admin.username.clone())),
+            AdminChange::LastAdmin => {
+                self.record_admin_refusal(actor, &admin.username, verb, "last_admin", now)
+                    .await?;
+                Err(DirectoryError::LastAdmin(admin.username.clone()))
+            }
+        }
+    }
+
+    async fn record_admin_refusal(
+        &self,
+        actor: &Actor,
+        username: &str,
+        verb: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), DirectoryError> {
+        let event = NewEvent::new(now, actor, kind::ADMIN_CHANGE_REFUSED, Some(username))
+            .details(json!({"reason": reason, "change": verb}));
+        self.store().record_event(&event).await?;
+        Ok(())
+    }
+
     /// Creates an API key; the key is returned once (only its hash is stored).
     pub async fn create_api_key(
         &self,
@@ -178,7 +357,18 @@ impl Directory {
             .store()
             .find_api_key(&crate::secrets::token_hash(key))
             .await?;
-        Ok(row.filter(|r| r.revoked_at.is_none()))
+        let Some(row) = row.filter(|r| r.revoked_at.is_none()) else {
+            return Ok(None);
+        };
+        // A disabled admin's keys are refused while the admin is disabled.
+        if self
+            .store()
+            .api_key_creator_disabled(&row.created_by)
+            .await?
+        {
+            return Ok(None);
+        }
+        Ok(Some(row))
     }
 
     /// Revokes an API key; false when there is no such live key.

@@ -7,7 +7,7 @@ mod policy;
 mod user;
 
 pub use crate::attributes::{Attribute, AttributeSpec, AttributeValues, CATALOGUE};
-pub use admins::{AdminRole, NewApiKey, API_KEY_PREFIX};
+pub use admins::{AdminAction, AdminReset, AdminRole, NewApiKey, API_KEY_PREFIX};
 pub use password::{generate_password, hash_password, verify_password};
 pub use policy::{PasswordPolicy, PolicyViolation};
 pub use user::{
@@ -54,6 +54,14 @@ pub enum DirectoryError {
     UnknownRole(String),
     #[error("the API key name must be 1 to 64 characters")]
     ApiKeyName,
+    #[error("no admin {0:?}")]
+    NoAdmin(String),
+    /// The change would leave no active admin with the role `admin`.
+    #[error("{0:?} is the last active full admin; make another admin a full admin (or enable one) first, so someone can still change everything")]
+    LastAdmin(String),
+    /// Admins change other admins' accounts, not their own this way.
+    #[error("you cannot {0} your own admin account; another full admin has to do it")]
+    OwnAccount(&'static str),
     #[error("password hashing failed: {0}")]
     Hashing(String),
     /// Every password hashing worker is busy and the queue is full.

@@ -16,7 +16,7 @@ pub use crate::config::MfaPolicy;
 use crate::directory::User;
 use crate::events::{kind, Actor, NewEvent};
 use crate::secrets::SecretBox;
-use crate::store::{Store, StoreError};
+use crate::store::{FactorOwner, Store, StoreError};
 
 /// The sealed TOTP secret's context (AES-GCM additional data): it opens only in its column.
 const TOTP_SECRET_CONTEXT: &str = "mfa_totp.secret";
@@ -95,6 +95,42 @@ pub enum CodeOutcome {
     Wrong,
 }
 
+/// Whose second factor: what the store keys it by, the name authenticator apps show, and the
+/// name events give as actor and target. Users and console admins share every check.
+#[derive(Debug, Clone)]
+pub struct Account<'a> {
+    /// The factor's owner in the store.
+    pub owner: FactorOwner<'a>,
+    /// The account name shown in authenticator apps.
+    pub label: String,
+    /// Who acts when the owner passes or sets up a factor.
+    pub actor: Actor,
+    /// The name events show as target.
+    pub target: &'a str,
+}
+
+impl<'a> Account<'a> {
+    /// A directory user (apps show the email).
+    pub fn user(user: &'a User) -> Self {
+        Self {
+            owner: FactorOwner::User(&user.id),
+            label: user.email.clone(),
+            actor: Actor::User(user.username.clone()),
+            target: &user.username,
+        }
+    }
+
+    /// A console admin (apps show the username and that it is the console).
+    pub fn admin(admin_id: &'a str, username: &'a str) -> Self {
+        Self {
+            owner: FactorOwner::Admin(admin_id),
+            label: format!("{username} (admin console)"),
+            actor: Actor::Admin(username.to_string()),
+            target: username,
+        }
+    }
+}
+
 /// The second-factor service.
 #[derive(Debug, Clone)]
 pub struct Mfa {
@@ -139,8 +175,12 @@ impl Mfa {
         })
     }
 
-    fn generator(&self, user: &User, secret: Vec<u8>) -> Result<totp::Generator, MfaError> {
-        totp::Generator::new(secret, &self.issuer, &user.email)
+    fn generator(
+        &self,
+        account: &Account<'_>,
+        secret: Vec<u8>,
+    ) -> Result<totp::Generator, MfaError> {
+        totp::Generator::new(secret, &self.issuer, &account.label)
             .map_err(|e| MfaError::Secret(e.to_string()))
     }
 
@@ -179,15 +219,24 @@ impl Mfa {
         user: &User,
         now: DateTime<Utc>,
     ) -> Result<TotpEnrolment, MfaError> {
-        if let Some(row) = self.store.totp(&user.id).await? {
+        self.account_totp_enrolment(&Account::user(user), now).await
+    }
+
+    /// [`totp_enrolment`](Self::totp_enrolment) for any account.
+    pub async fn account_totp_enrolment(
+        &self,
+        account: &Account<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<TotpEnrolment, MfaError> {
+        if let Some(row) = self.store.totp(account.owner).await? {
             if row.confirmed_at.is_some() {
-                return Err(MfaError::TotpExists(user.username.clone()));
+                return Err(MfaError::TotpExists(account.target.to_string()));
             }
-            let generator = self.generator(user, self.open_secret(&row.secret)?)?;
+            let generator = self.generator(account, self.open_secret(&row.secret)?)?;
             return self.enrolment(&generator);
         }
         let secret = totp::Generator::new_secret();
-        let generator = self.generator(user, secret.clone())?;
+        let generator = self.generator(account, secret.clone())?;
         let sealed = self
             .sealer
             .seal(
@@ -197,30 +246,30 @@ impl Mfa {
             .map_err(|e| MfaError::Secret(e.to_string()))?;
         if !self
             .store
-            .begin_totp_enrolment(&user.id, &sealed, now.timestamp_millis())
+            .begin_totp_enrolment(account.owner, &sealed, now.timestamp_millis())
             .await?
         {
-            return Err(MfaError::TotpExists(user.username.clone()));
+            return Err(MfaError::TotpExists(account.target.to_string()));
         }
         self.enrolment(&generator)
     }
 
-    /// Checks a code against the user's authenticator app; confirms a waiting enrolment.
+    /// Checks a code against the account's authenticator app; confirms a waiting enrolment.
     /// A code is accepted once: its time step must be later than the last one accepted.
     async fn check_totp(
         &self,
-        user: &User,
+        account: &Account<'_>,
         code: &str,
         now: DateTime<Utc>,
         want_confirmed: bool,
     ) -> Result<bool, MfaError> {
-        let Some(row) = self.store.totp(&user.id).await? else {
+        let Some(row) = self.store.totp(account.owner).await? else {
             return Ok(false);
         };
         if row.confirmed_at.is_some() != want_confirmed {
             return Ok(false);
         }
-        let generator = self.generator(user, self.open_secret(&row.secret)?)?;
+        let generator = self.generator(account, self.open_secret(&row.secret)?)?;
         let unix = u64::try_from(now.timestamp()).unwrap_or_default();
         let Some(step) = generator.matching_step(code, unix) else {
             return Ok(false);
@@ -229,14 +278,14 @@ impl Mfa {
         let event = (!want_confirmed).then(|| {
             NewEvent::new(
                 now,
-                &Actor::User(user.username.clone()),
+                &account.actor,
                 kind::MFA_TOTP_ENROLLED,
-                Some(&user.username),
+                Some(account.target),
             )
         });
         Ok(self
             .store
-            .take_totp_step(&user.id, step, now.timestamp_millis(), event.as_ref())
+            .take_totp_step(account.owner, step, now.timestamp_millis(), event.as_ref())
             .await?)
     }
 
@@ -247,12 +296,23 @@ impl Mfa {
         code: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, MfaError> {
-        match self.store.totp(&user.id).await? {
+        self.confirm_account_totp(&Account::user(user), code, now)
+            .await
+    }
+
+    /// [`confirm_totp`](Self::confirm_totp) for any account.
+    pub async fn confirm_account_totp(
+        &self,
+        account: &Account<'_>,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, MfaError> {
+        match self.store.totp(account.owner).await? {
             Some(row) if row.confirmed_at.is_none() => {}
-            Some(_) => return Err(MfaError::TotpExists(user.username.clone())),
-            None => return Err(MfaError::NoEnrolment(user.username.clone())),
+            Some(_) => return Err(MfaError::TotpExists(account.target.to_string())),
+            None => return Err(MfaError::NoEnrolment(account.target.to_string())),
         }
-        self.check_totp(user, code, now, false).await
+        self.check_totp(account, code, now, false).await
     }
 
     /// Checks a typed second-factor code: a recovery code by its shape, else a TOTP code.
@@ -262,18 +322,33 @@ impl Mfa {
         code: &str,
         now: DateTime<Utc>,
     ) -> Result<CodeOutcome, MfaError> {
+        self.check_account_code(&Account::user(user), code, now)
+            .await
+    }
+
+    /// [`check_code`](Self::check_code) for any account.
+    pub async fn check_account_code(
+        &self,
+        account: &Account<'_>,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CodeOutcome, MfaError> {
         if recovery::looks_like_code(code) {
             let used = self
                 .store
-                .use_recovery_code(&user.id, &recovery::digest(code), now.timestamp_millis())
+                .use_recovery_code(
+                    account.owner,
+                    &recovery::digest(code),
+                    now.timestamp_millis(),
+                )
                 .await?;
             if used {
-                let left = self.factors(&user.id).await?.recovery_codes;
+                let left = self.owner_factors(account.owner).await?.recovery_codes;
                 let event = NewEvent::new(
                     now,
-                    &Actor::User(user.username.clone()),
+                    &account.actor,
                     kind::MFA_RECOVERY_CODE_USED,
-                    Some(&user.username),
+                    Some(account.target),
                 )
                 .details(json!({"codesLeft": left}));
                 self.store.record_event(&event).await?;
@@ -281,10 +356,23 @@ impl Mfa {
             }
             return Ok(CodeOutcome::Wrong);
         }
-        Ok(if self.check_totp(user, code, now, true).await? {
+        Ok(if self.check_totp(account, code, now, true).await? {
             CodeOutcome::Passed(FactorKind::Totp)
         } else {
             CodeOutcome::Wrong
+        })
+    }
+
+    /// The second factors of a user or an admin.
+    pub async fn owner_factors(&self, owner: FactorOwner<'_>) -> Result<Factors, MfaError> {
+        let counts = match owner {
+            FactorOwner::User(id) => self.store.factor_counts(id).await?,
+            FactorOwner::Admin(id) => self.store.admin_factor_counts(id).await?,
+        };
+        Ok(Factors {
+            totp: counts.totp,
+            passkeys: counts.passkeys,
+            recovery_codes: counts.recovery_codes,
         })
     }
 
@@ -296,17 +384,28 @@ impl Mfa {
         user: &User,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, MfaError> {
+        self.new_account_recovery_codes(actor, &Account::user(user), now)
+            .await
+    }
+
+    /// [`new_recovery_codes`](Self::new_recovery_codes) for any account.
+    pub async fn new_account_recovery_codes(
+        &self,
+        actor: &Actor,
+        account: &Account<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, MfaError> {
         let codes: Vec<String> = (0..recovery::COUNT).map(|_| recovery::new_code()).collect();
         let digests: Vec<String> = codes.iter().map(|c| recovery::digest(c)).collect();
         let event = NewEvent::new(
             now,
             actor,
             kind::MFA_RECOVERY_CODES_CREATED,
-            Some(&user.username),
+            Some(account.target),
         )
         .details(json!({"count": codes.len()}));
         self.store
-            .replace_recovery_codes(&user.id, &digests, now.timestamp_millis(), &event)
+            .replace_recovery_codes(account.owner, &digests, now.timestamp_millis(), &event)
             .await?;
         Ok(codes)
     }
@@ -318,8 +417,19 @@ impl Mfa {
         user: &User,
         now: DateTime<Utc>,
     ) -> Result<bool, MfaError> {
-        let event = NewEvent::new(now, actor, kind::MFA_TOTP_REMOVED, Some(&user.username));
-        Ok(self.store.delete_totp(&user.id, &event).await?)
+        self.remove_account_totp(actor, &Account::user(user), now)
+            .await
+    }
+
+    /// [`remove_totp`](Self::remove_totp) for any account.
+    pub async fn remove_account_totp(
+        &self,
+        actor: &Actor,
+        account: &Account<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, MfaError> {
+        let event = NewEvent::new(now, actor, kind::MFA_TOTP_REMOVED, Some(account.target));
+        Ok(self.store.delete_totp(account.owner, &event).await?)
     }
 
     /// Removes every second factor of the user (an admin's reset for a lost device); under

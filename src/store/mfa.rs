@@ -4,10 +4,37 @@
 use super::{events, Store, StoreError};
 use crate::events::NewEvent;
 
-/// A user's TOTP authenticator (the secret sealed with the data key).
+/// Whose second factor: a directory user's or a console admin's (their own tables, the same
+/// shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactorOwner<'a> {
+    /// A user of the directory, by id.
+    User(&'a str),
+    /// An admin account of the console, by id.
+    Admin(&'a str),
+}
+
+impl<'a> FactorOwner<'a> {
+    /// (TOTP table, recovery-code table, owner column).
+    fn tables(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            FactorOwner::User(_) => ("mfa_totp", "mfa_recovery_codes", "user_id"),
+            FactorOwner::Admin(_) => ("admin_mfa_totp", "admin_mfa_recovery_codes", "admin_id"),
+        }
+    }
+
+    fn id(self) -> &'a str {
+        match self {
+            FactorOwner::User(id) | FactorOwner::Admin(id) => id,
+        }
+    }
+}
+
+/// A TOTP authenticator (the secret sealed with the data key).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TotpRow {
-    pub user_id: String,
+    /// The user's or admin's id.
+    pub owner_id: String,
     pub secret: String,
     /// `None` while enrolment waits for the confirming code.
     pub confirmed_at: Option<i64>,
@@ -29,13 +56,14 @@ pub struct FactorCounts {
 }
 
 impl Store {
-    /// The user's TOTP authenticator, confirmed or waiting for its confirming code.
-    pub async fn totp(&self, user_id: &str) -> Result<Option<TotpRow>, StoreError> {
-        Ok(sqlx::query_as::<_, TotpRow>(
-            "SELECT user_id, secret, confirmed_at, last_step, last_used_at, created_at \
-             FROM mfa_totp WHERE user_id = $1",
-        )
-        .bind(user_id)
+    /// The TOTP authenticator, confirmed or waiting for its confirming code.
+    pub async fn totp(&self, owner: FactorOwner<'_>) -> Result<Option<TotpRow>, StoreError> {
+        let (table, _, column) = owner.tables();
+        Ok(sqlx::query_as::<_, TotpRow>(&format!(
+            "SELECT {column} AS owner_id, secret, confirmed_at, last_step, last_used_at, \
+             created_at FROM {table} WHERE {column} = $1"
+        ))
+        .bind(owner.id())
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -44,19 +72,23 @@ impl Store {
     /// authenticator is never replaced this way: it must be removed first.
     pub async fn begin_totp_enrolment(
         &self,
-        user_id: &str,
+        owner: FactorOwner<'_>,
         sealed_secret: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let (table, _, column) = owner.tables();
+        let user_id = owner.id();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NULL")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query(
-            "INSERT INTO mfa_totp (user_id, secret, created_at) \
-             SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM mfa_totp WHERE user_id = $4)",
-        )
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE {column} = $1 AND confirmed_at IS NULL"
+        ))
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(&format!(
+            "INSERT INTO {table} ({column}, secret, created_at) \
+             SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {column} = $4)"
+        ))
         .bind(user_id)
         .bind(sealed_secret)
         .bind(now_ms)
@@ -72,16 +104,18 @@ impl Store {
     /// confirms an enrolment (with `event`, in the same transaction) when it was waiting.
     pub async fn take_totp_step(
         &self,
-        user_id: &str,
+        owner: FactorOwner<'_>,
         step: i64,
         now_ms: i64,
         event: Option<&NewEvent>,
     ) -> Result<bool, StoreError> {
+        let (table, _, column) = owner.tables();
+        let user_id = owner.id();
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE mfa_totp SET last_step = $1, last_used_at = $2, \
-             confirmed_at = COALESCE(confirmed_at, $3) WHERE user_id = $4 AND last_step < $5",
-        )
+        let done = sqlx::query(&format!(
+            "UPDATE {table} SET last_step = $1, last_used_at = $2, \
+             confirmed_at = COALESCE(confirmed_at, $3) WHERE {column} = $4 AND last_step < $5"
+        ))
         .bind(step)
         .bind(now_ms)
         .bind(now_ms)
@@ -102,20 +136,22 @@ impl Store {
     /// Replaces the user's recovery codes with new digests.
     pub async fn replace_recovery_codes(
         &self,
-        user_id: &str,
+        owner: FactorOwner<'_>,
         digests: &[String],
         now_ms: i64,
         event: &NewEvent,
     ) -> Result<(), StoreError> {
+        let (_, table, column) = owner.tables();
+        let user_id = owner.id();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1")
+        sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
         for digest in digests {
-            sqlx::query(
-                "INSERT INTO mfa_recovery_codes (user_id, code_hash, created_at) VALUES ($1, $2, $3)",
-            )
+            sqlx::query(&format!(
+                "INSERT INTO {table} ({column}, code_hash, created_at) VALUES ($1, $2, $3)"
+            ))
             .bind(user_id)
             .bind(digest)
             .bind(now_ms)
@@ -131,16 +167,17 @@ impl Store {
     /// sign-ins racing with one code cannot both pass).
     pub async fn use_recovery_code(
         &self,
-        user_id: &str,
+        owner: FactorOwner<'_>,
         digest: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE mfa_recovery_codes SET used_at = $1 \
-             WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
-        )
+        let (_, table, column) = owner.tables();
+        let done = sqlx::query(&format!(
+            "UPDATE {table} SET used_at = $1 \
+             WHERE {column} = $2 AND code_hash = $3 AND used_at IS NULL"
+        ))
         .bind(now_ms)
-        .bind(user_id)
+        .bind(owner.id())
         .bind(digest)
         .execute(&self.pool)
         .await?;
@@ -166,11 +203,35 @@ impl Store {
         })
     }
 
-    /// Removes the user's TOTP authenticator (confirmed or not), with its event.
-    pub async fn delete_totp(&self, user_id: &str, event: &NewEvent) -> Result<bool, StoreError> {
+    /// An admin's confirmed TOTP and unused recovery codes (admins have no passkeys).
+    pub async fn admin_factor_counts(&self, admin_id: &str) -> Result<FactorCounts, StoreError> {
+        let (totp, recovery_codes): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM admin_mfa_totp \
+                     WHERE admin_id = $1 AND confirmed_at IS NOT NULL), \
+                    (SELECT COUNT(*) FROM admin_mfa_recovery_codes \
+                     WHERE admin_id = $2 AND used_at IS NULL)",
+        )
+        .bind(admin_id)
+        .bind(admin_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(FactorCounts {
+            totp: totp > 0,
+            passkeys: 0,
+            recovery_codes,
+        })
+    }
+
+    /// Removes the TOTP authenticator (confirmed or not), with its event.
+    pub async fn delete_totp(
+        &self,
+        owner: FactorOwner<'_>,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let (table, _, column) = owner.tables();
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM mfa_totp WHERE user_id = $1")
-            .bind(user_id)
+        let done = sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
+            .bind(owner.id())
             .execute(&mut *tx)
             .await?;
         events::insert(&mut *tx, event).await?;

@@ -25,13 +25,13 @@ mod users;
 mod write_behind;
 
 pub use activity::{Buckets, EventBucketCount, SyncBucketCount};
-pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
+pub use admins::{AdminChange, AdminRow, AdminSessionRow, AdminUpdate, ApiKeyRow, NewAdminSession};
 pub use app_registration::AppRegistrationRow;
 pub use events::{EventFilter, EventRow};
 pub use federation::FederatedDomainRow;
 pub use leases::WorkLease;
 pub use m365::{ConnectionRow, ImportResultRow, ImportRunRow, LinkRow};
-pub use mfa::{FactorCounts, TotpRow};
+pub use mfa::{FactorCounts, FactorOwner, TotpRow};
 pub use passkeys::{CeremonyRow, PasskeyRow};
 pub use resets::{ResetTokenRow, ENDED_PASSWORD_CHANGED, ENDED_USED};
 pub use saml::{PendingRequestRow, ReplayGuard, SessionRow, SessionUserRow};

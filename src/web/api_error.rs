@@ -17,7 +17,7 @@ pub struct ApiError {
     pub status: StatusCode,
     /// Stable, for programs: `unauthorized`, `forbidden`, `not_found`, `validation_failed`,
     /// `conflict`, `bad_request`, `method_not_allowed`, `m365_not_connected`, `m365_unavailable`,
-    /// `internal`.
+    /// `last_admin`, `own_account`, `internal`.
     pub code: &'static str,
     /// For people; may change between versions.
     pub message: String,
@@ -146,6 +146,13 @@ impl From<DirectoryError> for ApiError {
             DirectoryError::AdminExists(_) => ApiError::conflict(Some("username"), message),
             DirectoryError::UnknownRole(_) => ApiError::validation("role", message),
             DirectoryError::ApiKeyName => ApiError::validation("name", message),
+            DirectoryError::NoAdmin(_) => ApiError::not_found(message),
+            DirectoryError::LastAdmin(_) => {
+                ApiError::new(StatusCode::CONFLICT, "last_admin", message)
+            }
+            DirectoryError::OwnAccount(_) => {
+                ApiError::new(StatusCode::CONFLICT, "own_account", message)
+            }
             DirectoryError::Store(e) => e.into(),
             DirectoryError::Busy => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -19,6 +19,10 @@ use crate::server::AppState;
 /// The console session cookie (HttpOnly, SameSite=Strict, Secure over https).
 pub const ADMIN_COOKIE: &str = "idbridge_admin";
 pub use super::csrf::CSRF_HEADER;
+/// The session still owes a code from the admin's authenticator app (or a recovery code).
+pub const PENDING_CODE: &str = "code";
+/// The session must set up an authenticator app first (`[admin] require_mfa`).
+pub const PENDING_ENROL: &str = "enrol";
 /// Sessions are marked active at most this often (one write per minute, not per request).
 const TOUCH_EVERY_MS: i64 = 60_000;
 
@@ -36,6 +40,9 @@ pub struct AdminPrincipal {
     /// The API key's id (API only).
     pub api_key_id: Option<String>,
     pub must_change_password: bool,
+    /// The admin account acting: the signed-in admin, or the admin who created the API key
+    /// (none for keys made by the CLI). Nobody disables or deletes their own account.
+    pub acting_admin: Option<String>,
 }
 
 impl AdminPrincipal {
@@ -138,8 +145,25 @@ pub async fn require_admin_session(
         session_hash: Some(hash.clone()),
         api_key_id: None,
         must_change_password: session.must_change_password == 1,
+        acting_admin: Some(session.username.clone()),
     };
-    let self_service = path == "/admin/password" || path == "/admin/logout";
+    // A session that passed the password but owes its second factor reaches only that step.
+    if let Some(step) = session.pending_step.as_deref() {
+        let page = if step == PENDING_ENROL {
+            "/admin/login/enrol"
+        } else {
+            "/admin/login/code"
+        };
+        if path != page && path != "/admin/logout" {
+            return Redirect::to(page).into_response();
+        }
+    }
+    // Their own password and second factor are every admin's, read-only or not.
+    let self_service = path == "/admin/password"
+        || path == "/admin/logout"
+        || path.starts_with("/admin/login/")
+        || path == "/admin/mfa"
+        || path.starts_with("/admin/mfa/");
     if principal.must_change_password && !self_service {
         return Redirect::to("/admin/password").into_response();
     }
@@ -239,6 +263,7 @@ pub async fn require_api_key(
         session_hash: None,
         api_key_id: Some(key.id.clone()),
         must_change_password: false,
+        acting_admin: key.created_by.strip_prefix("admin:").map(str::to_string),
     };
     if !is_safe(request.method()) && !principal.can_write() {
         deny(&state, &principal.actor(), "read_only", &path, ip).await;

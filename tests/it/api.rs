@@ -69,6 +69,12 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/api/v1/saml/service-providers/{entityId}"),
     ("PUT", "/api/v1/saml/service-providers/{entityId}"),
     ("DELETE", "/api/v1/saml/service-providers/{entityId}"),
+    ("GET", "/api/v1/admins"),
+    ("DELETE", "/api/v1/admins/{name}"),
+    ("POST", "/api/v1/admins/{name}/disable"),
+    ("POST", "/api/v1/admins/{name}/enable"),
+    ("PUT", "/api/v1/admins/{name}/role"),
+    ("POST", "/api/v1/admins/{name}/reset-password"),
 ];
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -367,6 +373,7 @@ fn request_for(method: &str, path: &str) -> (String, Option<Value>) {
     let concrete = path
         .replace("/imports/{id}", "/imports/no-such-run")
         .replace("{id}", id)
+        .replace("{name}", id)
         .replace("{attribute}", "department")
         .replace(
             "{entityId}",
@@ -392,6 +399,7 @@ fn request_for(method: &str, path: &str) -> (String, Option<Value>) {
         ("PATCH", _) => Some(json!({"department": "Sales"})),
         ("PUT", "/api/v1/users/{id}/password") => Some(json!({"password": "An0ther-Passw0rd!"})),
         ("PUT", "/api/v1/users/{id}/mfa/required") => Some(json!({"required": true})),
+        ("PUT", "/api/v1/admins/{name}/role") => Some(json!({"role": "read_only"})),
         ("POST", "/api/v1/bindings") => Some(json!({"users": ["bob"]})),
         ("POST", "/api/v1/bindings/unbind") => Some(json!({"users": ["bob"]})),
         ("POST", "/api/v1/bindings/retry") => Some(json!({})),
@@ -519,7 +527,7 @@ async fn the_openapi_document_describes_exactly_what_the_api_does() {
             );
         }
         // Path parameters are documented.
-        for name in ["id", "attribute"] {
+        for name in ["id", "attribute", "name"] {
             if path.contains(&format!("{{{name}}}")) {
                 let params = op["parameters"].as_array().expect("parameters");
                 assert!(

@@ -222,6 +222,31 @@ async fn the_overview_checklist_advances_as_the_admin_connects_and_the_sign_in_c
         .any(|e| e.actor == "admin:root"));
 }
 
+#[tokio::test]
+async fn an_admin_disables_enables_and_resets_another_admin_in_the_console() {
+    require_browser_tooling();
+    let app = TestApp::spawn().await;
+    let one_time = one_time_admin(&app, "root").await;
+    let bob = crate::support::console::admin_browser(&app, "bob", AdminRole::Admin).await;
+
+    run_script(&app, "admins_flows.mjs", "root", &one_time).await;
+
+    let (status, _) = bob.get(&app, "/admin").await;
+    assert_eq!(status, 303, "bob's session ended when he was disabled");
+    let row = app.store.find_admin("bob").await.unwrap().expect("bob");
+    assert!(row.disabled_at.is_none(), "enabled again");
+    assert_eq!(row.must_change_password, 1, "a one-time password");
+    for event_type in ["admin_disable", "admin_enable", "admin_password_reset"] {
+        let events = app.events(event_type).await;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.actor == "admin:root" && e.target.as_deref() == Some("bob")),
+            "{event_type} by admin:root: {events:?}"
+        );
+    }
+}
+
 /// The pages `screenshots.mjs` saves, by file name.
 const SCREENSHOTS: [&str; 10] = [
     "login", "password", "overview", "users", "user", "binding", "m365", "saml", "events",

@@ -310,13 +310,14 @@ async fn console_sessions_expire_when_idle_and_after_their_lifetime() {
                     now_ms: last_seen,
                     expires_at: expires,
                     client_ip: None,
+                    pending_step: None,
                 },
-                &idbridge::events::NewEvent::new(
+                Some(&idbridge::events::NewEvent::new(
                     chrono::Utc::now(),
                     &idbridge::events::Actor::System,
                     "test_session",
                     None,
-                ),
+                )),
             )
             .await
             .unwrap();

@@ -8,6 +8,7 @@
 
 mod support;
 
+mod admins;
 mod api;
 mod app_registration;
 mod attributes;

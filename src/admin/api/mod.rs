@@ -7,6 +7,7 @@
 //! `extract` (every refusal is an `ApiError`), and the responses every operation shares (401,
 //! 403 on writes, 500) are added to the document by `schema::GuardResponses`.
 
+mod admins;
 mod app_registration;
 mod bindings;
 mod certificates;
@@ -54,6 +55,7 @@ pub use schema::{ErrorDetail, ErrorResponse};
         (name = "events", description = "Directory Insights: the event log"),
         (name = "certificates", description = "The SAML signing certificates and their rollover"),
         (name = "saml", description = "SAML service providers besides Microsoft 365"),
+        (name = "admins", description = "The console's admin accounts"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -70,6 +72,7 @@ fn guarded() -> OpenApiRouter<AppState> {
         .merge(events::routes())
         .merge(certificates::routes())
         .merge(service_providers::routes())
+        .merge(admins::routes())
 }
 
 /// The operations anyone may call.

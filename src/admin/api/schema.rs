@@ -22,7 +22,8 @@ pub struct ErrorResponse {
 pub struct ErrorDetail {
     /// Stable, for programs: `unauthorized`, `forbidden`, `not_found`, `validation_failed`,
     /// `conflict`, `bad_request`, `method_not_allowed`, `m365_not_connected`,
-    /// `m365_unavailable`, `internal`.
+    /// `m365_unavailable`, `last_admin` (the change would leave no active full admin),
+    /// `own_account` (an admin changing their own account), `internal`.
     #[schema(example = "validation_failed")]
     pub code: String,
     /// For people; may change between versions.

@@ -76,6 +76,18 @@ impl TestApp {
     /// Runs the `idbridge` CLI (a separate process) with a config file in `dir` pointing at
     /// this server's database; asserts it succeeds and returns its standard output.
     pub async fn cli(&self, dir: &std::path::Path, args: &[&str]) -> String {
+        let out = self.cli_output(dir, args).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Runs the binary against this server's database and files, success or not.
+    pub async fn cli_output(&self, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         let config = &self.state().config;
         let file = dir.join("idbridge.toml");
         std::fs::write(
@@ -94,7 +106,7 @@ impl TestApp {
         .unwrap();
         // Asynchronously: the server runs on this test's runtime, and a blocked runtime would
         // freeze it mid-transaction while the CLI waits for the same SQLite write lock.
-        let out = tokio::process::Command::new(binary())
+        tokio::process::Command::new(binary())
             .arg("--config")
             .arg(&file)
             .args(args)
@@ -102,14 +114,7 @@ impl TestApp {
             .env("RUST_LOG", "warn")
             .output()
             .await
-            .expect("binary runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{args:?}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+            .expect("binary runs")
     }
 
     /// Starts a server with default settings.
