@@ -7,6 +7,7 @@
 
 mod admins;
 mod app_registration;
+mod branding;
 mod events;
 mod federation;
 mod leases;
@@ -24,6 +25,7 @@ mod write_behind;
 
 pub use admins::{AdminRow, AdminSessionRow, ApiKeyRow, NewAdminSession};
 pub use app_registration::AppRegistrationRow;
+pub use branding::BrandingRow;
 pub use events::{EventFilter, EventRow};
 pub use federation::FederatedDomainRow;
 pub use leases::WorkLease;
