@@ -5,6 +5,7 @@
 pub mod api;
 mod auth;
 mod binding;
+mod branding;
 mod events;
 mod m365;
 mod saml;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(saml::router())
         .merge(events::router())
         .merge(settings::router())
+        .merge(branding::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_admin_session,

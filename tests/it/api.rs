@@ -63,6 +63,8 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/api/v1/signing-certificates/promote"),
     ("POST", "/api/v1/signing-certificates/retire"),
     ("DELETE", "/api/v1/signing-certificates/next"),
+    ("GET", "/api/v1/branding"),
+    ("PUT", "/api/v1/branding"),
 ];
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -387,6 +389,7 @@ fn request_for(method: &str, path: &str) -> (String, Option<Value>) {
         ("PUT", "/api/v1/m365/domains/{domain}/federation") => Some(json!({})),
         // Set in the file: the documented 409.
         ("PUT", "/api/v1/m365/app-registration") => Some(json!({"tenant": "organizations"})),
+        ("PUT", "/api/v1/branding") => Some(json!({"name": "Contoso", "accentColour": "#aa3300"})),
         ("PUT", _) => Some(json!({"direction": "export"})),
         // Left unconfirmed: the answer must be the documented 422.
         ("DELETE", "/api/v1/m365/connection") => None,

@@ -9,6 +9,7 @@
 
 mod app_registration;
 mod bindings;
+mod branding;
 mod certificates;
 pub(crate) mod events;
 mod extract;
@@ -52,6 +53,7 @@ pub use schema::{ErrorDetail, ErrorResponse};
         (name = "m365", description = "The Microsoft 365 connection, imports, exported attributes"),
         (name = "events", description = "Directory Insights: the event log"),
         (name = "certificates", description = "The SAML signing certificates and their rollover"),
+        (name = "branding", description = "The organisation's name, logo and colour on the employee pages"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -67,6 +69,7 @@ fn guarded() -> OpenApiRouter<AppState> {
         .merge(app_registration::routes())
         .merge(events::routes())
         .merge(certificates::routes())
+        .merge(branding::routes())
 }
 
 /// The operations anyone may call.
