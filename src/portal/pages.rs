@@ -458,7 +458,7 @@ fn password_form(
         csrf: session.csrf.clone(),
         active: "password",
         display_name: session.user.display_name(),
-        rules: crate::i18n::policy_rules(&state.directory.policy()),
+        rules: crate::i18n::policy_rules(state.directory.policy()),
         error,
         bound: session
             .user

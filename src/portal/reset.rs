@@ -288,7 +288,7 @@ async fn reset_page(
         token: &token,
         display_name: &link.user.display_name(),
         username: &link.user.username,
-        rules: crate::i18n::policy_rules(&state.directory.policy()),
+        rules: crate::i18n::policy_rules(state.directory.policy()),
         error: None,
     };
     Ok((jar, render(StatusCode::OK, &page)).into_response())
@@ -345,7 +345,7 @@ async fn reset(
             token: &form.token,
             display_name: &user.display_name(),
             username: &user.username,
-            rules: crate::i18n::policy_rules(&state.directory.policy()),
+            rules: crate::i18n::policy_rules(state.directory.policy()),
             error: Some(&error),
         };
         (jar, render(StatusCode::UNPROCESSABLE_ENTITY, &page)).into_response()

@@ -377,7 +377,7 @@ async fn proceed(
                 pending,
                 username: &user.username,
                 expired,
-                rules: crate::i18n::policy_rules(&state.directory.policy()),
+                rules: crate::i18n::policy_rules(state.directory.policy()),
                 error,
             };
             (jar, render(status, &page)).into_response()
