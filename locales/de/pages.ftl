@@ -12,7 +12,7 @@ field-authenticator-code = Code aus Ihrer Authenticator-App
 field-recovery-code = Wiederherstellungscode
 sign-in-title = Anmelden
 sign-in-submit = Anmelden
-sign-in-which-account = Verwenden Sie das Konto, das { $organisation } für Sie verwaltet.
+sign-in-which-account = Verwenden Sie das Konto, das Ihre Organisation in idbridge verwaltet.
 back-to-sign-in = Zurück zur Anmeldung
 remove = Entfernen
 

@@ -12,7 +12,7 @@ field-authenticator-code = Code from your authenticator app
 field-recovery-code = Recovery code
 sign-in-title = Sign in
 sign-in-submit = Sign in
-sign-in-which-account = Use the account { $organisation } manages for you.
+sign-in-which-account = Use the account your organisation manages in idbridge.
 back-to-sign-in = Back to sign-in
 remove = Remove
 
