@@ -144,6 +144,8 @@ pub mod kind {
     pub const M365_CONNECT: &str = "m365_connect";
     /// The app registration (tenant, client ID, credential) was changed in the console or API.
     pub const M365_APP_REGISTRATION_CHANGED: &str = "m365_app_registration_changed";
+    /// The organisation's name, logo or accent colour on the employee pages was changed.
+    pub const BRANDING_CHANGED: &str = "branding_changed";
     /// A SAML service provider was registered in the console or API.
     pub const SAML_SP_REGISTERED: &str = "saml_sp_registered";
     /// A registered SAML service provider was changed.
@@ -242,6 +244,7 @@ pub mod kind {
         PASSWORD_RESET_THROTTLED,
         M365_CONNECT,
         M365_APP_REGISTRATION_CHANGED,
+        BRANDING_CHANGED,
         SAML_SP_REGISTERED,
         SAML_SP_CHANGED,
         SAML_SP_REMOVED,
@@ -368,6 +371,7 @@ pub fn label(event_type: &str) -> &'static str {
         "password_reset_throttled" => "Password reset requests limited",
         "m365_connect" => "Microsoft 365 connected",
         "m365_app_registration_changed" => "Microsoft 365 app registration changed",
+        "branding_changed" => "Branding changed",
         "saml_sp_registered" => "Service provider registered",
         "saml_sp_changed" => "Service provider changed",
         "saml_sp_removed" => "Service provider removed",

@@ -80,6 +80,8 @@ pub struct AppInner {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Whether this node does the cluster-wide chores (janitor, delta import, expiry scan).
     pub duty: crate::cluster::Duty,
+    /// The organisation's name, logo and colour on the employee pages.
+    pub branding: crate::branding::Branding,
 }
 
 impl AppInner {
@@ -207,6 +209,8 @@ impl App {
             crate::mfa::passkey::Passkeys::new(&config, store.clone(), directory.clone());
         let m365 = Arc::new(crate::m365::M365::new(&config, store.clone())?);
         m365.load_registration().await?;
+        let branding = crate::branding::Branding::new(store.clone());
+        branding.load().await?;
         let duty = crate::cluster::Duty::default();
         let sync = Arc::new(
             crate::m365::M365Sync::new(
@@ -232,6 +236,7 @@ impl App {
         Ok(Self {
             state: Arc::new(AppInner {
                 duty,
+                branding,
                 self_service,
                 admin_throttle: crate::throttle::SignInThrottle::admin(store.clone(), &config),
                 admin_code_throttle: crate::throttle::SignInThrottle::second_factor(
@@ -290,10 +295,16 @@ impl App {
             .merge(crate::mfa::http::router())
             .merge(crate::admin::router(self.state.clone()))
             .merge(crate::portal::router(self.state.clone()))
+            .merge(crate::branding::http::router())
             .fallback(|| async { crate::web::AppError::NotFound })
             .layer(axum::middleware::from_fn_with_state(
                 surface,
                 keep_to_surface,
+            ))
+            // Outside the surface check, so its 404 page is in the request's language too.
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                crate::i18n::scope,
             ))
             .layer(RequestBodyLimitLayer::new(256 * 1024))
             .layer(SetResponseHeaderLayer::if_not_present(
@@ -750,6 +761,11 @@ async fn reload_signing(state: AppState, token: CancellationToken) {
                     Ok(true) => tracing::info!("the service providers registered in the console changed: using them"),
                     Ok(false) => {}
                     Err(err) => tracing::warn!(%err, "could not read the service providers registered in the console; using the ones read before"),
+                }
+                match state.branding.load().await {
+                    Ok(true) => tracing::info!("the branding changed: using it"),
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(%err, "could not read the branding; using the one read before"),
                 }
             }
         }

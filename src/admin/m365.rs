@@ -74,6 +74,7 @@ pub struct CallbackParams {
 #[derive(Template)]
 #[template(path = "admin/m365_connected.html")]
 struct ConnectedPage {
+    ui: crate::i18n::Ui,
     message: String,
 }
 
@@ -100,7 +101,13 @@ async fn m365_callback(
                 status.tenant_id.as_deref().unwrap_or("?"),
                 status.default_domain.as_deref().unwrap_or("unknown"),
             );
-            Ok(render(StatusCode::OK, &ConnectedPage { message }))
+            Ok(render(
+                StatusCode::OK,
+                &ConnectedPage {
+                    ui: crate::i18n::Ui::current(),
+                    message,
+                },
+            ))
         }
         Err(
             err @ (M365Error::UnknownState | M365Error::Refused(_) | M365Error::NotConfigured(_)),

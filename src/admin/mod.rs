@@ -5,6 +5,7 @@
 pub mod api;
 mod auth;
 mod binding;
+mod branding;
 mod events;
 mod m365;
 mod mfa;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(events::router())
         .merge(settings::router())
         .merge(mfa::router())
+        .merge(branding::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_admin_session,

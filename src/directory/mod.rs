@@ -9,7 +9,7 @@ mod user;
 pub use crate::attributes::{Attribute, AttributeSpec, AttributeValues, CATALOGUE};
 pub use admins::{AdminAction, AdminReset, AdminRole, NewApiKey, API_KEY_PREFIX};
 pub use password::{generate_password, hash_password, verify_password};
-pub use policy::{PasswordPolicy, PolicyViolation};
+pub use policy::{PasswordPolicy, PolicyViolation, ENTRA_SYMBOLS};
 pub use user::{
     millis_to_rfc3339, validate_email, validate_username, M365Binding, User, UserChanges, UserState,
 };

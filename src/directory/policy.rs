@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Symbols Microsoft Entra ID accepts in passwords (besides letters, digits and space).
-const ENTRA_SYMBOLS: &str = "@#$%^&*-_!+=[]{}|\\:',.?/`~\"();<>";
+pub const ENTRA_SYMBOLS: &str = "@#$%^&*-_!+=[]{}|\\:',.?/`~\"();<>";
 
 /// Password rules; the defaults are at least as strict as Microsoft Entra ID's own, so a password
 /// accepted here is never rejected when pushed to Microsoft 365.

@@ -28,6 +28,7 @@ use super::passkey::{AddedBy, PasskeyError, PasskeySummary, RegistrationAnswer, 
 use super::FactorKind;
 use crate::directory::User;
 use crate::events::{kind, Actor};
+use crate::i18n::{Msg, Ui};
 use crate::server::AppState;
 use crate::web::{render, ApiError, AppError};
 
@@ -103,6 +104,7 @@ pub async fn passkey_views(state: &AppState, user_id: &str) -> Result<Vec<Passke
 #[derive(Template)]
 #[template(path = "mfa/manage.html")]
 struct ManagePage<'a> {
+    ui: Ui,
     username: &'a str,
     passkeys: Vec<PasskeyView>,
 }
@@ -113,10 +115,9 @@ async fn manage_page(State(state): State<AppState>, jar: CookieJar) -> Result<Re
         .map_err(|e| AppError::Internal(e.message))?
     else {
         return Err(AppError::Refused {
-            title: "You are not signed in".into(),
-            message: "Your passkeys are shown once you are signed in to idbridge.".into(),
-            hint: "Sign in to idbridge first (through any application), then open this page again."
-                .into(),
+            title: Msg::new("passkeys-signed-out-title").text(),
+            message: Msg::new("passkeys-signed-out-message").text(),
+            hint: Msg::new("passkeys-signed-out-hint").text(),
             reference: None,
         });
     };
@@ -124,6 +125,7 @@ async fn manage_page(State(state): State<AppState>, jar: CookieJar) -> Result<Re
     Ok(render(
         StatusCode::OK,
         &ManagePage {
+            ui: Ui::current(),
             username: &user.username,
             passkeys,
         },

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::PortalSession;
 use crate::events::Actor;
+use crate::i18n::{Msg, Ui};
 use crate::mfa::MfaError;
 use crate::server::AppState;
 use crate::web::{render, AppError};
@@ -31,6 +32,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Template)]
 #[template(path = "portal/authenticator.html")]
 struct AuthenticatorPage {
+    ui: Ui,
     csrf: String,
     active: &'static str,
     display_name: String,
@@ -42,6 +44,7 @@ struct AuthenticatorPage {
 #[derive(Template)]
 #[template(path = "portal/recovery_codes.html")]
 struct RecoveryCodesPage {
+    ui: Ui,
     csrf: String,
     active: &'static str,
     display_name: String,
@@ -65,6 +68,7 @@ async fn enrolment_page(
         Ok(enrolment) => Ok(render(
             status,
             &AuthenticatorPage {
+                ui: Ui::current(),
                 csrf: session.csrf.clone(),
                 active: "overview",
                 display_name: session.user.display_name(),
@@ -75,7 +79,7 @@ async fn enrolment_page(
         )),
         Err(MfaError::TotpExists(_)) => Ok(super::redirect_with_notice(
             "/",
-            "You already have an authenticator app. Remove it first to set up another.",
+            &Msg::new("portal-totp-exists").text(),
         )),
         Err(err) => Err(err.into()),
     }
@@ -114,11 +118,10 @@ async fn confirm_authenticator(
                     now,
                 )
                 .await?;
-            let error = "That code does not match. Check the app shows idbridge and type the code it shows now.";
             return enrolment_page(
                 &state,
                 &session,
-                Some(error.into()),
+                Some(Msg::new("err-enrol-code").text()),
                 StatusCode::UNPROCESSABLE_ENTITY,
             )
             .await;
@@ -127,7 +130,7 @@ async fn confirm_authenticator(
             return enrolment_page(
                 &state,
                 &session,
-                Some("The set-up expired; scan this new code.".into()),
+                Some(Msg::new("portal-enrol-expired").text()),
                 StatusCode::UNPROCESSABLE_ENTITY,
             )
             .await
@@ -139,7 +142,7 @@ async fn confirm_authenticator(
     if factors.recovery_codes > 0 {
         return Ok(super::redirect_with_notice(
             "/",
-            "Your authenticator app is set up. From now on idbridge asks for its code after your password.",
+            &Msg::new("portal-totp-set-up").text(),
         ));
     }
     let codes = mfa
@@ -152,6 +155,7 @@ fn codes_page(session: &PortalSession, codes: Vec<String>, enrolled: bool) -> Re
     let mut response = render(
         StatusCode::OK,
         &RecoveryCodesPage {
+            ui: Ui::current(),
             csrf: session.csrf.clone(),
             active: "overview",
             display_name: session.user.display_name(),
@@ -175,11 +179,11 @@ async fn remove_authenticator(
     mfa.remove_totp(&Actor::User(user.username.clone()), user, Utc::now())
         .await?;
     let notice = if mfa.required_for(user) && !mfa.factors(&user.id).await?.any() {
-        "Your authenticator app was removed. Your organisation requires a second factor: you will set up a new one at your next sign-in."
+        "portal-totp-removed-required"
     } else {
-        "Your authenticator app was removed."
+        "portal-totp-removed"
     };
-    Ok(super::redirect_with_notice("/", notice))
+    Ok(super::redirect_with_notice("/", &Msg::new(notice).text()))
 }
 
 async fn new_recovery_codes(

@@ -32,6 +32,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::directory::User;
 use crate::events::{kind, Actor};
+use crate::i18n::Msg;
 use crate::server::AppState;
 use crate::sso::SESSION_COOKIE;
 use crate::web::{new_cookie, new_token, token_hash, AppError};
@@ -162,8 +163,11 @@ async fn require_portal_session(
         request = match crate::web::csrf::check_request(request, &session.csrf).await {
             Ok(request) => request,
             Err(crate::web::csrf::CsrfRefusal::TooLarge) => {
-                return AppError::bad_request("Form too large", "The form is too large.")
-                    .into_response()
+                return AppError::bad_request(
+                    Msg::new("err-form-too-large-title").text(),
+                    Msg::new("err-form-too-large").text(),
+                )
+                .into_response()
             }
             Err(crate::web::csrf::CsrfRefusal::Mismatch) => {
                 crate::web::session::record_refusal(
@@ -176,8 +180,8 @@ async fn require_portal_session(
                 )
                 .await;
                 return crate::web::session::forbidden_page(
-                    "This form has expired",
-                    "The request did not carry this session's security token, so nothing was changed. Reload the page and try again.",
+                    &Msg::new("err-csrf-title").text(),
+                    &Msg::new("err-csrf-message").text(),
                 );
             }
         };

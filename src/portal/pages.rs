@@ -19,10 +19,11 @@ use super::{form_ok, form_token, take_notice, PortalSession};
 use crate::attributes::CATALOGUE;
 use crate::directory::User;
 use crate::events::{kind, Actor, NewEvent};
+use crate::i18n::{Msg, Ui};
 use crate::m365::sync::{Direction, Directions};
 use crate::portal::ChangeOutcome;
 use crate::server::AppState;
-use crate::sso::{LoginOutcome, Refusal, RefusalNotice, SESSION_COOKIE};
+use crate::sso::{LoginOutcome, RefusalNotice, SESSION_COOKIE};
 use crate::web::{display_time, render, AppError};
 
 /// Routes without a session (`/` shows the sign-in form to a signed-out visitor).
@@ -55,6 +56,7 @@ fn safe_next(next: Option<&str>) -> &'static str {
 #[derive(Template)]
 #[template(path = "portal/login.html")]
 struct LoginPage<'a> {
+    ui: Ui,
     csrf: &'a str,
     next: &'a str,
     username: &'a str,
@@ -80,6 +82,7 @@ fn login_form(
 ) -> Response {
     let (jar, csrf) = form_token(state, jar);
     let page = LoginPage {
+        ui: Ui::current(),
         csrf: &csrf,
         next,
         username,
@@ -104,14 +107,14 @@ async fn login_page(
     let notice = query
         .signed_out
         .is_some()
-        .then_some("You are signed out of idbridge.");
+        .then(|| Msg::new("portal-signed-out").text());
     Ok(login_form(
         &state,
         jar,
         safe_next(query.next.as_deref()),
         "",
         None,
-        notice,
+        notice.as_deref(),
         StatusCode::OK,
     ))
 }
@@ -153,7 +156,7 @@ async fn sign_in(
         .await?
     {
         LoginOutcome::Failed => Ok(SignIn::Again(
-            "The username or password is incorrect.".into(),
+            Msg::new("err-wrong-password").text(),
             StatusCode::UNAUTHORIZED,
         )),
         LoginOutcome::Throttled(locked) => {
@@ -168,7 +171,7 @@ async fn sign_in(
             )
             .await;
             Ok(SignIn::Again(
-                locked.message(now),
+                Msg::locked(&locked, now).text(),
                 StatusCode::TOO_MANY_REQUESTS,
             ))
         }
@@ -183,17 +186,16 @@ async fn sign_in(
 /// The refusal page of a correct password on an account that may not sign in.
 fn refused(state: &AppState, notice: RefusalNotice) -> AppError {
     let contact = state.self_service.support_contact();
-    let refusal = notice.refusal;
-    let hint = match refusal {
-        Refusal::PasswordExpired if state.self_service.can_mail() => format!(
-            "Choose a new password with \u{201c}Forgot your password?\u{201d} on the sign-in page, or ask {contact}."
-        ),
-        other => other.hint(contact),
-    };
+    let (title, message, hint) = crate::i18n::refusal_texts(
+        notice.refusal,
+        "idbridge",
+        contact,
+        state.self_service.can_mail(),
+    );
     AppError::Refused {
-        title: refusal.title().into(),
-        message: refusal.message("idbridge"),
-        hint,
+        title: title.text(),
+        message: message.text(),
+        hint: hint.text(),
         reference: Some(notice.quote()),
     }
 }
@@ -222,7 +224,7 @@ async fn login(
             jar,
             next,
             &form.username,
-            Some("The sign-in form expired. Please sign in again."),
+            Some(&Msg::new("err-form-expired").text()),
             None,
             StatusCode::FORBIDDEN,
         ));
@@ -273,20 +275,21 @@ impl Flow {
     }
 
     /// In words.
-    fn text(self) -> &'static str {
+    /// The catalogue key of its badge.
+    fn key(self) -> &'static str {
         match self {
-            Flow::Always => "always sent to Microsoft 365",
-            Flow::Export => "sent to Microsoft 365",
-            Flow::Import => "taken from Microsoft 365",
-            Flow::Exclude => "not shared",
-            Flow::Local => "stays in idbridge",
+            Flow::Always => "flow-always",
+            Flow::Export => "flow-export",
+            Flow::Import => "flow-import",
+            Flow::Exclude => "flow-exclude",
+            Flow::Local => "flow-local",
         }
     }
 }
 
 /// One attribute on the profile: what idbridge holds and where it goes in Microsoft 365.
 struct ProfileRow {
-    label: &'static str,
+    label: Msg,
     value: String,
     /// The Graph property, or empty for what stays in idbridge.
     property: &'static str,
@@ -295,7 +298,7 @@ struct ProfileRow {
 
 fn profile_rows(user: &User, directions: &Directions, bound: bool) -> Vec<ProfileRow> {
     // An account not bound to Microsoft 365 sends nothing there, whatever the export table.
-    let row = |label, value: String, property, flow: Flow| ProfileRow {
+    let row = |label: Msg, value: String, property, flow: Flow| ProfileRow {
         label,
         value,
         property,
@@ -310,7 +313,12 @@ fn profile_rows(user: &User, directions: &Directions, bound: bool) -> Vec<Profil
         .map(|spec| {
             let value = user.get(spec.attribute).unwrap_or_default().to_string();
             let Some(graph) = spec.graph else {
-                return row(spec.label, value, "", Flow::Local);
+                return row(
+                    crate::i18n::attribute_label(spec.attribute),
+                    value,
+                    "",
+                    Flow::Local,
+                );
             };
             let flow = if spec.always_exported {
                 Flow::Always
@@ -321,20 +329,32 @@ fn profile_rows(user: &User, directions: &Directions, bound: bool) -> Vec<Profil
                     Direction::Exclude => Flow::Exclude,
                 }
             };
-            row(spec.label, value, graph.name, flow)
+            row(
+                crate::i18n::attribute_label(spec.attribute),
+                value,
+                graph.name,
+                flow,
+            )
         })
         .collect();
     rows.push(row(
-        "Display name",
+        Msg::new("profile-display-name"),
         user.display_name(),
         "displayName",
         Flow::Always,
     ));
     let password = match user.password_changed_at {
-        Some(at) if user.has_password() => format!("set {}", display_time(Some(at))),
-        _ => "not set".into(),
+        Some(at) if user.has_password() => {
+            Msg::with("profile-password-set", "when", display_time(Some(at))).text()
+        }
+        _ => Msg::new("profile-password-not-set").text(),
     };
-    rows.push(row("Password", password, "passwordProfile", Flow::Always));
+    rows.push(row(
+        Msg::new("field-password"),
+        password,
+        "passwordProfile",
+        Flow::Always,
+    ));
     rows
 }
 
@@ -356,6 +376,7 @@ fn m365_tile(user: &User) -> Option<String> {
 #[derive(Template)]
 #[template(path = "portal/home.html")]
 struct HomePage {
+    ui: Ui,
     csrf: String,
     active: &'static str,
     display_name: String,
@@ -363,7 +384,8 @@ struct HomePage {
     notice: Option<String>,
     m365_url: Option<String>,
     upn: Option<String>,
-    binding_state: Option<crate::binding::BindingState>,
+    /// The state of a binding that does not sign in, as the employee reads it.
+    binding_state: Option<String>,
     rows: Vec<ProfileRow>,
     password_changed: String,
     password_expires: Option<String>,
@@ -388,6 +410,7 @@ async fn home(State(state): State<AppState>, jar: CookieJar) -> Result<Response,
     };
     let (notice, jar) = take_notice(jar);
     let page = HomePage {
+        ui: Ui::current(),
         csrf: session.csrf.clone(),
         active: "overview",
         display_name: user.display_name(),
@@ -395,7 +418,10 @@ async fn home(State(state): State<AppState>, jar: CookieJar) -> Result<Response,
         notice,
         m365_url: m365_tile(user),
         upn: user.m365.as_ref().map(|b| b.user_principal_name.clone()),
-        binding_state: user.m365.as_ref().map(|b| b.state),
+        binding_state: user
+            .m365
+            .as_ref()
+            .map(|b| crate::i18n::binding_state(b.state).text()),
         rows: profile_rows(user, &directions, bound),
         password_changed: display_time(user.password_changed_at),
         password_expires,
@@ -412,10 +438,11 @@ async fn home(State(state): State<AppState>, jar: CookieJar) -> Result<Response,
 #[derive(Template)]
 #[template(path = "portal/password.html")]
 struct PasswordPage {
+    ui: Ui,
     csrf: String,
     active: &'static str,
     display_name: String,
-    rules: Vec<String>,
+    rules: Vec<Msg>,
     error: Option<String>,
     bound: bool,
 }
@@ -427,10 +454,11 @@ fn password_form(
     status: StatusCode,
 ) -> Response {
     let page = PasswordPage {
+        ui: Ui::current(),
         csrf: session.csrf.clone(),
         active: "password",
         display_name: session.user.display_name(),
-        rules: state.directory.policy().rules(),
+        rules: crate::i18n::policy_rules(state.directory.policy()),
         error,
         bound: session
             .user
@@ -484,32 +512,33 @@ async fn change_password(
                 .is_some_and(|b| b.state.signs_in());
             super::redirect_with_notice(
                 "/",
-                if bound {
-                    "Your password was changed. It is on its way to Microsoft 365, where you will be asked to sign in again. Your other idbridge sessions were signed out."
+                &Msg::new(if bound {
+                    "portal-password-changed-bound"
                 } else {
-                    "Your password was changed. Your other idbridge sessions were signed out."
-                },
+                    "portal-password-changed"
+                })
+                .text(),
             )
         }
         ChangeOutcome::Mismatch => again(
-            "The two new passwords differ.".into(),
+            Msg::new("err-new-passwords-differ").text(),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         ChangeOutcome::WrongCurrent => again(
-            "The current password is wrong.".into(),
+            Msg::new("err-current-wrong").text(),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         ChangeOutcome::Throttled(locked) => again(
-            format!(
-                "{} Your password was not changed.",
-                locked
-                    .message(now)
-                    .replace("sign-in attempts", "wrong passwords")
-            ),
+            Msg::with(
+                "err-not-changed",
+                "reason",
+                Msg::wrong_passwords_locked(&locked, now).text(),
+            )
+            .text(),
             StatusCode::TOO_MANY_REQUESTS,
         ),
         ChangeOutcome::Rejected(violation) => again(
-            format!("This password cannot be used: {violation}."),
+            Msg::password_refused(&violation).text(),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
     })

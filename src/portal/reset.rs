@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::{form_ok, form_token, LinkRefusal, ResetOutcome, ResetRequest};
 use crate::events::{kind, Actor};
+use crate::i18n::{Msg, Ui};
 use crate::server::AppState;
 use crate::throttle::Locked;
 use crate::web::{render, AppError};
@@ -30,6 +31,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Template)]
 #[template(path = "portal/message.html")]
 struct MessagePage<'a> {
+    ui: Ui,
     title: &'a str,
     message: &'a str,
     hint: Option<&'a str>,
@@ -46,6 +48,7 @@ fn message(
     render(
         status,
         &MessagePage {
+            ui: Ui::current(),
             title,
             message: text,
             hint,
@@ -57,6 +60,7 @@ fn message(
 #[derive(Template)]
 #[template(path = "portal/forgot.html")]
 struct ForgotPage<'a> {
+    ui: Ui,
     csrf: &'a str,
     username: &'a str,
     error: Option<&'a str>,
@@ -64,16 +68,17 @@ struct ForgotPage<'a> {
 }
 
 fn no_mail(state: &AppState) -> Response {
-    let hint = format!(
-        "Ask {} to reset your password.",
-        state.self_service.support_contact()
-    );
+    let ui = Ui::current();
     message(
         StatusCode::OK,
-        "Forgot your password?",
-        "Passwords cannot be reset by email here.",
-        Some(&hint),
-        Some(("/login", "Back to sign-in")),
+        &ui.t("forgot-heading"),
+        &ui.t("forgot-no-mail"),
+        Some(&ui.t1(
+            "forgot-no-mail-hint",
+            "contact",
+            state.self_service.support_contact(),
+        )),
+        Some(("/login", &ui.t("back-to-sign-in"))),
     )
 }
 
@@ -86,6 +91,7 @@ fn forgot_form(
 ) -> Response {
     let (jar, csrf) = form_token(state, jar);
     let page = ForgotPage {
+        ui: Ui::current(),
         csrf: &csrf,
         username,
         error,
@@ -142,7 +148,7 @@ async fn forgot(
             &state,
             jar,
             &form.username,
-            Some("The form expired. Please try again."),
+            Some(&Msg::new("err-form-expired-retry").text()),
             StatusCode::FORBIDDEN,
         ));
     }
@@ -151,7 +157,7 @@ async fn forgot(
             &state,
             jar,
             "",
-            Some("Type your username or company email."),
+            Some(&Msg::new("forgot-type-name").text()),
             StatusCode::UNPROCESSABLE_ENTITY,
         ));
     }
@@ -161,27 +167,22 @@ async fn forgot(
         .await?
     {
         ResetRequest::Accepted => {
-            let text = format!(
-                "If an account matches what you typed, a link to choose a new password is on its way to the email address idbridge has for it. The link works once, for {} minutes.",
-                state.self_service.link_minutes()
-            );
-            let hint = format!(
-                "No mail after a few minutes? Check your spam folder, or ask {}.",
-                state.self_service.support_contact()
-            );
+            let ui = Ui::current();
             Ok(message(
                 StatusCode::OK,
-                "Check your email",
-                &text,
-                Some(&hint),
-                Some(("/login", "Back to sign-in")),
+                &ui.t("forgot-sent-title"),
+                &ui.t1("forgot-sent", "minutes", state.self_service.link_minutes()),
+                Some(&ui.t1(
+                    "forgot-sent-hint",
+                    "contact",
+                    state.self_service.support_contact(),
+                )),
+                Some(("/login", &ui.t("back-to-sign-in"))),
             ))
         }
         ResetRequest::Throttled(locked) => {
             throttled(&state, &locked, ip).await;
-            let text = locked
-                .message(now)
-                .replace("sign-in attempts", "password-reset requests");
+            let text = Msg::reset_requests_locked(&locked, now).text();
             Ok(forgot_form(
                 &state,
                 jar,
@@ -197,11 +198,12 @@ async fn forgot(
 #[derive(Template)]
 #[template(path = "portal/reset.html")]
 struct ResetPage<'a> {
+    ui: Ui,
     csrf: &'a str,
     token: &'a str,
     display_name: &'a str,
     username: &'a str,
-    rules: Vec<String>,
+    rules: Vec<Msg>,
     error: Option<&'a str>,
 }
 
@@ -226,34 +228,34 @@ async fn link_refused(state: &AppState, refusal: LinkRefusal, ip: Option<String>
         LinkRefusal::Suspended => StatusCode::FORBIDDEN,
         _ => StatusCode::GONE,
     };
+    let ui = Ui::current();
     let hint = match refusal {
-        LinkRefusal::Suspended => format!(
-            "Ask {} to re-activate your account.",
-            state.self_service.support_contact()
+        LinkRefusal::Suspended => ui.t1(
+            "reset-link-suspended-hint",
+            "contact",
+            state.self_service.support_contact(),
         ),
-        _ => "Ask for a new link: it replaces nothing and works once.".into(),
+        _ => ui.t("reset-link-hint"),
     };
+    let ask = ui.t("reset-ask-new-link");
     let link = match refusal {
         LinkRefusal::Suspended => None,
-        _ => Some(("/password/forgot", "Ask for a new link")),
+        _ => Some(("/password/forgot", ask.as_str())),
     };
     message(
         status,
-        "This link cannot be used",
-        refusal.message(),
+        &ui.t("reset-link-title"),
+        &ui.msg(&Msg::link_refused(refusal)),
         Some(&hint),
         link,
     )
 }
 
 fn locked_page(locked: &Locked) -> Response {
-    let text = locked
-        .message(Utc::now())
-        .replace("sign-in attempts", "invalid links from your network");
     message(
         StatusCode::TOO_MANY_REQUESTS,
-        "Too many attempts",
-        &text,
+        &Msg::new("reset-too-many-title").text(),
+        &Msg::links_locked(locked, Utc::now()).text(),
         None,
         None,
     )
@@ -281,11 +283,12 @@ async fn reset_page(
     };
     let (jar, csrf) = form_token(&state, jar);
     let page = ResetPage {
+        ui: Ui::current(),
         csrf: &csrf,
         token: &token,
         display_name: &link.user.display_name(),
         username: &link.user.username,
-        rules: state.directory.policy().rules(),
+        rules: crate::i18n::policy_rules(state.directory.policy()),
         error: None,
     };
     Ok((jar, render(StatusCode::OK, &page)).into_response())
@@ -318,8 +321,8 @@ async fn reset(
         .await;
         return Ok(message(
             StatusCode::FORBIDDEN,
-            "This form has expired",
-            "Nothing was changed. Open the link from the email again.",
+            &Msg::new("err-csrf-title").text(),
+            &Msg::new("reset-form-expired").text(),
             None,
             None,
         ));
@@ -337,11 +340,12 @@ async fn reset(
     let again = |user: crate::directory::User, error: String| {
         let (jar, csrf) = form_token(&state, jar.clone());
         let page = ResetPage {
+            ui: Ui::current(),
             csrf: &csrf,
             token: &form.token,
             display_name: &user.display_name(),
             username: &user.username,
-            rules: state.directory.policy().rules(),
+            rules: crate::i18n::policy_rules(state.directory.policy()),
             error: Some(&error),
         };
         (jar, render(StatusCode::UNPROCESSABLE_ENTITY, &page)).into_response()
@@ -349,17 +353,18 @@ async fn reset(
     Ok(match outcome {
         ResetOutcome::Done(user) => {
             let bound = user.m365.as_ref().is_some_and(|b| b.state.signs_in());
-            let text = if bound {
-                "Your password was changed, here and in Microsoft 365. Every session of your account was signed out."
+            let ui = Ui::current();
+            let text = ui.t(if bound {
+                "reset-done-bound"
             } else {
-                "Your password was changed. Every session of your account was signed out."
-            };
+                "reset-done"
+            });
             message(
                 StatusCode::OK,
-                "Password changed",
-                text,
+                &ui.t("reset-done-title"),
+                &text,
                 None,
-                Some(("/login", "Sign in with your new password")),
+                Some(("/login", &ui.t("reset-sign-in-again"))),
             )
         }
         ResetOutcome::Refused(refusal) => link_refused(&state, refusal, ip).await,
@@ -367,9 +372,9 @@ async fn reset(
             throttled(&state, &locked, ip).await;
             locked_page(&locked)
         }
-        ResetOutcome::Mismatch(user) => again(*user, "The two new passwords differ.".into()),
+        ResetOutcome::Mismatch(user) => again(*user, Msg::new("err-new-passwords-differ").text()),
         ResetOutcome::Rejected(user, violation) => {
-            again(*user, format!("This password cannot be used: {violation}."))
+            again(*user, Msg::password_refused(&violation).text())
         }
     })
 }

@@ -82,17 +82,6 @@ impl LinkRefusal {
             LinkRefusal::Suspended => "suspended",
         }
     }
-
-    /// What the user reads.
-    pub fn message(self) -> &'static str {
-        match self {
-            LinkRefusal::Unknown => "This password-reset link is not valid. Check that you opened the whole link from the email.",
-            LinkRefusal::Expired => "This password-reset link has expired.",
-            LinkRefusal::Used => "This password-reset link was already used. Each link works once.",
-            LinkRefusal::Superseded => "This password-reset link no longer works because your password was changed after it was sent.",
-            LinkRefusal::Suspended => "Your account is suspended, so its password cannot be reset.",
-        }
-    }
 }
 
 /// A reset link that may be used.

@@ -18,6 +18,7 @@ use super::idp::{
     Answer, CodeResult, IncomingRequest, LoginOutcome, LogoutMessage, LogoutOutcome, RefusalNotice,
     SsoError, Step,
 };
+use crate::i18n::{Msg, Ui};
 use crate::saml::RedirectQuery;
 use crate::server::AppState;
 use crate::web::{new_cookie, new_token, render, AppError};
@@ -77,6 +78,7 @@ pub struct SamlParams {
 #[derive(Template)]
 #[template(path = "sso/login.html")]
 struct LoginPage<'a> {
+    ui: Ui,
     sp_name: &'a str,
     pending: &'a str,
     username: &'a str,
@@ -88,6 +90,7 @@ struct LoginPage<'a> {
 #[derive(Template)]
 #[template(path = "sso/second_factor.html")]
 struct SecondFactorPage<'a> {
+    ui: Ui,
     sp_name: &'a str,
     username: &'a str,
     pending: &'a str,
@@ -102,6 +105,7 @@ struct SecondFactorPage<'a> {
 #[derive(Template)]
 #[template(path = "sso/enrol.html")]
 struct EnrolPage<'a> {
+    ui: Ui,
     pending: &'a str,
     qr_data_url: &'a str,
     secret: &'a str,
@@ -113,6 +117,7 @@ struct EnrolPage<'a> {
 #[derive(Template)]
 #[template(path = "sso/recovery_codes.html")]
 struct RecoveryCodesPage<'a> {
+    ui: Ui,
     codes: &'a [String],
     /// Where "continue" posts, with one hidden field.
     action: &'a str,
@@ -123,16 +128,18 @@ struct RecoveryCodesPage<'a> {
 #[derive(Template)]
 #[template(path = "sso/change_password.html")]
 struct ChangePasswordPage<'a> {
+    ui: Ui,
     pending: &'a str,
     username: &'a str,
     expired: bool,
-    policy: &'a str,
+    rules: Vec<Msg>,
     error: Option<&'a str>,
 }
 
 #[derive(Template)]
 #[template(path = "sso/post.html")]
 struct PostPage<'a> {
+    ui: Ui,
     sp_name: &'a str,
     url: &'a str,
     field: &'a str,
@@ -288,6 +295,7 @@ async fn show_login(
         None => state.idp.park(request, &browser, Utc::now()).await?,
     };
     let page = LoginPage {
+        ui: Ui::current(),
         sp_name: &request.sp.name,
         pending: &pending,
         username: request.login_hint.as_deref().unwrap_or_default(),
@@ -364,18 +372,19 @@ async fn proceed(
             }
         }
         Step::ChangePassword { user, expired } => {
-            let policy = state.directory.policy().describe();
             let page = ChangePasswordPage {
+                ui: Ui::current(),
                 pending,
                 username: &user.username,
                 expired,
-                policy: &policy,
+                rules: crate::i18n::policy_rules(state.directory.policy()),
                 error,
             };
             (jar, render(status, &page)).into_response()
         }
         Step::SecondFactor { user, factors } => {
             let page = SecondFactorPage {
+                ui: Ui::current(),
                 sp_name: &request.sp.name,
                 username: &user.username,
                 pending,
@@ -389,6 +398,7 @@ async fn proceed(
         }
         Step::Enrol { enrolment, .. } => {
             let page = EnrolPage {
+                ui: Ui::current(),
                 pending,
                 qr_data_url: &enrolment.qr_data_url,
                 secret: &enrolment.secret_base32,
@@ -498,8 +508,8 @@ async fn second_factor_code(
     Ok(match result {
         CodeResult::Passed => proceed(&state, jar, &form.pending, &request, ip, now, None).await,
         CodeResult::Wrong => {
-            let error = "That code is not right, or was already used. Try the next code.";
-            proceed(&state, jar, &form.pending, &request, ip, now, Some(error)).await
+            let error = Msg::new("err-wrong-code").text();
+            proceed(&state, jar, &form.pending, &request, ip, now, Some(&error)).await
         }
         CodeResult::Throttled(locked) => {
             let mut page = proceed(
@@ -509,7 +519,7 @@ async fn second_factor_code(
                 &request,
                 ip,
                 now,
-                Some(&locked.message(now)),
+                Some(&Msg::locked(&locked, now).text()),
             )
             .await;
             *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
@@ -545,6 +555,7 @@ async fn confirm_enrolment(
         Some(codes) => Ok(render(
             StatusCode::OK,
             &RecoveryCodesPage {
+                ui: Ui::current(),
                 codes: &codes,
                 action: "/saml/login/continue",
                 field: "pending",
@@ -553,8 +564,8 @@ async fn confirm_enrolment(
         )),
         None => {
             let request = parked(&state, browser.as_deref(), &form.pending, &ip, now).await?;
-            let error = "That code does not match. Check the app shows idbridge and type the code it shows now.";
-            Ok(proceed(&state, jar, &form.pending, &request, ip, now, Some(error)).await)
+            let error = Msg::new("err-enrol-code").text();
+            Ok(proceed(&state, jar, &form.pending, &request, ip, now, Some(&error)).await)
         }
     }
 }
@@ -578,8 +589,8 @@ async fn new_password(
     let browser = jar.get(BROWSER_COOKIE).map(|c| c.value().to_string());
     let request = parked(&state, browser.as_deref(), &form.pending, &ip, now).await?;
     if form.new_password != form.confirm_password {
-        let error = "The two passwords differ.";
-        return Ok(proceed(&state, jar, &form.pending, &request, ip, now, Some(error)).await);
+        let error = Msg::new("err-passwords-differ").text();
+        return Ok(proceed(&state, jar, &form.pending, &request, ip, now, Some(&error)).await);
     }
     let password = SecretString::from(form.new_password);
     match state
@@ -589,7 +600,14 @@ async fn new_password(
     {
         Ok(Ok(())) => Ok(proceed(&state, jar, &form.pending, &request, ip, now, None).await),
         Ok(Err(refused)) => {
-            let error = format!("This password cannot be used: {refused}.");
+            let error = match &refused {
+                crate::directory::DirectoryError::Policy(violation) => {
+                    Msg::password_refused(violation)
+                }
+                // Not a rule the employee broke (an account changed meanwhile): as it is.
+                other => Msg::with("err-password-refused", "reason", other),
+            }
+            .text();
             let mut page =
                 proceed(&state, jar, &form.pending, &request, ip, now, Some(&error)).await;
             *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
@@ -640,7 +658,7 @@ async fn login(
                 &state,
                 jar,
                 &request,
-                Some("The username or password is incorrect."),
+                Some(&Msg::new("err-wrong-password").text()),
                 StatusCode::UNAUTHORIZED,
                 Some(&form.pending),
             )
@@ -666,7 +684,7 @@ async fn login(
                 &state,
                 jar,
                 &request,
-                Some(&locked.message(now)),
+                Some(&Msg::locked(&locked, now).text()),
                 StatusCode::TOO_MANY_REQUESTS,
                 Some(&form.pending),
             )
@@ -731,13 +749,15 @@ async fn slo(
     };
     // A bare GET (a link or an image on any page) carries no request: it ends nothing.
     if saml_request.is_none_or(|s| s.trim().is_empty()) {
+        let ui = Ui::current();
         return Ok(render(
             StatusCode::OK,
             &crate::web::MessagePage {
-                title: "No sign-out request",
-                message: "Nothing was signed out: this page only acts on a sign-out request from an application.",
-                hint: Some("To sign out, use the sign-out link of the application, such as Microsoft 365."),
+                title: &ui.t("slo-none-title"),
+                message: &ui.t("slo-none-message"),
+                hint: Some(&ui.t("slo-hint")),
                 reference: None,
+                ui: ui.clone(),
             },
         ));
     }
@@ -751,30 +771,38 @@ async fn slo(
             let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
             match answer {
                 Some(answer) => Ok((jar, answer_page(&state, answer)).into_response()),
-                None => Ok((
-                    jar,
-                    render(
-                        StatusCode::OK,
-                        &crate::web::MessagePage {
-                            title: "You are signed out",
-                            message: "Your idbridge session has ended.",
-                            hint: Some("You can close this window."),
-                            reference: None,
-                        },
-                    ),
-                )
-                    .into_response()),
+                None => {
+                    let ui = Ui::current();
+                    Ok((
+                        jar,
+                        render(
+                            StatusCode::OK,
+                            &crate::web::MessagePage {
+                                title: &ui.t("slo-done-title"),
+                                message: &ui.t("slo-done-message"),
+                                hint: Some(&ui.t("slo-done-hint")),
+                                reference: None,
+                                ui: ui.clone(),
+                            },
+                        ),
+                    )
+                        .into_response())
+                }
             }
         }
-        Ok(LogoutOutcome::Refused) => Ok(render(
-            StatusCode::BAD_REQUEST,
-            &crate::web::MessagePage {
-                title: "Sign-out refused",
-                message: "The sign-out request does not name the session of this browser; nothing was signed out.",
-                hint: Some("To sign out, use the sign-out link of the application, such as Microsoft 365."),
-                reference: None,
-            },
-        )),
+        Ok(LogoutOutcome::Refused) => {
+            let ui = Ui::current();
+            Ok(render(
+                StatusCode::BAD_REQUEST,
+                &crate::web::MessagePage {
+                    title: &ui.t("slo-refused-title"),
+                    message: &ui.t("slo-refused-message"),
+                    hint: Some(&ui.t("slo-hint")),
+                    reference: None,
+                    ui: ui.clone(),
+                },
+            ))
+        }
         Err(err) => Err(rejected(&state, err, "/saml/slo", ip).await),
     }
 }
@@ -790,6 +818,7 @@ fn answer_page(state: &AppState, answer: Answer) -> Response {
         } if is_base64(&saml_response) => render(
             StatusCode::OK,
             &PostPage {
+                ui: Ui::current(),
                 sp_name: &sp_name,
                 url: &url,
                 field: "SAMLResponse",
@@ -824,18 +853,12 @@ async fn rejected(
         // Most likely an employee who bookmarked the sign-in page: say where to start.
         let portal = format!("{}/", state.config.base_url.trim_end_matches('/'));
         return AppError::bad_request(
-            "Start from Microsoft 365",
-            format!(
-                "This page is where Microsoft 365 sends you to sign in, and it was opened without a sign-in request. Go to https://www.office.com and sign in with your work email: you come back here by yourself. To manage your account (password, sign-in methods), open {portal}."
-            ),
+            Msg::new("sso-start-title").text(),
+            Msg::with("sso-start-message", "portal", portal).text(),
         );
     }
-    let title = if endpoint == "/saml/slo" {
-        "This sign-out request cannot be used"
-    } else {
-        "This sign-in request cannot be used"
-    };
-    AppError::bad_request(title, capitalise(&err.to_string()))
+    let (title, message) = Msg::sso_rejected(&err, endpoint == "/saml/slo");
+    AppError::bad_request(title.text(), message.text())
 }
 
 fn internal(err: SsoError) -> AppError {
@@ -845,20 +868,14 @@ fn internal(err: SsoError) -> AppError {
     }
 }
 
-fn capitalise(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect::<String>() + ".",
-        None => String::new(),
-    }
-}
-
 /// The refusal page: why, whom to ask, and the reference and time to quote.
 fn refusal_page(state: &AppState, notice: &RefusalNotice, sp_name: &str) -> AppError {
+    let (title, message, hint) =
+        crate::i18n::refusal_texts(notice.refusal, sp_name, state.idp.support_contact(), false);
     AppError::Refused {
-        title: notice.refusal.title().into(),
-        message: notice.refusal.message(sp_name),
-        hint: notice.refusal.hint(state.idp.support_contact()),
+        title: title.text(),
+        message: message.text(),
+        hint: hint.text(),
         reference: Some(notice.quote()),
     }
 }

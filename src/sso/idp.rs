@@ -125,40 +125,6 @@ impl Refusal {
             Refusal::PasswordExpired => "password_expired",
         }
     }
-
-    /// A title for the refusal page.
-    pub fn title(self) -> &'static str {
-        match self {
-            Refusal::NotBound => "Your account is not set up for this application",
-            Refusal::Suspended => "Your account is suspended",
-            Refusal::PasswordExpired => "Your password has expired",
-        }
-    }
-
-    /// What happened, in the user's terms. It does not say the password was right: whoever
-    /// guessed it learns nothing more than the page itself shows.
-    pub fn message(self, sp_name: &str) -> String {
-        match self {
-            Refusal::NotBound => format!(
-                "Your account is not connected to {sp_name}, so idbridge cannot sign you in there."
-            ),
-            Refusal::Suspended => "Sign-in is blocked while your account is suspended.".into(),
-            Refusal::PasswordExpired => {
-                "Your password has expired under your organisation's password policy.".into()
-            }
-        }
-    }
-
-    /// Whom to ask and what for.
-    pub fn hint(self, contact: &str) -> String {
-        match self {
-            Refusal::NotBound => {
-                format!("Ask {contact} to bind your account to Microsoft 365 in idbridge.")
-            }
-            Refusal::Suspended => format!("Ask {contact} to re-activate your account."),
-            Refusal::PasswordExpired => format!("Ask {contact} to reset your password."),
-        }
-    }
 }
 
 /// A refusal as the user sees it: why, and what to quote to the helpdesk.

@@ -8,6 +8,7 @@
 mod activity;
 mod admins;
 mod app_registration;
+mod branding;
 mod events;
 mod federation;
 mod leases;
@@ -27,6 +28,7 @@ mod write_behind;
 pub use activity::{Buckets, EventBucketCount, SyncBucketCount};
 pub use admins::{AdminChange, AdminRow, AdminSessionRow, AdminUpdate, ApiKeyRow, NewAdminSession};
 pub use app_registration::AppRegistrationRow;
+pub use branding::BrandingRow;
 pub use events::{EventFilter, EventRow};
 pub use federation::FederatedDomainRow;
 pub use leases::WorkLease;

@@ -293,3 +293,15 @@ impl From<SyncError> for ApiError {
         }
     }
 }
+
+impl From<crate::branding::BrandingError> for ApiError {
+    fn from(err: crate::branding::BrandingError) -> Self {
+        match err {
+            crate::branding::BrandingError::Store(e) => e.into(),
+            other => match other.field() {
+                Some(field) => ApiError::validation(field, other.to_string()),
+                None => ApiError::bad_request(other.to_string()),
+            },
+        }
+    }
+}

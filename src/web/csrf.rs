@@ -38,14 +38,38 @@ pub async fn check_request(request: Request, expected: &str) -> Result<Request, 
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let form_token = || {
-        url::form_urlencoded::parse(&bytes)
-            .find(|(k, _)| k == "csrf")
-            .map(|(_, v)| v.into_owned())
+    let presented = match header_token {
+        Some(token) => Some(token),
+        None => match multipart_boundary(&parts.headers) {
+            // A file upload (the console's logo): the token is one of its parts.
+            Some(boundary) => multipart_token(bytes.clone(), boundary).await,
+            None => url::form_urlencoded::parse(&bytes)
+                .find(|(k, _)| k == "csrf")
+                .map(|(_, v)| v.into_owned()),
+        },
     };
-    let presented = header_token.or_else(form_token);
     if !presented.is_some_and(|t| tokens_match(&t, expected)) {
         return Err(CsrfRefusal::Mismatch);
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+fn multipart_boundary(headers: &axum::http::HeaderMap) -> Option<String> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    multer::parse_boundary(content_type).ok()
+}
+
+/// The `csrf` part of a `multipart/form-data` body.
+async fn multipart_token(body: axum::body::Bytes, boundary: String) -> Option<String> {
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    while let Ok(Some(field)) = multipart.next_field().await {
+        if field.name() == Some("csrf") {
+            return field.text().await.ok();
+        }
+    }
+    None
 }

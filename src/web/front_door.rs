@@ -41,7 +41,7 @@ pub fn page_csp() -> HeaderValue {
     let style = inline_hash(include_str!("../../templates/base.html"), "style");
     let script = inline_hash(include_str!("../../templates/sso/post.html"), "script");
     let policy = format!(
-        "default-src 'none'; script-src 'self' {script}; style-src {style}; img-src 'self' data:; \
+        "default-src 'none'; script-src 'self' {script}; style-src 'self' {style}; img-src 'self' data:; \
          connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
     );
     HeaderValue::from_str(&policy)
@@ -135,6 +135,7 @@ pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
     let reference = crate::directory::new_record_id();
     tracing::error!(%reference, %detail, "a request handler panicked");
     let body = askama::Template::render(&super::MessagePage {
+        ui: crate::i18n::Ui::current(),
         title: "Something went wrong",
         message: "idbridge could not complete this request.",
         hint: Some("Try again in a moment. If it keeps failing, give your IT administrator this reference."),

@@ -22,6 +22,7 @@ use crate::store::StoreError;
 #[derive(Template)]
 #[template(path = "message.html")]
 pub struct MessagePage<'a> {
+    pub ui: crate::i18n::Ui,
     pub title: &'a str,
     pub message: &'a str,
     pub hint: Option<&'a str>,
@@ -100,48 +101,54 @@ impl From<crate::throttle::ThrottleError> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        match self {
-            AppError::BadRequest { title, message } => render(
-                StatusCode::BAD_REQUEST,
+        // In the language of the request (see `crate::i18n::scope`).
+        let ui = crate::i18n::Ui::current();
+        let page = |status, title: &str, message: &str, hint: Option<&str>, reference| {
+            render(
+                status,
                 &MessagePage {
-                    title: &title,
-                    message: &message,
-                    hint: Some("Go back to the application you were signing in to and try again. If this keeps happening, tell your IT administrator."),
-                    reference: None,
+                    ui: ui.clone(),
+                    title,
+                    message,
+                    hint,
+                    reference,
                 },
+            )
+        };
+        match self {
+            AppError::BadRequest { title, message } => page(
+                StatusCode::BAD_REQUEST,
+                &title,
+                &message,
+                Some(&ui.t("err-bad-request-hint")),
+                None,
             ),
             AppError::Refused {
                 title,
                 message,
                 hint,
                 reference,
-            } => render(
+            } => page(
                 StatusCode::FORBIDDEN,
-                &MessagePage {
-                    title: &title,
-                    message: &message,
-                    hint: Some(&hint),
-                    reference: reference.as_deref(),
-                },
+                &title,
+                &message,
+                Some(&hint),
+                reference.as_deref(),
             ),
-            AppError::NotFound => render(
+            AppError::NotFound => page(
                 StatusCode::NOT_FOUND,
-                &MessagePage {
-                    title: "Not found",
-                    message: "There is no page at this address.",
-                    hint: None,
-                    reference: None,
-                },
+                &ui.t("err-not-found-title"),
+                &ui.t("err-not-found-message"),
+                None,
+                None,
             ),
             AppError::Busy => {
-                let mut response = render(
+                let mut response = page(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &MessagePage {
-                        title: "Too many sign-ins right now",
-                        message: "idbridge is checking many passwords at once and could not take yours.",
-                        hint: Some("Wait a few seconds and try again."),
-                        reference: None,
-                    },
+                    &ui.t("err-busy-title"),
+                    &ui.t("err-busy-message"),
+                    Some(&ui.t("err-busy-hint")),
+                    None,
                 );
                 response
                     .headers_mut()
@@ -152,9 +159,10 @@ impl IntoResponse for AppError {
                 let reference = crate::directory::new_record_id();
                 tracing::error!(%reference, %detail, "internal error");
                 let body = MessagePage {
-                    title: "Something went wrong",
-                    message: "idbridge could not complete this request.",
-                    hint: Some("Try again in a moment. If it keeps failing, give your IT administrator this reference."),
+                    ui: ui.clone(),
+                    title: &ui.t("err-internal-title"),
+                    message: &ui.t("err-internal-message"),
+                    hint: Some(&ui.t("err-internal-hint")),
                     reference: Some(&reference),
                 }
                 .render()

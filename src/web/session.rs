@@ -217,6 +217,7 @@ pub(crate) fn forbidden_page(title: &str, message: &str) -> Response {
     super::render(
         StatusCode::FORBIDDEN,
         &super::MessagePage {
+            ui: crate::i18n::Ui::current(),
             title,
             message,
             hint: None,

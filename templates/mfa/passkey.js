@@ -91,11 +91,17 @@
     status.className = isError ? 'error' : 'hint';
   }
 
+  // What to say, in the page's language: the page writes it into data-passkey-texts.
+  function text(name) {
+    const texts = document.querySelector('[data-passkey-texts]');
+    return (texts && texts.dataset[name]) || '';
+  }
+
   function explain(err) {
     // The browser's own refusals (the user cancelled, or no matching passkey) carry a name.
-    if (err && err.name === 'NotAllowedError') return 'The passkey prompt was cancelled or timed out. Try again.';
-    if (err && err.name === 'InvalidStateError') return 'This passkey is registered already.';
-    return (err && err.message) || 'The passkey did not work. Try again.';
+    if (err && err.name === 'NotAllowedError') return text('cancelled');
+    if (err && err.name === 'InvalidStateError') return text('registered');
+    return (err && err.message) || text('failed');
   }
 
   // The sign-in goes on where a form would have taken it: the next step of the flow.
@@ -117,11 +123,11 @@
   async function register(form) {
     const label = form.querySelector('input[name=label]').value.trim();
     if (!label) {
-      say(form, 'Give the passkey a name first, such as "Work laptop".', true);
+      say(form, text('nameFirst'), true);
       return;
     }
     const pending = form.dataset.pending || undefined;
-    say(form, 'Follow your browser\'s prompt…', false);
+    say(form, text('follow'), false);
     const { ceremony, options } = await post('/mfa/passkeys/register/start', { pending });
     const credential = await navigator.credentials.create(creationOptions(options));
     const { next } = await post('/mfa/passkeys/register/finish', {
@@ -136,7 +142,7 @@
 
   async function signIn(button) {
     const pending = button.dataset.pending;
-    say(document, 'Follow your browser\'s prompt…', false);
+    say(document, text('follow'), false);
     const { ceremony, options } = await post('/mfa/passkeys/authenticate/start', { pending });
     const credential = await navigator.credentials.get(requestOptions(options));
     const { next } = await post('/mfa/passkeys/authenticate/finish', {
@@ -159,7 +165,7 @@
     document.querySelectorAll('form[data-passkey=register]').forEach((form) => {
       form.addEventListener('submit', (event) => {
         event.preventDefault();
-        if (!supported) { say(form, 'This browser cannot use passkeys.', true); return; }
+        if (!supported) { say(form, text('unsupported'), true); return; }
         guard(form, () => register(form));
       });
     });

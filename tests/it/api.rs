@@ -75,6 +75,8 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/api/v1/admins/{name}/enable"),
     ("PUT", "/api/v1/admins/{name}/role"),
     ("POST", "/api/v1/admins/{name}/reset-password"),
+    ("GET", "/api/v1/branding"),
+    ("PUT", "/api/v1/branding"),
 ];
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -416,6 +418,7 @@ fn request_for(method: &str, path: &str) -> (String, Option<Value>) {
         ("PUT", "/api/v1/saml/service-providers/{entityId}") => {
             Some(json!({"acsUrls": ["https://app.example.com/saml/acs2"], "nameId": "email"}))
         }
+        ("PUT", "/api/v1/branding") => Some(json!({"name": "Contoso", "accentColour": "#aa3300"})),
         ("PUT", _) => Some(json!({"direction": "export"})),
         // Left unconfirmed: the answer must be the documented 422.
         ("DELETE", "/api/v1/m365/connection") => None,

@@ -10,6 +10,7 @@
 mod admins;
 mod app_registration;
 mod bindings;
+mod branding;
 mod certificates;
 pub(crate) mod events;
 mod extract;
@@ -56,6 +57,7 @@ pub use schema::{ErrorDetail, ErrorResponse};
         (name = "certificates", description = "The SAML signing certificates and their rollover"),
         (name = "saml", description = "SAML service providers besides Microsoft 365"),
         (name = "admins", description = "The console's admin accounts"),
+        (name = "branding", description = "The organisation's name, logo and colour on the employee pages"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -73,6 +75,7 @@ fn guarded() -> OpenApiRouter<AppState> {
         .merge(certificates::routes())
         .merge(service_providers::routes())
         .merge(admins::routes())
+        .merge(branding::routes())
 }
 
 /// The operations anyone may call.

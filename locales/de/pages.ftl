@@ -1,0 +1,183 @@
+# Die Seiten für Beschäftigte: SAML-Anmeldung, zweiter Faktor, Einrichtung, das Portal.
+
+## Gemeinsam
+message-reference = Referenz:
+field-username = Benutzername oder Firmen-E-Mail
+field-password = Passwort
+field-current-password = Aktuelles Passwort
+field-new-password = Neues Passwort
+field-new-password-again = Neues Passwort wiederholen
+field-app-code = Code aus der App
+field-authenticator-code = Code aus Ihrer Authenticator-App
+field-recovery-code = Wiederherstellungscode
+sign-in-title = Anmelden
+sign-in-submit = Anmelden
+sign-in-which-account = Verwenden Sie das Konto, das Ihre Organisation in idbridge verwaltet.
+back-to-sign-in = Zurück zur Anmeldung
+remove = Entfernen
+
+## SAML-Anmeldung
+sso-login-heading = Melden Sie sich an, um zu { $sp } zu gelangen
+sso-login-passwordless = Oder ohne Passwort:
+post-title = Weiter zu { $sp }
+post-noscript = JavaScript ist ausgeschaltet: Drücken Sie die Schaltfläche, um fortzufahren.
+post-submit = Weiter zu { $sp }
+change-password-title = Neues Passwort wählen
+change-password-expired = Ihr Passwort ist abgelaufen.
+change-password-asked = Ihre Organisation bittet Sie, ein neues Passwort zu wählen.
+change-password-m365 = Das neue ist auch Ihr Microsoft-365-Passwort.
+change-password-submit = Passwort ändern und fortfahren
+second-factor-title = Bestätigen Sie, dass Sie es sind
+second-factor-intro = Die Anmeldung bei { $sp } als { $username } braucht einen zweiten Schritt.
+second-factor-or = Oder:
+second-factor-submit = Bestätigen
+second-factor-lost-phone = Telefon verloren? Geben Sie stattdessen einen Ihrer Wiederherstellungscodes ein.
+second-factor-no-way = Keine Möglichkeit zur Bestätigung? Bitten Sie { $contact }, Ihre Anmeldemethoden zurückzusetzen.
+
+## Authenticator-App und Wiederherstellungscodes
+enrol-title = Authenticator-App einrichten
+enrol-intro = Ihre Organisation verlangt bei der Anmeldung einen zweiten Schritt. Scannen Sie diesen Code mit einer Authenticator-App (Microsoft Authenticator, Google Authenticator, 1Password, …) und geben Sie dann den sechsstelligen Code ein, den sie anzeigt.
+enrol-qr-alt = QR-Code für Ihre Authenticator-App
+enrol-cannot-scan = Scannen klappt nicht? Geben Sie diesen Schlüssel in der App ein:
+enrol-submit = Bestätigen und fortfahren
+enrol-or-passkey = Oder verwenden Sie die Bildschirmsperre Ihres Geräts oder einen Sicherheitsschlüssel (einen Passkey):
+recovery-title = Ihre Wiederherstellungscodes
+recovery-heading = Speichern Sie Ihre Wiederherstellungscodes
+recovery-intro = Wenn Sie Ihren Authenticator verlieren, meldet Sie jeder dieser Codes einmal an. Drucken Sie sie aus oder bewahren Sie sie in einem Passwort-Manager auf: Sie werden nicht noch einmal angezeigt.
+recovery-continue = Gespeichert, weiter
+
+## Passkeys
+passkey-name = Name des neuen Passkeys
+passkey-default-name = Passkey
+passkey-placeholder = Arbeitslaptop
+passkey-instead = Stattdessen einen Passkey verwenden
+passkey-sign-in = Mit einem Passkey anmelden
+passkeys-title = Passkeys
+passkeys-heading = Ihre Passkeys
+passkeys-signed-in-as = Angemeldet als { $username }.
+passkeys-intro = Ein Passkey meldet Sie statt mit einem Code mit der Bildschirmsperre Ihres Geräts oder einem Sicherheitsschlüssel an.
+passkeys-none = Sie haben noch keine Passkeys.
+passkeys-added = Hinzugefügt { $created } · zuletzt verwendet { $used }
+passkeys-remove-label = Den Passkey { $label } entfernen
+passkeys-add = Passkey hinzufügen
+passkey-js-cancelled = Die Passkey-Abfrage wurde abgebrochen oder ist abgelaufen. Versuchen Sie es erneut.
+passkey-js-registered = Dieser Passkey ist bereits registriert.
+passkey-js-failed = Der Passkey hat nicht funktioniert. Versuchen Sie es erneut.
+passkey-js-name-first = Geben Sie dem Passkey zuerst einen Namen, zum Beispiel „Arbeitslaptop“.
+passkey-js-follow = Folgen Sie der Abfrage Ihres Browsers…
+passkey-js-unsupported = Dieser Browser kann keine Passkeys verwenden.
+passkeys-signed-out-title = Sie sind nicht angemeldet
+passkeys-signed-out-message = Ihre Passkeys werden angezeigt, sobald Sie bei idbridge angemeldet sind.
+passkeys-signed-out-hint = Melden Sie sich zuerst bei idbridge an (über eine beliebige Anwendung) und öffnen Sie diese Seite dann erneut.
+
+## Portal
+portal-nav-account = Ihr Konto
+portal-nav-password = Passwort
+portal-sign-out = Abmelden
+portal-footer-admins = Für Administratoren:
+portal-footer-console = Admin-Konsole
+portal-login-heading = Bei Ihrem Konto anmelden
+portal-login-ask-admin = (fragen Sie Ihre Administration)
+portal-signed-out = Sie sind von idbridge abgemeldet.
+home-hello = Hallo, { $name }
+home-signed-in-as = Angemeldet als
+home-applications = Anwendungen
+home-m365-tile = Outlook, Teams, OneDrive… als { $upn }
+home-not-connected = Ihr Konto ist nicht mit Microsoft 365 verbunden.
+home-not-connected-state = Ihr Konto ist nicht mit Microsoft 365 verbunden (die Verbindung ist { $state }).
+home-profile = Ihr Profil
+home-profile-intro = Was idbridge über Sie speichert und wohin es in Microsoft 365 geht. Die Administration Ihrer Organisation hält es aktuell; bitten Sie sie, Falsches zu korrigieren.
+home-attribute = Attribut
+home-in-idbridge = In idbridge
+flow-always = immer an Microsoft 365 gesendet
+flow-export = an Microsoft 365 gesendet
+flow-import = aus Microsoft 365 übernommen
+flow-exclude = nicht geteilt
+flow-local = bleibt in idbridge
+profile-display-name = Anzeigename
+profile-password-set = gesetzt { $when }
+profile-password-not-set = nicht gesetzt
+security-heading = Anmeldemethoden
+security-password-not-set = Nicht gesetzt.
+security-password-changed = Zuletzt geändert { $when }.
+security-password-expires = Läuft ab { $when }.
+security-authenticator = Authenticator-App
+security-authenticator-on = Eingerichtet: idbridge fragt nach Ihrem Passwort nach ihrem sechsstelligen Code.
+security-authenticator-off = Nicht eingerichtet. Eine App auf Ihrem Telefon (Microsoft Authenticator, Google Authenticator, 1Password, …) macht es viel schwerer, Ihr Konto zu übernehmen.
+security-set-up = Einrichten
+security-recovery = Wiederherstellungscodes
+security-recovery-left = { $count } unbenutzt. Jeder meldet Sie einmal an, wenn Sie Ihr Telefon oder Ihren Sicherheitsschlüssel verlieren.
+security-recovery-new = Neue Codes erzeugen
+portal-enrol-intro = Scannen Sie diesen Code mit einer Authenticator-App (Microsoft Authenticator, Google Authenticator, 1Password, …) und geben Sie dann den sechsstelligen Code ein, den sie anzeigt. Ab dann fragt idbridge nach Ihrem Passwort nach einem Code.
+portal-enrol-submit = Bestätigen
+portal-recovery-enrolled = Ihre Authenticator-App ist eingerichtet.
+portal-recovery-intro = Wenn Sie Ihren Authenticator verlieren, meldet Sie jeder dieser Codes einmal an. Drucken Sie sie aus oder bewahren Sie sie in einem Passwort-Manager auf: Sie werden nicht noch einmal angezeigt, und ältere Codes gelten nicht mehr.
+portal-recovery-saved = Gespeichert
+portal-password-title = Passwort ändern
+portal-password-heading = Ändern Sie Ihr Passwort
+portal-password-bound = Ihr neues Passwort ist auch Ihr Microsoft-365-Passwort: Microsoft 365 wird Sie auf jedem Gerät bitten, sich erneut anzumelden.
+portal-password-unbound = Mit Ihrem neuen Passwort melden Sie sich bei idbridge an.
+portal-password-sessions = Ihre anderen idbridge-Sitzungen werden abgemeldet.
+portal-password-rules = Die Passwortregeln Ihrer Organisation
+portal-password-changed-bound = Ihr Passwort wurde geändert. Es ist auf dem Weg zu Microsoft 365, wo Sie gebeten werden, sich erneut anzumelden. Ihre anderen idbridge-Sitzungen wurden abgemeldet.
+portal-password-changed = Ihr Passwort wurde geändert. Ihre anderen idbridge-Sitzungen wurden abgemeldet.
+portal-totp-exists = Sie haben bereits eine Authenticator-App. Entfernen Sie sie zuerst, um eine andere einzurichten.
+portal-totp-set-up = Ihre Authenticator-App ist eingerichtet. Ab jetzt fragt idbridge nach Ihrem Passwort nach ihrem Code.
+portal-totp-removed-required = Ihre Authenticator-App wurde entfernt. Ihre Organisation verlangt einen zweiten Faktor: Sie richten bei Ihrer nächsten Anmeldung einen neuen ein.
+portal-totp-removed = Ihre Authenticator-App wurde entfernt.
+portal-enrol-expired = Die Einrichtung ist abgelaufen; scannen Sie diesen neuen Code.
+
+## Passwort vergessen
+forgot-title = Passwort vergessen
+forgot-heading = Passwort vergessen?
+forgot-intro = Geben Sie Ihren Benutzernamen oder Ihre Firmen-E-Mail ein. idbridge schickt Ihnen einen Link, mit dem Sie ein neues Passwort wählen; er funktioniert einmal, { $minutes } Minuten lang.
+forgot-submit = Link senden
+forgot-no-mail = Passwörter können hier nicht per E-Mail zurückgesetzt werden.
+forgot-no-mail-hint = Bitten Sie { $contact }, Ihr Passwort zurückzusetzen.
+forgot-sent-title = Sehen Sie in Ihre E-Mails
+forgot-sent = Wenn ein Konto zu Ihrer Eingabe passt, ist ein Link zum Wählen eines neuen Passworts an die E-Mail-Adresse unterwegs, die idbridge dafür hat. Der Link funktioniert einmal, { $minutes } Minuten lang.
+forgot-sent-hint = Nach ein paar Minuten noch keine E-Mail? Sehen Sie im Spam-Ordner nach oder fragen Sie { $contact }.
+forgot-type-name = Geben Sie Ihren Benutzernamen oder Ihre Firmen-E-Mail ein.
+reset-intro = Für { $name } ({ $username }). Es wird auch Ihr Microsoft-365-Passwort, und jede Sitzung Ihres Kontos wird abgemeldet.
+reset-link-title = Dieser Link kann nicht verwendet werden
+reset-link-hint = Fordern Sie einen neuen Link an: Er ersetzt nichts und funktioniert einmal.
+reset-link-suspended-hint = Bitten Sie { $contact }, Ihr Konto wieder zu aktivieren.
+reset-ask-new-link = Neuen Link anfordern
+reset-too-many-title = Zu viele Versuche
+reset-form-expired = Es wurde nichts geändert. Öffnen Sie den Link aus der E-Mail erneut.
+reset-done-title = Passwort geändert
+reset-done-bound = Ihr Passwort wurde geändert, hier und in Microsoft 365. Jede Sitzung Ihres Kontos wurde abgemeldet.
+reset-done = Ihr Passwort wurde geändert. Jede Sitzung Ihres Kontos wurde abgemeldet.
+reset-sign-in-again = Mit dem neuen Passwort anmelden
+
+## Abmelden
+slo-none-title = Keine Abmeldeanfrage
+slo-none-message = Es wurde nichts abgemeldet: Diese Seite reagiert nur auf eine Abmeldeanfrage einer Anwendung.
+slo-hint = Verwenden Sie zum Abmelden den Abmeldelink der Anwendung, etwa von Microsoft 365.
+slo-done-title = Sie sind abgemeldet
+slo-done-message = Ihre idbridge-Sitzung ist beendet.
+slo-done-hint = Sie können dieses Fenster schließen.
+slo-refused-title = Abmeldung abgelehnt
+slo-refused-message = Die Abmeldeanfrage nennt nicht die Sitzung dieses Browsers; es wurde nichts abgemeldet.
+
+## Attribute im Profil
+attr-username = Benutzername
+attr-firstname = Vorname
+attr-lastname = Nachname
+attr-email = Firmen-E-Mail
+attr-alternate-email = Weitere E-Mail
+attr-job-title = Position
+attr-department = Abteilung
+attr-location = Standort
+attr-manager = Vorgesetzte Person
+attr-work-street = Straße (Arbeit)
+attr-work-city = Ort (Arbeit)
+attr-work-state = Bundesland (Arbeit)
+attr-work-postal-code = Postleitzahl (Arbeit)
+attr-work-country = Land (Arbeit)
+attr-work-phone = Telefon (Arbeit)
+attr-mobile-phone = Mobiltelefon
+binding-pending = ausstehend
+binding-bound = verbunden
+binding-failed = fehlgeschlagen
+binding-unbound = getrennt

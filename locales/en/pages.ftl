@@ -1,0 +1,183 @@
+# The employee pages: SAML sign-in, second factor, enrolment, the portal.
+
+## Shared
+message-reference = Reference:
+field-username = Username or company email
+field-password = Password
+field-current-password = Current password
+field-new-password = New password
+field-new-password-again = New password again
+field-app-code = Code from the app
+field-authenticator-code = Code from your authenticator app
+field-recovery-code = Recovery code
+sign-in-title = Sign in
+sign-in-submit = Sign in
+sign-in-which-account = Use the account your organisation manages in idbridge.
+back-to-sign-in = Back to sign-in
+remove = Remove
+
+## SAML sign-in
+sso-login-heading = Sign in to continue to { $sp }
+sso-login-passwordless = Or, without a password:
+post-title = Continuing to { $sp }
+post-noscript = JavaScript is off: press the button to continue.
+post-submit = Continue to { $sp }
+change-password-title = Choose a new password
+change-password-expired = Your password has expired.
+change-password-asked = Your organisation asks you to choose a new password.
+change-password-m365 = The new one is also your Microsoft 365 password.
+change-password-submit = Change password and continue
+second-factor-title = Verify it's you
+second-factor-intro = Signing in to { $sp } as { $username } needs a second step.
+second-factor-or = Or:
+second-factor-submit = Verify
+second-factor-lost-phone = Lost your phone? Type one of your recovery codes instead.
+second-factor-no-way = No way to verify? Ask { $contact } to reset your sign-in methods.
+
+## Authenticator app and recovery codes
+enrol-title = Set up an authenticator app
+enrol-intro = Your organisation asks for a second step at sign-in. Scan this code with an authenticator app (Microsoft Authenticator, Google Authenticator, 1Password, …), then type the six-digit code it shows.
+enrol-qr-alt = QR code for your authenticator app
+enrol-cannot-scan = Cannot scan? Enter this key in the app:
+enrol-submit = Confirm and continue
+enrol-or-passkey = Or use your device's screen lock or a security key (a passkey):
+recovery-title = Your recovery codes
+recovery-heading = Save your recovery codes
+recovery-intro = If you lose your authenticator, each of these codes signs you in once. Print them or keep them in a password manager: they are not shown again.
+recovery-continue = I saved them, continue
+
+## Passkeys
+passkey-name = Name of the new passkey
+passkey-default-name = Passkey
+passkey-placeholder = Work laptop
+passkey-instead = Use a passkey instead
+passkey-sign-in = Sign in with a passkey
+passkeys-title = Passkeys
+passkeys-heading = Your passkeys
+passkeys-signed-in-as = Signed in as { $username }.
+passkeys-intro = A passkey signs you in with your device's screen lock or a security key instead of a code.
+passkeys-none = You have no passkeys yet.
+passkeys-added = Added { $created } · last used { $used }
+passkeys-remove-label = Remove the passkey { $label }
+passkeys-add = Add a passkey
+passkey-js-cancelled = The passkey prompt was cancelled or timed out. Try again.
+passkey-js-registered = This passkey is registered already.
+passkey-js-failed = The passkey did not work. Try again.
+passkey-js-name-first = Give the passkey a name first, such as "Work laptop".
+passkey-js-follow = Follow your browser's prompt…
+passkey-js-unsupported = This browser cannot use passkeys.
+passkeys-signed-out-title = You are not signed in
+passkeys-signed-out-message = Your passkeys are shown once you are signed in to idbridge.
+passkeys-signed-out-hint = Sign in to idbridge first (through any application), then open this page again.
+
+## Portal
+portal-nav-account = Your account
+portal-nav-password = Password
+portal-sign-out = Sign out
+portal-footer-admins = Administrators:
+portal-footer-console = admin console
+portal-login-heading = Sign in to your account
+portal-login-ask-admin = (ask your administrator)
+portal-signed-out = You are signed out of idbridge.
+home-hello = Hello, { $name }
+home-signed-in-as = Signed in as
+home-applications = Applications
+home-m365-tile = Outlook, Teams, OneDrive… as { $upn }
+home-not-connected = Your account is not connected to Microsoft 365.
+home-not-connected-state = Your account is not connected to Microsoft 365 (its connection is { $state }).
+home-profile = Your profile
+home-profile-intro = What idbridge holds about you and where it goes in Microsoft 365. Your organisation's administrators keep it up to date; ask them to correct anything wrong.
+home-attribute = Attribute
+home-in-idbridge = In idbridge
+flow-always = always sent to Microsoft 365
+flow-export = sent to Microsoft 365
+flow-import = taken from Microsoft 365
+flow-exclude = not shared
+flow-local = stays in idbridge
+profile-display-name = Display name
+profile-password-set = set { $when }
+profile-password-not-set = not set
+security-heading = Sign-in methods
+security-password-not-set = Not set.
+security-password-changed = Last changed { $when }.
+security-password-expires = Expires { $when }.
+security-authenticator = Authenticator app
+security-authenticator-on = Set up: idbridge asks for its six-digit code after your password.
+security-authenticator-off = Not set up. An app on your phone (Microsoft Authenticator, Google Authenticator, 1Password, …) makes your account much harder to take over.
+security-set-up = Set up
+security-recovery = Recovery codes
+security-recovery-left = { $count } unused. Each signs you in once if you lose your phone or security key.
+security-recovery-new = Make new codes
+portal-enrol-intro = Scan this code with an authenticator app (Microsoft Authenticator, Google Authenticator, 1Password, …), then type the six-digit code it shows. From then on idbridge asks for a code after your password.
+portal-enrol-submit = Confirm
+portal-recovery-enrolled = Your authenticator app is set up.
+portal-recovery-intro = If you lose your authenticator, each of these codes signs you in once. Print them or keep them in a password manager: they are not shown again, and any older codes no longer work.
+portal-recovery-saved = I saved them
+portal-password-title = Change password
+portal-password-heading = Change your password
+portal-password-bound = Your new password is also your Microsoft 365 password: Microsoft 365 will ask you to sign in again on every device.
+portal-password-unbound = Your new password is the one you sign in to idbridge with.
+portal-password-sessions = Your other idbridge sessions are signed out.
+portal-password-rules = Your organisation's password rules
+portal-password-changed-bound = Your password was changed. It is on its way to Microsoft 365, where you will be asked to sign in again. Your other idbridge sessions were signed out.
+portal-password-changed = Your password was changed. Your other idbridge sessions were signed out.
+portal-totp-exists = You already have an authenticator app. Remove it first to set up another.
+portal-totp-set-up = Your authenticator app is set up. From now on idbridge asks for its code after your password.
+portal-totp-removed-required = Your authenticator app was removed. Your organisation requires a second factor: you will set up a new one at your next sign-in.
+portal-totp-removed = Your authenticator app was removed.
+portal-enrol-expired = The set-up expired; scan this new code.
+
+## Forgot password
+forgot-title = Forgot password
+forgot-heading = Forgot your password?
+forgot-intro = Type your username or company email. idbridge mails a link to choose a new password, which works once, for { $minutes } minutes.
+forgot-submit = Send me a link
+forgot-no-mail = Passwords cannot be reset by email here.
+forgot-no-mail-hint = Ask { $contact } to reset your password.
+forgot-sent-title = Check your email
+forgot-sent = If an account matches what you typed, a link to choose a new password is on its way to the email address idbridge has for it. The link works once, for { $minutes } minutes.
+forgot-sent-hint = No mail after a few minutes? Check your spam folder, or ask { $contact }.
+forgot-type-name = Type your username or company email.
+reset-intro = For { $name } ({ $username }). It becomes your Microsoft 365 password too, and every session of your account is signed out.
+reset-link-title = This link cannot be used
+reset-link-hint = Ask for a new link: it replaces nothing and works once.
+reset-link-suspended-hint = Ask { $contact } to re-activate your account.
+reset-ask-new-link = Ask for a new link
+reset-too-many-title = Too many attempts
+reset-form-expired = Nothing was changed. Open the link from the email again.
+reset-done-title = Password changed
+reset-done-bound = Your password was changed, here and in Microsoft 365. Every session of your account was signed out.
+reset-done = Your password was changed. Every session of your account was signed out.
+reset-sign-in-again = Sign in with your new password
+
+## Sign-out
+slo-none-title = No sign-out request
+slo-none-message = Nothing was signed out: this page only acts on a sign-out request from an application.
+slo-hint = To sign out, use the sign-out link of the application, such as Microsoft 365.
+slo-done-title = You are signed out
+slo-done-message = Your idbridge session has ended.
+slo-done-hint = You can close this window.
+slo-refused-title = Sign-out refused
+slo-refused-message = The sign-out request does not name the session of this browser; nothing was signed out.
+
+## Attributes on the profile
+attr-username = Username
+attr-firstname = First Name
+attr-lastname = Last Name
+attr-email = Company Email
+attr-alternate-email = Alternate Email
+attr-job-title = Job Title
+attr-department = Department
+attr-location = Location
+attr-manager = Manager
+attr-work-street = Work Street Address
+attr-work-city = Work City
+attr-work-state = Work State
+attr-work-postal-code = Work Postal Code
+attr-work-country = Work Country
+attr-work-phone = Work Phone
+attr-mobile-phone = Mobile Phone
+binding-pending = pending
+binding-bound = bound
+binding-failed = failed
+binding-unbound = unbound
