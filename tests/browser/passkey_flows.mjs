@@ -6,7 +6,7 @@
 
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { expectedRefusals, run, setting } from './lib.mjs';
+import { expectedRefusals, run, setting, shootWidths } from './lib.mjs';
 
 const base = setting('IDBRIDGE_URL').replace(/\/$/, '');
 const shots = setting('IDBRIDGE_SCREENSHOT_DIR');
@@ -28,9 +28,12 @@ function save() {
   writeFileSync(out, JSON.stringify({ captured, refusals }, null, 2));
 }
 
+/** Screens wider than the window at 1280 or 390 px. */
+const overflowing = [];
+
+/** Saves the screen at 1280 and 390 px (`passkey-<name>.png`, `…-390.png`). */
 async function shoot(page, name) {
-  await page.waitForLoadState('load');
-  await page.screenshot({ path: join(shots, `passkey-${name}.png`), fullPage: true });
+  overflowing.push(...(await shootWidths(page, join(shots, `passkey-${name}`))));
 }
 
 /** A virtual platform authenticator with user verification (a laptop's fingerprint reader). */
@@ -333,4 +336,10 @@ run('passkey_flows', async (page, step) => {
     await shoot(page, 'portal');
   });
   save();
+
+  await step('every screen fits the window at 1280 and 390 px', async () => {
+    if (overflowing.length) {
+      throw new Error(overflowing.join('; '));
+    }
+  });
 });

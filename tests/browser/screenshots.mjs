@@ -67,6 +67,18 @@ await run('screenshots', async (page, step) => {
     await open(page, '/admin/settings', 'Admins & API keys');
     await shoot(page, 'settings');
   });
+  await step('new user page', async () => {
+    await open(page, '/admin/users/new', 'New user');
+    await shoot(page, 'user-new');
+  });
+  await step('branding page', async () => {
+    await open(page, '/admin/branding', 'Branding');
+    await shoot(page, 'branding');
+  });
+  await step('the admin\'s own second factor page', async () => {
+    await open(page, '/admin/mfa', 'Your second factor');
+    await shoot(page, 'admin-mfa');
+  });
   await step('every page fits the window\'s width', async () => {
     if (overflowing.length) {
       throw new Error(overflowing.join('; '));

@@ -5,14 +5,20 @@
 
 import { createHmac } from 'node:crypto';
 import { join } from 'node:path';
-import { atPath, run, setting } from './lib.mjs';
+import { atPath, run, setting, shootWidths } from './lib.mjs';
 
 const base = setting('IDBRIDGE_URL').replace(/\/$/, '');
 const user = setting('IDBRIDGE_USER');
 const password = setting('IDBRIDGE_USER_PASSWORD');
 const shots = setting('IDBRIDGE_SCREENSHOT_DIR');
 
-const shot = (page, name) => page.screenshot({ path: join(shots, `totp-${name}.png`), fullPage: true });
+/** Screens wider than the window at 1280 or 390 px. */
+const overflowing = [];
+
+/** Saves the screen at 1280 and 390 px (`totp-<name>.png`, `…-390.png`). */
+async function shot(page, name) {
+  overflowing.push(...(await shootWidths(page, join(shots, `totp-${name}`))));
+}
 
 /** RFC 6238 (SHA-1, six digits, 30-second steps) from a base32 secret. */
 function totp(secretBase32, unixSeconds = Date.now() / 1000) {
@@ -98,5 +104,11 @@ await run('totp_flows', async (page, step) => {
     await page.getByRole('button', { name: 'Verify' }).click();
     await atPath(page, '/');
     await page.getByText('9 unused').waitFor();
+  });
+
+  await step('every screen fits the window at 1280 and 390 px', async () => {
+    if (overflowing.length) {
+      throw new Error(overflowing.join('; '));
+    }
   });
 });

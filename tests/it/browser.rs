@@ -248,9 +248,20 @@ async fn an_admin_disables_enables_and_resets_another_admin_in_the_console() {
 }
 
 /// The pages `screenshots.mjs` saves, by file name.
-const SCREENSHOTS: [&str; 10] = [
-    "login", "password", "overview", "users", "user", "binding", "m365", "saml", "events",
+const SCREENSHOTS: [&str; 13] = [
+    "login",
+    "password",
+    "overview",
+    "users",
+    "user",
+    "binding",
+    "m365",
+    "saml",
+    "events",
     "settings",
+    "user-new",
+    "branding",
+    "admin-mfa",
 ];
 
 #[tokio::test]
