@@ -287,12 +287,7 @@ async fn confirm_enrol(
         Checked::Passed(_) => {
             let now = Utc::now();
             complete(&state, &admin, "totp_enrolled", ip, now).await?;
-            let codes = state
-                .mfa
-                .new_account_recovery_codes(&admin.actor(), &account(&admin), now)
-                .await?;
-            let page = build(&state, &admin, None, Some(codes), None).await?;
-            Ok(render(StatusCode::OK, &page))
+            new_codes_page(&state, &admin, now).await
         }
     }
 }
@@ -308,6 +303,20 @@ struct MfaPage {
     enrolment: Option<TotpEnrolment>,
     /// Recovery codes just made: shown once.
     codes: Option<Vec<String>>,
+}
+
+/// Makes the admin ten new recovery codes (the old ones stop working) and shows them once.
+async fn new_codes_page(
+    state: &AppState,
+    admin: &AdminPrincipal,
+    now: chrono::DateTime<Utc>,
+) -> Result<Response, AppError> {
+    let codes = state
+        .mfa
+        .new_account_recovery_codes(&admin.actor(), &account(admin), now)
+        .await?;
+    let page = build(state, admin, None, Some(codes), None).await?;
+    Ok(render(StatusCode::OK, &page))
 }
 
 async fn build(
@@ -396,12 +405,7 @@ async fn confirm(
         let page = build(&state, &admin, Some(enrolment), None, Some(chrome)).await?;
         return Ok(render(status, &page));
     }
-    let codes = state
-        .mfa
-        .new_account_recovery_codes(&admin.actor(), &account(&admin), Utc::now())
-        .await?;
-    let page = build(&state, &admin, None, Some(codes), None).await?;
-    Ok(render(StatusCode::OK, &page))
+    new_codes_page(&state, &admin, Utc::now()).await
 }
 
 async fn new_codes(
@@ -415,12 +419,7 @@ async fn new_codes(
     if !factors.totp {
         return refused(&state, &admin, MfaError::NoEnrolment(admin.name.clone())).await;
     }
-    let codes = state
-        .mfa
-        .new_account_recovery_codes(&admin.actor(), &account(&admin), Utc::now())
-        .await?;
-    let page = build(&state, &admin, None, Some(codes), None).await?;
-    Ok(render(StatusCode::OK, &page))
+    new_codes_page(&state, &admin, Utc::now()).await
 }
 
 async fn remove(
